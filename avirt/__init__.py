@@ -1,0 +1,23 @@
+"""avirt: an asyncio-native virtualization controller.
+
+One event loop drives many QEMU guests over their QMP monitors, with libvirt's domain XML and vocabulary::
+
+    import avirt
+
+    async with avirt.connect("qemu:///session") as conn:
+        dom = await conn.define_xml(xml)
+        await dom.start()
+        print(await dom.state())        # (DomainState.RUNNING, 'booted')
+        await dom.shutdown(wait=30)
+
+Guests outlive the controller: a later ``connect()`` to the same state directory finds them running.
+"""
+
+from avirt import errors
+from avirt.connection import Connection, connect
+from avirt.domain import Domain
+from avirt.models import DomainInfo, DomainState
+
+__version__ = "0.1.0"
+
+__all__ = ["Connection", "Domain", "DomainInfo", "DomainState", "connect", "errors"]

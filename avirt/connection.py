@@ -1,0 +1,99 @@
+"""The :class:`Connection`: one driver, the domains it manages, and the way in for users.
+
+``avirt.connect(uri)`` returns a connection that is already usable with ``await`` and is also an async
+context manager; closing it leaves running guests running (they outlive the controller).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any
+
+from avirt.domain import Domain
+from avirt.drivers.base import DomainRef, Driver
+from avirt.drivers.qemu.driver import QemuDriver
+from avirt.hosts.local import LocalHost
+from avirt.models import DomainState
+from avirt.uri import ConnectionURI
+
+
+class Connection:
+    def __init__(self, uri: str, driver: Driver) -> None:
+        self.uri = uri
+        self._driver = driver
+
+    async def close(self) -> None:
+        """Detach from the hypervisor. Running guests keep running; a later connection finds them."""
+        await self._driver.close()
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def _domain(self, ref: DomainRef) -> Domain:
+        return Domain(self._driver, ref.name, ref.uuid)
+
+    async def define_xml(self, xml: str) -> Domain:
+        """Define (or redefine) a persistent domain from libvirt domain XML; it starts shut off."""
+        return self._domain(await self._driver.define_xml(xml))
+
+    async def create_xml(self, xml: str, *, paused: bool = False) -> Domain:
+        """Create and start a transient domain; it disappears when it stops."""
+        return self._domain(await self._driver.create_xml(xml, paused=paused))
+
+    async def lookup(self, name_or_uuid: str) -> Domain:
+        return self._domain(await self._driver.lookup(name_or_uuid))
+
+    async def list_domains(self, *, state: DomainState | None = None) -> list[Domain]:
+        domains = [self._domain(ref) for ref in await self._driver.list_domains()]
+        if state is None:
+            return domains
+        return [d for d in domains if (await d.state())[0] is state]
+
+    async def capabilities(self) -> dict[str, Any]:
+        """QEMU's version, whether KVM is usable, and which accelerator each domain type gets."""
+        return await self._driver.capabilities()
+
+
+class _Connecting:
+    """What ``connect()`` returns: awaitable (``conn = await connect()``) and an async context manager."""
+
+    def __init__(self, uri: str, state_dir: str | os.PathLike[str] | None) -> None:
+        self._uri = uri
+        # Resolved now: a relative state directory means the one relative to where connect() was called.
+        self._state_dir = os.path.abspath(state_dir) if state_dir else None
+        self._conn: Connection | None = None
+
+    async def _open(self) -> Connection:
+        parsed = ConnectionURI.parse(self._uri)
+        parsed.check_supported()
+        state_dir = self._state_dir or parsed.default_state_dir()
+        driver = QemuDriver(self._uri, LocalHost(), state_dir)
+        try:
+            await driver.open()
+        except BaseException:
+            await driver.close()
+            raise
+        return Connection(self._uri, driver)
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await self._open()
+        return self._conn
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+def connect(uri: str = "qemu:///session", *, state_dir: str | os.PathLike[str] | None = None) -> _Connecting:
+    """Open a connection: ``conn = await avirt.connect(uri)`` or ``async with avirt.connect(uri) as conn``."""
+    return _Connecting(uri, state_dir)

@@ -1,0 +1,76 @@
+"""The :class:`Domain` handle: argument checks, then one call into the driver.
+
+A ``Domain`` is a name and a UUID bound to a connection; it holds no state of its own, so two handles for
+the same domain always agree, and a handle stays valid across start and stop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from avirt.models import DomainInfo, DomainState
+
+if TYPE_CHECKING:
+    from avirt.drivers.base import Driver
+
+
+class Domain:
+    def __init__(self, driver: Driver, name: str, uuid: str) -> None:
+        self._driver = driver
+        self.name = name
+        self.uuid = uuid
+
+    def __repr__(self) -> str:
+        return f"<Domain {self.name} {self.uuid}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Domain) and other._driver is self._driver and other.uuid == self.uuid
+
+    def __hash__(self) -> int:
+        return hash(self.uuid)
+
+    async def start(self, *, paused: bool = False) -> None:
+        """Start the (persistent, shut-off) domain; with ``paused`` its CPUs wait for :meth:`resume`."""
+        await self._driver.start(self.name, paused=paused)
+
+    async def shutdown(self, *, wait: float | None = None) -> None:
+        """Press the ACPI power button. With ``wait``, return once the domain is shut off, or raise
+        :class:`~avirt.errors.OperationTimeoutError` after that many seconds (the guest keeps running)."""
+        if wait is not None and wait < 0:
+            raise ValueError("wait must be >= 0 seconds")
+        await self._driver.shutdown(self.name, wait=wait)
+
+    async def destroy(self) -> None:
+        """Stop the domain now (QMP ``quit``, then SIGTERM, then SIGKILL); returns once QEMU is gone."""
+        await self._driver.destroy(self.name)
+
+    async def reboot(self) -> None:
+        """Ask the guest to reboot (ACPI power button, then a reset once it has shut down)."""
+        await self._driver.reboot(self.name)
+
+    async def reset(self) -> None:
+        """Reset the virtual machine at once, like its reset button."""
+        await self._driver.reset(self.name)
+
+    async def suspend(self) -> None:
+        """Pause the guest's CPUs (no-op if already paused)."""
+        await self._driver.suspend(self.name)
+
+    async def resume(self) -> None:
+        """Let a paused guest run again."""
+        await self._driver.resume(self.name)
+
+    async def undefine(self) -> None:
+        """Remove the persistent definition; a running domain goes on as a transient one."""
+        await self._driver.undefine(self.name)
+
+    async def state(self) -> tuple[DomainState, str]:
+        """The domain's state and the reason for it, e.g. ``(DomainState.RUNNING, 'booted')``."""
+        return await self._driver.state(self.name)
+
+    async def info(self) -> DomainInfo:
+        return await self._driver.info(self.name)
+
+    async def xml(self, *, inactive: bool = False) -> str:
+        """The domain XML: live (with ``<backingStore>`` chains) while it runs, else the definition."""
+        return await self._driver.xml(self.name, inactive=inactive)

@@ -1,0 +1,88 @@
+"""The interface between the public objects and a hypervisor driver.
+
+``Connection`` and ``Domain`` check arguments and then make exactly one call into a :class:`Driver`;
+everything hypervisor-specific happens below this line. A driver names domains by their (unique) name.
+Drivers: ``drivers/qemu/`` (real QEMU guests) and, later, ``drivers/test.py`` (in memory).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from avirt.models import DomainInfo, DomainState
+
+
+@dataclass(frozen=True)
+class DomainRef:
+    """What identifies a domain: its name and UUID."""
+
+    name: str
+    uuid: str
+
+
+class Driver(ABC):
+    uri: str
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Attach to the hypervisor (and to guests that are already running)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Detach; running guests keep running."""
+
+    @abstractmethod
+    async def capabilities(self) -> dict[str, Any]: ...
+
+    # -- domains ---------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def define_xml(self, xml: str) -> DomainRef: ...
+
+    @abstractmethod
+    async def create_xml(self, xml: str, *, paused: bool) -> DomainRef: ...
+
+    @abstractmethod
+    async def lookup(self, name_or_uuid: str) -> DomainRef: ...
+
+    @abstractmethod
+    async def list_domains(self) -> list[DomainRef]: ...
+
+    @abstractmethod
+    async def undefine(self, name: str) -> None: ...
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def start(self, name: str, *, paused: bool) -> None: ...
+
+    @abstractmethod
+    async def shutdown(self, name: str, *, wait: float | None) -> None: ...
+
+    @abstractmethod
+    async def destroy(self, name: str) -> None: ...
+
+    @abstractmethod
+    async def reboot(self, name: str) -> None: ...
+
+    @abstractmethod
+    async def reset(self, name: str) -> None: ...
+
+    @abstractmethod
+    async def suspend(self, name: str) -> None: ...
+
+    @abstractmethod
+    async def resume(self, name: str) -> None: ...
+
+    # -- queries ---------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def state(self, name: str) -> tuple[DomainState, str]: ...
+
+    @abstractmethod
+    async def info(self, name: str) -> DomainInfo: ...
+
+    @abstractmethod
+    async def xml(self, name: str, *, inactive: bool) -> str: ...

@@ -1,0 +1,380 @@
+"""The QEMU driver: the entry points behind ``qemu:///session`` and ``qemu:///system``.
+
+This module is glue. Each public call finds the :class:`~avirt.drivers.qemu.guest.Guest`, checks that its
+state allows the call, and then uses the layers below: ``state`` (files), ``cmdline`` (argv),
+``process`` (spawn, attach, terminate), the guest's monitor (QMP commands).
+
+Every running guest has one supervisor task, owned by the driver, that waits for its QEMU to exit (a pidfd,
+no polling) and then settles its state. QMP events reach :meth:`QemuDriver._on_qmp_event`, which lets the
+guest's state machine decide and carries out any follow-up it asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuid_mod
+from typing import Any
+
+import anyio
+
+from avirt.config import domain_to_xml, parse_domain_xml
+from avirt.config.model import DomainConfig
+from avirt.drivers.base import DomainRef, Driver
+from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv
+from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
+from avirt.drivers.qemu.process import QemuProcess
+from avirt.drivers.qemu.state import StateDir
+from avirt.errors import (
+    AvirtError,
+    DomainExistsError,
+    DomainNotFoundError,
+    DomainStartError,
+    OperationInvalidError,
+    OperationTimeoutError,
+    QMPError,
+)
+from avirt.hosts.base import Host
+from avirt.models import DomainInfo, DomainState
+from avirt.offline.qemu_img import backing_chain
+from avirt.qmp.monitor import Monitor
+from avirt.tasks import TaskOwner
+
+log = logging.getLogger(__name__)
+
+
+class QemuDriver(Driver):
+    def __init__(self, uri: str, host: Host, state_dir: str) -> None:
+        self.uri = uri
+        self.host = host
+        self.files = StateDir(host, state_dir)
+        self._guests: dict[str, Guest] = {}
+        self._tasks = TaskOwner()
+        self._caps: dict[str, Any] | None = None
+
+    # -- connection --------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.files.open()
+        await self._tasks.open()
+        for name in await self.files.persistent_names():
+            xml = await self.files.read_definition(name)
+            if xml is not None:
+                cfg = parse_domain_xml(xml)
+                self._guests[name] = Guest(name, cfg.uuid, cfg)
+        for name in await self.files.run_names():
+            await self._reattach(name)
+
+    async def close(self) -> None:
+        await self._tasks.aclose()
+        for guest in self._guests.values():
+            if guest.process is not None:
+                await guest.process.monitor.aclose()
+        await self.host.aclose()
+
+    async def capabilities(self) -> dict[str, Any]:
+        if self._caps is None:
+            version = await self.host.run([DEFAULT_EMULATOR, "--version"])
+            first = version.stdout.splitlines()[0] if version.stdout else ""
+            probe = await self.host.run(
+                [DEFAULT_EMULATOR, "-machine", "none", "-accel", "kvm", "-nodefaults", "-no-user-config",
+                 "-display", "none", "-monitor", "stdio"], input=b"quit\n")
+            kvm = probe.returncode == 0
+            self._caps = {
+                "emulator": DEFAULT_EMULATOR,
+                "qemu_version": first.removeprefix("QEMU emulator version ").split(" ")[0],
+                "kvm": kvm,
+                "accelerators": ["kvm", "tcg"] if kvm else ["tcg"],
+                "domain_types": {"kvm": "kvm" if kvm else None, "qemu": "tcg"},
+            }
+        return dict(self._caps)
+
+    # -- definitions -------------------------------------------------------------------------------------
+
+    async def define_xml(self, xml: str) -> DomainRef:
+        cfg = parse_domain_xml(xml)
+        guest = self._guests.get(cfg.name)
+        self._check_uuid_free(cfg, guest)
+        if guest is not None and guest.uuid != cfg.uuid:
+            raise DomainExistsError(f"domain '{cfg.name}' already exists with uuid {guest.uuid}")
+        await self.files.write_definition(cfg.name, domain_to_xml(cfg))
+        if guest is None:
+            guest = self._guests[cfg.name] = Guest(cfg.name, cfg.uuid, cfg)
+        guest.definition = cfg
+        return DomainRef(guest.name, guest.uuid)
+
+    async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
+        cfg = parse_domain_xml(xml)
+        if cfg.name in self._guests:
+            raise DomainExistsError(f"domain '{cfg.name}' already exists")
+        self._check_uuid_free(cfg, None)
+        guest = self._guests[cfg.name] = Guest(cfg.name, cfg.uuid, None)
+        try:
+            async with guest.lock:
+                await self._start(guest, cfg, paused=paused)
+        except BaseException:
+            self._guests.pop(cfg.name, None)
+            raise
+        return DomainRef(guest.name, guest.uuid)
+
+    def _check_uuid_free(self, cfg: DomainConfig, same: Guest | None) -> None:
+        for other in self._guests.values():
+            if other is not same and other.uuid == cfg.uuid:
+                raise DomainExistsError(f"domain '{other.name}' already has uuid {cfg.uuid}")
+
+    async def lookup(self, name_or_uuid: str) -> DomainRef:
+        guest = self._find(name_or_uuid)
+        return DomainRef(guest.name, guest.uuid)
+
+    async def list_domains(self) -> list[DomainRef]:
+        return [DomainRef(g.name, g.uuid) for g in sorted(self._guests.values(), key=lambda g: g.name)]
+
+    async def undefine(self, name: str) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            if not guest.persistent:
+                raise OperationInvalidError(f"cannot undefine transient domain '{name}'")
+            await self.files.remove_definition(name)
+            guest.definition = None
+            if not guest.active:
+                del self._guests[name]
+
+    def _find(self, name_or_uuid: str) -> Guest:
+        guest = self._guests.get(name_or_uuid)
+        if guest is None:
+            try:
+                wanted = str(uuid_mod.UUID(name_or_uuid))
+            except ValueError:
+                wanted = None
+            guest = next((g for g in self._guests.values() if g.uuid == wanted), None)
+        if guest is None:
+            raise DomainNotFoundError(f"no domain with name or uuid '{name_or_uuid}'")
+        return guest
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self, name: str, *, paused: bool) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            guest.require("start")
+            assert guest.definition is not None  # a shut-off domain that exists is persistent
+            await self._start(guest, guest.definition, paused=paused)
+
+    async def _start(self, guest: Guest, cfg: DomainConfig, *, paused: bool) -> None:
+        chains = await self._disk_chains(cfg)
+        accel = await self._accelerator(cfg)
+        name = cfg.name
+        await self.files.prepare_run(name, domain_to_xml(cfg))
+        try:
+            process = await QemuProcess.spawn(
+                self.host, name,
+                lambda fd: build_argv(cfg, chains=chains, accel=accel, qmp_fd=fd,
+                                      pidfile=self.files.pidfile(name)),
+                qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
+                log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
+            )
+        except DomainStartError:
+            await self.files.clear_run(name)
+            raise
+        guest.began(process, cfg, chains)
+        guest.set_state(DomainState.PAUSED, "user")
+        self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
+        if not paused:
+            try:
+                await process.monitor.execute("cont")
+            except QMPError as e:
+                await self._terminate(guest, "failed")
+                raise DomainStartError(f"domain '{name}' did not start running: {e}") from e
+            guest.set_state(DomainState.RUNNING, "booted")
+
+    async def _disk_chains(self, cfg: DomainConfig) -> dict[str, list[Layer]]:
+        """Each disk's layers, bottom first; a missing image is named before QEMU is ever spawned."""
+        for label, path in (("kernel", cfg.os.kernel), ("initrd", cfg.os.initrd)):
+            if path and not await self.host.exists(path):
+                raise DomainStartError(f"cannot start domain '{cfg.name}': {label} {path} does not exist")
+        chains = {}
+        for disk in cfg.disks:
+            if disk.source is None or not await self.host.exists(disk.source):
+                raise DomainStartError(f"cannot start domain '{cfg.name}': disk {disk.target} image "
+                                       f"{disk.source} does not exist")
+            if disk.format == "raw":
+                chains[disk.target] = [Layer(disk.source, "raw")]
+                continue
+            entries = await backing_chain(self.host, disk.source, disk.format)
+            chains[disk.target] = [Layer(e.path, e.format) for e in reversed(entries)]
+        return chains
+
+    async def _accelerator(self, cfg: DomainConfig) -> str:
+        if cfg.hypervisor == "qemu":
+            return "tcg"
+        if not (await self.capabilities())["kvm"]:
+            raise DomainStartError(
+                f"cannot start domain '{cfg.name}': it asks for KVM (<domain type='kvm'>) but KVM is not "
+                "usable on this host; use <domain type='qemu'> for software emulation (TCG)")
+        return "kvm"
+
+    async def shutdown(self, name: str, *, wait: float | None) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            guest.require("shutdown")
+            stopped = guest.stopped
+            await self._monitor(guest).execute("system_powerdown")
+        if wait is not None:
+            try:
+                with anyio.fail_after(wait):
+                    await stopped.wait()
+            except TimeoutError:
+                raise OperationTimeoutError(
+                    f"domain '{name}' did not shut off within {wait:g} s of the power button; "
+                    "it is still running (destroy() stops it now)") from None
+
+    async def destroy(self, name: str) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            guest.require("destroy")
+            await self._terminate(guest, "destroyed")
+
+    async def _terminate(self, guest: Guest, reason: str) -> None:
+        assert guest.process is not None
+        guest.exit_reason = reason
+        stopped = guest.stopped
+        await guest.process.terminate()
+        await stopped.wait()  # the supervisor has settled the state
+
+    async def reboot(self, name: str) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            guest.require("reboot")
+            guest.reboot_pending = True
+            await self._monitor(guest).execute("system_powerdown")
+
+    async def reset(self, name: str) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            guest.require("reset")
+            await self._monitor(guest).execute("system_reset")
+
+    async def suspend(self, name: str) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            guest.require("suspend")
+            if guest.state is DomainState.PAUSED:
+                return
+            guest.expect_stop = True
+            try:
+                await self._monitor(guest).execute("stop")
+            finally:
+                guest.expect_stop = False
+            guest.set_state(DomainState.PAUSED, "user")
+
+    async def resume(self, name: str) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            guest.require("resume")
+            await self._monitor(guest).execute("cont")
+            guest.set_state(DomainState.RUNNING, "unpaused")
+
+    def _monitor(self, guest: Guest) -> Monitor:
+        if guest.process is None or not guest.process.monitor.connected:
+            raise OperationInvalidError(f"domain '{guest.name}': the QEMU monitor is not connected")
+        return guest.process.monitor
+
+    # -- queries -----------------------------------------------------------------------------------------
+
+    async def state(self, name: str) -> tuple[DomainState, str]:
+        guest = self._find(name)
+        return guest.state, guest.reason
+
+    async def info(self, name: str) -> DomainInfo:
+        guest = self._find(name)
+        cfg = guest.config
+        cpu = await self.host.cpu_time_ns(guest.process.pid) if guest.process else 0
+        return DomainInfo(guest.state, cfg.memory_kib, cfg.current_memory_kib or cfg.memory_kib,
+                          cfg.vcpus, cpu)
+
+    async def xml(self, name: str, *, inactive: bool) -> str:
+        guest = self._find(name)
+        if inactive and guest.definition is not None:
+            return domain_to_xml(guest.definition)
+        if guest.live is None:
+            return domain_to_xml(guest.config)
+        chains = {target: [(layer.path, layer.format) for layer in reversed(layers[:-1])]
+                  for target, layers in guest.chains.items()}
+        return domain_to_xml(guest.live, live_id=guest.process.pid if guest.process else None,
+                             backing_chains=chains)
+
+    # -- supervision -------------------------------------------------------------------------------------
+
+    async def _supervise(self, guest: Guest, process: QemuProcess) -> None:
+        """Wait for this QEMU to end, then settle the guest's state and clean its run directory."""
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._watch_monitor, guest, process)
+            await process.wait_exit()
+            group.cancel_scope.cancel()
+        await process.monitor.aclose()
+        await self.files.clear_run(guest.name)
+        guest.ended()
+        if not guest.persistent:
+            self._guests.pop(guest.name, None)
+
+    async def _watch_monitor(self, guest: Guest, process: QemuProcess) -> None:
+        await process.monitor.closed()
+        with anyio.move_on_after(5):
+            await process.wait_exit()
+            return
+        log.error("domain %s: the QEMU monitor broke but QEMU (pid %d) still runs", guest.name, process.pid)
+
+    def _on_qmp_event(self, guest: Guest, msg: dict[str, Any]) -> None:
+        reaction = guest.on_qmp_event(msg)
+        if reaction is not Reaction.NONE:
+            self._tasks.start_soon(self._react, guest, reaction, name=f"react-{guest.name}")
+
+    async def _react(self, guest: Guest, reaction: Reaction) -> None:
+        if guest.process is None:
+            return
+        monitor = guest.process.monitor
+        try:
+            if reaction is Reaction.QUIT:
+                await monitor.execute("quit")
+            elif reaction is Reaction.RESTART:
+                await monitor.execute("system_reset")
+                await monitor.execute("cont")
+                guest.set_state(DomainState.RUNNING, "booted")
+            elif reaction is Reaction.REFINE:
+                status = await monitor.execute("query-status")
+                if guest.state is DomainState.PAUSED and guest.reason == "unknown":
+                    guest.set_state(*STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown")))
+        except QMPError as e:
+            log.warning("domain %s: %s after an event failed: %s", guest.name, reaction.value, e)
+
+    async def _reattach(self, name: str) -> None:
+        """Pick up a guest that an earlier controller started, or clean up after one that died."""
+        live_xml = await self.files.read_live(name)
+        live = parse_domain_xml(live_xml) if live_xml is not None else None
+        known = self._guests.get(name)
+        guest = known or (Guest(name, live.uuid, None) if live else None)
+        process = None
+        if live is not None and guest is not None:
+            process = await QemuProcess.attach(
+                self.host, name, qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
+                on_event=lambda msg: self._on_qmp_event(guest, msg))
+        if process is None or live is None or guest is None:
+            log.info("domain %s: its QEMU is gone; cleaning its run directory", name)
+            await self.files.clear_run(name)
+            if known is not None:
+                known.set_state(DomainState.SHUTOFF, "unknown")
+            return
+        self._guests[name] = guest
+        try:
+            chains = await self._disk_chains(live)
+        except AvirtError as e:
+            log.warning("domain %s: cannot read its disk chains: %s", name, e)
+            chains = {}
+        guest.began(process, live, chains)
+        guest.set_state(DomainState.RUNNING, "unknown")
+        self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
+        if process.monitor.connected:
+            status = await process.monitor.execute("query-status")
+            guest.set_state(*STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown")))
+            if guest.state is DomainState.SHUTDOWN:  # it powered off while nobody watched
+                guest.exit_reason = "shutdown"
+                await process.monitor.execute("quit")

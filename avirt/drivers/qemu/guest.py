@@ -1,0 +1,168 @@
+"""One domain's runtime state: its definitions, its QEMU, and the state machine that QEMU's events drive.
+
+A :class:`Guest` holds what the driver knows of one domain. Its ``state``/``reason`` pair changes in two
+ways only: the driver's lifecycle calls (start, suspend, destroy...) and QMP events, which
+:meth:`Guest.on_qmp_event` turns into transitions. Follow-up actions that an event calls for (quit QEMU
+after the guest powered off, reset it for a reboot) are returned as :class:`Reaction` values for the
+driver to carry out, so this module never talks to QEMU itself.
+
+The transitions, in one place::
+
+    SHUTOFF --start--> RUNNING(booted) | PAUSED(user)          (spawn, then cont unless paused)
+    RUNNING --STOP--> PAUSED(user | ioerror | watchdog)  or  CRASHED(internal-error)
+    PAUSED  --RESUME--> RUNNING(unpaused)
+    RUNNING --SHUTDOWN(guest)--> SHUTDOWN(user) --QEMU exits--> SHUTOFF(shutdown)
+            (with a reboot pending, or on_poweroff=restart: reset + cont -> RUNNING(booted))
+    any     --GUEST_PANICKED--> CRASHED(panicked)
+    any     --process exit--> SHUTOFF(shutdown | destroyed | crashed)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from avirt.config.model import DomainConfig
+from avirt.drivers.qemu.cmdline import Layer
+from avirt.drivers.qemu.process import QemuProcess
+from avirt.errors import OperationInvalidError
+from avirt.models import DomainState
+
+S = DomainState
+
+#: QEMU's runstate (``query-status``) as a domain state and reason.
+STATUS_TO_STATE: dict[str, tuple[DomainState, str]] = {
+    "running": (S.RUNNING, "unknown"),
+    "prelaunch": (S.PAUSED, "user"),
+    "paused": (S.PAUSED, "user"),
+    "io-error": (S.PAUSED, "ioerror"),
+    "watchdog": (S.PAUSED, "watchdog"),
+    "internal-error": (S.CRASHED, "internal-error"),
+    "guest-panicked": (S.CRASHED, "panicked"),
+    "shutdown": (S.SHUTDOWN, "user"),
+    "suspended": (S.PMSUSPENDED, "unknown"),
+}
+
+#: Which states each lifecycle call accepts.
+ALLOWED: dict[str, frozenset[DomainState]] = {
+    "start": frozenset({S.SHUTOFF}),
+    "shutdown": frozenset({S.RUNNING, S.PAUSED}),
+    "reboot": frozenset({S.RUNNING}),
+    "reset": frozenset({S.RUNNING, S.PAUSED, S.CRASHED, S.PMSUSPENDED}),
+    "suspend": frozenset({S.RUNNING, S.PAUSED}),
+    "resume": frozenset({S.PAUSED}),
+    "destroy": frozenset(set(S) - {S.SHUTOFF}),
+}
+
+
+class Reaction(enum.Enum):
+    """What the driver must do after an event."""
+
+    NONE = "none"
+    QUIT = "quit"  # the guest is done (powered off, or on_poweroff/on_crash say destroy)
+    RESTART = "restart"  # system_reset then cont: a reboot
+    REFINE = "refine"  # ask query-status why the guest stopped
+
+
+@dataclass
+class Guest:
+    name: str
+    uuid: str
+    #: The persistent definition; None for a transient domain.
+    definition: DomainConfig | None
+    state: DomainState = S.SHUTOFF
+    reason: str = "unknown"
+    #: The definition the running QEMU was started with, and each disk's chain (bottom first).
+    live: DomainConfig | None = None
+    chains: dict[str, list[Layer]] = field(default_factory=dict)
+    process: QemuProcess | None = None
+    #: Serialises state-changing calls; queries never take it.
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    #: Set once the current QEMU is gone and the state is SHUTOFF.
+    stopped: anyio.Event = field(default_factory=anyio.Event)
+    #: How the current QEMU's end is to be reported, set when the cause is known before the exit.
+    exit_reason: str | None = None
+    expect_stop: bool = False
+    reboot_pending: bool = False
+
+    @property
+    def config(self) -> DomainConfig:
+        cfg = self.live or self.definition
+        assert cfg is not None, "a guest always has a live or a persistent definition"
+        return cfg
+
+    @property
+    def persistent(self) -> bool:
+        return self.definition is not None
+
+    @property
+    def active(self) -> bool:
+        return self.state is not S.SHUTOFF
+
+    def require(self, call: str) -> None:
+        if self.state not in ALLOWED[call]:
+            raise OperationInvalidError(
+                f"cannot {call} domain '{self.name}': it is {self.state.value} ({self.reason})"
+            )
+
+    def set_state(self, state: DomainState, reason: str) -> None:
+        self.state, self.reason = state, reason
+
+    def began(self, process: QemuProcess, live: DomainConfig, chains: dict[str, list[Layer]]) -> None:
+        """A QEMU for this guest now exists (spawned or re-attached)."""
+        self.process, self.live, self.chains = process, live, chains
+        self.stopped = anyio.Event()
+        self.exit_reason = None
+        self.expect_stop = self.reboot_pending = False
+
+    def ended(self) -> None:
+        """The QEMU is gone: SHUTOFF with the reason its end was given."""
+        self.set_state(S.SHUTOFF, self.exit_reason or "crashed")
+        self.process, self.live, self.chains = None, None, {}
+        self.stopped.set()
+
+    def on_qmp_event(self, msg: dict[str, Any]) -> Reaction:
+        name = msg.get("event")
+        data = msg.get("data") or {}
+        if name == "STOP":
+            if self.expect_stop:
+                self.expect_stop = False
+                self.set_state(S.PAUSED, "user")
+                return Reaction.NONE
+            if self.state in (S.SHUTDOWN, S.CRASHED):
+                return Reaction.NONE  # the stop is part of a shutdown or panic already reported
+            self.set_state(S.PAUSED, "unknown")
+            return Reaction.REFINE
+        if name == "RESUME":
+            self.set_state(S.RUNNING, "unpaused")
+        elif name == "SHUTDOWN":
+            return self._on_shutdown(str(data.get("reason", "")), bool(data.get("guest")))
+        elif name == "GUEST_PANICKED":
+            self.set_state(S.CRASHED, "panicked")
+            action = self.config.on_crash
+            if action == "destroy":
+                self.exit_reason = "crashed"
+                return Reaction.QUIT
+            return Reaction.RESTART if action == "restart" else Reaction.NONE
+        elif name == "SUSPEND":
+            self.set_state(S.PMSUSPENDED, "unknown")
+        elif name == "WAKEUP" and self.state is S.PMSUSPENDED:
+            self.set_state(S.RUNNING, "wakeup")
+        return Reaction.NONE
+
+    def _on_shutdown(self, reason: str, by_guest: bool) -> Reaction:
+        if reason in ("host-qmp-quit", "host-signal"):
+            # QEMU is exiting by itself; only how to report it remains.
+            self.exit_reason = self.exit_reason or "shutdown"
+            self.set_state(S.SHUTDOWN, "host")
+            return Reaction.NONE
+        self.set_state(S.SHUTDOWN, "guest" if by_guest else "user")
+        restart = self.reboot_pending or (reason == "guest-shutdown" and self.config.on_poweroff == "restart")
+        if restart:
+            self.reboot_pending = False
+            return Reaction.RESTART
+        self.exit_reason = "shutdown"
+        return Reaction.QUIT

@@ -1,0 +1,97 @@
+"""The one exception family of avirt.
+
+Every error a caller can see derives from :class:`AvirtError`, so ``except AvirtError`` catches all of
+them; each subclass names one kind of failure a caller may want to handle on its own. Errors that wrap a
+lower-level failure keep it as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class AvirtError(Exception):
+    """Base class of every avirt error."""
+
+
+class InvalidXMLError(AvirtError):
+    """The domain XML is malformed or violates the domain schema (``line`` is 1-based, when known)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.message = message
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+
+
+class UnsupportedError(AvirtError):
+    """The configuration uses what avirt does not implement; ``items`` names each one (XPaths for XML)."""
+
+    def __init__(self, items: Sequence[str], message: str = "unsupported") -> None:
+        self.items = list(items)
+        super().__init__(f"{message}: " + ", ".join(self.items))
+
+
+class DomainNotFoundError(AvirtError):
+    """No domain has that name or UUID."""
+
+
+class DomainExistsError(AvirtError):
+    """A domain with that name or UUID already exists and the call may not replace it."""
+
+
+class OperationInvalidError(AvirtError):
+    """The domain's current state forbids the call (start a running domain, suspend a shut-off one...)."""
+
+
+class OperationTimeoutError(AvirtError, TimeoutError):
+    """A call that waits (``shutdown(wait=...)``, a monitor command) did not finish in time."""
+
+
+class ConnectionLockedError(AvirtError):
+    """Another controller already manages this state directory."""
+
+
+class DomainStartError(AvirtError):
+    """QEMU could not be started or exited during start-up; ``log`` holds the tail of its output."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        self.log = log
+        super().__init__(f"{message}\n{log}".rstrip() if log else message)
+
+
+class BlockJobError(AvirtError):
+    """A block job failed (or could not be started)."""
+
+
+class QMPError(AvirtError):
+    """QEMU answered a monitor command with an error, or the monitor connection failed."""
+
+    def __init__(self, error_class: str, desc: str) -> None:
+        self.error_class = error_class
+        self.desc = desc
+        super().__init__(f"{error_class}: {desc}")
+
+
+class ImageError(AvirtError):
+    """A ``qemu-img`` run failed; carries its return code and standard error."""
+
+    def __init__(self, message: str, returncode: int | None = None, stderr: str = "") -> None:
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(message)
+
+
+class ImageLockedError(ImageError):
+    """An image is in use by another process (QEMU holds its lock)."""
+
+
+class HostError(AvirtError):
+    """The host could not be reached, authenticated, or used."""
+
+
+class EventsLostError(AvirtError):
+    """An event subscriber fell behind and ``count`` events were dropped for it."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        super().__init__(f"{count} events lost: the subscriber did not keep up; re-read state")

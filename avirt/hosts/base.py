@@ -1,0 +1,98 @@
+"""What avirt needs from the machine that runs the guests, and nothing more.
+
+Everything above ``hosts/`` is host-agnostic: the QEMU driver asks a :class:`Host` to run a command, start a
+detached guest process, watch a process end, and read or atomically write a file. ``LocalHost`` does it on
+this machine; an SSH host does the same on a remote one. Paths are strings because they may not be local.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Host(ABC):
+    """The interface the drivers use to touch a machine. Every call that can block is async."""
+
+    #: A short name for messages ("localhost", "admin@kvm-host-17").
+    name: str
+
+    # -- processes ---------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> RunResult:
+        """Run a command to completion (never through a shell) and return what it printed."""
+
+    @abstractmethod
+    async def start_detached(
+        self, argv_for_fd: Callable[[int], Sequence[str]], *, listen_path: str, log_path: str
+    ) -> None:
+        """Start a long-lived process in its own session, so that it outlives the controller.
+
+        The host binds and listens on the unix socket ``listen_path`` (mode 0600) *before* the process starts
+        and hands the listening socket down to it; ``argv_for_fd`` gets that descriptor's number and returns
+        the command line. A client can therefore connect as soon as this returns, with no race against the
+        process's start-up. Standard output and error go to ``log_path``. The process is not a child of the
+        controller (so nothing has to reap it): its end is learnt with :meth:`wait_exit`.
+        """
+
+    @abstractmethod
+    async def wait_exit(self, pid: int) -> None:
+        """Return once process ``pid`` has exited (at once if it is not running)."""
+
+    @abstractmethod
+    async def pid_alive(self, pid: int) -> bool:
+        """Whether process ``pid`` exists."""
+
+    @abstractmethod
+    async def kill(self, pid: int, signal: int) -> None:
+        """Send ``signal`` to ``pid``; a process that is already gone is not an error."""
+
+    @abstractmethod
+    async def cpu_time_ns(self, pid: int) -> int:
+        """CPU time (user + system) that process ``pid`` has used, in nanoseconds; 0 if it is gone."""
+
+    # -- files -------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def read_text(self, path: str) -> str | None:
+        """The file's text, or None if it does not exist."""
+
+    @abstractmethod
+    async def write_atomic(self, path: str, text: str, *, mode: int = 0o600) -> None:
+        """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix.
+
+        The text goes to a temp file in the same directory, is fsynced, then renamed over ``path``.
+        """
+
+    @abstractmethod
+    async def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    async def make_dirs(self, path: str, *, mode: int = 0o700) -> None: ...
+
+    @abstractmethod
+    async def list_dir(self, path: str) -> list[str]:
+        """Names in directory ``path``; empty if it does not exist."""
+
+    @abstractmethod
+    async def remove_tree(self, path: str) -> None:
+        """Remove a file or a directory tree; a missing path is not an error."""
+
+    @abstractmethod
+    async def lock(self, path: str) -> bool:
+        """Take an exclusive lock on ``path`` (created if needed), held until :meth:`aclose`.
+
+        Returns False at once, without waiting, if another holder has it.
+        """
+
+    async def aclose(self) -> None:
+        """Release whatever the host holds open (connections, locks)."""

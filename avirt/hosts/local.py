@@ -1,0 +1,176 @@
+"""This machine as a :class:`~avirt.hosts.base.Host`: anyio subprocesses, pidfds, local files.
+
+Nothing here blocks the event loop: commands run through anyio, waiting for a process uses a pidfd that the
+loop polls, and file I/O that must fsync runs in a worker thread.
+
+Guests are started with ``setsid -f`` so that QEMU runs in its own session and is re-parented to init at
+once: it survives the controller, it never becomes our zombie, and no child watcher thread is spent on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import signal as signal_mod
+import socket
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from subprocess import DEVNULL
+
+import anyio
+import anyio.to_thread
+
+from avirt.errors import HostError
+from avirt.hosts.base import Host, RunResult
+
+
+class LocalHost(Host):
+    name = "localhost"
+
+    def __init__(self) -> None:
+        self._lock_fds: list[int] = []
+
+    async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> RunResult:
+        try:
+            proc = await anyio.run_process(list(argv), input=input, check=False)
+        except OSError as e:
+            raise HostError(f"cannot run {argv[0]}: {e.strerror}") from e
+        return RunResult(proc.returncode, proc.stdout.decode(errors="replace"),
+                         proc.stderr.decode(errors="replace"))
+
+    async def start_detached(
+        self, argv_for_fd: Callable[[int], Sequence[str]], *, listen_path: str, log_path: str
+    ) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(listen_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # umask-free: the socket file is created with the directory's protection and then narrowed.
+            sock.bind(listen_path)
+            os.chmod(listen_path, 0o600)
+            sock.listen(16)
+            fd = sock.fileno()
+            argv = ["setsid", "-f", *argv_for_fd(fd)]
+            # The log file is handed to the process; opening a local file for append does not block.
+            with open(log_path, "ab", buffering=0) as log:  # noqa: ASYNC230
+                os.chmod(log_path, 0o600)
+                try:
+                    proc = await anyio.run_process(argv, stdin=DEVNULL, stdout=log, stderr=log,
+                                                   pass_fds=[fd], check=False)
+                except OSError as e:
+                    raise HostError(f"cannot run {argv[2]}: {e.strerror}") from e
+            if proc.returncode != 0:
+                raise HostError(f"setsid failed with status {proc.returncode}")
+        finally:
+            # The process holds its own copy; ours must go, or a dead process would still look listening.
+            sock.close()
+
+    async def wait_exit(self, pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            if not _is_zombie(pid):
+                await anyio.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+
+    async def pid_alive(self, pid: int) -> bool:
+        return pid > 0 and not _is_zombie(pid)
+
+    async def cpu_time_ns(self, pid: int) -> int:
+        try:
+            stat = await anyio.Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return 0
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+    async def kill(self, pid: int, signal: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal_mod.Signals(signal))
+
+    async def read_text(self, path: str) -> str | None:
+        try:
+            return await anyio.Path(path).read_text()
+        except FileNotFoundError:
+            return None
+
+    async def write_atomic(self, path: str, text: str, *, mode: int = 0o600) -> None:
+        await anyio.to_thread.run_sync(_write_atomic, path, text.encode(), mode)
+
+    async def exists(self, path: str) -> bool:
+        return await anyio.Path(path).exists()
+
+    async def make_dirs(self, path: str, *, mode: int = 0o700) -> None:
+        await anyio.Path(path).mkdir(mode=mode, parents=True, exist_ok=True)
+
+    async def list_dir(self, path: str) -> list[str]:
+        try:
+            return sorted([p.name async for p in anyio.Path(path).iterdir()])
+        except FileNotFoundError:
+            return []
+
+    async def remove_tree(self, path: str) -> None:
+        await anyio.to_thread.run_sync(_remove_tree, path)
+
+    async def lock(self, path: str) -> bool:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                return False
+            raise
+        self._lock_fds.append(fd)
+        return True
+
+    async def aclose(self) -> None:
+        while self._lock_fds:
+            os.close(self._lock_fds.pop())
+
+
+def _is_zombie(pid: int) -> bool:
+    """A process that has exited but not been reaped still answers kill(pid, 0): look at its state."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    # The state follows the parenthesised command name, which may itself contain ')'.
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def _write_atomic(path: str, data: bytes, mode: int) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="~")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _remove_tree(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -1,0 +1,34 @@
+"""Plain data types of the public API: what calls return, as enums and frozen dataclasses."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class DomainState(enum.Enum):
+    """A domain's state, as libvirt's virDomainState names it. ``state()`` pairs it with a reason string."""
+
+    #: QEMU runs and the guest's CPUs run.
+    RUNNING = "running"
+    #: QEMU runs, the guest's CPUs are stopped (by the API, an I/O error, a watchdog...).
+    PAUSED = "paused"
+    #: The guest is shutting down: QEMU has seen the guest (or the host) ask for power off.
+    SHUTDOWN = "shutdown"
+    #: No QEMU process.
+    SHUTOFF = "shutoff"
+    #: QEMU runs but the guest is dead (a guest panic, or QEMU's runstate ``internal-error``).
+    CRASHED = "crashed"
+    #: The guest suspended itself to RAM (ACPI S3).
+    PMSUSPENDED = "pmsuspended"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """virDomainGetInfo: memory in KiB, CPU time used by the QEMU process in nanoseconds."""
+
+    state: DomainState
+    max_memory_kib: int
+    memory_kib: int
+    vcpus: int
+    cpu_time_ns: int

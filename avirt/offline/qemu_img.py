@@ -1,0 +1,59 @@
+"""Running ``qemu-img`` on a host and turning its answers into data.
+
+Formats are never probed where avirt knows them: the caller says what the top image is, and the formats of
+the layers below come from what qemu-img reads in each header. Reads use ``-U`` (force-share) so that a
+chain that a running QEMU holds locked can still be inspected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from avirt.errors import ImageError, ImageLockedError
+from avirt.hosts.base import Host
+
+QEMU_IMG = "qemu-img"
+
+
+@dataclass(frozen=True)
+class ChainEntry:
+    """One layer of a backing chain as qemu-img reports it."""
+
+    path: str
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing: str | None  # the backing file name as stored in the header (may be relative)
+
+
+async def backing_chain(host: Host, path: str, fmt: str) -> list[ChainEntry]:
+    """The chain of ``path``, top first: ``path`` itself, then each backing file down to the base."""
+    argv = [QEMU_IMG, "info", "-U", "--backing-chain", "--output=json", "-f", fmt, path]
+    raw = await _run_json(host, argv)
+    layers: list[dict[str, Any]] = raw if isinstance(raw, list) else [raw]
+    chain = []
+    for i, layer in enumerate(layers):
+        # qemu-img reports the top as given; lower layers by their resolved name.
+        name = path if i == 0 else layers[i - 1].get("full-backing-filename", layer["filename"])
+        chain.append(ChainEntry(
+            path=name,
+            format=layer["format"],
+            virtual_size=int(layer.get("virtual-size", 0)),
+            actual_size=int(layer.get("actual-size", 0)),
+            backing=layer.get("backing-filename"),
+        ))
+    return chain
+
+
+async def _run_json(host: Host, argv: list[str]) -> Any:
+    result = await host.run(argv)
+    if result.returncode != 0:
+        message = result.stderr.strip() or f"{argv[0]} {argv[1]} failed"
+        error = ImageLockedError if "lock" in message else ImageError
+        raise error(message, result.returncode, result.stderr)
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError as e:
+        raise ImageError(f"{argv[0]} {argv[1]} printed no JSON: {e}", result.returncode, result.stderr) from e

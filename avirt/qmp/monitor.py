@@ -1,0 +1,128 @@
+"""One guest's QMP session: where bytes leave for QEMU.
+
+A :class:`Monitor` wraps a ``qemu.qmp`` :class:`QMPClient` and adds what a controller of many guests needs
+and the bare client lacks:
+
+* **timeouts** on connect and on every command (the client has none);
+* **typed errors**: a QMP error reply becomes :class:`avirt.errors.QMPError` with QEMU's error class, and a
+  monitor that went away becomes :class:`MonitorClosedError` (a ``QMPError`` of class ``MonitorClosed``);
+* **events without memory growth**: the client's listeners queue every event and keep a history that is
+  never trimmed. The monitor hands each event straight to one ``on_event`` callback instead, so memory does
+  not grow with the number of events that have passed;
+* **one end**: :meth:`closed` returns once the session is over, for whatever reason (QEMU quit, crashed,
+  or :meth:`aclose`), so the owner learns of it without polling.
+
+Usage::
+
+    monitor = Monitor("web1", on_event=print)
+    await monitor.connect("/run/avirt/web1/qmp.sock")
+    status = await monitor.execute("query-status")
+    await monitor.aclose()
+
+The monitor never decides policy: it does not know what a STOP means. The driver does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, Runstate, StateError
+
+from avirt.errors import QMPError
+
+log = logging.getLogger(__name__)
+
+#: The callback that receives every QMP event as QEMU sent it:
+#: ``{"event": "STOP", "data": {...}, "timestamp": {"seconds": ..., "microseconds": ...}}``.
+EventSink = Callable[[dict[str, Any]], None]
+
+CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 30.0
+
+
+class MonitorClosedError(QMPError):
+    """The monitor connection is gone (QEMU exited, or the session was closed)."""
+
+    def __init__(self, desc: str = "the QEMU monitor connection is closed") -> None:
+        super().__init__("MonitorClosed", desc)
+
+
+class _Client(QMPClient):
+    """A QMPClient whose events go to one callback, bypassing the (unbounded) listener queues."""
+
+    def __init__(self, name: str, sink: EventSink) -> None:
+        super().__init__(name)
+        self._sink = sink
+
+    async def _event_dispatch(self, msg: Any) -> None:
+        try:
+            self._sink(dict(msg))
+        except Exception:  # a faulty sink must not tear down the session
+            log.exception("event handler failed for %s", msg.get("event"))
+
+
+class Monitor:
+    """A QMP session with one QEMU. See the module docstring."""
+
+    def __init__(self, name: str, on_event: EventSink | None = None) -> None:
+        self.name = name
+        self._client = _Client(name, on_event or (lambda _msg: None))
+        self._closed = anyio.Event()
+        self.greeting: Mapping[str, Any] = {}
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.runstate == Runstate.RUNNING)
+
+    async def connect(self, address: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Connect to QEMU's monitor socket, read the greeting and negotiate capabilities."""
+        try:
+            with anyio.fail_after(timeout):
+                await self._client.connect(address)
+        except TimeoutError:
+            await self._force_idle()
+            raise MonitorClosedError(f"no QMP greeting from {address} within {timeout:g} s") from None
+        except ConnectError as e:
+            raise MonitorClosedError(f"cannot connect to {address}: {e.exc or e}") from e
+        greeting = self._client.greeting
+        self.greeting = greeting._asdict() if greeting else {}
+        self._closed = anyio.Event()
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None, *,
+                      timeout: float = COMMAND_TIMEOUT) -> Any:
+        """Run one QMP command and return its ``return`` value.
+
+        Raises :class:`QMPError` for an error reply, :class:`MonitorClosedError` if the monitor is gone or
+        goes away meanwhile, and :class:`QMPError` of class ``Timeout`` when QEMU does not answer within
+        ``timeout`` seconds (the command may still run in QEMU; its late answer is dropped).
+        """
+        try:
+            with anyio.fail_after(timeout):
+                return await self._client.execute(command, dict(arguments) if arguments else None)
+        except ExecuteError as e:
+            raise QMPError(e.error_class, str(e)) from None
+        except (ExecInterruptedError, StateError) as e:
+            raise MonitorClosedError() from e
+        except TimeoutError:
+            raise QMPError("Timeout", f"{command} did not answer within {timeout:g} s") from None
+
+    async def closed(self) -> None:
+        """Return once the session has ended (EOF from QEMU, a broken connection, or :meth:`aclose`)."""
+        while self._client.runstate == Runstate.RUNNING:
+            await self._client.runstate_changed()
+        await self._force_idle()
+
+    async def aclose(self) -> None:
+        """Close the session (QEMU keeps running). Safe to call more than once."""
+        await self._force_idle()
+
+    async def _force_idle(self) -> None:
+        if self._client.runstate != Runstate.IDLE:
+            try:
+                await self._client.disconnect()
+            except Exception as e:  # the cause of the end (EOFError, ConnectionResetError) is expected here
+                log.debug("monitor %s ended: %r", self.name, e)
+        self._closed.set()

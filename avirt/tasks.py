@@ -1,0 +1,59 @@
+"""An owner for background tasks whose lifetime is an object's, not a ``with`` block's.
+
+A connection lives from ``connect()`` to ``close()``, which may be called from different tasks, while an
+anyio task group must be entered and left by one task. :class:`TaskOwner` therefore runs its task group in
+a task of its own: ``start_soon`` may be called from anywhere, and ``aclose`` cancels every task it owns
+and waits for them all. Nothing is fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+log = logging.getLogger(__name__)
+
+
+class TaskOwner:
+    def __init__(self) -> None:
+        self._group: TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = anyio.Event()
+
+    async def open(self) -> None:
+        ready = anyio.Event()
+
+        async def run() -> None:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                ready.set()
+                await self._closing.wait()
+                group.cancel_scope.cancel()
+
+        self._runner = asyncio.get_running_loop().create_task(run(), name="avirt-task-owner")
+        await ready.wait()
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
+        if self._group is None or self._closing.is_set():
+            raise RuntimeError("the task owner is closed")
+
+        async def guarded() -> None:
+            # One task's failure must not cancel its siblings (other guests' supervisors).
+            try:
+                await func(*args)
+            except Exception:
+                log.exception("background task %s failed", name or getattr(func, "__name__", func))
+
+        self._group.start_soon(guarded, name=name)
+
+    async def aclose(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner
+            self._runner = None
+        self._group = None

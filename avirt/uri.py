@@ -1,0 +1,56 @@
+"""Connection URIs, libvirt style: which driver, on which host, with which options.
+
+    qemu:///session            local QEMU, state under $XDG_STATE_HOME/avirt
+    qemu:///system             local QEMU, state under /var/lib/avirt
+    qemu+ssh://user@host/session?keyfile=...   (remote hosts; not in this release)
+    test:///default            the in-memory test driver (not in this release)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+from avirt.errors import AvirtError, UnsupportedError
+
+
+class InvalidURIError(AvirtError, ValueError):
+    """The connection URI cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class ConnectionURI:
+    scheme: str  # "qemu", "test"
+    transport: str | None  # None (local) or "ssh"
+    user: str | None
+    host: str | None
+    port: int | None
+    path: str  # "session", "system", "default"
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, uri: str) -> ConnectionURI:
+        parts = urlsplit(uri)
+        scheme, _, transport = parts.scheme.partition("+")
+        if not scheme or not parts.path:
+            raise InvalidURIError(f"not a connection URI: '{uri}' (try qemu:///session)")
+        try:
+            port = parts.port
+        except ValueError as e:
+            raise InvalidURIError(f"bad port in '{uri}'") from e
+        return cls(scheme=scheme, transport=transport or None, user=parts.username, host=parts.hostname,
+                   port=port, path=parts.path.strip("/"), options=dict(parse_qsl(parts.query)))
+
+    def default_state_dir(self) -> str:
+        if self.path == "system":
+            return "/var/lib/avirt"
+        base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        return os.path.join(base, "avirt")
+
+    def check_supported(self) -> None:
+        if self.scheme != "qemu" or self.transport is not None or self.host:
+            raise UnsupportedError([f"{self.scheme}{'+' + self.transport if self.transport else ''}://"
+                                    f"{self.host or ''}/"], "connection URI not supported yet")
+        if self.path not in ("session", "system"):
+            raise InvalidURIError(f"qemu URIs end in /session or /system, not '/{self.path}'")

@@ -1,0 +1,72 @@
+"""Fixtures shared by the whole suite: a private state directory per test, real QEMU, real images.
+
+Every test gets its own state directory; whatever QEMU a test leaves behind (a failing test may) is
+killed at teardown, found through the pid files of that directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import avirt
+from avirt.connection import Connection
+from tests import xmls
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # qemu.qmp runs on asyncio
+
+
+@pytest.fixture(scope="session")
+def kvm_usable() -> bool:
+    """Whether QEMU starts with -accel kvm here (it may still not boot Linux: see qemu-facts §0)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    probe = subprocess.run(
+        ["qemu-system-x86_64", "-machine", "none", "-accel", "kvm", "-nodefaults", "-display", "none",
+         "-monitor", "stdio"], input=b"quit\n", capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def firmware_type(kvm_usable: bool) -> str:
+    """The domain type for firmware-only guests: KVM where QEMU can use it, else TCG."""
+    return "kvm" if kvm_usable else "qemu"
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "state"
+    yield path
+    for pidfile in path.glob("run/*/qemu.pid"):
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass
+
+
+@pytest.fixture
+async def conn(state_dir: Path) -> AsyncIterator[Connection]:
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as connection:
+        yield connection
+
+
+@pytest.fixture
+def xml(firmware_type: str) -> xmls.XMLFactory:
+    """``xml(name, **options)``: domain XML for a guest that needs no OS (q35 firmware only)."""
+    return xmls.XMLFactory(firmware_type)
+
+
+@pytest.fixture(scope="session")
+def guest_images() -> object:
+    """The tiny Linux test guest (Debian cloud kernel + busybox initramfs), built once and cached."""
+    from tests.guest import build_guest
+
+    return build_guest()

@@ -1,0 +1,149 @@
+#!/bin/busybox sh
+# /init of the avirt test guest (built by tests/guest/build.py; the builder hashes this file into
+# the cache key, so editing it rebuilds the initramfs).
+#
+# Why it looks like this:
+# - The shebang names /bin/busybox directly: the applet symlinks (/bin/sh, ...) only exist after
+#   `busybox --install -s` below, so nothing else has to be prepared at build time.
+# - PID 1 must never exit: that panics the kernel. With panic=-1 and QEMU -no-reboot a panic ends
+#   QEMU at once, which a test sees as "QEMU exited before the marker"; every path below ends in
+#   poweroff or in idle_forever instead.
+# - Tests read the serial console (console=ttyS0) line by line; every line meant for them starts
+#   with "avirt-guest: " or "avirt-wl: " (see build.py's module docstring for the full list).
+
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+
+say() { echo "avirt-guest: $*"; }
+
+idle_forever() {
+    while :; do sleep 3600; done
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+# The Debian kernels build virtio and the ACPI button as modules and their .debs carry no
+# modules.dep, so the builder wrote the load order (dependencies first) to /etc/avirt-modules.
+# Probing is synchronous: /dev/vda and /dev/input/eventN exist when insmod returns.
+while read -r mod; do
+    [ -n "$mod" ] || continue
+    insmod "/lib/modules/$mod.ko" || say "error insmod $mod failed"
+done </etc/avirt-modules
+
+workload=none
+slots=4
+count=0
+sleep_s=0
+# avirt.* parameters are not passed to init by the kernel (dotted names look like module
+# parameters), so read them from /proc/cmdline.
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        avirt.workload=*) workload=${arg#*=} ;;
+        avirt.slots=*) slots=${arg#*=} ;;
+        avirt.count=*) count=${arg#*=} ;;
+        avirt.sleep=*) sleep_s=${arg#*=} ;;
+    esac
+done
+
+# Write loop. Iteration i writes 64 KiB of byte (i % 254) + 1 at slot K = i % slots (offset K MiB)
+# of /dev/vda with conv=fsync and reports it only after dd returned, so every reported pattern is
+# on the virtual disk. On SIGTERM (the power button) the current write is finished and reported
+# (ash runs the trap after the foreground command), then the loop stops: a test can rely on
+# "the disk holds the last reported pattern of every slot" even across a powerdown.
+workload_write() {
+    stop=0
+    trap 'stop=1' TERM
+    i=0
+    while [ "$count" -eq 0 ] || [ "$i" -lt "$count" ]; do
+        [ "$stop" = 1 ] && break
+        slot=$((i % slots))
+        pat=$((i % 254 + 1))
+        # One file per pattern, made on first use (at most 254 x 64 KiB of RAM): every process
+        # spawned costs about a millisecond under TCG, so the loop forks only dd.
+        src=/tmp/avirt-pat.$pat
+        if [ ! -e "$src" ]; then
+            head -c 65536 /dev/zero | tr '\000' "\\$(printf '%03o' "$pat")" >"$src.tmp"
+            mv "$src.tmp" "$src"
+        fi
+        if ! dd if="$src" of=/dev/vda bs=65536 count=1 seek=$((slot * 16)) conv=fsync \
+                2>/tmp/avirt-dd.err; then
+            echo "avirt-wl: error i=$i slot=$slot: $(tail -n 1 /tmp/avirt-dd.err)"
+            return 1
+        fi
+        printf 'avirt-wl: i=%d slot=%d pat=0x%02x\n' "$i" "$slot" "$pat"
+        i=$((i + 1))
+        [ "$stop" = 1 ] && break
+        if [ "$sleep_s" != 0 ]; then
+            # A background sleep + wait, because `wait` returns as soon as the trapped TERM
+            # arrives, while a foreground sleep would delay the powerdown by up to avirt.sleep.
+            sleep "$sleep_s" &
+            wait $!
+            kill $! 2>/dev/null
+        fi
+    done
+    if [ "$stop" = 1 ]; then
+        echo "avirt-wl: stopped i=$i"
+    else
+        echo "avirt-wl: done"
+    fi
+}
+
+# Find the ACPI power button's event device and open it *before* printing "ready": evdev only
+# queues events for open readers, so a system_powerdown sent right after "ready" is not lost.
+pb=
+for dev in /sys/class/input/event*; do
+    if [ "$(cat "$dev/device/name" 2>/dev/null)" = "Power Button" ]; then
+        pb=/dev/input/${dev##*/}
+        break
+    fi
+done
+if [ -n "$pb" ] && [ -c "$pb" ] && [ -r "$pb" ]; then
+    # (A failed redirection on `exec` would end this shell, i.e. panic; hence the checks.)
+    exec 3<"$pb"
+else
+    say "error no power button input device"
+    pb=
+fi
+
+wl_pid=
+case "$workload" in
+    none) ;;
+    write)
+        if [ ! -b /dev/vda ]; then
+            say "error avirt.workload=write but no /dev/vda"
+            workload=none
+        fi
+        ;;
+    *)
+        say "error unknown avirt.workload=$workload"
+        workload=none
+        ;;
+esac
+
+read -r up _ </proc/uptime
+say "ready uptime=$up"
+
+if [ "$workload" = write ]; then
+    (exec 3<&-; workload_write) &
+    wl_pid=$!
+fi
+
+if [ -z "$pb" ]; then
+    idle_forever
+fi
+# One input_event is 24 bytes on x86_64; any event from this device is the button.
+if ! dd bs=24 count=1 <&3 >/dev/null 2>/dev/null; then
+    say "error reading $pb failed"
+    idle_forever
+fi
+say "power button"
+if [ -n "$wl_pid" ]; then
+    kill -TERM "$wl_pid" 2>/dev/null
+    wait "$wl_pid"
+fi
+sync
+say "poweroff"
+poweroff -f
+idle_forever
