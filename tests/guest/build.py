@@ -146,9 +146,9 @@ def build_guest(cache_root: Path | None = None) -> GuestImages:
     while True:
         try:
             resolved = _resolve_memoized(root, meta)
-        except _AptError:
+        except _AptError as e:
             if updated:
-                raise
+                raise GuestBuildError(f"{e}\n(apt-get update did not help)") from e
             with _locked(root):
                 # Another process may have updated the lists while we waited for the lock.
                 try:
@@ -166,9 +166,9 @@ def build_guest(cache_root: Path | None = None) -> GuestImages:
                 return _images(final, key)
             try:
                 debs = _download(root, resolved)
-            except _AptError:
+            except _AptError as e:
                 if updated:
-                    raise
+                    raise GuestBuildError(f"{e}\n(apt-get update did not help)") from e
                 log.info("apt-get download failed; running apt-get update once and retrying")
                 _apt_update()
                 updated = True
@@ -258,6 +258,8 @@ def _apt_state_fingerprint() -> list[list[object]]:
 
 
 def _resolve_memoized(root: Path, meta: str) -> _Resolved:
+    if os.environ.get("APT_CONFIG"):
+        return _resolve(meta)  # apt's state may live elsewhere: the fingerprint can't see it
     memo = root / f"resolved-{_safe(meta)}.json"
     fingerprint = _apt_state_fingerprint()
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):

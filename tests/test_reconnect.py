@@ -1,0 +1,113 @@
+"""Guests outlive the controller: a new controller on the same state directory takes them over."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import avirt
+from avirt import DomainState
+from avirt.errors import ConnectionLockedError, DomainNotFoundError
+from tests.xmls import XMLFactory
+
+pytestmark = pytest.mark.anyio
+S = DomainState
+
+
+async def test_guests_survive_the_controller_and_are_controllable(state_dir: Path, xml: XMLFactory) -> None:
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        running = await conn.define_xml(xml("run1"))
+        await running.start()
+        paused = await conn.define_xml(xml("pause1"))
+        await paused.start(paused=True)
+        transient = await conn.create_xml(xml("trans1"))
+        pids = {d.name: _pid(state_dir, d.name) for d in (running, paused, transient)}
+
+    for pid in pids.values():
+        assert _alive(pid)
+
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        assert (await (await conn.lookup("run1")).state())[0] is S.RUNNING
+        assert await (await conn.lookup("pause1")).state() == (S.PAUSED, "user")
+        dom = await conn.lookup("trans1")
+        assert (await dom.state())[0] is S.RUNNING
+        assert _pid(state_dir, "run1") == pids["run1"]  # the same QEMU, not a new one
+
+        await (await conn.lookup("pause1")).resume()
+        assert await (await conn.lookup("pause1")).state() == (S.RUNNING, "unpaused")
+        await (await conn.lookup("run1")).suspend()
+        assert await (await conn.lookup("run1")).state() == (S.PAUSED, "user")
+
+        await dom.destroy()
+        with pytest.raises(DomainNotFoundError):
+            await conn.lookup("trans1")  # transient: gone once stopped
+        for name in ("run1", "pause1"):
+            await (await conn.lookup(name)).destroy()
+            assert await (await conn.lookup(name)).state() == (S.SHUTOFF, "destroyed")
+
+
+async def test_guest_started_by_a_process_that_exited(state_dir: Path, xml: XMLFactory) -> None:
+    script = (
+        "import anyio, avirt, sys\n"
+        "async def main():\n"
+        "    async with avirt.connect('qemu:///session', state_dir=sys.argv[1]) as conn:\n"
+        "        dom = await conn.define_xml(sys.stdin.read())\n"
+        "        await dom.start()\n"
+        "anyio.run(main)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(state_dir)], input=xml("other").encode(),
+                   check=True, timeout=60)
+    pid = _pid(state_dir, "other")
+    assert _alive(pid)
+
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        dom = await conn.lookup("other")
+        assert (await dom.state())[0] is S.RUNNING
+        await dom.suspend()
+        assert await dom.state() == (S.PAUSED, "user")
+        await dom.destroy()
+        assert await dom.state() == (S.SHUTOFF, "destroyed")
+    assert not _alive(pid)
+
+
+async def test_guest_that_died_meanwhile_ends_up_shut_off(state_dir: Path, xml: XMLFactory) -> None:
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        await (await conn.define_xml(xml("gone1"))).start()
+        await conn.create_xml(xml("gone2"))
+    for name in ("gone1", "gone2"):
+        os.kill(_pid(state_dir, name), signal.SIGKILL)
+
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        dom = await conn.lookup("gone1")
+        assert (await dom.state())[0] is S.SHUTOFF
+        with pytest.raises(DomainNotFoundError):
+            await conn.lookup("gone2")
+        assert not (state_dir / "run/gone1").exists()
+        assert not (state_dir / "run/gone2").exists()
+        await dom.start()  # a clean slate: it starts again
+        await dom.destroy()
+
+
+async def test_second_controller_on_the_same_state_directory_is_refused(state_dir: Path) -> None:
+    async with avirt.connect("qemu:///session", state_dir=state_dir):
+        with pytest.raises(ConnectionLockedError, match=str(state_dir)):
+            await avirt.connect("qemu:///session", state_dir=state_dir)
+    conn = await avirt.connect("qemu:///session", state_dir=state_dir)  # free again once closed
+    await conn.close()
+
+
+def _pid(state_dir: Path, name: str) -> int:
+    return int((state_dir / "run" / name / "qemu.pid").read_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
