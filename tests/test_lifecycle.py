@@ -236,3 +236,14 @@ async def _wait_for_state(dom: object, wanted: DomainState, timeout: float = 10)
     with anyio.fail_after(timeout):
         while (await dom.state())[0] is not wanted:  # noqa: ASYNC110
             await anyio.sleep(0.01)
+
+
+async def test_nic_gets_a_stable_mac_at_define_time(conn: Connection, xml: XMLFactory) -> None:
+    dom = await conn.define_xml(xml("n1", extra_devices="<interface type='user'><model type='virtio'/>"
+                                                       "</interface>"))
+    first = await dom.xml(inactive=True)
+    assert "<mac address=\"52:54:00:" in first
+    await dom.start()
+    assert first.split("<mac")[1].split("/>")[0] in await dom.xml()
+    await dom.destroy()
+    assert await dom.xml(inactive=True) == first

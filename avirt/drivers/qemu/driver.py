@@ -12,6 +12,7 @@ guest's state machine decide and carries out any follow-up it asks for.
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid as uuid_mod
 from typing import Any
 
@@ -91,7 +92,7 @@ class QemuDriver(Driver):
     # -- definitions -------------------------------------------------------------------------------------
 
     async def define_xml(self, xml: str) -> DomainRef:
-        cfg = parse_domain_xml(xml)
+        cfg = _with_macs(parse_domain_xml(xml))
         guest = self._guests.get(cfg.name)
         self._check_uuid_free(cfg, guest)
         if guest is not None and guest.uuid != cfg.uuid:
@@ -103,7 +104,7 @@ class QemuDriver(Driver):
         return DomainRef(guest.name, guest.uuid)
 
     async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
-        cfg = parse_domain_xml(xml)
+        cfg = _with_macs(parse_domain_xml(xml))
         if cfg.name in self._guests:
             raise DomainExistsError(f"domain '{cfg.name}' already exists")
         self._check_uuid_free(cfg, None)
@@ -378,3 +379,12 @@ class QemuDriver(Driver):
             if guest.state is DomainState.SHUTDOWN:  # it powered off while nobody watched
                 guest.exit_reason = "shutdown"
                 await process.monitor.execute("quit")
+
+
+def _with_macs(cfg: DomainConfig) -> DomainConfig:
+    """Give every NIC without a MAC one, once, at definition time: the guest's NIC must not change
+    across restarts (QEMU's 52:54:00 prefix, as libvirt does)."""
+    for nic in cfg.interfaces:
+        if nic.mac is None:
+            nic.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+    return cfg
