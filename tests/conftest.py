@@ -17,6 +17,7 @@ import pytest
 import avirt
 from avirt.connection import Connection
 from tests import xmls
+from tests.guest import GuestImages, build_guest
 
 
 @pytest.fixture
@@ -65,8 +66,6 @@ def xml(firmware_type: str) -> xmls.XMLFactory:
 
 
 @pytest.fixture(scope="session")
-def guest_images() -> object:
+def guest_images() -> GuestImages:
     """The tiny Linux test guest (Debian cloud kernel + busybox initramfs), built once and cached."""
-    from tests.guest import build_guest
-
     return build_guest()

@@ -471,3 +471,12 @@ def test_programmatic_config_round_trips() -> None:
         os=OSConfig(cmdline='init=/bin/sh quiet="yes"'),
     )
     assert parse_domain_xml(domain_to_xml(cfg)) == cfg
+
+
+def test_readonly_sata_disk_is_unsupported() -> None:
+    xml = """<domain type='qemu'><name>r</name><memory>65536</memory><os><type>hvm</type></os><devices>
+      <disk type='file' device='disk'><source file='/x.raw'/><target dev='sda' bus='sata'/><readonly/></disk>
+    </devices></domain>"""
+    with pytest.raises(UnsupportedError) as caught:
+        parse_domain_xml(xml)
+    assert caught.value.items == ["/domain/devices/disk/readonly"]

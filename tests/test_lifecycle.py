@@ -18,6 +18,7 @@ from avirt.errors import (
     OperationInvalidError,
     OperationTimeoutError,
 )
+from tests.waiting import wait_for_state
 from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
@@ -207,7 +208,7 @@ async def test_sigkill_from_outside_leaves_it_shut_off_crashed(conn: Connection,
     await dom.start()
     pid = int((state_dir / "run/k1/qemu.pid").read_text())
     subprocess.run(["kill", "-KILL", str(pid)], check=True)
-    await _wait_for_state(dom, S.SHUTOFF)
+    await wait_for_state(dom, S.SHUTOFF)
     assert await dom.state() == (S.SHUTOFF, "crashed")
     assert not (state_dir / "run/k1").exists()
     await dom.start()  # and it can be started again
@@ -223,19 +224,6 @@ async def test_destroy_escalates_when_qemu_ignores_quit(conn: Connection, xml: X
     os.kill(pid, 19)  # SIGSTOP: QEMU can answer neither quit nor SIGTERM, only SIGKILL ends it
     await dom.destroy()
     assert await dom.state() == (S.SHUTOFF, "destroyed")
-
-
-async def _wait_for_state(dom: object, wanted: DomainState, timeout: float = 10) -> None:
-    import anyio
-
-    from avirt import Domain
-
-    assert isinstance(dom, Domain)
-    # The supervisor settles the state right after QEMU's exit; until the events API exists this is the
-    # one place the suite polls, bounded by a deadline.
-    with anyio.fail_after(timeout):
-        while (await dom.state())[0] is not wanted:  # noqa: ASYNC110
-            await anyio.sleep(0.01)
 
 
 async def test_nic_gets_a_stable_mac_at_define_time(conn: Connection, xml: XMLFactory) -> None:

@@ -475,10 +475,14 @@ def _disk(ctx: _Ctx, el: _El) -> Disk | None:
     serial = None
     if serial_el is not None and not _DISK_SERIAL_RE.fullmatch(serial := _text(serial_el)):
         ctx.invalid(serial_el, f"{serial!r} may only contain [A-Za-z0-9_ .+-]")
+    readonly_el = el.find("readonly")
+    if readonly_el is not None and disk_bus == "sata":
+        # QEMU's ide-hd cannot be read-only (libvirt refuses it too); only virtio disks can.
+        ctx.unsupported_at(readonly_el)
     if fmt is None or disk_bus is None:
         return None
     return Disk(target=target, source=source, type=dtype, format=fmt, bus=disk_bus,
-                readonly=el.find("readonly") is not None, serial=serial)
+                readonly=readonly_el is not None, serial=serial)
 
 
 def _interface(ctx: _Ctx, el: _El) -> Interface | None:

@@ -86,7 +86,9 @@ class Monitor:
             await self._force_idle()
             raise MonitorClosedError(f"no QMP greeting from {address} within {timeout:g} s") from None
         except ConnectError as e:
-            raise MonitorClosedError(f"cannot connect to {address}: {e.exc or e}") from e
+            cause = e.exc
+            why = "QEMU closed the connection" if isinstance(cause, EOFError) else str(cause) or repr(cause)
+            raise MonitorClosedError(f"cannot connect to {address}: {why}") from e
         greeting = self._client.greeting
         self.greeting = greeting._asdict() if greeting else {}
         self._closed = anyio.Event()

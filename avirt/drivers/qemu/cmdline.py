@@ -121,8 +121,6 @@ def _disk_args(cfg: DomainConfig, chains: dict[str, list[Layer]]) -> list[str]:
             sata_port += 1
         if disk.serial:
             device["serial"] = disk.serial
-        if disk.readonly and disk.bus == "virtio":
-            device["read-only"] = True
         argv += ["-device", _json(device)]
     return argv
 
