@@ -81,3 +81,17 @@ async def test_guest_that_powers_off_unwatched_is_shut_off_on_reconnect(
         # Found in runstate 'shutdown' (or reaching it right now): the new controller quits that QEMU.
         await wait_for_state(dom, S.SHUTOFF)
         assert await dom.state() == (S.SHUTOFF, "shutdown")
+
+
+async def test_on_poweroff_preserve_keeps_qemu_until_destroy(conn: Connection, xml: XMLFactory,
+                                                             tmp_path: Path, guest_images: GuestImages,
+                                                             state_dir: Path) -> None:
+    serial = tmp_path / "serial.log"
+    dom = await _boot(conn, xml, guest_images, serial, "keep1", on_poweroff="preserve")
+    await dom.shutdown()
+    await wait_for_serial(serial, "avirt-guest: poweroff")
+    await wait_for_state(dom, S.SHUTDOWN)
+    assert await dom.state() == (S.SHUTDOWN, "guest")
+    assert (state_dir / "run/keep1/qemu.pid").exists()  # QEMU is still there, holding the guest
+    await dom.destroy()
+    assert await dom.state() == (S.SHUTOFF, "destroyed")

@@ -69,7 +69,8 @@ def build_argv(
         "-chardev", f"socket,id=monitor,fd={qmp_fd},server=on,wait=off",
         "-mon", "chardev=monitor,mode=control",
     ]
-    if cfg.on_reboot == "destroy":
+    if cfg.on_reboot != "restart":
+        # A guest reboot then arrives as SHUTDOWN(guest-reset), and the driver applies on_reboot.
         argv += ["-action", "reboot=shutdown"]
     argv += _boot_args(cfg)
     argv += _disk_args(cfg, chains)

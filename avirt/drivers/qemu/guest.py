@@ -11,8 +11,9 @@ The transitions, in one place::
     SHUTOFF --start--> RUNNING(booted) | PAUSED(user)          (spawn, then cont unless paused)
     RUNNING --STOP--> PAUSED(user | ioerror | watchdog)  or  CRASHED(internal-error)
     PAUSED  --RESUME--> RUNNING(unpaused)
-    RUNNING --SHUTDOWN(guest)--> SHUTDOWN(user) --QEMU exits--> SHUTOFF(shutdown)
-            (with a reboot pending, or on_poweroff=restart: reset + cont -> RUNNING(booted))
+    RUNNING --SHUTDOWN--> SHUTDOWN(guest | user) --quit, QEMU exits--> SHUTOFF(shutdown)
+            (a reboot pending, or on_poweroff/on_reboot=restart: reset + cont -> RUNNING(booted);
+             on_poweroff/on_reboot=preserve: QEMU stays, SHUTDOWN, until destroy())
     any     --GUEST_PANICKED--> CRASHED(panicked)
     any     --process exit--> SHUTOFF(shutdown | destroyed | crashed)
 """
@@ -160,9 +161,14 @@ class Guest:
             self.set_state(S.SHUTDOWN, "host")
             return Reaction.NONE
         self.set_state(S.SHUTDOWN, "guest" if by_guest else "user")
-        restart = self.reboot_pending or (reason == "guest-shutdown" and self.config.on_poweroff == "restart")
-        if restart:
+        if self.reboot_pending:
             self.reboot_pending = False
             return Reaction.RESTART
+        # QEMU names why the guest went down; the domain's on_* settings say what follows.
+        action = self.config.on_reboot if reason == "guest-reset" else self.config.on_poweroff
+        if action == "restart":
+            return Reaction.RESTART
+        if action == "preserve":
+            return Reaction.NONE  # QEMU stays, in runstate shutdown, until destroy()
         self.exit_reason = "shutdown"
         return Reaction.QUIT
