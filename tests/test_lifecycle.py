@@ -235,3 +235,15 @@ async def test_nic_gets_a_stable_mac_at_define_time(conn: Connection, xml: XMLFa
     assert first.split("<mac")[1].split("/>")[0] in await dom.xml()
     await dom.destroy()
     assert await dom.xml(inactive=True) == first
+
+
+async def test_broken_backing_chain_is_named_before_qemu_starts(conn: Connection, xml: XMLFactory,
+                                                                tmp_path: Path, state_dir: Path) -> None:
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "8M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top], check=True)
+    base.unlink()
+    dom = await conn.define_xml(xml("chain1", disks=[("vda", str(top), "qcow2")]))
+    with pytest.raises(DomainStartError, match=f"disk vda: .*{base}"):
+        await dom.start()
+    assert not (state_dir / "run/chain1").exists()

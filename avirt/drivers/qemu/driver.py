@@ -30,6 +30,7 @@ from avirt.errors import (
     DomainExistsError,
     DomainNotFoundError,
     DomainStartError,
+    ImageError,
     OperationInvalidError,
     OperationTimeoutError,
     QMPError,
@@ -51,6 +52,7 @@ class QemuDriver(Driver):
         self._guests: dict[str, Guest] = {}
         self._tasks = TaskOwner()
         self._caps: dict[str, Any] | None = None
+        self._caps_lock = anyio.Lock()
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -73,21 +75,26 @@ class QemuDriver(Driver):
         await self.host.aclose()
 
     async def capabilities(self) -> dict[str, Any]:
-        if self._caps is None:
-            version = await self.host.run([DEFAULT_EMULATOR, "--version"])
-            first = version.stdout.splitlines()[0] if version.stdout else ""
-            probe = await self.host.run(
-                [DEFAULT_EMULATOR, "-machine", "none", "-accel", "kvm", "-nodefaults", "-no-user-config",
-                 "-display", "none", "-monitor", "stdio"], input=b"quit\n")
-            kvm = probe.returncode == 0
-            self._caps = {
-                "emulator": DEFAULT_EMULATOR,
-                "qemu_version": first.removeprefix("QEMU emulator version ").split(" ")[0],
-                "kvm": kvm,
-                "accelerators": ["kvm", "tcg"] if kvm else ["tcg"],
-                "domain_types": {"kvm": "kvm" if kvm else None, "qemu": "tcg"},
-            }
+        async with self._caps_lock:  # many concurrent starts must not each probe QEMU
+            if self._caps is None:
+                self._caps = await self._probe_capabilities()
         return dict(self._caps)
+
+    async def _probe_capabilities(self) -> dict[str, Any]:
+        version = await self.host.run([DEFAULT_EMULATOR, "--version"])
+        first = version.stdout.splitlines()[0] if version.stdout else ""
+        # A real start with -accel kvm, not a look at /dev/kvm: the device can exist and still be unusable.
+        probe = await self.host.run(
+            [DEFAULT_EMULATOR, "-machine", "none", "-accel", "kvm", "-nodefaults", "-no-user-config",
+             "-display", "none", "-monitor", "stdio"], input=b"quit\n")
+        kvm = probe.returncode == 0
+        return {
+            "emulator": DEFAULT_EMULATOR,
+            "qemu_version": first.removeprefix("QEMU emulator version ").split(" ")[0],
+            "kvm": kvm,
+            "accelerators": ["kvm", "tcg"] if kvm else ["tcg"],
+            "domain_types": {"kvm": "kvm" if kvm else None, "qemu": "tcg"},
+        }
 
     # -- definitions -------------------------------------------------------------------------------------
 
@@ -200,7 +207,10 @@ class QemuDriver(Driver):
             if disk.format == "raw":
                 chains[disk.target] = [Layer(disk.source, "raw")]
                 continue
-            entries = await backing_chain(self.host, disk.source, disk.format)
+            try:
+                entries = await backing_chain(self.host, disk.source, disk.format)
+            except ImageError as e:
+                raise DomainStartError(f"cannot start domain '{cfg.name}': disk {disk.target}: {e}") from e
             chains[disk.target] = [Layer(e.path, e.format) for e in reversed(entries)]
         return chains
 
