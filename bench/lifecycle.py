@@ -49,11 +49,19 @@ How to run
 
 ``--accel auto`` uses KVM if ``Connection.capabilities()`` says QEMU can use it here, else TCG (the
 guest XML then says ``<domain type='qemu'>``). State lives in a temporary directory, removed at the end.
-Run it on an otherwise idle machine: the figures are wall-clock times.
+Run it on an otherwise idle machine: the figures are wall-clock times (the table warns when other QEMU
+processes were running at the start).
+
+Know what "running" means here: with ``-accel kvm`` on this machine (the PVM ``/dev/kvm``), a running
+diskless guest's vCPU thread spins a whole core once SeaBIOS finds no boot device (under TCG it goes
+idle after about 60 ms of CPU). So the "running" round with KVM starts 50 guests on 2 cores while the
+ones already running eat the CPU, and its figure varies from run to run much more than the others.
 
 JSON keys (``--json``)
 ----------------------
-* ``machine``: ``cpus``, ``loadavg_start`` (1/5/15 min), ``qemu_version``, ``kvm_usable``, ``accel``.
+* ``machine``: ``cpus``, ``loadavg_start`` (1/5/15 min), ``other_qemu_at_start`` (QEMU processes that
+  were already running: anything above 0 makes the wall-clock figures suspect), ``qemu_version``,
+  ``kvm_usable``, ``accel``.
 * ``single``: ``runs``; ``avirt`` and ``raw``, each with ``total_ms`` = {``median``, ``p10``, ``p90``,
   ``min``, ``max``}, ``samples_ms`` (every run, in order) and ``phases_ms`` = {phase: median} (avirt:
   ``define``, ``start``, ``destroy``, ``undefine``; raw: ``start``, ``stop``); ``ratio`` = avirt median /
@@ -86,6 +94,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +160,22 @@ async def grow_worker_pool(threads: int) -> int:
     return rss_kib() - before
 
 
+def count_qemu_processes() -> int:
+    """QEMU processes on this machine that are alive (not zombies), e.g. other users' test guests."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+        if comm.startswith("qemu-system") and state not in "ZX":
+            count += 1
+    return count
+
+
 def summary(values_s: Sequence[float]) -> dict[str, float]:
     ms = sorted(v * 1000 for v in values_s)
     deciles = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
@@ -163,18 +188,26 @@ def median_ms(values_s: Sequence[float]) -> float:
 
 
 def kill_leftovers(root: Path) -> list[int]:
-    """Last resort after a failure: SIGKILL any QEMU whose pid file is under ``root`` (ours only)."""
+    """Last resort after a failure or Ctrl-C: SIGKILL every QEMU whose command line names a path under
+    ``root`` (its ``-pidfile``), i.e. only QEMUs this run started, each by its pid.
+
+    The command line, not the pid files: when ``setsid`` is killed by the terminal's SIGINT after it has
+    forked QEMU, avirt reports the start as failed and removes the run directory with the pid file, while
+    that QEMU goes on running.
+    """
+    marker = str(root).rstrip("/").encode() + b"/"
     killed = []
-    for pidfile in root.glob("**/qemu.pid"):
-        try:
-            pid = int(pidfile.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (ValueError, OSError):
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        if str(pidfile).encode() in cmdline:  # the pid file is on its command line: not a recycled pid
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]).startswith(b"qemu-system") and any(a.startswith(marker) for a in argv):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
     return killed
 
 
@@ -247,6 +280,13 @@ class RawBaseline:
         kill_leftovers(self.root)
 
 
+async def shielded(func: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """Run a start to its end even on Ctrl-C: a start cut short could leave a QEMU nobody tracks, which
+    the cleanup could then miss. Starts are short; the cleanup runs right after."""
+    with anyio.CancelScope(shield=True):
+        return await func(*args, **kwargs)
+
+
 async def _quietly(func: Callable[..., Awaitable[Any]], *args: Any) -> None:
     with contextlib.suppress(Exception):
         await func(*args)
@@ -291,6 +331,7 @@ async def single(runs: int, accel_opt: str) -> tuple[dict[str, Any], dict[str, A
                     raise SystemExit("--accel kvm: KVM is not usable here (capabilities()['kvm'] is false)")
                 raw.accel = accel
                 machine = {"cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
+                           "other_qemu_at_start": count_qemu_processes(),
                            "qemu_version": caps.get("qemu_version"), "kvm_usable": caps["kvm"],
                            "accel": accel}
 
@@ -299,7 +340,7 @@ async def single(runs: int, accel_opt: str) -> tuple[dict[str, Any], dict[str, A
                     dom = await conn.define_xml(guest_xml(name, accel))
                     doms.append(dom)
                     t1 = time.perf_counter()
-                    await dom.start(paused=False)
+                    await shielded(dom.start, paused=False)
                     t2 = time.perf_counter()
                     await dom.destroy()
                     t3 = time.perf_counter()
@@ -313,7 +354,7 @@ async def single(runs: int, accel_opt: str) -> tuple[dict[str, Any], dict[str, A
 
                 async def raw_cycle(name: str, record: bool) -> None:
                     t0 = time.perf_counter()
-                    await raw.start(name, paused=False)
+                    await shielded(raw.start, name, paused=False)
                     t1 = time.perf_counter()
                     await raw.stop(name)
                     t2 = time.perf_counter()
@@ -361,7 +402,7 @@ async def concurrent_avirt(guests: int, accel: str, paused: bool) -> dict[str, A
                 doms += warm
                 async with anyio.create_task_group() as group:
                     for dom in warm:
-                        group.start_soon(lambda d=dom: d.start(paused=paused))
+                        group.start_soon(partial(shielded, dom.start, paused=paused))
                 await avirt_cleanup(warm)
                 doms.clear()
                 pool_kib = await grow_worker_pool(guests)
@@ -373,7 +414,7 @@ async def concurrent_avirt(guests: int, accel: str, paused: bool) -> dict[str, A
                 t1, cpu1 = time.perf_counter(), time.process_time()
                 async with anyio.create_task_group() as group:
                     for dom in doms:
-                        group.start_soon(lambda d=dom: d.start(paused=paused))
+                        group.start_soon(partial(shielded, dom.start, paused=paused))
                 t2, cpu2 = time.perf_counter(), time.process_time()
                 threads_after, rss_after = proc_status("Threads"), rss_kib()
                 want = avirt.DomainState.PAUSED if paused else avirt.DomainState.RUNNING
@@ -404,7 +445,7 @@ async def concurrent_raw(guests: int, accel: str, paused: bool) -> dict[str, Any
     try:
         async with anyio.create_task_group() as group:
             for i in range(WARMUP_GUESTS):
-                group.start_soon(lambda n=f"w{i}": raw.start(n, paused=paused))
+                group.start_soon(partial(shielded, raw.start, f"w{i}", paused=paused))
         await raw.stop_all()
         pool_kib = await grow_worker_pool(guests)
 
@@ -412,7 +453,7 @@ async def concurrent_raw(guests: int, accel: str, paused: bool) -> dict[str, Any
         t1, cpu1 = time.perf_counter(), time.process_time()
         async with anyio.create_task_group() as group:
             for i in range(guests):
-                group.start_soon(lambda n=f"g{i}": raw.start(n, paused=paused))
+                group.start_soon(partial(shielded, raw.start, f"g{i}", paused=paused))
         t2, cpu2 = time.perf_counter(), time.process_time()
         threads_after, rss_after = proc_status("Threads"), rss_kib()
         async with anyio.create_task_group() as group:
@@ -478,6 +519,9 @@ def print_table(report: dict[str, Any]) -> None:
     m, s, c = report["machine"], report["single"], report["concurrent"]
     print(f"avirt lifecycle benchmark  (QEMU {m['qemu_version']}, accel {m['accel']}, {m['cpus']} CPUs, "
           f"load at start {m['loadavg_start'][0]:.2f})")
+    if m["other_qemu_at_start"]:
+        print(f"WARNING: {m['other_qemu_at_start']} other QEMU process(es) were running at start: "
+              "wall-clock figures are unreliable; rerun on an idle machine")
     print()
     print(f"(a) define+start+destroy+undefine, one guest (q35, 64 MiB, no disk), {s['runs']} runs, ms")
     print(f"    {'':24}{'median':>9}{'p10':>9}{'p90':>9}{'min':>9}{'max':>9}")

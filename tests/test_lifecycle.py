@@ -247,3 +247,21 @@ async def test_broken_backing_chain_is_named_before_qemu_starts(conn: Connection
     with pytest.raises(DomainStartError, match=f"disk vda: .*{base}"):
         await dom.start()
     assert not (state_dir / "run/chain1").exists()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.03, 0.06])
+async def test_a_cancelled_start_leaves_no_untracked_qemu(conn: Connection, xml: XMLFactory,
+                                                          state_dir: Path, delay: float) -> None:
+    import anyio
+
+    dom = await conn.define_xml(xml("c1"))
+    with anyio.move_on_after(delay):
+        await dom.start()
+    state, _ = await dom.state()
+    if state is S.SHUTOFF:
+        assert not (state_dir / "run/c1").exists()  # nothing was spawned
+        return
+    pid = int((state_dir / "run/c1/qemu.pid").read_text())
+    await dom.destroy()  # whatever was spawned is tracked, so it can be stopped
+    assert await dom.state() == (S.SHUTOFF, "destroyed")
+    assert not Path(f"/proc/{pid}/stat").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

@@ -13,12 +13,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import shutil
 import signal as signal_mod
 import socket
 import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from subprocess import DEVNULL
 
 import anyio
@@ -59,8 +59,10 @@ class LocalHost(Host):
             with open(log_path, "ab", buffering=0) as log:  # noqa: ASYNC230
                 os.chmod(log_path, 0o600)
                 try:
+                    # A session of its own from the first instant: a Ctrl-C in the controller's terminal
+                    # must not reach setsid (or QEMU) through our process group.
                     proc = await anyio.run_process(argv, stdin=DEVNULL, stdout=log, stderr=log,
-                                                   pass_fds=[fd], check=False)
+                                                   pass_fds=[fd], start_new_session=True, check=False)
                 except OSError as e:
                     raise HostError(f"cannot run {argv[2]}: {e.strerror}") from e
             if proc.returncode != 0:
@@ -70,18 +72,30 @@ class LocalHost(Host):
             sock.close()
 
     async def wait_exit(self, pid: int) -> None:
+        # A pidfd turns readable once every thread of the process has exited; a zombie main thread is not
+        # enough (QEMU's vCPU threads outlive it by milliseconds).
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             return
         try:
-            if not _is_zombie(pid):
-                await anyio.wait_readable(pidfd)
+            await anyio.wait_readable(pidfd)
         finally:
             os.close(pidfd)
 
     async def pid_alive(self, pid: int) -> bool:
-        return pid > 0 and not _is_zombie(pid)
+        if pid <= 0:
+            return False
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            return not poller.poll(0)  # readable = exited (also when not yet reaped)
+        finally:
+            os.close(pidfd)
 
     async def cpu_time_ns(self, pid: int) -> int:
         try:
@@ -135,16 +149,6 @@ class LocalHost(Host):
     async def aclose(self) -> None:
         while self._lock_fds:
             os.close(self._lock_fds.pop())
-
-
-def _is_zombie(pid: int) -> bool:
-    """A process that has exited but not been reaped still answers kill(pid, 0): look at its state."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    # The state follows the parenthesised command name, which may itself contain ')'.
-    return stat[stat.rindex(")") + 2] in "ZX"
 
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:

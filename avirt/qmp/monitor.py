@@ -122,9 +122,12 @@ class Monitor:
         await self._force_idle()
 
     async def _force_idle(self) -> None:
-        if self._client.runstate != Runstate.IDLE:
-            try:
-                await self._client.disconnect()
-            except Exception as e:  # the cause of the end (EOFError, ConnectionResetError) is expected here
-                log.debug("monitor %s ended: %r", self.name, e)
+        # Shielded: a disconnect cut short leaves qemu.qmp's reader and writer tasks with unretrieved
+        # exceptions ("_GatheringFuture exception was never retrieved").
+        with anyio.CancelScope(shield=True):
+            if self._client.runstate != Runstate.IDLE:
+                try:
+                    await self._client.disconnect()
+                except Exception as e:  # the cause of the end (EOFError, ConnectionResetError) is expected
+                    log.debug("monitor %s ended: %r", self.name, e)
         self._closed.set()

@@ -171,21 +171,24 @@ class QemuDriver(Driver):
         chains = await self._disk_chains(cfg)
         accel = await self._accelerator(cfg)
         name = cfg.name
-        await self.files.prepare_run(name, domain_to_xml(cfg))
-        try:
-            process = await QemuProcess.spawn(
-                self.host, name,
-                lambda fd: build_argv(cfg, chains=chains, accel=accel, qmp_fd=fd,
-                                      pidfile=self.files.pidfile(name)),
-                qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
-                log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
-            )
-        except DomainStartError:
-            await self.files.clear_run(name)
-            raise
-        guest.began(process, cfg, chains)
-        guest.set_state(DomainState.PAUSED, "user")
-        self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
+        # From here until the supervisor owns the new QEMU, cancellation must wait: a start cut short
+        # would leave a QEMU that nothing tracks. (Every step in the shield has its own timeout.)
+        with anyio.CancelScope(shield=True):
+            await self.files.prepare_run(name, domain_to_xml(cfg))
+            try:
+                process = await QemuProcess.spawn(
+                    self.host, name,
+                    lambda fd: build_argv(cfg, chains=chains, accel=accel, qmp_fd=fd,
+                                          pidfile=self.files.pidfile(name)),
+                    qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
+                    log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
+                )
+            except DomainStartError:
+                await self.files.clear_run(name)
+                raise
+            guest.began(process, cfg, chains)
+            guest.set_state(DomainState.PAUSED, "user")
+            self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if not paused:
             try:
                 await process.monitor.execute("cont")

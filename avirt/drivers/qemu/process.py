@@ -77,10 +77,13 @@ class QemuProcess:
         try:
             await monitor.connect(qmp_socket, timeout=5.0)
         except MonitorClosedError as e:
-            if await host.pid_alive(pid):
-                log.warning("domain %s: QEMU pid %d lives but its monitor does not answer: %s", name, pid, e)
-                return cls(host, name, pid, monitor)
-            return None
+            # A refused connection is most often a QEMU that is dying right now (killed a moment ago, its
+            # threads still exiting): give it a moment to finish before calling it alive but mute.
+            with anyio.move_on_after(2.0):
+                await host.wait_exit(pid)
+                return None
+            log.warning("domain %s: QEMU pid %d lives but its monitor does not answer: %s", name, pid, e)
+            return cls(host, name, pid, monitor)
         return cls(host, name, pid, monitor)
 
     async def wait_exit(self) -> None:
