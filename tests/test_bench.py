@@ -1,0 +1,22 @@
+"""The benchmark runs and reports every figure (its numbers are judged by people, not by this test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "lifecycle.py"
+
+
+def test_lifecycle_benchmark_reports_its_figures_as_json() -> None:
+    result = subprocess.run([sys.executable, str(BENCH), "--json", "--runs", "2", "--guests", "3"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["single"]["runs"] == 2
+    assert report["single"]["ratio"] > 0
+    assert set(report["concurrent"]) == {"running", "paused"}
+    assert {t["unit"] for t in report["targets"]} == {"x", "s", "KiB"}
+    assert all(isinstance(t["ok"], bool) for t in report["targets"])
