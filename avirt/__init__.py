@@ -16,8 +16,59 @@ Guests outlive the controller: a later ``connect()`` to the same state directory
 from avirt import errors
 from avirt.connection import Connection, connect
 from avirt.domain import Domain
+from avirt.events import (
+    BalloonChangeEvent,
+    BlockJobEvent,
+    BlockJobStatus,
+    BlockThresholdEvent,
+    ControlErrorEvent,
+    DeviceRemovedEvent,
+    Event,
+    EventKind,
+    EventStream,
+    IOErrorEvent,
+    JobKind,
+    LifecycleEvent,
+    LifecycleType,
+    PMEvent,
+    PMWakeupEvent,
+    QMPEvent,
+    RebootEvent,
+    RTCChangeEvent,
+    Subscription,
+    TrayChangeEvent,
+    WatchdogEvent,
+)
 from avirt.models import DomainInfo, DomainState
 
 __version__ = "0.1.0"
 
-__all__ = ["Connection", "Domain", "DomainInfo", "DomainState", "connect", "errors"]
+__all__ = [
+    "BalloonChangeEvent",
+    "BlockJobEvent",
+    "BlockJobStatus",
+    "BlockThresholdEvent",
+    "Connection",
+    "ControlErrorEvent",
+    "DeviceRemovedEvent",
+    "Domain",
+    "DomainInfo",
+    "DomainState",
+    "Event",
+    "EventKind",
+    "EventStream",
+    "IOErrorEvent",
+    "JobKind",
+    "LifecycleEvent",
+    "LifecycleType",
+    "PMEvent",
+    "PMWakeupEvent",
+    "QMPEvent",
+    "RTCChangeEvent",
+    "RebootEvent",
+    "Subscription",
+    "TrayChangeEvent",
+    "WatchdogEvent",
+    "connect",
+    "errors",
+]

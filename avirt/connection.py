@@ -7,13 +7,15 @@ context manager; closing it leaves running guests running (they outlive the cont
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import Any
 
 from avirt.domain import Domain
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
+from avirt.events.bus import Callback, EventStream, Subscription
+from avirt.events.model import EventKind
 from avirt.hosts.local import LocalHost
 from avirt.models import DomainState
 from avirt.uri import ConnectionURI
@@ -55,9 +57,33 @@ class Connection:
             return domains
         return [d for d in domains if (await d.state())[0] is state]
 
+    def subscribe(self, callback: Callback, *, kinds: Iterable[EventKind] | None = None,
+                  domain: Domain | str | None = None, max_queue: int = 1024) -> Subscription:
+        """Call ``callback(event)`` (a function or a coroutine function) for each matching event.
+
+        The callback runs in a task of its own: a slow one never delays other subscribers or the
+        monitors; past ``max_queue`` waiting events the oldest are dropped and counted in
+        ``Subscription.lost``. ``cancel()`` on the subscription ends it.
+        """
+        return self._driver.bus.subscribe(callback, kinds, _domain_name(domain), max_queue)
+
+    def events(self, *, kinds: Iterable[EventKind] | None = None, domain: Domain | str | None = None,
+               max_queue: int = 1024) -> EventStream:
+        """A stream of matching events: ``async with conn.events(...) as stream: async for ev in stream``.
+
+        If the reader falls more than ``max_queue`` events behind, the next read raises
+        ``EventsLostError(count)`` and the stream then goes on with the newest events. Closing the
+        connection ends the stream.
+        """
+        return self._driver.bus.stream(kinds, _domain_name(domain), max_queue)
+
     async def capabilities(self) -> dict[str, Any]:
         """QEMU's version, whether KVM is usable, and which accelerator each domain type gets."""
         return await self._driver.capabilities()
+
+
+def _domain_name(domain: Domain | str | None) -> str | None:
+    return domain.name if isinstance(domain, Domain) else domain
 
 
 class _Connecting:

@@ -6,7 +6,7 @@ the same domain always agree, and a handle stays valid across start and stop.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from avirt.models import DomainInfo, DomainState
 
@@ -63,6 +63,15 @@ class Domain:
     async def undefine(self) -> None:
         """Remove the persistent definition; a running domain goes on as a transient one."""
         await self._driver.undefine(self.name)
+
+    async def qemu_monitor_command(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Send one QMP command to the domain's QEMU and return its answer (virDomainQemuMonitorCommand).
+
+        An escape hatch for what the API does not cover yet. avirt does not know what the command changes:
+        a command that changes devices, block nodes or the run state can leave avirt's view of the domain
+        out of date.
+        """
+        return await self._driver.qemu_monitor_command(self.name, command, arguments)
 
     async def state(self) -> tuple[DomainState, str]:
         """The domain's state and the reason for it, e.g. ``(DomainState.RUNNING, 'booted')``."""

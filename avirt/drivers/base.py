@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from avirt.events.bus import EventBus
 from avirt.models import DomainInfo, DomainState
 
 
@@ -24,6 +25,8 @@ class DomainRef:
 
 class Driver(ABC):
     uri: str
+    #: Where the driver publishes domain events; Connection.subscribe/events read from it.
+    bus: EventBus
 
     @abstractmethod
     async def open(self) -> None:
@@ -75,6 +78,10 @@ class Driver(ABC):
 
     @abstractmethod
     async def resume(self, name: str) -> None: ...
+
+    @abstractmethod
+    async def qemu_monitor_command(self, name: str, command: str,
+                                   arguments: dict[str, Any] | None) -> Any: ...
 
     # -- queries ---------------------------------------------------------------------------------------
 

@@ -35,6 +35,9 @@ from avirt.errors import (
     OperationTimeoutError,
     QMPError,
 )
+from avirt.events.bus import EventBus
+from avirt.events.model import ControlErrorEvent, EventKind, LifecycleEvent, LifecycleType, QMPEvent
+from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
 from avirt.models import DomainInfo, DomainState
 from avirt.offline.qemu_img import backing_chain
@@ -51,8 +54,10 @@ class QemuDriver(Driver):
         self.files = StateDir(host, state_dir)
         self._guests: dict[str, Guest] = {}
         self._tasks = TaskOwner()
+        self.bus = EventBus(self._tasks)
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
+        self._event_time: float | None = None
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -63,11 +68,12 @@ class QemuDriver(Driver):
             xml = await self.files.read_definition(name)
             if xml is not None:
                 cfg = parse_domain_xml(xml)
-                self._guests[name] = Guest(name, cfg.uuid, cfg)
+                self._guests[name] = self._new_guest(name, cfg.uuid, cfg)
         for name in await self.files.run_names():
             await self._reattach(name)
 
     async def close(self) -> None:
+        self.bus.close()
         await self._tasks.aclose()
         for guest in self._guests.values():
             if guest.process is not None:
@@ -105,9 +111,11 @@ class QemuDriver(Driver):
         if guest is not None and guest.uuid != cfg.uuid:
             raise DomainExistsError(f"domain '{cfg.name}' already exists with uuid {guest.uuid}")
         await self.files.write_definition(cfg.name, domain_to_xml(cfg))
+        detail = "updated" if guest is not None and guest.persistent else "added"
         if guest is None:
-            guest = self._guests[cfg.name] = Guest(cfg.name, cfg.uuid, cfg)
+            guest = self._guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, cfg)
         guest.definition = cfg
+        self._announce(guest, LifecycleType.DEFINED, detail)
         return DomainRef(guest.name, guest.uuid)
 
     async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
@@ -115,7 +123,7 @@ class QemuDriver(Driver):
         if cfg.name in self._guests:
             raise DomainExistsError(f"domain '{cfg.name}' already exists")
         self._check_uuid_free(cfg, None)
-        guest = self._guests[cfg.name] = Guest(cfg.name, cfg.uuid, None)
+        guest = self._guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
         try:
             async with guest.lock:
                 await self._start(guest, cfg, paused=paused)
@@ -143,6 +151,7 @@ class QemuDriver(Driver):
                 raise OperationInvalidError(f"cannot undefine transient domain '{name}'")
             await self.files.remove_definition(name)
             guest.definition = None
+            self._announce(guest, LifecycleType.UNDEFINED, "removed")
             if not guest.active:
                 del self._guests[name]
 
@@ -187,15 +196,21 @@ class QemuDriver(Driver):
                 await self.files.clear_run(name)
                 raise
             guest.began(process, cfg, chains)
-            guest.set_state(DomainState.PAUSED, "user")
+            guest.set_state(DomainState.PAUSED, "user", announce=False)
             self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
-        if not paused:
-            try:
-                await process.monitor.execute("cont")
-            except QMPError as e:
-                await self._terminate(guest, "failed")
-                raise DomainStartError(f"domain '{name}' did not start running: {e}") from e
-            guest.set_state(DomainState.RUNNING, "booted")
+        if paused:
+            self._announce(guest, LifecycleType.STARTED, "booted")
+            self._announce(guest, LifecycleType.SUSPENDED, "paused")
+            return
+        guest.starting = True  # the RESUME that cont causes means "booted"
+        try:
+            await process.monitor.execute("cont")
+        except QMPError as e:
+            await self._terminate(guest, "failed")
+            raise DomainStartError(f"domain '{name}' did not start running: {e}") from e
+        finally:
+            guest.starting = False
+        guest.set_state(DomainState.RUNNING, "booted")
 
     async def _disk_chains(self, cfg: DomainConfig) -> dict[str, list[Layer]]:
         """Each disk's layers, bottom first; a missing image is named before QEMU is ever spawned."""
@@ -287,6 +302,13 @@ class QemuDriver(Driver):
             await self._monitor(guest).execute("cont")
             guest.set_state(DomainState.RUNNING, "unpaused")
 
+    async def qemu_monitor_command(self, name: str, command: str,
+                                   arguments: dict[str, Any] | None) -> Any:
+        guest = self._find(name)
+        if not guest.active:
+            raise OperationInvalidError(f"domain '{name}' is not running")
+        return await self._monitor(guest).execute(command, arguments)
+
     def _monitor(self, guest: Guest) -> Monitor:
         if guest.process is None or not guest.process.monitor.connected:
             raise OperationInvalidError(f"domain '{guest.name}': the QEMU monitor is not connected")
@@ -336,11 +358,33 @@ class QemuDriver(Driver):
             await process.wait_exit()
             return
         log.error("domain %s: the QEMU monitor broke but QEMU (pid %d) still runs", guest.name, process.pid)
+        self.bus.emit(ControlErrorEvent, guest.name, guest.uuid,
+                      reason="the QEMU monitor connection broke while QEMU still runs")
 
     def _on_qmp_event(self, guest: Guest, msg: dict[str, Any]) -> None:
-        reaction = guest.on_qmp_event(msg)
+        """Every QMP event of every guest passes here: raw event, state machine, typed events."""
+        timestamp = timestamp_of(msg)
+        if self.bus.wants(EventKind.QMP):
+            self.bus.emit(QMPEvent, guest.name, guest.uuid, timestamp, name=msg.get("event", ""),
+                          data=msg.get("data") or {})
+        self._event_time = timestamp  # lifecycle events caused by this message carry QEMU's time
+        try:
+            reaction = guest.on_qmp_event(msg)
+        finally:
+            self._event_time = None
+        if self.bus.active:
+            for cls, fields in translate(msg, guest.names):
+                self.bus.emit(cls, guest.name, guest.uuid, timestamp, **fields)
         if reaction is not Reaction.NONE:
             self._tasks.start_soon(self._react, guest, reaction, name=f"react-{guest.name}")
+
+    def _new_guest(self, name: str, uuid: str, definition: DomainConfig | None) -> Guest:
+        guest = Guest(name, uuid, definition)
+        guest.on_lifecycle = lambda type, detail: self._announce(guest, type, detail)
+        return guest
+
+    def _announce(self, guest: Guest, type: LifecycleType, detail: str) -> None:
+        self.bus.emit(LifecycleEvent, guest.name, guest.uuid, self._event_time, type=type, detail=detail)
 
     async def _react(self, guest: Guest, reaction: Reaction) -> None:
         if guest.process is None:
@@ -350,8 +394,12 @@ class QemuDriver(Driver):
             if reaction is Reaction.QUIT:
                 await monitor.execute("quit")
             elif reaction is Reaction.RESTART:
-                await monitor.execute("system_reset")
-                await monitor.execute("cont")
+                guest.starting = True
+                try:
+                    await monitor.execute("system_reset")
+                    await monitor.execute("cont")
+                finally:
+                    guest.starting = False
                 guest.set_state(DomainState.RUNNING, "booted")
             elif reaction is Reaction.REFINE:
                 status = await monitor.execute("query-status")
@@ -365,7 +413,7 @@ class QemuDriver(Driver):
         live_xml = await self.files.read_live(name)
         live = parse_domain_xml(live_xml) if live_xml is not None else None
         known = self._guests.get(name)
-        guest = known or (Guest(name, live.uuid, None) if live else None)
+        guest = known or (self._new_guest(name, live.uuid, None) if live else None)
         process = None
         if live is not None and guest is not None:
             process = await QemuProcess.attach(
@@ -375,7 +423,7 @@ class QemuDriver(Driver):
             log.info("domain %s: its QEMU is gone; cleaning its run directory", name)
             await self.files.clear_run(name)
             if known is not None:
-                known.set_state(DomainState.SHUTOFF, "unknown")
+                known.set_state(DomainState.SHUTOFF, "unknown", announce=False)
             return
         self._guests[name] = guest
         try:
@@ -384,11 +432,12 @@ class QemuDriver(Driver):
             log.warning("domain %s: cannot read its disk chains: %s", name, e)
             chains = {}
         guest.began(process, live, chains)
-        guest.set_state(DomainState.RUNNING, "unknown")
+        guest.set_state(DomainState.RUNNING, "unknown", announce=False)
         self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if process.monitor.connected:
             status = await process.monitor.execute("query-status")
-            guest.set_state(*STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown")))
+            guest.set_state(*STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown")),
+                            announce=False)
             if guest.state is DomainState.SHUTDOWN:  # it powered off while nobody watched
                 guest.exit_reason = "shutdown"
                 await process.monitor.execute("quit")

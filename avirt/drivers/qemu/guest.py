@@ -21,6 +21,7 @@ The transitions, in one place::
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ from avirt.config.model import DomainConfig
 from avirt.drivers.qemu.cmdline import Layer
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.errors import OperationInvalidError
+from avirt.events.model import JobKind, LifecycleType
+from avirt.events.translate import Names, lifecycle_for
 from avirt.models import DomainState
 
 S = DomainState
@@ -88,6 +91,27 @@ class Guest:
     exit_reason: str | None = None
     expect_stop: bool = False
     reboot_pending: bool = False
+    #: Between start (or a reset for a reboot) and the first cont: a RESUME then means "booted".
+    starting: bool = False
+    #: Why the next STOP happens, when QEMU said so first (BLOCK_IO_ERROR or WATCHDOG with a pause action).
+    pause_cause: str | None = None
+    #: Receives each lifecycle event this guest's state changes stand for.
+    on_lifecycle: Callable[[LifecycleType, str], None] | None = None
+    #: How QEMU's node names and job ids map to this guest's disks (for the event translation).
+    names: Names = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = Names(disk_of_node=self._disk_of_node, job=_job_of_id)
+
+    def _disk_of_node(self, node: str) -> str:
+        """``vda-3`` (or ``vda-3-file``) -> ``vda`` when layer 3 is the top, else ``vda[k]`` k layers down."""
+        target, _, rest = node.partition("-")
+        index = rest.removesuffix("-file")
+        layers = self.chains.get(target)
+        if not layers or not index.isdigit() or not 1 <= int(index) <= len(layers):
+            return node
+        depth = len(layers) - int(index)
+        return target if depth == 0 else f"{target}[{depth}]"
 
     @property
     def config(self) -> DomainConfig:
@@ -109,8 +133,19 @@ class Guest:
                 f"cannot {call} domain '{self.name}': it is {self.state.value} ({self.reason})"
             )
 
-    def set_state(self, state: DomainState, reason: str) -> None:
+    def set_state(self, state: DomainState, reason: str, *, detail: str | None = None,
+                  announce: bool = True) -> None:
+        """Move to ``(state, reason)`` and, if that is news, announce it as a lifecycle event.
+
+        ``detail`` overrides the event's detail where the state alone does not say it (a QEMU that died
+        on its own and one that a guest panic ended are both SHUTOFF/crashed, but FAILED vs CRASHED).
+        """
+        changed = (state, reason) != (self.state, self.reason)
         self.state, self.reason = state, reason
+        if announce and changed and self.on_lifecycle is not None:
+            event = lifecycle_for(state, reason)
+            if event is not None:
+                self.on_lifecycle(event[0], detail or event[1])
 
     def began(self, process: QemuProcess, live: DomainConfig, chains: dict[str, list[Layer]]) -> None:
         """A QEMU for this guest now exists (spawned or re-attached)."""
@@ -118,10 +153,13 @@ class Guest:
         self.stopped = anyio.Event()
         self.exit_reason = None
         self.expect_stop = self.reboot_pending = False
+        self.pause_cause = None
 
     def ended(self) -> None:
-        """The QEMU is gone: SHUTOFF with the reason its end was given."""
-        self.set_state(S.SHUTOFF, self.exit_reason or "crashed")
+        """The QEMU is gone: SHUTOFF with the reason its end was given; nobody gave one -> it failed."""
+        cause = self.exit_reason or "failed"
+        reason = "crashed" if cause == "failed" else cause
+        self.set_state(S.SHUTOFF, reason, detail=cause)
         self.process, self.live, self.chains = None, None, {}
         self.stopped.set()
 
@@ -135,10 +173,18 @@ class Guest:
                 return Reaction.NONE
             if self.state in (S.SHUTDOWN, S.CRASHED):
                 return Reaction.NONE  # the stop is part of a shutdown or panic already reported
-            self.set_state(S.PAUSED, "unknown")
+            if self.pause_cause:  # QEMU said why just before: an I/O error or a watchdog
+                self.set_state(S.PAUSED, self.pause_cause)
+                self.pause_cause = None
+                return Reaction.NONE
+            self.set_state(S.PAUSED, "unknown")  # no event yet: query-status will tell why
             return Reaction.REFINE
         if name == "RESUME":
-            self.set_state(S.RUNNING, "unpaused")
+            self.set_state(S.RUNNING, "booted" if self.starting else "unpaused")
+        elif name == "BLOCK_IO_ERROR" and data.get("action") == "stop":
+            self.pause_cause = "ioerror"
+        elif name == "WATCHDOG" and data.get("action") == "pause":
+            self.pause_cause = "watchdog"
         elif name == "SHUTDOWN":
             return self._on_shutdown(str(data.get("reason", "")), bool(data.get("guest")))
         elif name == "GUEST_PANICKED":
@@ -156,9 +202,9 @@ class Guest:
 
     def _on_shutdown(self, reason: str, by_guest: bool) -> Reaction:
         if reason in ("host-qmp-quit", "host-signal"):
-            # QEMU is exiting by itself; only how to report it remains.
+            # QEMU is exiting by itself; only how to report it remains. A destroy() announces only its end.
             self.exit_reason = self.exit_reason or "shutdown"
-            self.set_state(S.SHUTDOWN, "host")
+            self.set_state(S.SHUTDOWN, "host", announce=self.exit_reason != "destroyed")
             return Reaction.NONE
         self.set_state(S.SHUTDOWN, "guest" if by_guest else "user")
         if self.reboot_pending:
@@ -172,3 +218,13 @@ class Guest:
             return Reaction.NONE  # QEMU stays, in runstate shutdown, until destroy()
         self.exit_reason = "shutdown"
         return Reaction.QUIT
+
+
+_JOB_KINDS = {kind.value: kind for kind in JobKind}
+
+
+def _job_of_id(job_id: str) -> tuple[str, JobKind] | None:
+    """avirt names its jobs ``<kind>-<disk>-<n>`` (``active-commit-vda-2``); others are not ours."""
+    head, _, _number = job_id.rpartition("-")
+    kind, _, disk = head.rpartition("-")
+    return (disk, _JOB_KINDS[kind]) if kind in _JOB_KINDS and disk else None
