@@ -44,7 +44,8 @@ KITCHEN_SINK = """<domain type='{type}'>
   <devices>
     <emulator>qemu-system-x86_64</emulator>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/><source file='{active}'/><target dev='vda' bus='virtio'/>
+      <driver name='qemu' type='qcow2' error_policy='stop'/><source file='{active}'/>
+      <target dev='vda' bus='virtio'/>
       <serial>disk-vda</serial>
     </disk>
     <disk type='file' device='disk'>
@@ -59,6 +60,7 @@ KITCHEN_SINK = """<domain type='{type}'>
     <console type='file'><source path='{serial}'/><target type='serial' port='0'/></console>
     <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>
     <memballoon model='virtio'/>
+    <panic model='isa'/>
   </devices>
 </domain>"""
 

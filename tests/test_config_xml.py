@@ -58,7 +58,7 @@ line two</description>
       <serial>SN-0001</serial>
     </disk>
     <disk type='block' device='disk'>
-      <driver name='qemu' type='raw'/>
+      <driver name='qemu' type='raw' error_policy='stop'/>
       <source dev='/dev/vg0/data'/>
       <target dev='sda' bus='sata'/>
     </disk>
@@ -78,6 +78,7 @@ line two</description>
       <listen type='address' address='127.0.0.1'/>
     </graphics>
     <memballoon model='virtio'/>
+    <panic model='isa'/>
   </devices>
 </domain>
 """
@@ -119,7 +120,8 @@ def test_full_document_fills_every_field() -> None:
     assert cfg.disks == [
         Disk(target="vda", source="/var/lib/avirt/top.qcow2", type="file", format="qcow2", bus="virtio",
              readonly=True, serial="SN-0001"),
-        Disk(target="sda", source="/dev/vg0/data", type="block", format="raw", bus="sata"),
+        Disk(target="sda", source="/dev/vg0/data", type="block", format="raw", bus="sata",
+             error_policy="stop"),
     ]
     assert cfg.interfaces == [Interface(mac="52:54:00:ab:cd:ef")]
     assert cfg.chardevs == [
@@ -129,6 +131,8 @@ def test_full_document_fills_every_field() -> None:
     ]
     assert cfg.graphics == [Graphics(type="vnc", port=5901, listen="127.0.0.1")]
     assert cfg.memballoon == "virtio"
+    assert cfg.panic == "isa"
+    assert [d.error_policy for d in cfg.disks][-1] == "stop"
 
 
 def test_full_document_round_trips_and_serialisation_is_stable() -> None:

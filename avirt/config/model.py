@@ -16,6 +16,7 @@ DiskBus = Literal["virtio", "sata"]
 CharType = Literal["pty", "file", "null"]
 GraphicsType = Literal["none", "vnc"]
 LifecycleAction = Literal["destroy", "restart", "preserve"]
+ErrorPolicy = Literal["stop", "report", "ignore", "enospace"]
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Disk:
     bus: DiskBus = "virtio"
     readonly: bool = False
     serial: str | None = None
+    #: What the guest sees on a host I/O error (<driver error_policy=...>); None: QEMU's default (report).
+    error_policy: ErrorPolicy | None = None
 
 
 @dataclass
@@ -89,6 +92,8 @@ class DomainConfig:
     chardevs: list[CharDevice] = field(default_factory=list)
     graphics: list[Graphics] = field(default_factory=list)
     memballoon: Literal["virtio", "none"] | None = None
+    #: <panic model='isa'/>: the pvpanic device through which a guest reports a kernel panic.
+    panic: Literal["isa"] | None = None
 
     def disk(self, target: str) -> Disk | None:
         return next((d for d in self.disks if d.target == target), None)

@@ -47,6 +47,7 @@ from avirt.config.model import (
     DiskFormat,
     DiskType,
     DomainConfig,
+    ErrorPolicy,
     Graphics,
     Interface,
     LifecycleAction,
@@ -93,7 +94,8 @@ _SCHEMA = _s(
     devices=_s(
         emulator=_s(text=True),
         disk=_s(
-            "type", "device", multiple=True, driver=_s("name", "type"), source=_s("file", "dev"),
+            "type", "device", multiple=True, driver=_s("name", "type", "error_policy"),
+            source=_s("file", "dev"),
             target=_s("dev", "bus"), readonly=_s(), serial=_s(text=True), alias=_ALIAS, backingStore=_BACKING,
         ),
         interface=_s("type", multiple=True, model=_s("type"), mac=_s("address"), alias=_ALIAS),
@@ -102,6 +104,7 @@ _SCHEMA = _s(
         graphics=_s("type", "port", "autoport", "listen", multiple=True, listen=_s("type", "address"),
                     alias=_ALIAS),
         memballoon=_s("model", alias=_ALIAS),
+        panic=_s("model", alias=_ALIAS),
     ),
 )
 
@@ -139,6 +142,8 @@ _FORMATS: tuple[DiskFormat, ...] = ("qcow2", "raw")
 _BUSES: tuple[DiskBus, ...] = ("virtio", "sata")
 _CHAR_TYPES: tuple[CharType, ...] = ("pty", "file", "null")
 _BALLOONS: tuple[Literal["virtio", "none"], ...] = ("virtio", "none")
+_ERROR_POLICIES: tuple[ErrorPolicy, ...] = ("stop", "report", "ignore", "enospace")
+_KNOWN_PANICS = {"isa", "pseries", "hyperv", "s390", "pvpanic"}
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}")
 _INT_RE = re.compile(r"-?[0-9]+")
@@ -438,6 +443,9 @@ def _devices(ctx: _Ctx, devices: _El, cfg: DomainConfig) -> None:
     balloon = devices.find("memballoon")
     if balloon is not None:
         cfg.memballoon = ctx.choose(balloon, "model", _BALLOONS, _KNOWN_BALLOONS)
+    panic = devices.find("panic")
+    if panic is not None:
+        cfg.panic = ctx.choose(panic, "model", ("isa",), _KNOWN_PANICS, "isa")
 
 
 def _disk(ctx: _Ctx, el: _El) -> Disk | None:
@@ -446,10 +454,13 @@ def _disk(ctx: _Ctx, el: _El) -> Disk | None:
     if dtype is None or device is None:
         return None  # its children mean something else; do not judge them as a file/block disk
     fmt: DiskFormat | None = "raw"
+    error_policy: ErrorPolicy | None = None
     driver = el.find("driver")
     if driver is not None:
         ctx.choose(driver, "name", ("qemu",), None, "qemu")
         fmt = ctx.choose(driver, "type", _FORMATS, _KNOWN_FORMATS, "raw")
+        if driver.get("error_policy") is not None:
+            error_policy = ctx.choose(driver, "error_policy", _ERROR_POLICIES, _ERROR_POLICIES)
     source_attr, other_attr = ("file", "dev") if dtype == "file" else ("dev", "file")
     source_el = el.find("source")
     if source_el is None:
@@ -482,7 +493,7 @@ def _disk(ctx: _Ctx, el: _El) -> Disk | None:
     if fmt is None or disk_bus is None:
         return None
     return Disk(target=target, source=source, type=dtype, format=fmt, bus=disk_bus,
-                readonly=readonly_el is not None, serial=serial)
+                readonly=readonly_el is not None, serial=serial, error_policy=error_policy)
 
 
 def _interface(ctx: _Ctx, el: _El) -> Interface | None:

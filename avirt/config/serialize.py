@@ -110,6 +110,8 @@ def domain_to_xml(
             _graphics(devices, graphics)
     if cfg.memballoon is not None:
         etree.SubElement(devices, "memballoon", model=cfg.memballoon)
+    if cfg.panic is not None:
+        etree.SubElement(devices, "panic", model=cfg.panic)
 
     etree.indent(root, space="  ")
     return etree.tostring(root, encoding="unicode", pretty_print=True)
@@ -123,7 +125,9 @@ def _leaf(parent: _El, tag: str, text: str, **attrs: str) -> _El:
 
 def _disk(devices: _El, disk: Disk, chain: list[tuple[str, str]] | None) -> None:
     el = etree.SubElement(devices, "disk", type=disk.type, device=disk.device)
-    etree.SubElement(el, "driver", name="qemu", type=disk.format)
+    driver = etree.SubElement(el, "driver", name="qemu", type=disk.format)
+    if disk.error_policy is not None:
+        driver.set("error_policy", disk.error_policy)
     source_attr = "file" if disk.type == "file" else "dev"
     if disk.source is not None:
         etree.SubElement(el, "source", {source_attr: disk.source})

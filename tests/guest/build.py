@@ -84,6 +84,9 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_blk",
     "button",
     "evdev",
+    "virtio_balloon",  # BALLOON_CHANGE: only a guest driver answers the host's balloon target
+    "pvpanic",  # GUEST_PANICKED: the guest reports its panic through <panic model='isa'/>
+    "pvpanic_mmio",
 )
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")

@@ -33,6 +33,7 @@ while read -r mod; do
 done </etc/avirt-modules
 
 workload=none
+actions=
 slots=4
 count=0
 sleep_s=0
@@ -44,8 +45,29 @@ for arg in $(cat /proc/cmdline); do
         avirt.slots=*) slots=${arg#*=} ;;
         avirt.count=*) count=${arg#*=} ;;
         avirt.sleep=*) sleep_s=${arg#*=} ;;
+        avirt.actions=*) actions=${arg#*=} ;;
     esac
 done
+
+# Things a guest does that QEMU turns into events, run once after "ready" (comma-separated):
+#   rtc      set the clock far ahead and write it to the RTC            -> RTC_CHANGE
+#   suspend  suspend to RAM (the host wakes it with system_wakeup)     -> SUSPEND, WAKEUP
+#   panic    crash the kernel (sysrq c)                                -> GUEST_PANICKED with pvpanic
+run_actions() {
+    for action in $(echo "$actions" | tr ',' ' '); do
+        case "$action" in
+            rtc)
+                date -s @2000000000 >/dev/null && hwclock -w -u && say "rtc written" ;;
+            suspend)
+                say "suspending"
+                echo mem >/sys/power/state && say "woke up" ;;
+            panic)
+                say "panicking"
+                echo c >/proc/sysrq-trigger ;;
+            *) say "error unknown action $action" ;;
+        esac
+    done
+}
 
 # Write loop. Iteration i writes 64 KiB of byte (i % 254) + 1 at slot K = i % slots (offset K MiB)
 # of /dev/vda with conv=fsync and reports it only after dd returned, so every reported pattern is
@@ -128,6 +150,9 @@ say "ready uptime=$up"
 if [ "$workload" = write ]; then
     (exec 3<&-; workload_write) &
     wl_pid=$!
+fi
+if [ -n "$actions" ]; then
+    (exec 3<&-; run_actions) &
 fi
 
 if [ -z "$pb" ]; then

@@ -79,6 +79,10 @@ def build_argv(
     argv += _display_args(cfg)
     if cfg.memballoon == "virtio":
         argv += ["-device", "virtio-balloon-pci,id=balloon0"]
+    if cfg.panic == "isa":
+        argv += ["-device", "pvpanic"]
+    # A panicking guest is paused, not powered off, so that the driver can apply on_crash.
+    argv += ["-action", "panic=pause"]
     return argv
 
 
@@ -122,6 +126,11 @@ def _disk_args(cfg: DomainConfig, chains: dict[str, list[Layer]]) -> list[str]:
             sata_port += 1
         if disk.serial:
             device["serial"] = disk.serial
+        if disk.error_policy is not None:
+            # libvirt's error_policy sets both directions; "stop" pauses the guest on an I/O error.
+            enospace = disk.error_policy == "enospace"
+            device["werror"] = "enospc" if enospace else disk.error_policy
+            device["rerror"] = "report" if enospace else disk.error_policy
         argv += ["-device", _json(device)]
     return argv
 

@@ -203,8 +203,10 @@ class Guest:
     def _on_shutdown(self, reason: str, by_guest: bool) -> Reaction:
         if reason in ("host-qmp-quit", "host-signal"):
             # QEMU is exiting by itself; only how to report it remains. A destroy() announces only its end.
-            self.exit_reason = self.exit_reason or "shutdown"
-            self.set_state(S.SHUTDOWN, "host", announce=self.exit_reason != "destroyed")
+            if self.exit_reason is None:  # someone else told QEMU to go
+                self.exit_reason = "shutdown"
+                self.set_state(S.SHUTDOWN, "host")
+            # else avirt itself is ending it (destroy, or after a power-off or a panic): only the end is news
             return Reaction.NONE
         self.set_state(S.SHUTDOWN, "guest" if by_guest else "user")
         if self.reboot_pending:
