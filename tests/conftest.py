@@ -6,6 +6,7 @@ killed at teardown, found through the pid files of that directory.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -56,7 +57,18 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 async def conn(state_dir: Path) -> AsyncIterator[Connection]:
     async with avirt.connect("qemu:///session", state_dir=state_dir) as connection:
+        record = os.environ.get("AVIRT_RECORD_QMP")
+        if record:  # how tests/data/qmp-events.jsonl was made: real QEMU's events, as QEMU sent them
+            connection.subscribe(lambda ev: _record(record, ev), kinds={avirt.EventKind.QMP})
         yield connection
+
+
+def _record(path: str, event: avirt.Event) -> None:
+    assert isinstance(event, avirt.QMPEvent)
+    seconds, micro = divmod(round(event.timestamp * 1e6), 1_000_000)
+    line = {"event": event.name, "data": event.data, "timestamp": {"seconds": seconds, "microseconds": micro}}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 @pytest.fixture

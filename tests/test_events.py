@@ -133,14 +133,24 @@ async def test_tray_moves_and_device_removal(conn: Connection, xml: XMLFactory) 
 
 
 async def test_block_job_events(conn: Connection, xml: XMLFactory, tmp_path: Path) -> None:
-    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    base, mid, top = tmp_path / "base.qcow2", tmp_path / "mid.qcow2", tmp_path / "top.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"], check=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, mid], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", mid, top], check=True)
     dom = await conn.define_xml(xml("job1", disks=[("vda", str(top), "qcow2")]))
     await dom.start()
     async with conn.events(kinds={EventKind.BLOCK_JOB}) as stream:
+        # Intermediate commit (mid into base): it ends by itself.
         await dom.qemu_monitor_command("block-commit", {
-            "job-id": "active-commit-vda-1", "device": "vda-2", "base-node": "vda-1"})
+            "job-id": "commit-vda-1", "device": "vda-3", "top-node": "vda-2", "base-node": "vda-1",
+            "backing-file": str(base)})
+        (completed,) = await read_until(stream, lambda e: True)
+        assert isinstance(completed, BlockJobEvent)
+        assert (completed.disk, completed.job_kind, completed.status) == (
+            "vda", JobKind.COMMIT, BlockJobStatus.COMPLETED)
+        # Active commit (top into base): READY, then cancelled.
+        await dom.qemu_monitor_command("block-commit", {
+            "job-id": "active-commit-vda-1", "device": "vda-3", "base-node": "vda-1"})
         ready = await read_until(stream, lambda e: True)
         await dom.qemu_monitor_command("block-job-cancel", {"device": "active-commit-vda-1", "force": True})
         cancelled = await read_until(stream, lambda e: True)
