@@ -46,6 +46,10 @@ from avirt.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
+#: QEMU closes its monitor a moment before it exits; a monitor that is gone for longer than this while
+#: the process lives is a broken control channel (CONTROL_ERROR).
+MONITOR_EOF_GRACE = 5.0
+
 
 class QemuDriver(Driver):
     def __init__(self, uri: str, host: Host, state_dir: str) -> None:
@@ -354,7 +358,7 @@ class QemuDriver(Driver):
 
     async def _watch_monitor(self, guest: Guest, process: QemuProcess) -> None:
         await process.monitor.closed()
-        with anyio.move_on_after(5):
+        with anyio.move_on_after(MONITOR_EOF_GRACE):
             await process.wait_exit()
             return
         log.error("domain %s: the QEMU monitor broke but QEMU (pid %d) still runs", guest.name, process.pid)
