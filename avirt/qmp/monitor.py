@@ -57,6 +57,19 @@ class _Client(QMPClient):
         super().__init__(name)
         self._sink = sink
 
+    # qemu.qmp formats every message for its debug log (str(msg) is an indented json.dumps) even when
+    # debug logging is off: about 200 short-lived objects per command, which multiplied the garbage
+    # collector's work and its pauses. Format only when someone listens.
+    def _cb_outbound(self, msg: Any) -> Any:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("--> %s", str(msg))
+        return msg
+
+    def _cb_inbound(self, msg: Any) -> Any:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("<-- %s", str(msg))
+        return msg
+
     async def _event_dispatch(self, msg: Any) -> None:
         try:
             self._sink(dict(msg))

@@ -84,7 +84,7 @@ class Guest:
     chains: dict[str, list[Layer]] = field(default_factory=dict)
     process: QemuProcess | None = None
     #: Serialises state-changing calls; queries never take it.
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
     #: Set once the current QEMU is gone and the state is SHUTOFF.
     stopped: anyio.Event = field(default_factory=anyio.Event)
     #: How the current QEMU's end is to be reported, set when the cause is known before the exit.
