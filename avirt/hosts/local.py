@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import resource
 import select
 import shutil
 import signal as signal_mod
@@ -33,6 +34,7 @@ class LocalHost(Host):
 
     def __init__(self) -> None:
         self._lock_fds: list[int] = []
+        _raise_fd_limit()
 
     async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> RunResult:
         try:
@@ -149,6 +151,14 @@ class LocalHost(Host):
     async def aclose(self) -> None:
         while self._lock_fds:
             os.close(self._lock_fds.pop())
+
+
+def _raise_fd_limit() -> None:
+    """Each watched guest holds two descriptors (its monitor socket and its pidfd): a soft limit of 1024
+    would stop a controller at about 500 guests, so take all that the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:

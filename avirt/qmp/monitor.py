@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, Runstate, StateError
 
 from avirt.errors import QMPError
@@ -53,9 +54,11 @@ class MonitorClosedError(QMPError):
 class _Client(QMPClient):
     """A QMPClient whose events go to one callback, bypassing the (unbounded) listener queues."""
 
-    def __init__(self, name: str, sink: EventSink) -> None:
-        super().__init__(name)
+    def __init__(self, sink: EventSink) -> None:
+        # No name: qemu.qmp makes a logger per client name and never frees it (a leak per guest ever seen).
+        super().__init__()
         self._sink = sink
+        self._since_yield = 0
 
     # qemu.qmp formats every message for its debug log (str(msg) is an indented json.dumps) even when
     # debug logging is off: about 200 short-lived objects per command, which multiplied the garbage
@@ -75,6 +78,12 @@ class _Client(QMPClient):
             self._sink(dict(msg))
         except Exception:  # a faulty sink must not tear down the session
             log.exception("event handler failed for %s", msg.get("event"))
+        # qemu.qmp's reader handles all it has buffered (thousands of events per read) without a pause;
+        # let the subscribers run now and then, or their queues overflow while they are idle.
+        self._since_yield += 1
+        if self._since_yield >= 64:
+            self._since_yield = 0
+            await anyio.lowlevel.checkpoint()
 
 
 class Monitor:
@@ -82,7 +91,7 @@ class Monitor:
 
     def __init__(self, name: str, on_event: EventSink | None = None) -> None:
         self.name = name
-        self._client = _Client(name, on_event or (lambda _msg: None))
+        self._client = _Client(on_event or (lambda _msg: None))
         self._closed = anyio.Event()
         self.greeting: Mapping[str, Any] = {}
 

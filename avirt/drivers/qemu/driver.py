@@ -62,6 +62,7 @@ class QemuDriver(Driver):
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
+        self._closing = False
 
     # -- connection --------------------------------------------------------------------------------------
 
@@ -77,6 +78,7 @@ class QemuDriver(Driver):
             await self._reattach(name)
 
     async def close(self) -> None:
+        self._closing = True  # events that still arrive start no follow-up work
         self.bus.close()
         await self._tasks.aclose()
         for guest in self._guests.values():
@@ -379,8 +381,14 @@ class QemuDriver(Driver):
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
                 self.bus.emit(cls, guest.name, guest.uuid, timestamp, **fields)
-        if reaction is not Reaction.NONE:
-            self._tasks.start_soon(self._react, guest, reaction, name=f"react-{guest.name}")
+        if reaction is Reaction.NONE or self._closing:
+            return
+        if reaction is Reaction.REFINE:
+            if guest.refining:
+                guest.refine_again = True
+                return
+            guest.refining = True
+        self._tasks.start_soon(self._react, guest, reaction, name=f"react-{guest.name}")
 
     def _new_guest(self, name: str, uuid: str, definition: DomainConfig | None) -> Guest:
         guest = Guest(name, uuid, definition)
@@ -406,9 +414,18 @@ class QemuDriver(Driver):
                     guest.starting = False
                 guest.set_state(DomainState.RUNNING, "booted")
             elif reaction is Reaction.REFINE:
-                status = await monitor.execute("query-status")
-                if guest.state is DomainState.PAUSED and guest.reason == "unknown":
-                    guest.set_state(*STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown")))
+                # One query at a time per guest: STOPs that arrive meanwhile ask for one more round.
+                try:
+                    while True:
+                        guest.refine_again = False
+                        status = await monitor.execute("query-status")
+                        if guest.state is DomainState.PAUSED and guest.reason == "unknown":
+                            guest.set_state(*STATUS_TO_STATE.get(status["status"],
+                                                                 (DomainState.PAUSED, "unknown")))
+                        if not guest.refine_again:
+                            break
+                finally:
+                    guest.refining = False
         except QMPError as e:
             log.warning("domain %s: %s after an event failed: %s", guest.name, reaction.value, e)
 

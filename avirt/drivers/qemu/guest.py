@@ -95,6 +95,9 @@ class Guest:
     starting: bool = False
     #: Why the next STOP happens, when QEMU said so first (BLOCK_IO_ERROR or WATCHDOG with a pause action).
     pause_cause: str | None = None
+    #: A query-status is in flight after an unexplained STOP; another STOP meanwhile asks for one more.
+    refining: bool = False
+    refine_again: bool = False
     #: Receives each lifecycle event this guest's state changes stand for.
     on_lifecycle: Callable[[LifecycleType, str], None] | None = None
     #: How QEMU's node names and job ids map to this guest's disks (for the event translation).
