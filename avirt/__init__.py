@@ -39,13 +39,16 @@ from avirt.events import (
     TrayChangeEvent,
     WatchdogEvent,
 )
+from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
 from avirt.models import DomainInfo, DomainState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BalloonChangeEvent",
+    "BlockJob",
     "BlockJobEvent",
+    "BlockJobInfo",
     "BlockJobStatus",
     "BlockThresholdEvent",
     "Connection",
@@ -58,6 +61,7 @@ __all__ = [
     "EventKind",
     "EventStream",
     "IOErrorEvent",
+    "JobPhase",
     "JobKind",
     "LifecycleEvent",
     "LifecycleType",

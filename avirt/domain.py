@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState
 
 if TYPE_CHECKING:
@@ -72,6 +73,28 @@ class Domain:
         out of date.
         """
         return await self._driver.qemu_monitor_command(self.name, command, arguments)
+
+    async def block_commit(self, disk: str, *, base: str | None = None, top: str | None = None,
+                           shallow: bool = False, delete: bool = False, relative: bool = False,
+                           bandwidth: int | None = None, pivot: bool = False) -> BlockJob:
+        """Commit the layers from ``top`` down into ``base`` (virDomainBlockCommit).
+
+        ``top=None`` is the active image; ``base=None`` the bottom of the chain; ``shallow`` makes base
+        top's own backing file. Either may be a path or ``"vda[N]"`` (``vda[0]`` is the active image,
+        ``vda[N]`` the N-th backing file). Committing the active image is two-phase: the job becomes
+        ready, then ``pivot()`` makes base the active image (``pivot=True`` does it by itself) or
+        ``abort()`` leaves the chain as it was. ``delete`` removes the committed images once the job has
+        completed; ``relative`` keeps a relative backing name; ``bandwidth`` is in bytes per second.
+        """
+        if bandwidth is not None and bandwidth < 0:
+            raise ValueError("bandwidth must be >= 0 bytes/s")
+        return await self._driver.block_commit(self.name, disk, base=base, top=top, shallow=shallow,
+                                               delete=delete, relative=relative, bandwidth=bandwidth,
+                                               pivot=pivot)
+
+    async def block_job(self, disk: str) -> BlockJob | None:
+        """The block job running on ``disk``, or None."""
+        return await self._driver.block_job(self.name, disk)
 
     async def state(self) -> tuple[DomainState, str]:
         """The domain's state and the reason for it, e.g. ``(DomainState.RUNNING, 'booted')``."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from avirt.events.bus import EventBus
+from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState
 
 
@@ -82,6 +83,16 @@ class Driver(ABC):
     @abstractmethod
     async def qemu_monitor_command(self, name: str, command: str,
                                    arguments: dict[str, Any] | None) -> Any: ...
+
+    # -- block jobs -------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def block_commit(self, name: str, disk: str, *, base: str | None, top: str | None,
+                           shallow: bool, delete: bool, relative: bool, bandwidth: int | None,
+                           pivot: bool) -> BlockJob: ...
+
+    @abstractmethod
+    async def block_job(self, name: str, disk: str) -> BlockJob | None: ...
 
     # -- queries ---------------------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ class Layer:
 
     path: str
     format: str
+    #: The format node's name in QEMU, once QEMU has the layer open.
+    node: str = ""
 
 
 def node_name(target: str, index: int) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid as uuid_mod
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -21,7 +22,8 @@ import anyio
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
 from avirt.drivers.base import DomainRef, Driver
-from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv
+from avirt.drivers.qemu.blockjobs import OnlineJobs
+from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import StateDir
@@ -39,6 +41,7 @@ from avirt.events.bus import EventBus
 from avirt.events.model import ControlErrorEvent, EventKind, LifecycleEvent, LifecycleType, QMPEvent
 from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
+from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState
 from avirt.offline.qemu_img import backing_chain
 from avirt.qmp.monitor import Monitor
@@ -59,6 +62,7 @@ class QemuDriver(Driver):
         self._guests: dict[str, Guest] = {}
         self._tasks = TaskOwner()
         self.bus = EventBus(self._tasks)
+        self.jobs = OnlineJobs(self)
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
@@ -201,7 +205,9 @@ class QemuDriver(Driver):
             except DomainStartError:
                 await self.files.clear_run(name)
                 raise
-            guest.began(process, cfg, chains)
+            guest.began(process, cfg, {
+                target: [replace(layer, node=node_name(target, i)) for i, layer in enumerate(layers, 1)]
+                for target, layers in chains.items()})
             guest.set_state(DomainState.PAUSED, "user", announce=False)
             self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if paused:
@@ -315,6 +321,35 @@ class QemuDriver(Driver):
             raise OperationInvalidError(f"domain '{name}' is not running")
         return await self._monitor(guest).execute(command, arguments)
 
+    # -- block jobs --------------------------------------------------------------------------------------
+
+    async def block_commit(self, name: str, disk: str, *, base: str | None, top: str | None,
+                           shallow: bool, delete: bool, relative: bool, bandwidth: int | None,
+                           pivot: bool) -> BlockJob:
+        guest = self._find(name)
+        async with guest.lock:
+            if not guest.active:
+                raise OperationInvalidError(
+                    f"domain '{name}' is shut off: offline block commit is not implemented yet")
+            plan = self.jobs.plan_commit(guest, disk, base=base, top=top, shallow=shallow)
+            return await self.jobs.commit(guest, plan, delete=delete, relative=relative,
+                                          bandwidth=bandwidth, pivot=pivot)
+
+    async def block_job(self, name: str, disk: str) -> BlockJob | None:
+        return self.jobs.job_on(self._find(name), disk)
+
+    async def _chains_changed(self, guest: Guest) -> None:
+        """A job changed which image is each disk's top: the live and the persistent XML follow."""
+        for cfg in {id(c): c for c in (guest.live, guest.definition) if c is not None}.values():
+            for disk in cfg.disks:
+                layers = guest.chains.get(disk.target)
+                if layers:
+                    disk.source, disk.format = layers[-1].path, layers[-1].format  # type: ignore[assignment]
+        if guest.live is not None:
+            await self.files.write_live(guest.name, domain_to_xml(guest.live))
+        if guest.definition is not None:
+            await self.files.write_definition(guest.name, domain_to_xml(guest.definition))
+
     def _monitor(self, guest: Guest) -> Monitor:
         if guest.process is None or not guest.process.monitor.connected:
             raise OperationInvalidError(f"domain '{guest.name}': the QEMU monitor is not connected")
@@ -354,6 +389,7 @@ class QemuDriver(Driver):
             group.cancel_scope.cancel()
         await process.monitor.aclose()
         await self.files.clear_run(guest.name)
+        self.jobs.forget(guest)
         guest.ended()
         if not guest.persistent:
             self._guests.pop(guest.name, None)
@@ -378,6 +414,8 @@ class QemuDriver(Driver):
             reaction = guest.on_qmp_event(msg)
         finally:
             self._event_time = None
+        if msg.get("event", "").startswith(("JOB_", "BLOCK_JOB_")):
+            self.jobs.on_qmp_event(guest, msg)
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
                 self.bus.emit(cls, guest.name, guest.uuid, timestamp, **fields)

@@ -1,0 +1,272 @@
+"""Block jobs on a running guest, over QMP: disk snapshots and block commit.
+
+Where the chain lives: ``Guest.chains[disk]`` is the disk's chain as QEMU has it open, bottom first, each
+layer with its format node name. It is read back from QEMU (``query-block`` for the files,
+``query-named-block-nodes`` for the node names) after every change, never inferred.
+
+How a job runs (see ``jobs.py`` for the handle's states):
+
+1. the arguments are resolved against the live chain (``top``/``base`` as a path or ``vda[N]``, where
+   ``vda[0]`` is the active image and ``vda[N]`` the N-th backing file below it);
+2. the job is recorded in the run directory (``jobs.json``) *before* QEMU can finish it, and registered
+   here, so no event of it can arrive unannounced;
+3. QEMU runs it with ``auto-dismiss: false``: a concluded job stays listed until avirt has read its result,
+   so a job that vanishes never hides whether it worked;
+4. ``JOB_STATUS_CHANGE``/``BLOCK_JOB_*`` events move the handle; on ``concluded`` avirt dismisses the job,
+   re-reads the chain, rewrites the live and persistent XML atomically, and only then ends the handle.
+
+Committing the active image is two-phase: READY, then ``pivot()`` (QMP ``job-complete``) makes the base the
+active image, or ``abort()`` (``block-job-cancel`` with ``force``, so QEMU reports CANCELLED) leaves the
+chain as it was.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from avirt.drivers.qemu.cmdline import Layer
+from avirt.errors import BlockJobError, OperationInvalidError, QMPError
+from avirt.events.model import BlockJobStatus, JobKind
+from avirt.jobs import BlockJob, JobPhase
+
+if TYPE_CHECKING:
+    from avirt.drivers.qemu.driver import QemuDriver
+    from avirt.drivers.qemu.guest import Guest
+
+log = logging.getLogger(__name__)
+
+_INDEX = re.compile(r"([a-z]+)\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class CommitPlan:
+    disk: str
+    top: int  # index into the chain, top first (0 = active)
+    base: int
+    active: bool
+
+
+class OnlineJobs:
+    """The job table of one QEMU driver, and the JobBackend of its online jobs."""
+
+    def __init__(self, driver: QemuDriver) -> None:
+        self._driver = driver
+        self._jobs: dict[str, tuple[Guest, BlockJob]] = {}
+        self._ids = itertools.count(1)
+
+    def job_on(self, guest: Guest, disk: str) -> BlockJob | None:
+        return next((job for g, job in self._jobs.values() if g is guest and job.disk == disk), None)
+
+    # -- chains ------------------------------------------------------------------------------------------
+
+    async def refresh_chains(self, guest: Guest) -> None:
+        """Read every disk's chain back from QEMU (files top-down, then their format node names)."""
+        monitor = self._driver._monitor(guest)
+        blocks = await monitor.execute("query-block")
+        nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
+        format_node = {n["file"]: n["node-name"] for n in nodes
+                       if n.get("drv") not in ("file", "host_device")
+                       and not n["node-name"].endswith("-file")}
+        chains: dict[str, list[Layer]] = {}
+        for block in blocks:
+            qdev = block.get("qdev", "")
+            target = next((d.target for d in guest.config.disks
+                           if qdev == f"/machine/peripheral/{d.target}"
+                           or qdev.startswith(f"/machine/peripheral/{d.target}/")), None)
+            inserted = block.get("inserted")
+            if target is None or inserted is None:
+                continue
+            layers: list[Layer] = []
+            image: dict[str, Any] | None = inserted["image"]
+            top_node = inserted["node-name"]
+            while image is not None:
+                node = top_node if not layers else format_node.get(image["filename"], "")
+                layers.append(Layer(image["filename"], image["format"], node))
+                image = image.get("backing-image")
+            chains[target] = list(reversed(layers))
+        guest.chains = chains
+
+    def resolve(self, guest: Guest, disk: str, spec: str | None, default: int) -> int:
+        """A chain index (0 = active) from a path, ``vda[N]``, or None (``default``)."""
+        chain = self._top_first(guest, disk)
+        if spec is None:
+            return default
+        if match := _INDEX.fullmatch(spec):
+            if match.group(1) != disk:
+                raise OperationInvalidError(f"{spec} names disk {match.group(1)}, not {disk}")
+            index = int(match.group(2))
+            if index >= len(chain):
+                raise OperationInvalidError(f"{spec}: disk {disk} has only {len(chain)} layers")
+            return index
+        wanted = os.path.normpath(spec)
+        for index, layer in enumerate(chain):
+            if os.path.normpath(layer.path) == wanted:
+                return index
+        raise OperationInvalidError(f"{spec} is not in the backing chain of {disk}")
+
+    def _top_first(self, guest: Guest, disk: str) -> list[Layer]:
+        chain = guest.chains.get(disk)
+        if chain is None:
+            raise OperationInvalidError(f"domain '{guest.name}' has no disk {disk}")
+        return list(reversed(chain))
+
+    # -- block commit ------------------------------------------------------------------------------------
+
+    def plan_commit(self, guest: Guest, disk: str, *, base: str | None, top: str | None,
+                    shallow: bool) -> CommitPlan:
+        chain = self._top_first(guest, disk)
+        top_index = self.resolve(guest, disk, top, 0)
+        if shallow:
+            if base is not None:
+                raise OperationInvalidError("shallow=True and base exclude each other")
+            base_index = top_index + 1
+        else:
+            base_index = self.resolve(guest, disk, base, len(chain) - 1)
+        if top_index == len(chain) - 1 or base_index >= len(chain):
+            raise OperationInvalidError(f"{chain[top_index].path} has no backing file to commit into")
+        if base_index <= top_index:
+            raise OperationInvalidError(
+                f"base {chain[base_index].path} is not below top {chain[top_index].path} in {disk}")
+        return CommitPlan(disk, top_index, base_index, active=top_index == 0)
+
+    async def commit(self, guest: Guest, plan: CommitPlan, *, delete: bool, relative: bool,
+                     bandwidth: int | None, pivot: bool) -> BlockJob:
+        if self.job_on(guest, plan.disk) is not None:
+            raise OperationInvalidError(f"disk {plan.disk} of '{guest.name}' already has a block job")
+        chain = self._top_first(guest, plan.disk)
+        kind = JobKind.ACTIVE_COMMIT if plan.active else JobKind.COMMIT
+        job = BlockJob(self, id=f"{kind.value}-{plan.disk}-{next(self._ids)}", disk=plan.disk, kind=kind,
+                       offline=False, bandwidth=bandwidth or 0, two_phase=plan.active)
+        removed = [layer.path for layer in chain[plan.top if not plan.active else 0:plan.base]]
+        job.plan.update(delete=removed if delete else [], auto_pivot=pivot, base=chain[plan.base].path)
+        args: dict[str, Any] = {
+            "job-id": job.id, "device": chain[0].node, "base-node": chain[plan.base].node,
+            "auto-dismiss": False,
+        }
+        if not plan.active:
+            args["top-node"] = chain[plan.top].node
+            # Always say what to write into the overlay above top: left to QEMU it may write json: names.
+            args["backing-file"] = _backing_name(chain[plan.base].path, chain[plan.top - 1].path, relative)
+        if bandwidth:
+            args["speed"] = bandwidth
+        await self._record(guest, job)
+        self._jobs[job.id] = (guest, job)
+        try:
+            await self._driver._monitor(guest).execute("block-commit", args)
+        except QMPError as e:
+            del self._jobs[job.id]
+            await self._record(guest, None)
+            raise BlockJobError(f"block commit on {plan.disk} refused by QEMU: {e.desc}") from e
+        return job
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    def on_qmp_event(self, guest: Guest, msg: dict[str, Any]) -> None:
+        name = msg.get("event", "")
+        data = msg.get("data") or {}
+        entry = self._jobs.get(data.get("id") or data.get("device") or "")
+        if entry is None:
+            return
+        _, job = entry
+        if name == "BLOCK_JOB_READY" or (name == "JOB_STATUS_CHANGE" and data.get("status") == "ready"):
+            if job.phase is not JobPhase.READY:
+                job.set_phase(JobPhase.READY)
+                if job.plan.get("auto_pivot"):
+                    self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
+        elif name == "JOB_STATUS_CHANGE" and data.get("status") == "standby":
+            job.set_phase(JobPhase.STANDBY)
+        elif name == "BLOCK_JOB_COMPLETED":
+            job.plan["outcome"] = (BlockJobStatus.FAILED if data.get("error") else BlockJobStatus.COMPLETED,
+                                   data.get("error"))
+        elif name == "BLOCK_JOB_CANCELLED":
+            job.plan["outcome"] = (BlockJobStatus.CANCELED, None)
+        elif name == "JOB_STATUS_CHANGE" and data.get("status") == "concluded":
+            self._driver._tasks.start_soon(self._finish, guest, job, name=f"finish-{job.id}")
+
+    async def _auto_pivot(self, job: BlockJob) -> None:
+        try:
+            await self.job_complete(job)
+        except (BlockJobError, OperationInvalidError, QMPError) as e:
+            log.warning("%s: automatic pivot failed: %s", job.id, e)
+
+    async def _finish(self, guest: Guest, job: BlockJob) -> None:
+        """The job concluded in QEMU: read its result, dismiss it, settle the chain and the XML, end it."""
+        status, error = job.plan.get("outcome", (BlockJobStatus.FAILED, "QEMU reported no result"))
+        monitor = self._driver._monitor(guest)
+        try:
+            for info in await monitor.execute("query-jobs"):
+                # A cancelled job reports the error "Operation canceled": that is not a failure.
+                if info["id"] == job.id and info.get("error") and status is not BlockJobStatus.CANCELED:
+                    status, error = BlockJobStatus.FAILED, info["error"]
+            await monitor.execute("job-dismiss", {"id": job.id})
+            await self.refresh_chains(guest)
+            if status is BlockJobStatus.COMPLETED:
+                await self._driver._chains_changed(guest)
+                for path in job.plan.get("delete", []):
+                    await self._driver.host.remove_tree(path)
+        except QMPError as e:
+            log.warning("%s: settling after the job failed: %s", job.id, e)
+        finally:
+            self._jobs.pop(job.id, None)
+            await self._record(guest, None)
+            job.conclude(status, error)
+
+    def forget(self, guest: Guest) -> None:
+        """QEMU is gone: its jobs end as failed (the chain on disk is whatever QEMU left, still valid)."""
+        for job_id, (g, job) in list(self._jobs.items()):
+            if g is guest:
+                del self._jobs[job_id]
+                job.conclude(BlockJobStatus.FAILED, "QEMU exited while the job ran")
+
+    # -- JobBackend --------------------------------------------------------------------------------------
+
+    async def job_progress(self, job: BlockJob) -> tuple[int, int]:
+        guest, _ = self._jobs[job.id]
+        for info in await self._driver._monitor(guest).execute("query-jobs"):
+            if info["id"] == job.id:
+                return int(info["current-progress"]), int(info["total-progress"])
+        return 0, 0
+
+    async def job_set_speed(self, job: BlockJob, bandwidth: int) -> None:
+        guest, _ = self._jobs[job.id]
+        await self._driver._monitor(guest).execute("block-job-set-speed",
+                                                   {"device": job.id, "speed": bandwidth})
+
+    async def job_complete(self, job: BlockJob) -> None:
+        guest, _ = self._jobs[job.id]
+        monitor = self._driver._monitor(guest)
+        # READY can flap back to standby; a pivot then waits for READY again rather than failing.
+        while True:
+            await job.wait_ready()
+            try:
+                await monitor.execute("job-complete", {"id": job.id})
+                return
+            except QMPError as e:
+                if "cannot accept command verb 'complete'" not in e.desc or job.ended:
+                    raise BlockJobError(f"cannot pivot {job.id}: {e.desc}") from e
+                job.unready()
+
+    async def job_cancel(self, job: BlockJob) -> None:
+        guest, _ = self._jobs[job.id]
+        await self._driver._monitor(guest).execute("block-job-cancel", {"device": job.id, "force": True})
+
+    async def _record(self, guest: Guest, job: BlockJob | None) -> None:
+        """jobs.json in the run directory: the jobs QEMU may be running for this guest."""
+        jobs = {j.id: {"disk": j.disk, "kind": j.kind.value, "plan": {k: v for k, v in j.plan.items()
+                                                                        if k != "outcome"}}
+                for g, j in self._jobs.values() if g is guest}
+        if job is not None:
+            jobs[job.id] = {"disk": job.disk, "kind": job.kind.value, "plan": job.plan}
+        await self._driver.files.write_jobs(guest.name, json.dumps(jobs, indent=2))
+
+
+
+def _backing_name(base: str, overlay: str, relative: bool) -> str:
+    """The backing file name to write into ``overlay``'s header: absolute, or relative to its directory."""
+    return os.path.relpath(base, os.path.dirname(overlay)) if relative else base
