@@ -20,3 +20,15 @@ def test_lifecycle_benchmark_reports_its_figures_as_json() -> None:
     assert set(report["concurrent"]) == {"running", "paused"}
     assert {t["unit"] for t in report["targets"]} == {"x", "s", "KiB"}
     assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
+def test_events_benchmark_reports_its_figures_as_json() -> None:
+    bench = BENCH.with_name("events.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--rounds", "20", "--fanin", "3",
+                             "--duration", "1", "--real-scale", "5", "--simulated", "100"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= {"latency", "fanin", "scale", "simulated", "targets"}
+    assert all(isinstance(t["ok"], bool) for t in report["targets"])
+    assert any(t["name"].startswith("(4)") for t in report["targets"])  # the simulated part ran
