@@ -40,7 +40,7 @@ from avirt.events import (
     WatchdogEvent,
 )
 from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
-from avirt.models import DomainInfo, DomainState
+from avirt.models import DomainInfo, DomainState, ImageInfo
 
 __version__ = "0.1.0"
 
@@ -61,8 +61,9 @@ __all__ = [
     "EventKind",
     "EventStream",
     "IOErrorEvent",
-    "JobPhase",
+    "ImageInfo",
     "JobKind",
+    "JobPhase",
     "LifecycleEvent",
     "LifecycleType",
     "PMEvent",

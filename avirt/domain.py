@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState
+from avirt.models import DomainInfo, DomainState, ImageInfo
 
 if TYPE_CHECKING:
     from avirt.drivers.base import Driver
@@ -91,6 +91,20 @@ class Domain:
         return await self._driver.block_commit(self.name, disk, base=base, top=top, shallow=shallow,
                                                delete=delete, relative=relative, bandwidth=bandwidth,
                                                pivot=pivot)
+
+    async def block_chain(self, disk: str) -> list[ImageInfo]:
+        """The disk's images, top first, with their sizes and what each stores itself."""
+        return await self._driver.block_chain(self.name, disk)
+
+    async def snapshot_disks(self, name: str, *, disks: list[str] | None = None) -> dict[str, str]:
+        """External disk-only snapshot: a new qcow2 overlay on each disk (every writable disk if None).
+
+        Running, the overlays are switched in one transaction: all disks or none. Returns disk -> new
+        overlay path (beside the image it covers, named ``<image>.<name>.qcow2``).
+        """
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"bad snapshot name {name!r}")
+        return await self._driver.snapshot_disks(self.name, name, disks)
 
     async def block_job(self, disk: str) -> BlockJob | None:
         """The block job running on ``disk``, or None."""

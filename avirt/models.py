@@ -24,6 +24,18 @@ class DomainState(enum.Enum):
 
 
 @dataclass(frozen=True)
+class ImageInfo:
+    """One image of a disk's backing chain: sizes in bytes; ``allocated`` is guest data stored in this
+    image alone (not in its backing files)."""
+
+    path: str
+    format: str
+    virtual_size: int
+    actual_size: int
+    allocated: int
+
+
+@dataclass(frozen=True)
 class DomainInfo:
     """virDomainGetInfo: memory in KiB, CPU time used by the QEMU process in nanoseconds."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState
+from avirt.models import DomainInfo, DomainState, ImageInfo
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,12 @@ class Driver(ABC):
 
     @abstractmethod
     async def block_job(self, name: str, disk: str) -> BlockJob | None: ...
+
+    @abstractmethod
+    async def block_chain(self, name: str, disk: str) -> list[ImageInfo]: ...
+
+    @abstractmethod
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]: ...
 
     # -- queries ---------------------------------------------------------------------------------------
 

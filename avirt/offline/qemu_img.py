@@ -47,6 +47,25 @@ async def backing_chain(host: Host, path: str, fmt: str) -> list[ChainEntry]:
     return chain
 
 
+async def allocated_bytes(host: Host, path: str, fmt: str) -> int:
+    """Bytes of guest data stored in this layer alone (its backing files are not opened)."""
+    if fmt == "raw":
+        spec = path
+    else:
+        spec = "json:" + json.dumps({"driver": fmt, "backing": None,
+                                     "file": {"driver": "file", "filename": path}})
+    extents = await _run_json(host, [QEMU_IMG, "map", "-U", "--output=json", spec])
+    return sum(int(e["length"]) for e in extents if e.get("data") and e.get("depth", 0) == 0)
+
+
+async def create_overlay(host: Host, path: str, backing: str, backing_format: str) -> None:
+    """A new empty qcow2 image on top of ``backing`` (whose format is given, never probed)."""
+    result = await host.run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", backing,
+                             path])
+    if result.returncode != 0:
+        raise ImageError(f"cannot create {path}: {result.stderr.strip()}", result.returncode, result.stderr)
+
+
 async def _run_json(host: Host, argv: list[str]) -> Any:
     result = await host.run(argv)
     if result.returncode != 0:

@@ -116,6 +116,35 @@ class OnlineJobs:
             raise OperationInvalidError(f"domain '{guest.name}' has no disk {disk}")
         return list(reversed(chain))
 
+    # -- disk snapshots ----------------------------------------------------------------------------------
+
+    async def snapshot(self, guest: Guest, overlays: dict[str, str]) -> None:
+        """Put each (already created) overlay on top of its disk, all disks or none, as one transaction."""
+        monitor = self._driver._monitor(guest)
+        added: list[str] = []
+        actions = []
+        try:
+            for disk, path in overlays.items():
+                top = guest.chains[disk][-1]
+                node = _next_node(disk, guest.chains[disk])
+                await monitor.execute("blockdev-add", {
+                    "driver": "qcow2", "node-name": node, "backing": None,
+                    "file": {"driver": "file", "node-name": f"{node}-file", "filename": path}})
+                added.append(node)
+                actions.append({"type": "blockdev-snapshot", "data": {"node": top.node, "overlay": node}})
+            await monitor.execute("transaction", {"actions": actions})
+        except QMPError as e:
+            for node in reversed(added):
+                for name in (node, f"{node}-file"):
+                    try:
+                        await monitor.execute("blockdev-del", {"node-name": name})
+                    except QMPError:
+                        log.warning("snapshot rollback: cannot remove node %s", name)
+            raise BlockJobError(f"disk snapshot of '{guest.name}' failed, no disk was switched: {e.desc}") \
+                from e
+        await self.refresh_chains(guest)
+        await self._driver._chains_changed(guest)
+
     # -- block commit ------------------------------------------------------------------------------------
 
     def plan_commit(self, guest: Guest, disk: str, *, base: str | None, top: str | None,
@@ -265,6 +294,13 @@ class OnlineJobs:
             jobs[job.id] = {"disk": job.disk, "kind": job.kind.value, "plan": job.plan}
         await self._driver.files.write_jobs(guest.name, json.dumps(jobs, indent=2))
 
+
+
+def _next_node(disk: str, layers: list[Layer]) -> str:
+    """A node name never used on this disk: one past the highest ``<disk>-<n>`` in the chain."""
+    numbers = [int(n) for layer in layers
+               if (n := layer.node.removeprefix(f"{disk}-")).isdigit()]
+    return f"{disk}-{max(numbers, default=0) + 1}"
 
 
 def _backing_name(base: str, overlay: str, relative: bool) -> str:

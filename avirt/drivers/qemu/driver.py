@@ -12,6 +12,7 @@ guest's state machine decide and carries out any follow-up it asks for.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import uuid as uuid_mod
 from dataclasses import replace
@@ -42,8 +43,8 @@ from avirt.events.model import ControlErrorEvent, EventKind, LifecycleEvent, Lif
 from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState
-from avirt.offline.qemu_img import backing_chain
+from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.offline.qemu_img import allocated_bytes, backing_chain, create_overlay
 from avirt.qmp.monitor import Monitor
 from avirt.tasks import TaskOwner
 
@@ -338,6 +339,49 @@ class QemuDriver(Driver):
     async def block_job(self, name: str, disk: str) -> BlockJob | None:
         return self.jobs.job_on(self._find(name), disk)
 
+    async def block_chain(self, name: str, disk: str) -> list[ImageInfo]:
+        guest = self._find(name)
+        target = guest.config.disk(disk)
+        if target is None or target.source is None:
+            raise OperationInvalidError(f"domain '{name}' has no disk {disk}")
+        entries = await backing_chain(self.host, target.source, target.format)
+        return [ImageInfo(e.path, e.format, e.virtual_size, e.actual_size,
+                          await allocated_bytes(self.host, e.path, e.format)) for e in entries]
+
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
+        guest = self._find(name)
+        async with guest.lock:
+            cfg = guest.config
+            chosen = [d for d in cfg.disks
+                      if (disks is None and not d.readonly) or (disks and d.target in disks)]
+            unknown = set(disks or ()) - {d.target for d in chosen}
+            if unknown:
+                raise OperationInvalidError(f"domain '{name}' has no disk {', '.join(sorted(unknown))}")
+            for disk in chosen:
+                if self.jobs.job_on(guest, disk.target) is not None:
+                    raise OperationInvalidError(f"disk {disk.target} of '{name}' has a block job running")
+            overlays = {d.target: _overlay_path(d.source or "", snapshot) for d in chosen}
+            for path in overlays.values():
+                if await self.host.exists(path):
+                    raise OperationInvalidError(f"snapshot image {path} already exists")
+            created: list[str] = []
+            try:
+                for disk in chosen:
+                    assert disk.source is not None
+                    await create_overlay(self.host, overlays[disk.target], disk.source, disk.format)
+                    created.append(overlays[disk.target])
+                if guest.active:
+                    await self.jobs.snapshot(guest, overlays)
+                else:
+                    for disk in chosen:
+                        disk.source, disk.format = overlays[disk.target], "qcow2"
+                    await self._chains_changed(guest)
+            except BaseException:
+                for path in created:
+                    await self.host.remove_tree(path)
+                raise
+            return overlays
+
     async def _chains_changed(self, guest: Guest) -> None:
         """A job changed which image is each disk's top: the live and the persistent XML follow."""
         for cfg in {id(c): c for c in (guest.live, guest.definition) if c is not None}.values():
@@ -509,3 +553,9 @@ def _with_macs(cfg: DomainConfig) -> DomainConfig:
         if nic.mac is None:
             nic.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
     return cfg
+
+
+def _overlay_path(top: str, snapshot: str) -> str:
+    """libvirt's naming: the new overlay sits beside the image it covers, named after the snapshot."""
+    stem, _ = os.path.splitext(top)
+    return f"{stem}.{snapshot}.qcow2"
