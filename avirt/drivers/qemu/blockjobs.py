@@ -67,6 +67,9 @@ class OnlineJobs:
 
     async def refresh_chains(self, guest: Guest) -> None:
         """Read every disk's chain back from QEMU (files top-down, then their format node names)."""
+        if not guest.config.disks:
+            guest.chains = {}
+            return
         monitor = self._driver._monitor(guest)
         blocks = await monitor.execute("query-block")
         nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
@@ -245,6 +248,37 @@ class OnlineJobs:
             self._jobs.pop(job.id, None)
             await self._record(guest, None)
             job.conclude(status, error)
+
+    async def reattach(self, guest: Guest) -> None:
+        """After a controller restart: rebuild the handles of the jobs recorded for this guest from what
+        QEMU says of them now. A job that concluded while nobody watched is settled with its real result."""
+        text = await self._driver.files.read_jobs(guest.name)
+        records: dict[str, Any] = json.loads(text) if text else {}
+        if not records:
+            return
+        running = {info["id"]: info for info in await self._driver._monitor(guest).execute("query-jobs")}
+        for job_id, record in records.items():
+            kind = JobKind(record["kind"])
+            job = BlockJob(self, id=job_id, disk=record["disk"], kind=kind, offline=False,
+                           two_phase=kind in (JobKind.ACTIVE_COMMIT, JobKind.COPY))
+            job.plan.update(record.get("plan", {}))
+            info = running.get(job_id)
+            if info is None:  # avirt dismisses only after recording: QEMU lost it (it restarted?)
+                job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
+                continue
+            self._jobs[job_id] = (guest, job)
+            status = info["status"]
+            if status == "ready":
+                job.set_phase(JobPhase.READY)
+            elif status == "standby":
+                job.set_phase(JobPhase.STANDBY)
+            elif status == "concluded":
+                error = info.get("error")
+                job.plan["outcome"] = ((BlockJobStatus.CANCELED, None) if error == "Operation canceled"
+                                       else (BlockJobStatus.FAILED, error) if error
+                                       else (BlockJobStatus.COMPLETED, None))
+                self._driver._tasks.start_soon(self._finish, guest, job, name=f"finish-{job.id}")
+        await self._record(guest, None)
 
     def forget(self, guest: Guest) -> None:
         """QEMU is gone: its jobs end as failed (the chain on disk is whatever QEMU left, still valid)."""

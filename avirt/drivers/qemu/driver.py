@@ -29,7 +29,6 @@ from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import StateDir
 from avirt.errors import (
-    AvirtError,
     DomainExistsError,
     DomainNotFoundError,
     DomainStartError,
@@ -529,15 +528,12 @@ class QemuDriver(Driver):
                 known.set_state(DomainState.SHUTOFF, "unknown", announce=False)
             return
         self._guests[name] = guest
-        try:
-            chains = await self._disk_chains(live)
-        except AvirtError as e:
-            log.warning("domain %s: cannot read its disk chains: %s", name, e)
-            chains = {}
-        guest.began(process, live, chains)
+        guest.began(process, live, {})
         guest.set_state(DomainState.RUNNING, "unknown", announce=False)
         self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if process.monitor.connected:
+            await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with node names
+            await self.jobs.reattach(guest)
             status = await process.monitor.execute("query-status")
             guest.set_state(*STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown")),
                             announce=False)

@@ -87,6 +87,9 @@ class StateDir:
     async def read_live(self, name: str) -> str | None:
         return await self.host.read_text(os.path.join(self._run, name, "live.xml"))
 
+    async def read_jobs(self, name: str) -> str | None:
+        return await self.host.read_text(os.path.join(self._run, name, "jobs.json"))
+
     async def write_jobs(self, name: str, text: str) -> None:
         await self.host.write_atomic(os.path.join(self._run, name, "jobs.json"), text)
 
