@@ -92,6 +92,14 @@ class Domain:
                                                delete=delete, relative=relative, bandwidth=bandwidth,
                                                pivot=pivot)
 
+    async def block_pull(self, disk: str, *, base: str | None = None,
+                         bandwidth: int | None = None) -> BlockJob:
+        """Copy into the active image the data of every layer above ``base`` (all layers if None), which
+        then becomes its backing file (none if None) (virDomainBlockRebase / virsh blockpull)."""
+        if bandwidth is not None and bandwidth < 0:
+            raise ValueError("bandwidth must be >= 0 bytes/s")
+        return await self._driver.block_pull(self.name, disk, base=base, bandwidth=bandwidth)
+
     async def block_chain(self, disk: str) -> list[ImageInfo]:
         """The disk's images, top first, with their sizes and what each stores itself."""
         return await self._driver.block_chain(self.name, disk)

@@ -92,6 +92,10 @@ class Driver(ABC):
                            pivot: bool) -> BlockJob: ...
 
     @abstractmethod
+    async def block_pull(self, name: str, disk: str, *, base: str | None,
+                         bandwidth: int | None) -> BlockJob: ...
+
+    @abstractmethod
     async def block_job(self, name: str, disk: str) -> BlockJob | None: ...
 
     @abstractmethod

@@ -185,16 +185,38 @@ class OnlineJobs:
             args["top-node"] = chain[plan.top].node
             # Always say what to write into the overlay above top: left to QEMU it may write json: names.
             args["backing-file"] = _backing_name(chain[plan.base].path, chain[plan.top - 1].path, relative)
+        return await self._start(guest, job, "block-commit", args, bandwidth)
+
+    # -- block pull --------------------------------------------------------------------------------------
+
+    async def pull(self, guest: Guest, disk: str, *, base: str | None, bandwidth: int | None) -> BlockJob:
+        """Copy into the active image everything it reads from the layers above ``base`` (all if None)."""
+        if self.job_on(guest, disk) is not None:
+            raise OperationInvalidError(f"disk {disk} of '{guest.name}' already has a block job")
+        chain = self._top_first(guest, disk)
+        base_index = self.resolve(guest, disk, base, len(chain))
+        if base_index == 0:
+            raise OperationInvalidError(f"base {base} is the active image of {disk}: nothing to pull")
+        job = BlockJob(self, id=f"pull-{disk}-{next(self._ids)}", disk=disk, kind=JobKind.PULL,
+                       offline=False, bandwidth=bandwidth or 0)
+        args: dict[str, Any] = {"job-id": job.id, "device": chain[0].node, "auto-dismiss": False}
+        if base_index < len(chain):
+            args["base-node"] = chain[base_index].node
+            args["backing-file"] = chain[base_index].path
+        return await self._start(guest, job, "block-stream", args, bandwidth)
+
+    async def _start(self, guest: Guest, job: BlockJob, command: str, args: dict[str, Any],
+                     bandwidth: int | None) -> BlockJob:
         if bandwidth:
             args["speed"] = bandwidth
-        await self._record(guest, job)
+        await self._record(guest, job)  # before QEMU can finish it
         self._jobs[job.id] = (guest, job)
         try:
-            await self._driver._monitor(guest).execute("block-commit", args)
+            await self._driver._monitor(guest).execute(command, args)
         except QMPError as e:
             del self._jobs[job.id]
             await self._record(guest, None)
-            raise BlockJobError(f"block commit on {plan.disk} refused by QEMU: {e.desc}") from e
+            raise BlockJobError(f"{command} on {job.disk} refused by QEMU: {e.desc}") from e
         return job
 
     # -- events ------------------------------------------------------------------------------------------

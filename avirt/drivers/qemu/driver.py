@@ -335,6 +335,15 @@ class QemuDriver(Driver):
             return await self.jobs.commit(guest, plan, delete=delete, relative=relative,
                                           bandwidth=bandwidth, pivot=pivot)
 
+    async def block_pull(self, name: str, disk: str, *, base: str | None,
+                         bandwidth: int | None) -> BlockJob:
+        guest = self._find(name)
+        async with guest.lock:
+            if not guest.active:
+                raise OperationInvalidError(
+                    f"domain '{name}' is shut off: offline block pull is not implemented yet")
+            return await self.jobs.pull(guest, disk, base=base, bandwidth=bandwidth)
+
     async def block_job(self, name: str, disk: str) -> BlockJob | None:
         return self.jobs.job_on(self._find(name), disk)
 
