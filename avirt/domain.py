@@ -100,6 +100,23 @@ class Domain:
             raise ValueError("bandwidth must be >= 0 bytes/s")
         return await self._driver.block_pull(self.name, disk, base=base, bandwidth=bandwidth)
 
+    async def block_copy(self, disk: str, dest: str, *, format: str = "qcow2", shallow: bool = False,
+                         reuse_external: bool = False, bandwidth: int | None = None,
+                         pivot: bool = False) -> BlockJob:
+        """Copy the disk into ``dest`` while the guest runs (virDomainBlockCopy): the whole chain, or with
+        ``shallow`` only the active image (``dest`` then backs onto the same backing file). Two-phase:
+        ``pivot()`` switches the disk to the copy, ``abort()`` keeps the original. ``reuse_external``
+        uses an existing ``dest`` instead of creating it."""
+        if format not in ("qcow2", "raw"):
+            raise ValueError(f"format must be qcow2 or raw, not {format!r}")
+        if shallow and format != "qcow2":
+            raise ValueError("a shallow copy needs a qcow2 destination (it has a backing file)")
+        if bandwidth is not None and bandwidth < 0:
+            raise ValueError("bandwidth must be >= 0 bytes/s")
+        return await self._driver.block_copy(self.name, disk, dest, format=format, shallow=shallow,
+                                             reuse_external=reuse_external, bandwidth=bandwidth,
+                                             pivot=pivot)
+
     async def block_chain(self, disk: str) -> list[ImageInfo]:
         """The disk's images, top first, with their sizes and what each stores itself."""
         return await self._driver.block_chain(self.name, disk)

@@ -96,6 +96,10 @@ class Driver(ABC):
                          bandwidth: int | None) -> BlockJob: ...
 
     @abstractmethod
+    async def block_copy(self, name: str, disk: str, dest: str, *, format: str, shallow: bool,
+                         reuse_external: bool, bandwidth: int | None, pivot: bool) -> BlockJob: ...
+
+    @abstractmethod
     async def block_job(self, name: str, disk: str) -> BlockJob | None: ...
 
     @abstractmethod

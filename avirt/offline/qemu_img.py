@@ -60,10 +60,27 @@ async def allocated_bytes(host: Host, path: str, fmt: str) -> int:
 
 async def create_overlay(host: Host, path: str, backing: str, backing_format: str) -> None:
     """A new empty qcow2 image on top of ``backing`` (whose format is given, never probed)."""
-    result = await host.run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", backing,
-                             path])
+    await create_image(host, path, "qcow2", backing=backing, backing_format=backing_format)
+
+
+async def create_image(host: Host, path: str, fmt: str, *, size: int | None = None,
+                       backing: str | None = None, backing_format: str | None = None) -> None:
+    argv = [QEMU_IMG, "create", "-q", "-f", fmt]
+    if backing is not None:
+        if backing_format is None:
+            raise ValueError("a backing file needs its format: avirt never lets qemu-img probe one")
+        argv += ["-F", backing_format, "-b", backing]
+    argv.append(path)
+    if size is not None:
+        argv.append(str(size))
+    result = await host.run(argv)
     if result.returncode != 0:
         raise ImageError(f"cannot create {path}: {result.stderr.strip()}", result.returncode, result.stderr)
+
+
+async def virtual_size(host: Host, path: str, fmt: str) -> int:
+    info = await _run_json(host, [QEMU_IMG, "info", "-U", "--output=json", "-f", fmt, path])
+    return int(info["virtual-size"])
 
 
 async def _run_json(host: Host, argv: list[str]) -> Any:

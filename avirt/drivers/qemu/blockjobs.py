@@ -34,6 +34,7 @@ from avirt.drivers.qemu.cmdline import Layer
 from avirt.errors import BlockJobError, OperationInvalidError, QMPError
 from avirt.events.model import BlockJobStatus, JobKind
 from avirt.jobs import BlockJob, JobPhase
+from avirt.offline.qemu_img import create_image, virtual_size
 
 if TYPE_CHECKING:
     from avirt.drivers.qemu.driver import QemuDriver
@@ -187,6 +188,46 @@ class OnlineJobs:
             args["backing-file"] = _backing_name(chain[plan.base].path, chain[plan.top - 1].path, relative)
         return await self._start(guest, job, "block-commit", args, bandwidth)
 
+    # -- block copy --------------------------------------------------------------------------------------
+
+    async def copy(self, guest: Guest, disk: str, dest: str, *, format: str, shallow: bool,
+                   reuse_external: bool, bandwidth: int | None, pivot: bool) -> BlockJob:
+        """Mirror the disk into ``dest`` (a new image, or an existing one with ``reuse_external``);
+        two-phase: ready, then pivot onto the copy or abort and keep the original."""
+        if self.job_on(guest, disk) is not None:
+            raise OperationInvalidError(f"disk {disk} of '{guest.name}' already has a block job")
+        chain = self._top_first(guest, disk)
+        backing = chain[1] if shallow and len(chain) > 1 else None
+        host = self._driver.host
+        exists = await host.exists(dest)
+        if reuse_external and not exists:
+            raise OperationInvalidError(f"reuse_external: {dest} does not exist")
+        if not reuse_external:
+            if exists:
+                raise OperationInvalidError(f"{dest} already exists (reuse_external=True to use it)")
+            await create_image(host, dest, format, size=await virtual_size(host, chain[0].path,
+                                                                           chain[0].format),
+                               backing=backing.path if backing else None,
+                               backing_format=backing.format if backing else None)
+        node = _next_node(disk, guest.chains[disk])
+        monitor = self._driver._monitor(guest)
+        target: dict[str, Any] = {"driver": format, "node-name": node,
+                                  "file": {"driver": "file", "node-name": f"{node}-file", "filename": dest}}
+        if format == "qcow2":
+            target["backing"] = backing.node if backing else None
+        try:
+            await monitor.execute("blockdev-add", target)
+        except QMPError as e:
+            if not reuse_external:
+                await host.remove_tree(dest)
+            raise BlockJobError(f"cannot open copy target {dest}: {e.desc}") from e
+        job = BlockJob(self, id=f"copy-{disk}-{next(self._ids)}", disk=disk, kind=JobKind.COPY,
+                       offline=False, bandwidth=bandwidth or 0, two_phase=True)
+        job.plan.update(auto_pivot=pivot, nodes=[node], dest=dest)
+        args = {"job-id": job.id, "device": chain[0].node, "target": node,
+                "sync": "top" if backing else "full", "auto-dismiss": False}
+        return await self._start(guest, job, "blockdev-mirror", args, bandwidth)
+
     # -- block pull --------------------------------------------------------------------------------------
 
     async def pull(self, guest: Guest, disk: str, *, base: str | None, bandwidth: int | None) -> BlockJob:
@@ -209,6 +250,7 @@ class OnlineJobs:
                      bandwidth: int | None) -> BlockJob:
         if bandwidth:
             args["speed"] = bandwidth
+        job.plan.setdefault("nodes", []).extend(layer.node for layer in guest.chains[job.disk])
         await self._record(guest, job)  # before QEMU can finish it
         self._jobs[job.id] = (guest, job)
         try:
@@ -260,6 +302,7 @@ class OnlineJobs:
                     status, error = BlockJobStatus.FAILED, info["error"]
             await monitor.execute("job-dismiss", {"id": job.id})
             await self.refresh_chains(guest)
+            await self._close_dropped_nodes(guest, job)
             if status is BlockJobStatus.COMPLETED:
                 await self._driver._chains_changed(guest)
                 for path in job.plan.get("delete", []):
@@ -270,6 +313,19 @@ class OnlineJobs:
             self._jobs.pop(job.id, None)
             await self._record(guest, None)
             job.conclude(status, error)
+
+    async def _close_dropped_nodes(self, guest: Guest, job: BlockJob) -> None:
+        """Nodes the job took out of the chain (or a copy target that was abandoned) stay open, and their
+        files locked, until deleted: close them, format node first, then its protocol node."""
+        monitor = self._driver._monitor(guest)
+        still = {layer.node for layer in guest.chains.get(job.disk, [])}
+        for node in job.plan.get("nodes", []):
+            if node and node not in still:
+                for name in (node, f"{node}-file"):
+                    try:
+                        await monitor.execute("blockdev-del", {"node-name": name})
+                    except QMPError as e:
+                        log.debug("%s: blockdev-del %s: %s", job.id, name, e.desc)
 
     async def reattach(self, guest: Guest) -> None:
         """After a controller restart: rebuild the handles of the jobs recorded for this guest from what

@@ -344,6 +344,16 @@ class QemuDriver(Driver):
                     f"domain '{name}' is shut off: offline block pull is not implemented yet")
             return await self.jobs.pull(guest, disk, base=base, bandwidth=bandwidth)
 
+    async def block_copy(self, name: str, disk: str, dest: str, *, format: str, shallow: bool,
+                         reuse_external: bool, bandwidth: int | None, pivot: bool) -> BlockJob:
+        guest = self._find(name)
+        async with guest.lock:
+            if not guest.active:
+                raise OperationInvalidError(
+                    f"domain '{name}' is shut off: offline block copy is not implemented yet")
+            return await self.jobs.copy(guest, disk, dest, format=format, shallow=shallow,
+                                        reuse_external=reuse_external, bandwidth=bandwidth, pivot=pivot)
+
     async def block_job(self, name: str, disk: str) -> BlockJob | None:
         return self.jobs.job_on(self._find(name), disk)
 
