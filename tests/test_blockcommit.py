@@ -142,3 +142,29 @@ async def test_refusals(conn: Connection, xml: XMLFactory, tmp_path: Path) -> No
     assert await dom.state() == (DomainState.SHUTOFF, "destroyed")
     with pytest.raises(OperationInvalidError, match="shut off"):
         await dom.block_commit("vda")
+
+
+async def test_live_xml_shows_the_mirror_and_define_accepts_it_back(conn: Connection, xml: XMLFactory,
+                                                                    tmp_path: Path) -> None:
+    dom, chain = await _running(conn, xml, tmp_path)
+    job = await dom.block_commit("vda")
+    await job.wait_ready()
+    live = await dom.xml()
+    assert '<mirror type="file" job="active-commit" ready="yes">' in live
+    assert f'<source file="{chain.base}"/>' in live.split("<mirror")[1]
+    await conn.define_xml(live)  # output-only elements are accepted back
+    assert await job.abort() == BlockJobStatus.CANCELED
+    assert "<mirror" not in await dom.xml()
+    await dom.destroy()
+
+
+async def test_job_cancelled_by_someone_else_ends_canceled(conn: Connection, xml: XMLFactory,
+                                                           tmp_path: Path) -> None:
+    dom, _ = await _running(conn, xml, tmp_path)
+    job = await dom.block_commit("vda")
+    await job.wait_ready()
+    await dom.qemu_monitor_command("block-job-cancel", {"device": job.id, "force": True})
+    assert await job == BlockJobStatus.CANCELED
+    with pytest.raises(OperationInvalidError, match="has ended"):
+        await job.pivot()
+    await dom.destroy()

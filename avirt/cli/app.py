@@ -118,20 +118,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                       state_dir=args.state_dir or os.environ.get(STATE_DIR_ENV) or None)
         _configure_logging(debug)
         return _run(command, ctx, args)
-    except KeyboardInterrupt:
-        return interrupted
-    except BrokenPipeError:
-        # The reader went away (``avirt event | head -3``): stop quietly, and keep Python from
-        # complaining again when it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
     except BaseException as e:
-        failure = _failure(e)
+        error = _unwrap(e)
+        if isinstance(error, KeyboardInterrupt):
+            return interrupted
+        if isinstance(error, BrokenPipeError):
+            # The reader went away (``avirt event | head -3``): stop quietly, and keep Python from
+            # complaining again when it flushes stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 1
+        failure = _failure(error)
         if failure is None or debug:
             raise  # SystemExit from argparse, or a bug: its traceback is what a report needs
         sys.stderr.write(f"error: {failure}\n")
         return 1
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The one real error inside a task group's ExceptionGroup wrapping(s)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _run(command: Command, ctx: Context, args: argparse.Namespace) -> int:
@@ -145,8 +153,6 @@ def _failure(error: BaseException) -> str | None:
     """The ``error:`` text for an expected failure; None for anything else (a bug: let it show)."""
     from avirt.errors import AvirtError, DomainStartError
 
-    if isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        return _failure(error.exceptions[0])  # a task group's wrapping: the one real error inside
     if isinstance(error, DomainStartError):
         # The message's first line is the error; QEMU's log tail follows, indented, for the reason.
         first, _, log = str(error).partition("\n")
@@ -174,3 +180,7 @@ def _configure_logging(debug: bool) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        # qemu.qmp logs a failed connection at ERROR ("Negotiation failed: EOFError") although avirt
+        # raises it as an exception too, which is the one report a command should print.
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)

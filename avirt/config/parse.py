@@ -17,10 +17,11 @@ Two kinds of failure are kept apart:
 
 Output-only items that libvirt (and avirt's own live XML) emits are accepted back and ignored, so
 ``define_xml(dumpxml())`` works: the ``id`` attribute of ``<domain>``, ``<alias name=...>`` in any
-device, and ``<backingStore>`` chains under ``<disk>`` (the chain is a property of the image files, not
-of the definition). ``<cpu check=...>`` is accepted and ignored because it only governs libvirt's CPU
-model verification, which does not apply to ``host-passthrough``; ``migratable='on'`` (the default) is
-accepted, ``migratable='off'`` is unsupported. A DOCTYPE is refused: entities are never expanded.
+device, ``<mirror>`` (a running block job) and ``<backingStore>`` chains under ``<disk>`` (the chain is
+a property of the image files, not of the definition). ``<cpu check=...>`` is accepted and ignored
+because it only governs libvirt's CPU model verification, which does not apply to ``host-passthrough``;
+``migratable='on'`` (the default) is accepted, ``migratable='off'`` is unsupported. A DOCTYPE is
+refused: entities are never expanded.
 
 Normalisations (so that ``parse(serialize(cfg)) == cfg``): sizes become KiB rounded up (``KB``/``MB``/...
 are powers of 1000 as in libvirt), the UUID becomes lowercase dashed (generated when absent), MAC
@@ -97,6 +98,7 @@ _SCHEMA = _s(
             "type", "device", multiple=True, driver=_s("name", "type", "error_policy"),
             source=_s("file", "dev"),
             target=_s("dev", "bus"), readonly=_s(), serial=_s(text=True), alias=_ALIAS, backingStore=_BACKING,
+            mirror=_s("type", "job", "ready", format=_s("type"), source=_s("file", "dev")),
         ),
         interface=_s("type", multiple=True, model=_s("type"), mac=_s("address"), alias=_ALIAS),
         serial=_s("type", multiple=True, source=_CHAR_SOURCE, target=_s("port"), alias=_ALIAS),

@@ -19,6 +19,8 @@ Chardevs are written in list order (libvirt's schema lets devices interleave) so
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lxml import etree
 
 from avirt.config.model import CharDevice, Disk, DomainConfig, Graphics
@@ -33,6 +35,7 @@ def domain_to_xml(
     *,
     live_id: int | None = None,
     backing_chains: dict[str, list[tuple[str, str]]] | None = None,
+    mirrors: dict[str, Mirror] | None = None,
 ) -> str:
     """Render ``cfg`` as pretty-printed libvirt domain XML (two-space indent, trailing newline).
 
@@ -55,6 +58,9 @@ def domain_to_xml(
     a self-contained image). Disks absent from the mapping, or every disk when it is None, get no
     ``<backingStore>`` - nothing is claimed about their chain. Targets with no matching disk are ignored:
     a disk may have been unplugged between reading the chains and rendering.
+
+    ``mirrors``: disk target -> the two-phase job running on it, rendered as libvirt does,
+    ``<mirror type='file' job='active-commit' ready='yes'><format .../><source file=.../></mirror>``.
     """
     root = etree.Element("domain", type=cfg.hypervisor)
     if live_id is not None:
@@ -97,7 +103,7 @@ def domain_to_xml(
         _leaf(devices, "emulator", cfg.emulator)
     for disk in cfg.disks:
         chain = None if backing_chains is None else backing_chains.get(disk.target)
-        _disk(devices, disk, chain)
+        _disk(devices, disk, chain, (mirrors or {}).get(disk.target))
     for nic in cfg.interfaces:
         nic_el = etree.SubElement(devices, "interface", type=nic.type)
         if nic.mac is not None:
@@ -123,7 +129,17 @@ def _leaf(parent: _El, tag: str, text: str, **attrs: str) -> _El:
     return el
 
 
-def _disk(devices: _El, disk: Disk, chain: list[tuple[str, str]] | None) -> None:
+@dataclass(frozen=True)
+class Mirror:
+    """A two-phase block job's target, as the live XML shows it."""
+
+    job: str  # libvirt's job name: "active-commit" or "copy"
+    path: str
+    format: str
+    ready: bool
+
+
+def _disk(devices: _El, disk: Disk, chain: list[tuple[str, str]] | None, mirror: Mirror | None) -> None:
     el = etree.SubElement(devices, "disk", type=disk.type, device=disk.device)
     driver = etree.SubElement(el, "driver", name="qemu", type=disk.format)
     if disk.error_policy is not None:
@@ -138,6 +154,11 @@ def _disk(devices: _El, disk: Disk, chain: list[tuple[str, str]] | None) -> None
             etree.SubElement(parent, "format", type=fmt)
             etree.SubElement(parent, "source", file=path)
         etree.SubElement(parent, "backingStore")
+    if mirror is not None:
+        el_mirror = etree.SubElement(el, "mirror", type="file", job=mirror.job,
+                                     ready="yes" if mirror.ready else "no")
+        etree.SubElement(el_mirror, "format", type=mirror.format)
+        etree.SubElement(el_mirror, "source", file=mirror.path)
     etree.SubElement(el, "target", dev=disk.target, bus=disk.bus)
     if disk.readonly:
         etree.SubElement(el, "readonly")

@@ -223,7 +223,7 @@ class OnlineJobs:
             raise BlockJobError(f"cannot open copy target {dest}: {e.desc}") from e
         job = BlockJob(self, id=f"copy-{disk}-{next(self._ids)}", disk=disk, kind=JobKind.COPY,
                        offline=False, bandwidth=bandwidth or 0, two_phase=True)
-        job.plan.update(auto_pivot=pivot, nodes=[node], dest=dest)
+        job.plan.update(auto_pivot=pivot, nodes=[node], dest=dest, format=format)
         args = {"job-id": job.id, "device": chain[0].node, "target": node,
                 "sync": "top" if backing else "full", "auto-dismiss": False}
         return await self._start(guest, job, "blockdev-mirror", args, bandwidth)

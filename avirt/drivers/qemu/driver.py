@@ -22,6 +22,7 @@ import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
+from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.blockjobs import OnlineJobs
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name
@@ -41,7 +42,7 @@ from avirt.events.bus import EventBus
 from avirt.events.model import ControlErrorEvent, EventKind, LifecycleEvent, LifecycleType, QMPEvent
 from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
-from avirt.jobs import BlockJob
+from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo
 from avirt.offline.qemu_img import allocated_bytes, backing_chain, create_overlay
 from avirt.qmp.monitor import Monitor
@@ -438,8 +439,14 @@ class QemuDriver(Driver):
             return domain_to_xml(guest.config)
         chains = {target: [(layer.path, layer.format) for layer in reversed(layers[:-1])]
                   for target, layers in guest.chains.items()}
+        mirrors = {}
+        for target in guest.chains:
+            job = self.jobs.job_on(guest, target)
+            if job is not None and job.two_phase:
+                path, fmt = job.plan.get("dest") or job.plan["base"], job.plan.get("format", "qcow2")
+                mirrors[target] = Mirror(job.kind.value, path, fmt, job.phase is JobPhase.READY)
         return domain_to_xml(guest.live, live_id=guest.process.pid if guest.process else None,
-                             backing_chains=chains)
+                             backing_chains=chains, mirrors=mirrors)
 
     # -- supervision -------------------------------------------------------------------------------------
 
