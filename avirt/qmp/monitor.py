@@ -51,12 +51,21 @@ class MonitorClosedError(QMPError):
         super().__init__("MonitorClosed", desc)
 
 
+class _DebugOnly(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """qemu.qmp logs connection failures at ERROR level; avirt raises a typed error for each of them, so
+    the library's own report would only be a second, untyped copy on the user's stderr."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG, msg, *args, **kwargs)
+
+
 class _Client(QMPClient):
     """A QMPClient whose events go to one callback, bypassing the (unbounded) listener queues."""
 
     def __init__(self, sink: EventSink) -> None:
         # No name: qemu.qmp makes a logger per client name and never frees it (a leak per guest ever seen).
         super().__init__()
+        self.logger = _DebugOnly(logging.getLogger("avirt.qmp.wire"), {})  # type: ignore[assignment]
         self._sink = sink
         self._since_yield = 0
 

@@ -267,7 +267,7 @@ class QemuDriver(Driver):
             except TimeoutError:
                 raise OperationTimeoutError(
                     f"domain '{name}' did not shut off within {wait:g} s of the power button; "
-                    "it is still running (destroy() stops it now)") from None
+                    "it is still running (destroying it stops it now)") from None
 
     async def destroy(self, name: str) -> None:
         guest = self._find(name)

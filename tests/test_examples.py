@@ -1,0 +1,117 @@
+"""The examples, run for real against real QEMU, as a reader of the docs would run them.
+
+Like ``avirt event``, each example is the controller of its state directory while it runs, so the events
+it reports are caused from outside avirt: guests are started (with the ``avirt`` CLI) before the example
+runs, and one QEMU is then killed with SIGKILL. Output is read against deadlines (see tests/test_cli.py).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import CLI, Lines, clean_env, define_and_start, kill_qemu, write_xml
+from tests.xmls import XMLFactory
+
+#: ``run_example(script, *args)`` -> (the process, its stdout lines, its stderr lines)
+RunExample = Callable[..., tuple[subprocess.Popen[str], Lines, Lines]]
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def cli(state_dir: Path) -> CLI:
+    return CLI(state_dir)
+
+
+@pytest.fixture
+def run_example(state_dir: Path) -> Iterator[RunExample]:
+    """``run_example("event_logger.py", "--json")``: the example as a background process on state_dir."""
+    started: list[subprocess.Popen[str]] = []
+
+    def run(script: str, *args: str) -> tuple[subprocess.Popen[str], Lines, Lines]:
+        process = subprocess.Popen([sys.executable, str(EXAMPLES / script), "--state-dir", str(state_dir),
+                                    *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   bufsize=1, env=clean_env())
+        started.append(process)
+        assert process.stdout is not None and process.stderr is not None
+        return process, Lines(process.stdout), Lines(process.stderr)
+
+    yield run
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_event_logger_json_lines(cli: CLI, xml: XMLFactory, tmp_path: Path, state_dir: Path,
+                                 run_example: RunExample) -> None:
+    define_and_start(cli, tmp_path, xml, "web1")
+    logger, out, err = run_example("event_logger.py", "--json", "--seconds", "60")
+    err.expect(lambda line: line.startswith("logging events of qemu:///session"))
+
+    kill_qemu(state_dir, "web1")
+    record = json.loads(out.expect(lambda line: '"stopped"' in line))
+    assert {k: record[k] for k in ("kind", "domain", "type", "detail")} == {
+        "kind": "lifecycle", "domain": "web1", "type": "stopped", "detail": "failed"}
+    assert {"uuid", "timestamp", "seq"} <= set(record)
+
+    logger.send_signal(signal.SIGINT)
+    assert logger.wait(timeout=30) == 0
+    assert not any("Traceback" in line for line in err.rest())
+
+
+def test_event_logger_text_lines(cli: CLI, xml: XMLFactory, tmp_path: Path, state_dir: Path,
+                                 run_example: RunExample) -> None:
+    define_and_start(cli, tmp_path, xml, "web1")
+    logger, out, err = run_example("event_logger.py")
+    err.expect(lambda line: line.startswith("logging events"))
+    kill_qemu(state_dir, "web1")
+    assert out.expect(lambda line: "web1" in line).endswith(" web1 lifecycle: stopped (failed)")
+    logger.send_signal(signal.SIGINT)
+    assert logger.wait(timeout=30) == 0
+
+
+def test_event_logger_stops_after_seconds(run_example: RunExample) -> None:
+    started = time.monotonic()
+    logger, out, _ = run_example("event_logger.py", "--seconds", "1")
+    assert logger.wait(timeout=60) == 0
+    assert time.monotonic() - started >= 1
+    assert out.rest() == []
+
+
+def test_fleet_watcher_follows_every_domain_with_one_stream(
+        cli: CLI, xml: XMLFactory, tmp_path: Path, state_dir: Path,
+        run_example: RunExample) -> None:
+    define_and_start(cli, tmp_path, xml, "web1", "web2")
+    cli.ok("define", str(write_xml(tmp_path, xml, "web3")))
+    watcher, out, err = run_example("fleet_watcher.py", "--seconds", "60")
+
+    out.expect(lambda line: line == "== 2 running, 1 shutoff")
+    assert [line.split() for line in out.seen[:-1]] == [
+        ["web1", "running"], ["web2", "running"], ["web3", "shutoff"]]
+    err.expect(lambda line: line.startswith("watching 3 domains"))
+
+    kill_qemu(state_dir, "web2")
+    change = out.expect(lambda line: "web2" in line)
+    assert "web2: running -> shutoff (failed)" in change
+    assert change.endswith("[1 running, 2 shutoff]")
+
+    watcher.send_signal(signal.SIGINT)
+    assert watcher.wait(timeout=30) == 0
+    assert out.rest()[-1] == "== 1 running, 2 shutoff"
+
+
+def test_fleet_watcher_stops_after_seconds(cli: CLI, xml: XMLFactory, tmp_path: Path,
+                                           run_example: RunExample) -> None:
+    cli.ok("define", str(write_xml(tmp_path, xml, "web1")))
+    watcher, out, _ = run_example("fleet_watcher.py", "--seconds", "0.5")
+    assert watcher.wait(timeout=60) == 0
+    assert out.rest() == ["web1   shutoff", "== 1 shutoff", "== 1 shutoff"]
