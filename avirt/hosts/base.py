@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from anyio.abc import Process
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -30,6 +32,14 @@ class Host(ABC):
     @abstractmethod
     async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> RunResult:
         """Run a command to completion (never through a shell) and return what it printed."""
+
+    @abstractmethod
+    async def spawn(self, argv: Sequence[str]) -> Process:
+        """Start a command (never through a shell) whose output is read as it runs, e.g. qemu-img -p.
+
+        The caller owns the process: it reads ``stdout``/``stderr``, may ``send_signal``, and must
+        ``wait()`` for it (an async context manager closes its streams).
+        """
 
     @abstractmethod
     async def start_detached(

@@ -24,6 +24,7 @@ from subprocess import DEVNULL
 
 import anyio
 import anyio.to_thread
+from anyio.abc import Process
 
 from avirt.errors import HostError
 from avirt.hosts.base import Host, RunResult
@@ -43,6 +44,12 @@ class LocalHost(Host):
             raise HostError(f"cannot run {argv[0]}: {e.strerror}") from e
         return RunResult(proc.returncode, proc.stdout.decode(errors="replace"),
                          proc.stderr.decode(errors="replace"))
+
+    async def spawn(self, argv: Sequence[str]) -> Process:
+        try:
+            return await anyio.open_process(list(argv), stdin=DEVNULL, start_new_session=True)
+        except OSError as e:
+            raise HostError(f"cannot run {argv[0]}: {e.strerror}") from e
 
     async def start_detached(
         self, argv_for_fd: Callable[[int], Sequence[str]], *, listen_path: str, log_path: str

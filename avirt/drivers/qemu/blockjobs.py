@@ -97,22 +97,7 @@ class OnlineJobs:
         guest.chains = chains
 
     def resolve(self, guest: Guest, disk: str, spec: str | None, default: int) -> int:
-        """A chain index (0 = active) from a path, ``vda[N]``, or None (``default``)."""
-        chain = self._top_first(guest, disk)
-        if spec is None:
-            return default
-        if match := _INDEX.fullmatch(spec):
-            if match.group(1) != disk:
-                raise OperationInvalidError(f"{spec} names disk {match.group(1)}, not {disk}")
-            index = int(match.group(2))
-            if index >= len(chain):
-                raise OperationInvalidError(f"{spec}: disk {disk} has only {len(chain)} layers")
-            return index
-        wanted = os.path.normpath(spec)
-        for index, layer in enumerate(chain):
-            if os.path.normpath(layer.path) == wanted:
-                return index
-        raise OperationInvalidError(f"{spec} is not in the backing chain of {disk}")
+        return resolve_index([layer.path for layer in self._top_first(guest, disk)], disk, spec, default)
 
     def _top_first(self, guest: Guest, disk: str) -> list[Layer]:
         chain = guest.chains.get(disk)
@@ -153,20 +138,8 @@ class OnlineJobs:
 
     def plan_commit(self, guest: Guest, disk: str, *, base: str | None, top: str | None,
                     shallow: bool) -> CommitPlan:
-        chain = self._top_first(guest, disk)
-        top_index = self.resolve(guest, disk, top, 0)
-        if shallow:
-            if base is not None:
-                raise OperationInvalidError("shallow=True and base exclude each other")
-            base_index = top_index + 1
-        else:
-            base_index = self.resolve(guest, disk, base, len(chain) - 1)
-        if top_index == len(chain) - 1 or base_index >= len(chain):
-            raise OperationInvalidError(f"{chain[top_index].path} has no backing file to commit into")
-        if base_index <= top_index:
-            raise OperationInvalidError(
-                f"base {chain[base_index].path} is not below top {chain[top_index].path} in {disk}")
-        return CommitPlan(disk, top_index, base_index, active=top_index == 0)
+        paths = [layer.path for layer in self._top_first(guest, disk)]
+        return plan_commit(paths, disk, base=base, top=top, shallow=shallow)
 
     async def commit(self, guest: Guest, plan: CommitPlan, *, delete: bool, relative: bool,
                      bandwidth: int | None, pivot: bool) -> BlockJob:
@@ -406,6 +379,41 @@ class OnlineJobs:
             jobs[job.id] = {"disk": job.disk, "kind": job.kind.value, "plan": job.plan}
         await self._driver.files.write_jobs(guest.name, json.dumps(jobs, indent=2))
 
+
+
+def resolve_index(paths: list[str], disk: str, spec: str | None, default: int) -> int:
+    """A chain index (0 = active, ``paths`` top first) from a path, ``vda[N]``, or None (``default``)."""
+    if spec is None:
+        return default
+    if match := _INDEX.fullmatch(spec):
+        if match.group(1) != disk:
+            raise OperationInvalidError(f"{spec} names disk {match.group(1)}, not {disk}")
+        index = int(match.group(2))
+        if index >= len(paths):
+            raise OperationInvalidError(f"{spec}: disk {disk} has only {len(paths)} layers")
+        return index
+    wanted = os.path.normpath(spec)
+    for index, path in enumerate(paths):
+        if os.path.normpath(path) == wanted:
+            return index
+    raise OperationInvalidError(f"{spec} is not in the backing chain of {disk}")
+
+
+def plan_commit(paths: list[str], disk: str, *, base: str | None, top: str | None,
+                shallow: bool) -> CommitPlan:
+    """virDomainBlockCommit's arguments as chain indexes (``paths`` top first), online or offline."""
+    top_index = resolve_index(paths, disk, top, 0)
+    if shallow:
+        if base is not None:
+            raise OperationInvalidError("shallow=True and base exclude each other")
+        base_index = top_index + 1
+    else:
+        base_index = resolve_index(paths, disk, base, len(paths) - 1)
+    if top_index == len(paths) - 1 or base_index >= len(paths):
+        raise OperationInvalidError(f"{paths[top_index]} has no backing file to commit into")
+    if base_index <= top_index:
+        raise OperationInvalidError(f"base {paths[base_index]} is not below top {paths[top_index]} in {disk}")
+    return CommitPlan(disk, top_index, base_index, active=top_index == 0)
 
 
 def _next_node(disk: str, layers: list[Layer]) -> str:

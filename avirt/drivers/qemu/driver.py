@@ -24,7 +24,7 @@ from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver
-from avirt.drivers.qemu.blockjobs import OnlineJobs
+from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.process import QemuProcess
@@ -34,17 +34,28 @@ from avirt.errors import (
     DomainNotFoundError,
     DomainStartError,
     ImageError,
+    ImageLockedError,
     OperationInvalidError,
     OperationTimeoutError,
     QMPError,
 )
 from avirt.events.bus import EventBus
-from avirt.events.model import ControlErrorEvent, EventKind, LifecycleEvent, LifecycleType, QMPEvent
+from avirt.events.model import (
+    BlockJobEvent,
+    ControlErrorEvent,
+    EventKind,
+    JobKind,
+    LifecycleEvent,
+    LifecycleType,
+    QMPEvent,
+)
 from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo
-from avirt.offline.qemu_img import allocated_bytes, backing_chain, create_overlay
+from avirt.offline.imagejob import ImageJobRunner
+from avirt.offline.plan import OfflinePlan, commit_plan, pull_plan
+from avirt.offline.qemu_img import ChainEntry, allocated_bytes, backing_chain, create_overlay
 from avirt.qmp.monitor import Monitor
 from avirt.tasks import TaskOwner
 
@@ -64,6 +75,8 @@ class QemuDriver(Driver):
         self._tasks = TaskOwner()
         self.bus = EventBus(self._tasks)
         self.jobs = OnlineJobs(self)
+        self.offline = ImageJobRunner(host)
+        self._offline_jobs: dict[tuple[str, str], BlockJob] = {}
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
@@ -184,6 +197,10 @@ class QemuDriver(Driver):
         guest = self._find(name)
         async with guest.lock:
             guest.require("start")
+            busy = [disk for (owner, disk) in self._offline_jobs if owner == name]
+            if busy:
+                raise OperationInvalidError(
+                    f"cannot start domain '{name}': an offline block job runs on {', '.join(busy)}")
             assert guest.definition is not None  # a shut-off domain that exists is persistent
             await self._start(guest, guest.definition, paused=paused)
 
@@ -327,11 +344,17 @@ class QemuDriver(Driver):
     async def block_commit(self, name: str, disk: str, *, base: str | None, top: str | None,
                            shallow: bool, delete: bool, relative: bool, bandwidth: int | None,
                            pivot: bool) -> BlockJob:
+        """Online or offline is decided here, by the domain's state: QMP if QEMU runs, else qemu-img."""
         guest = self._find(name)
         async with guest.lock:
             if not guest.active:
-                raise OperationInvalidError(
-                    f"domain '{name}' is shut off: offline block commit is not implemented yet")
+                if bandwidth:
+                    raise OperationInvalidError("qemu-img runs at full speed: no bandwidth offline")
+                chain = await self._offline_chain(guest, disk)
+                where = plan_commit([e.path for e in chain], disk, base=base, top=top, shallow=shallow)
+                return await self._start_offline(
+                    guest, disk, JobKind.ACTIVE_COMMIT if where.active else JobKind.COMMIT,
+                    commit_plan(chain, where.top, where.base, relative=relative), delete=delete)
             plan = self.jobs.plan_commit(guest, disk, base=base, top=top, shallow=shallow)
             return await self.jobs.commit(guest, plan, delete=delete, relative=relative,
                                           bandwidth=bandwidth, pivot=pivot)
@@ -341,8 +364,14 @@ class QemuDriver(Driver):
         guest = self._find(name)
         async with guest.lock:
             if not guest.active:
-                raise OperationInvalidError(
-                    f"domain '{name}' is shut off: offline block pull is not implemented yet")
+                if bandwidth:
+                    raise OperationInvalidError("qemu-img runs at full speed: no bandwidth offline")
+                chain = await self._offline_chain(guest, disk)
+                index = resolve_index([e.path for e in chain], disk, base, len(chain))
+                if index == 0:
+                    raise OperationInvalidError(f"base {base} is the active image of {disk}: nothing to pull")
+                plan = pull_plan(chain, index if index < len(chain) else None)
+                return await self._start_offline(guest, disk, JobKind.PULL, plan, delete=False)
             return await self.jobs.pull(guest, disk, base=base, bandwidth=bandwidth)
 
     async def block_copy(self, name: str, disk: str, dest: str, *, format: str, shallow: bool,
@@ -356,7 +385,52 @@ class QemuDriver(Driver):
                                         reuse_external=reuse_external, bandwidth=bandwidth, pivot=pivot)
 
     async def block_job(self, name: str, disk: str) -> BlockJob | None:
-        return self.jobs.job_on(self._find(name), disk)
+        guest = self._find(name)
+        return self.jobs.job_on(guest, disk) or self._offline_jobs.get((guest.name, disk))
+
+    async def _offline_chain(self, guest: Guest, disk: str) -> list[ChainEntry]:
+        target = guest.config.disk(disk)
+        if target is None or target.source is None:
+            raise OperationInvalidError(f"domain '{guest.name}' has no disk {disk}")
+        if (guest.name, disk) in self._offline_jobs:
+            raise OperationInvalidError(f"disk {disk} of '{guest.name}' already has a block job")
+        chain = await backing_chain(self.host, target.source, target.format)
+        # Touch no byte of an image that another process holds: qemu-img's own lock check, up front.
+        for entry in chain:
+            result = await self.host.run(["qemu-img", "info", "--output=json", "-f", entry.format,
+                                          entry.path])
+            if result.returncode != 0 and "lock" in result.stderr:
+                raise ImageLockedError(f"{entry.path} is in use by another process: {result.stderr.strip()}",
+                                       result.returncode, result.stderr)
+        return chain
+
+    async def _start_offline(self, guest: Guest, disk: str, kind: JobKind, plan: OfflinePlan, *,
+                             delete: bool) -> BlockJob:
+        job = BlockJob(self.offline, id=f"{kind.value}-{disk}-offline-{secrets.token_hex(3)}", disk=disk,
+                       kind=kind, offline=True)
+        self._offline_jobs[(guest.name, disk)] = job
+        self.offline.expect(job, plan.size)
+
+        async def on_success() -> None:
+            if plan.new_source is not None and guest.definition is not None:
+                target = guest.definition.disk(disk)
+                assert target is not None
+                target.source, target.format = plan.new_source  # type: ignore[assignment]
+                await self.files.write_definition(guest.name, domain_to_xml(guest.definition))
+            if delete:
+                for path in plan.obsolete:
+                    await self.host.remove_tree(path)
+
+        async def run() -> None:
+            try:
+                await self.offline.run(job, plan.steps, plan.size, on_success)
+            finally:
+                del self._offline_jobs[(guest.name, disk)]
+                self.bus.emit(BlockJobEvent, guest.name, guest.uuid, disk=disk, job_kind=kind,
+                              status=job.status, error=job.error)
+
+        self._tasks.start_soon(run, name=f"offline-{job.id}")
+        return job
 
     async def block_chain(self, name: str, disk: str) -> list[ImageInfo]:
         guest = self._find(name)
