@@ -168,3 +168,17 @@ async def test_job_cancelled_by_someone_else_ends_canceled(conn: Connection, xml
     with pytest.raises(OperationInvalidError, match="has ended"):
         await job.pivot()
     await dom.destroy()
+
+
+async def test_relative_commit_leaves_plain_paths_in_the_xml_and_a_startable_domain(
+        conn: Connection, xml: XMLFactory, tmp_path: Path) -> None:
+    dom, chain = await _running(conn, xml, tmp_path)
+    assert await (await dom.block_commit("vda", top="vda[1]", shallow=True, relative=True)) \
+        == BlockJobStatus.COMPLETED
+    for text in (await dom.xml(), await dom.xml(inactive=True)):
+        assert "json:" not in text
+    assert f'<source file="{chain.active}"/>' in await dom.xml(inactive=True)
+    await dom.destroy()
+    await dom.start()
+    assert f'<source file="{chain.snap1}"/>' in await dom.xml()
+    await dom.destroy()

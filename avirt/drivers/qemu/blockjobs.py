@@ -91,7 +91,7 @@ class OnlineJobs:
             top_node = inserted["node-name"]
             while image is not None:
                 node = top_node if not layers else format_node.get(image["filename"], "")
-                layers.append(Layer(image["filename"], image["format"], node))
+                layers.append(Layer(_plain_filename(image["filename"]), image["format"], node))
                 image = image.get("backing-image")
             chains[target] = list(reversed(layers))
         guest.chains = chains
@@ -262,7 +262,13 @@ class OnlineJobs:
         try:
             await self.job_complete(job)
         except (BlockJobError, OperationInvalidError, QMPError) as e:
-            log.warning("%s: automatic pivot failed: %s", job.id, e)
+            # Someone awaits this job: end it (CANCELED, chain untouched) rather than leave it READY.
+            log.warning("%s: automatic pivot failed (%s); aborting the job", job.id, e)
+            job.error = str(e)
+            try:
+                await self.job_cancel(job)
+            except QMPError as cancel_error:
+                log.warning("%s: abort after the failed pivot failed too: %s", job.id, cancel_error)
 
     async def _finish(self, guest: Guest, job: BlockJob) -> None:
         """The job concluded in QEMU: read its result, dismiss it, settle the chain and the XML, end it."""
@@ -292,7 +298,7 @@ class OnlineJobs:
         files locked, until deleted: close them, format node first, then its protocol node."""
         monitor = self._driver._monitor(guest)
         still = {layer.node for layer in guest.chains.get(job.disk, [])}
-        for node in job.plan.get("nodes", []):
+        for node in reversed(job.plan.get("nodes", [])):  # top down: a node still backs the one above
             if node and node not in still:
                 for name in (node, f"{node}-file"):
                     try:
@@ -307,12 +313,16 @@ class OnlineJobs:
         records: dict[str, Any] = json.loads(text) if text else {}
         if not records:
             return
-        running = {info["id"]: info for info in await self._driver._monitor(guest).execute("query-jobs")}
+        monitor = self._driver._monitor(guest)
+        running = {info["id"]: info for info in await monitor.execute("query-jobs")}
+        speeds = {info["device"]: int(info.get("speed", 0))
+                  for info in await monitor.execute("query-block-jobs")}
         for job_id, record in records.items():
             kind = JobKind(record["kind"])
             job = BlockJob(self, id=job_id, disk=record["disk"], kind=kind, offline=False,
                            two_phase=kind in (JobKind.ACTIVE_COMMIT, JobKind.COPY))
             job.plan.update(record.get("plan", {}))
+            job.bandwidth = speeds.get(job_id, 0)
             info = running.get(job_id)
             if info is None:  # avirt dismisses only after recording: QEMU lost it (it restarted?)
                 job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
@@ -328,7 +338,8 @@ class OnlineJobs:
                 job.plan["outcome"] = ((BlockJobStatus.CANCELED, None) if error == "Operation canceled"
                                        else (BlockJobStatus.FAILED, error) if error
                                        else (BlockJobStatus.COMPLETED, None))
-                self._driver._tasks.start_soon(self._finish, guest, job, name=f"finish-{job.id}")
+                # Settled before connect() returns: a short-lived controller must not close first.
+                await self._finish(guest, job)
         await self._record(guest, None)
 
     def forget(self, guest: Guest) -> None:
@@ -341,11 +352,13 @@ class OnlineJobs:
     # -- JobBackend --------------------------------------------------------------------------------------
 
     async def job_progress(self, job: BlockJob) -> tuple[int, int]:
-        guest, _ = self._jobs[job.id]
-        for info in await self._driver._monitor(guest).execute("query-jobs"):
-            if info["id"] == job.id:
-                return int(info["current-progress"]), int(info["total-progress"])
-        return 0, 0
+        entry = self._jobs.get(job.id)
+        if entry is not None:
+            for info in await self._driver._monitor(entry[0]).execute("query-jobs"):
+                if info["id"] == job.id:
+                    job.plan["progress"] = (int(info["current-progress"]), int(info["total-progress"]))
+        cur, end = job.plan.get("progress", (0, 0))
+        return int(cur), int(end)
 
     async def job_set_speed(self, job: BlockJob, bandwidth: int) -> None:
         guest, _ = self._jobs[job.id]
@@ -414,6 +427,15 @@ def plan_commit(paths: list[str], disk: str, *, base: str | None, top: str | Non
     if base_index <= top_index:
         raise OperationInvalidError(f"base {paths[base_index]} is not below top {paths[top_index]} in {disk}")
     return CommitPlan(disk, top_index, base_index, active=top_index == 0)
+
+
+def _plain_filename(filename: str) -> str:
+    """QEMU names an image whose backing name is relative as ``json:{...}``; the file is inside."""
+    if not filename.startswith("json:"):
+        return filename
+    spec = json.loads(filename[5:])
+    inner = spec.get("file", {})
+    return str(inner.get("filename", filename)) if isinstance(inner, dict) else filename
 
 
 def _next_node(disk: str, layers: list[Layer]) -> str:

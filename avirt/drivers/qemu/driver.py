@@ -386,6 +386,8 @@ class QemuDriver(Driver):
 
     async def block_job(self, name: str, disk: str) -> BlockJob | None:
         guest = self._find(name)
+        if guest.config.disk(disk) is None:
+            raise OperationInvalidError(f"domain '{name}' has no disk {disk}")
         return self.jobs.job_on(guest, disk) or self._offline_jobs.get((guest.name, disk))
 
     async def _offline_chain(self, guest: Guest, disk: str) -> list[ChainEntry]:
