@@ -132,7 +132,11 @@ class Domain:
         return await self._driver.snapshot_disks(self.name, name, disks)
 
     async def block_job(self, disk: str) -> BlockJob | None:
-        """The block job running on ``disk``, or None."""
+        """The block job running on ``disk``, or None.
+
+        After a controller restart this is also how to learn the result of a job that ended while no
+        controller watched: it is returned once, already concluded (``await job`` gives its status).
+        """
         return await self._driver.block_job(self.name, disk)
 
     async def state(self) -> tuple[DomainState, str]:

@@ -77,10 +77,12 @@ class Host(ABC):
         """The file's text, or None if it does not exist."""
 
     @abstractmethod
-    async def write_atomic(self, path: str, text: str, *, mode: int = 0o600) -> None:
+    async def write_atomic(self, path: str, text: str, *, mode: int = 0o600, durable: bool = True) -> None:
         """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix.
 
-        The text goes to a temp file in the same directory, is fsynced, then renamed over ``path``.
+        The text goes to a temp file in the same directory, then is renamed over ``path``. ``durable``
+        also fsyncs the file and the directory, so the new content survives a crash of the host; files
+        that describe a running QEMU (which a host crash ends anyway) can skip that cost.
         """
 
     @abstractmethod

@@ -125,8 +125,8 @@ class LocalHost(Host):
         except FileNotFoundError:
             return None
 
-    async def write_atomic(self, path: str, text: str, *, mode: int = 0o600) -> None:
-        await anyio.to_thread.run_sync(_write_atomic, path, text.encode(), mode)
+    async def write_atomic(self, path: str, text: str, *, mode: int = 0o600, durable: bool = True) -> None:
+        await anyio.to_thread.run_sync(_write_atomic, path, text.encode(), mode, durable)
 
     async def exists(self, path: str) -> bool:
         return await anyio.Path(path).exists()
@@ -168,7 +168,7 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _write_atomic(path: str, data: bytes, mode: int) -> None:
+def _write_atomic(path: str, data: bytes, mode: int, durable: bool) -> None:
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="~")
     try:
@@ -176,12 +176,15 @@ def _write_atomic(path: str, data: bytes, mode: int) -> None:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)

@@ -59,10 +59,17 @@ class OnlineJobs:
     def __init__(self, driver: QemuDriver) -> None:
         self._driver = driver
         self._jobs: dict[str, tuple[Guest, BlockJob]] = {}
+        #: Jobs that ended while no controller watched, settled on reattach, until block_job() hands
+        #: them out (once).
+        self._settled: dict[tuple[str, str], BlockJob] = {}
         self._ids = itertools.count(1)
 
     def job_on(self, guest: Guest, disk: str) -> BlockJob | None:
         return next((job for g, job in self._jobs.values() if g is guest and job.disk == disk), None)
+
+    def take_settled(self, guest: Guest, disk: str) -> BlockJob | None:
+        """A job that concluded while no controller watched, once (see reattach)."""
+        return self._settled.pop((guest.name, disk), None)
 
     # -- chains ------------------------------------------------------------------------------------------
 
@@ -221,6 +228,7 @@ class OnlineJobs:
 
     async def _start(self, guest: Guest, job: BlockJob, command: str, args: dict[str, Any],
                      bandwidth: int | None) -> BlockJob:
+        self._settled.pop((guest.name, job.disk), None)
         if bandwidth:
             args["speed"] = bandwidth
         job.plan.setdefault("nodes", []).extend(layer.node for layer in guest.chains[job.disk])
@@ -275,10 +283,13 @@ class OnlineJobs:
         status, error = job.plan.get("outcome", (BlockJobStatus.FAILED, "QEMU reported no result"))
         monitor = self._driver._monitor(guest)
         try:
-            for info in await monitor.execute("query-jobs"):
-                # A cancelled job reports the error "Operation canceled": that is not a failure.
-                if info["id"] == job.id and info.get("error") and status is not BlockJobStatus.CANCELED:
-                    status, error = BlockJobStatus.FAILED, info["error"]
+            if "outcome" not in job.plan:  # no BLOCK_JOB_* event said how it ended: ask QEMU
+                for info in await monitor.execute("query-jobs"):
+                    # A cancelled job reports the error "Operation canceled": that is not a failure.
+                    if info["id"] == job.id:
+                        error = info.get("error")
+                        status = (BlockJobStatus.CANCELED if error == "Operation canceled"
+                                  else BlockJobStatus.FAILED if error else BlockJobStatus.COMPLETED)
             await monitor.execute("job-dismiss", {"id": job.id})
             await self.refresh_chains(guest)
             await self._close_dropped_nodes(guest, job)
@@ -338,8 +349,10 @@ class OnlineJobs:
                 job.plan["outcome"] = ((BlockJobStatus.CANCELED, None) if error == "Operation canceled"
                                        else (BlockJobStatus.FAILED, error) if error
                                        else (BlockJobStatus.COMPLETED, None))
-                # Settled before connect() returns: a short-lived controller must not close first.
+                # Settled before connect() returns: a short-lived controller must not close first. The
+                # handle is kept for block_job() so that the result is not lost to the caller.
                 await self._finish(guest, job)
+                self._settled[(guest.name, job.disk)] = job
         await self._record(guest, None)
 
     def forget(self, guest: Guest) -> None:

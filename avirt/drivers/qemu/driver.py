@@ -388,7 +388,8 @@ class QemuDriver(Driver):
         guest = self._find(name)
         if guest.config.disk(disk) is None:
             raise OperationInvalidError(f"domain '{name}' has no disk {disk}")
-        return self.jobs.job_on(guest, disk) or self._offline_jobs.get((guest.name, disk))
+        return (self.jobs.job_on(guest, disk) or self._offline_jobs.get((guest.name, disk))
+                or self.jobs.take_settled(guest, disk))
 
     async def _offline_chain(self, guest: Guest, disk: str) -> list[ChainEntry]:
         target = guest.config.disk(disk)

@@ -82,7 +82,8 @@ class StateDir:
         await self.write_live(name, live_xml)
 
     async def write_live(self, name: str, xml: str) -> None:
-        await self.host.write_atomic(os.path.join(self._run, name, "live.xml"), xml)
+        # Not fsynced: run/ describes a running QEMU, which a host crash ends anyway (atomic is enough).
+        await self.host.write_atomic(os.path.join(self._run, name, "live.xml"), xml, durable=False)
 
     async def read_live(self, name: str) -> str | None:
         return await self.host.read_text(os.path.join(self._run, name, "live.xml"))
@@ -91,7 +92,7 @@ class StateDir:
         return await self.host.read_text(os.path.join(self._run, name, "jobs.json"))
 
     async def write_jobs(self, name: str, text: str) -> None:
-        await self.host.write_atomic(os.path.join(self._run, name, "jobs.json"), text)
+        await self.host.write_atomic(os.path.join(self._run, name, "jobs.json"), text, durable=False)
 
     async def clear_run(self, name: str) -> None:
         await self.host.remove_tree(self.run_dir(name))
