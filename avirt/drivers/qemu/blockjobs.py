@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from avirt.drivers.qemu.cmdline import Layer
 from avirt.errors import BlockJobError, OperationInvalidError, QMPError
 from avirt.events.model import BlockJobStatus, JobKind
@@ -79,8 +81,15 @@ class OnlineJobs:
             guest.chains = {}
             return
         monitor = self._driver._monitor(guest)
-        blocks = await monitor.execute("query-block")
-        nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
+        answers: dict[str, Any] = {}
+
+        async def ask(command: str, arguments: dict[str, Any] | None = None) -> None:
+            answers[command] = await monitor.execute(command, arguments)
+
+        async with anyio.create_task_group() as group:  # both in flight at once: one round trip
+            group.start_soon(ask, "query-block")
+            group.start_soon(ask, "query-named-block-nodes", {"flat": True})
+        blocks, nodes = answers["query-block"], answers["query-named-block-nodes"]
         format_node = {n["file"]: n["node-name"] for n in nodes
                        if n.get("drv") not in ("file", "host_device")
                        and not n["node-name"].endswith("-file")}
@@ -292,9 +301,11 @@ class OnlineJobs:
                                   else BlockJobStatus.FAILED if error else BlockJobStatus.COMPLETED)
             await monitor.execute("job-dismiss", {"id": job.id})
             await self.refresh_chains(guest)
-            await self._close_dropped_nodes(guest, job)
+            async with anyio.create_task_group() as group:  # QMP and file writes overlap
+                group.start_soon(self._close_dropped_nodes, guest, job)
+                if status is BlockJobStatus.COMPLETED:
+                    group.start_soon(self._driver._chains_changed, guest)
             if status is BlockJobStatus.COMPLETED:
-                await self._driver._chains_changed(guest)
                 for path in job.plan.get("delete", []):
                     await self._driver.host.remove_tree(path)
         except QMPError as e:
