@@ -299,8 +299,15 @@ class OnlineJobs:
                         error = info.get("error")
                         status = (BlockJobStatus.CANCELED if error == "Operation canceled"
                                   else BlockJobStatus.FAILED if error else BlockJobStatus.COMPLETED)
-            await monitor.execute("job-dismiss", {"id": job.id})
-            await self.refresh_chains(guest)
+            async def dismiss() -> None:
+                try:
+                    await monitor.execute("job-dismiss", {"id": job.id})
+                except QMPError as e:  # the result is read already; a job left listed harms nothing
+                    log.warning("%s: job-dismiss failed: %s", job.id, e)
+
+            async with anyio.create_task_group() as group:  # independent: one round trip for both
+                group.start_soon(dismiss)
+                group.start_soon(self._refresh_quietly, guest, job)
             async with anyio.create_task_group() as group:  # QMP and file writes overlap
                 group.start_soon(self._close_dropped_nodes, guest, job)
                 if status is BlockJobStatus.COMPLETED:
@@ -315,18 +322,31 @@ class OnlineJobs:
             await self._record(guest, None)
             job.conclude(status, error)
 
+    async def _refresh_quietly(self, guest: Guest, job: BlockJob) -> None:
+        try:
+            await self.refresh_chains(guest)
+        except QMPError as e:
+            log.warning("%s: cannot re-read the chains after the job: %s", job.id, e)
+
     async def _close_dropped_nodes(self, guest: Guest, job: BlockJob) -> None:
         """Nodes the job took out of the chain (or a copy target that was abandoned) stay open, and their
         files locked, until deleted: close them, format node first, then its protocol node."""
         monitor = self._driver._monitor(guest)
         still = {layer.node for layer in guest.chains.get(job.disk, [])}
-        for node in reversed(job.plan.get("nodes", [])):  # top down: a node still backs the one above
-            if node and node not in still:
-                for name in (node, f"{node}-file"):
-                    try:
-                        await monitor.execute("blockdev-del", {"node-name": name})
-                    except QMPError as e:
-                        log.debug("%s: blockdev-del %s: %s", job.id, name, e.desc)
+        names = [name for node in reversed(job.plan.get("nodes", []))  # top down: each backs the one above
+                 if node and node not in still for name in (node, f"{node}-file")]
+
+        async def delete(name: str) -> None:
+            try:
+                await monitor.execute("blockdev-del", {"node-name": name})
+            except QMPError as e:
+                log.debug("%s: blockdev-del %s: %s", job.id, name, e.desc)
+
+        # Pipelined: each task queues its command before it first waits, so they leave in this order,
+        # and QEMU runs a monitor's commands one by one in the order received.
+        async with anyio.create_task_group() as group:
+            for name in names:
+                group.start_soon(delete, name)
 
     async def reattach(self, guest: Guest) -> None:
         """After a controller restart: rebuild the handles of the jobs recorded for this guest from what
