@@ -755,7 +755,7 @@ async def latency(rounds: int, accel: str, profile: bool) -> dict[str, Any]:
                                     await raw_rounds.one(arrival, SUSPENDED, stop, record, probe)
                                     await raw_rounds.one(arrival, RESUMED, cont, record, probe)
                             group.cancel_scope.cancel()
-                    rguest.client.events.clear()  # the default listener keeps every event (qemu-facts §2)
+                    rguest.client.events.clear()  # the default listener keeps every event
 
                 blocks = [stream_block, callback_block, raw_block]
                 for block in blocks:

@@ -28,7 +28,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def kvm_usable() -> bool:
-    """Whether QEMU starts with -accel kvm here (it may still not boot Linux: see qemu-facts §0)."""
+    """Whether QEMU starts with -accel kvm here (on a PVM-based /dev/kvm it may still not boot Linux)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     probe = subprocess.run(

@@ -69,7 +69,7 @@ KITCHEN_SINK = """<domain type='{type}'>
 async def test_kitchen_sink_domain_starts(conn: Connection, tmp_path: Path, state_dir: Path,
                                           machine: str) -> None:
     images = _images(tmp_path)
-    # TCG: host-passthrough under this machine's KVM (PVM) trips an MSR assertion in QEMU (qemu-facts §0).
+    # TCG: host-passthrough under a PVM-based KVM trips an MSR assertion in QEMU.
     xml = KITCHEN_SINK.format(type="qemu", name=f"sink-{machine}", machine=machine,
                               active=images["active"], base=images["base"], raw=images["raw"],
                               serial=tmp_path / "serial.log")

@@ -1,6 +1,6 @@
 """Lifecycle calls whose outcome depends on a real guest OS: the tiny Linux guest, booted under TCG.
 
-TCG because this machine's KVM starts QEMU but cannot boot Linux (qemu-facts §0); the domain type says so.
+TCG because on some hosts (PVM-based /dev/kvm) KVM starts QEMU but cannot boot Linux; the domain type says so.
 The guest prints markers on its serial port (a file here): ``avirt-guest: ready`` once it listens for the
 ACPI power button, which it answers by powering off.
 """

@@ -91,7 +91,7 @@ class Wire:
 
 
 def connect(path: str) -> socket.socket:
-    """Connect, retrying while QEMU has created the socket file but not yet listens (qemu-facts §1)."""
+    """Connect, retrying while QEMU has created the socket file but not yet listens."""
     deadline = time.monotonic() + TIMEOUT
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -55,7 +55,7 @@ def qemu_argv_for_guest(
     """A bare ``qemu-system-x86_64`` argv that boots the test guest under TCG.
 
     TCG, because /dev/kvm on the development machines is a PVM shadow-paging hypervisor that starts
-    QEMU but cannot boot Linux (qemu-facts section 0). ``-m 256``: 64 MiB does not boot, anything
+    QEMU but cannot boot Linux. ``-m 256``: 64 MiB does not boot, anything
     from 128 MiB boots in the same time. The serial port goes to stdout unless ``serial`` names a
     file. ``disk`` becomes a virtio-blk-pci device (``/dev/vda`` in the guest) on a ``-blockdev``
     node named ``vda``; the JSON form of ``-blockdev`` needs no comma escaping of the path.

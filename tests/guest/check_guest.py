@@ -15,7 +15,7 @@ What it proves, so that avirt's own tests can rely on it:
 
 Synchronisation is by reading the serial console (QEMU's stdout) until a marker line appears,
 with a deadline; QMP uses a raw socket whose listening fd is created here and passed to QEMU, so
-there is no connect-before-listen race (qemu-facts section 1).
+there is no connect-before-listen race.
 """
 
 from __future__ import annotations
