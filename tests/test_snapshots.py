@@ -73,12 +73,13 @@ async def test_refused_snapshot_switches_nothing(conn: Connection, xml: XMLFacto
 
 
 async def test_offline_snapshot_updates_the_definition(conn: Connection, xml: XMLFactory,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, state_dir: Path) -> None:
     disk = _raw_disk(tmp_path / "disk.qcow2")
     dom = await conn.define_xml(xml("off", disks=[("vda", str(disk), "qcow2")]))
     overlays = await dom.snapshot_disks("s1")
     assert backing_chain(Path(overlays["vda"])) == [overlays["vda"], str(disk)]
     assert f"<source file=\"{overlays['vda']}\"/>" in await dom.xml(inactive=True)
+    assert f"<source file=\"{overlays['vda']}\"/>" in (state_dir / "domains/off/domain.xml").read_text()
     await dom.start()
     assert await dom.state() == (DomainState.RUNNING, "booted")
     assert str(disk) in await dom.xml()  # the live chain shows the old image below the overlay

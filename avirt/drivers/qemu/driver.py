@@ -471,7 +471,8 @@ class QemuDriver(Driver):
                 else:
                     for disk in chosen:
                         disk.source, disk.format = overlays[disk.target], "qcow2"
-                    await self._chains_changed(guest)
+                    if guest.definition is not None:
+                        await self.files.write_definition(guest.name, domain_to_xml(guest.definition))
             except BaseException:
                 for path in created:
                     await self.host.remove_tree(path)
@@ -479,16 +480,20 @@ class QemuDriver(Driver):
             return overlays
 
     async def _chains_changed(self, guest: Guest) -> None:
-        """A job changed which image is each disk's top: the live and the persistent XML follow."""
+        """A job changed the disks' chains: the live and the persistent XML follow (each written only
+        if the top image of a disk changed, both at once)."""
+        changed = set()
         for cfg in {id(c): c for c in (guest.live, guest.definition) if c is not None}.values():
             for disk in cfg.disks:
                 layers = guest.chains.get(disk.target)
-                if layers:
+                if layers and (disk.source, disk.format) != (layers[-1].path, layers[-1].format):
                     disk.source, disk.format = layers[-1].path, layers[-1].format  # type: ignore[assignment]
-        if guest.live is not None:
-            await self.files.write_live(guest.name, domain_to_xml(guest.live))
-        if guest.definition is not None:
-            await self.files.write_definition(guest.name, domain_to_xml(guest.definition))
+                    changed.add(id(cfg))
+        async with anyio.create_task_group() as group:
+            if guest.live is not None and id(guest.live) in changed:
+                group.start_soon(self.files.write_live, guest.name, domain_to_xml(guest.live))
+            if guest.definition is not None and id(guest.definition) in changed:
+                group.start_soon(self.files.write_definition, guest.name, domain_to_xml(guest.definition))
 
     def _monitor(self, guest: Guest) -> Monitor:
         if guest.process is None or not guest.process.monitor.connected:
