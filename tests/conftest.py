@@ -12,6 +12,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,6 +20,9 @@ import avirt
 from avirt.connection import Connection
 from tests import xmls
 from tests.guest import GuestImages, build_guest
+
+if TYPE_CHECKING:
+    from tests.test_cli import CLI
 
 
 @pytest.fixture
@@ -75,6 +79,25 @@ def _record(path: str, event: avirt.Event) -> None:
 def xml(firmware_type: str) -> xmls.XMLFactory:
     """``xml(name, **options)``: domain XML for a guest that needs no OS (q35 firmware only)."""
     return xmls.XMLFactory(firmware_type)
+
+
+@pytest.fixture
+def cli(state_dir: Path) -> CLI:
+    """Runs the real ``avirt`` executable against this test's state directory."""
+    from tests.test_cli import CLI
+
+    return CLI(state_dir)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Background processes a test starts; killed at teardown if the test left them running."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -130,22 +130,6 @@ class Lines:
             self.seen.append(line)
         self._queue.put(None)
         return self.seen
-
-
-@pytest.fixture
-def cli(state_dir: Path) -> CLI:
-    return CLI(state_dir)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Background processes a test starts; killed at teardown if the test left them running."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def qemu_pid(state_dir: Path, name: str) -> int:

@@ -17,7 +17,6 @@ import pty
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,22 +28,6 @@ from tests.xmls import XMLFactory
 
 COMMANDS = ["blockcommit", "blockpull", "blockcopy", "blockjob", "snapshot-create-as", "domblkchain", "demo"]
 PROGRESS = re.compile(r"^(Block commit|Block pull|Block copy): \[ *(\d+) %\]$")
-
-
-@pytest.fixture
-def cli(state_dir: Path) -> CLI:
-    return CLI(state_dir)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Background processes a test starts; killed at teardown if the test left them running."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def guest(cli: CLI, xml: XMLFactory, tmp_path: Path, name: str, *, start: bool = True) -> Chain:
