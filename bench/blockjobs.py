@@ -117,8 +117,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -131,7 +129,9 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from qemu.qmp import EventListener, QMPClient
+import rawqemu
+from qemu.qmp import EventListener
+from rawqemu import RawGuest, count_qemu_processes, kill_leftovers
 
 import avirt
 from avirt import BlockJobStatus, EventKind
@@ -262,20 +262,6 @@ def guest_xml(name: str, accel: str, disk: Path) -> str:
 # -- small helpers --------------------------------------------------------------------------------------
 
 
-def count_qemu_processes() -> int:
-    """QEMU processes on this machine that are alive (not zombies), e.g. other users' test guests."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
-        if comm.startswith("qemu-system") and state not in "ZX":
-            count += 1
-    return count
 
 
 def qemu_argv_of(guest_name: str) -> list[str] | None:
@@ -298,22 +284,6 @@ def device_args(argv: Sequence[str]) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-blockdev", "-device")]
 
 
-def kill_leftovers(root: Path) -> list[int]:
-    """Last resort: SIGKILL every QEMU whose command line names a path under ``root``, each by its pid."""
-    marker = str(root).rstrip("/").encode() + b"/"
-    killed = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if os.path.basename(argv[0]).startswith(b"qemu-system") and any(marker in a for a in argv):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-    return killed
 
 
 def summary(values_ms: Sequence[float]) -> dict[str, float]:
@@ -471,14 +441,6 @@ class Tracer:
 # -- the raw baseline -----------------------------------------------------------------------------------
 
 
-@dataclass
-class RawGuest:
-    client: QMPClient
-    pid: int
-    pidfd: int
-    run_dir: Path
-
-
 def raw_argv(name: str, accel: str, paths: dict[str, Path], qmp_fd: int, pidfile: str) -> list[str]:
     """avirt's own argv for this guest: XML parsed by avirt, the chain bottom first as its driver has it."""
     cfg = parse_domain_xml(guest_xml(name, accel, paths["active"]))
@@ -496,29 +458,9 @@ class RawBaseline:
         self._ids = itertools.count(1)
 
     async def start(self, name: str, paths: dict[str, Path]) -> RawGuest:
-        run_dir = self.root / name
-        run_dir.mkdir(mode=0o700)
-        qmp_path, pidfile, log_path = run_dir / "qmp.sock", run_dir / "qemu.pid", run_dir / "qemu.log"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(qmp_path))
-            sock.listen(16)
-            fd = sock.fileno()
-            argv = raw_argv(name, self.accel, paths, fd, str(pidfile))
-            with open(log_path, "ab", buffering=0) as log:  # noqa: ASYNC230 (local file, as avirt does)
-                proc = await anyio.run_process(["setsid", "-f", *argv], stdin=subprocess.DEVNULL,
-                                               stdout=log, stderr=log, pass_fds=[fd], check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"setsid failed with status {proc.returncode}")
-        finally:
-            sock.close()
-        client = QMPClient(name)
-        with anyio.fail_after(QMP_TIMEOUT):
-            await client.connect(str(qmp_path))
-        pid = int(pidfile.read_text())  # written before QEMU answers on the monitor
-        guest = self.live[name] = RawGuest(client, pid, os.pidfd_open(pid), run_dir)
-        with anyio.fail_after(QMP_TIMEOUT):
-            await client.execute("cont")
+        guest = self.live[name] = await rawqemu.spawn(
+            name, self.root / name, lambda fd, pidfile: raw_argv(name, self.accel, paths, fd, pidfile),
+            cont=True)
         return guest
 
     async def commit(self, name: str, paths: dict[str, Path], *, active: bool) -> dict[str, float]:
@@ -571,16 +513,7 @@ class RawBaseline:
         return marks
 
     async def stop(self, name: str) -> None:
-        guest = self.live.pop(name)
-        try:
-            with anyio.fail_after(QMP_TIMEOUT):
-                await guest.client.execute("quit")
-                await anyio.wait_readable(guest.pidfd)  # the pidfd turns readable when QEMU is gone
-        finally:
-            os.close(guest.pidfd)
-            with contextlib.suppress(Exception):  # disconnect() re-raises the EOF that ended the session
-                await guest.client.disconnect()
-        shutil.rmtree(guest.run_dir, ignore_errors=True)
+        await rawqemu.stop(self.live.pop(name))
 
     async def stop_all(self) -> None:
         with anyio.CancelScope(shield=True):

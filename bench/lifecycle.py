@@ -85,22 +85,20 @@ import gc
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
-from qemu.qmp import QMPClient
+import rawqemu
+from rawqemu import RawGuest, count_qemu_processes, kill_leftovers
 
 import avirt
 from avirt.config import parse_domain_xml
@@ -160,20 +158,6 @@ async def grow_worker_pool(threads: int) -> int:
     return rss_kib() - before
 
 
-def count_qemu_processes() -> int:
-    """QEMU processes on this machine that are alive (not zombies), e.g. other users' test guests."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
-        if comm.startswith("qemu-system") and state not in "ZX":
-            count += 1
-    return count
 
 
 def summary(values_s: Sequence[float]) -> dict[str, float]:
@@ -187,39 +171,9 @@ def median_ms(values_s: Sequence[float]) -> float:
     return round(statistics.median(values_s) * 1000, 2)
 
 
-def kill_leftovers(root: Path) -> list[int]:
-    """Last resort after a failure or Ctrl-C: SIGKILL every QEMU whose command line names a path under
-    ``root`` (its ``-pidfile``), i.e. only QEMUs this run started, each by its pid.
-
-    The command line, not the pid files: when ``setsid`` is killed by the terminal's SIGINT after it has
-    forked QEMU, avirt reports the start as failed and removes the run directory with the pid file, while
-    that QEMU goes on running.
-    """
-    marker = str(root).rstrip("/").encode() + b"/"
-    killed = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if os.path.basename(argv[0]).startswith(b"qemu-system") and any(a.startswith(marker) for a in argv):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-    return killed
 
 
 # -- the raw baseline -----------------------------------------------------------------------------------
-
-
-@dataclass
-class RawGuest:
-    client: QMPClient
-    pid: int
-    pidfd: int
-    run_dir: Path
 
 
 class RawBaseline:
@@ -232,44 +186,14 @@ class RawBaseline:
 
     async def start(self, name: str, *, paused: bool) -> RawGuest:
         cfg = parse_domain_xml(guest_xml(name, self.accel))
-        run_dir = self.root / name
-        run_dir.mkdir(mode=0o700)
-        qmp_path, pidfile, log_path = run_dir / "qmp.sock", run_dir / "qemu.pid", run_dir / "qemu.log"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(qmp_path))
-            sock.listen(16)
-            fd = sock.fileno()
-            argv = ["setsid", "-f", *build_argv(cfg, chains={}, accel=self.accel, qmp_fd=fd,
-                                                pidfile=str(pidfile))]
-            with open(log_path, "ab", buffering=0) as log:  # noqa: ASYNC230 (local file, as avirt does)
-                proc = await anyio.run_process(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                               pass_fds=[fd], check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"setsid failed with status {proc.returncode}")
-        finally:
-            sock.close()
-        client = QMPClient(name)
-        with anyio.fail_after(QMP_TIMEOUT):
-            await client.connect(str(qmp_path))
-        pid = int(pidfile.read_text())  # written before QEMU answers on the monitor
-        guest = self.live[name] = RawGuest(client, pid, os.pidfd_open(pid), run_dir)
-        if not paused:
-            with anyio.fail_after(QMP_TIMEOUT):
-                await client.execute("cont")
+        guest = self.live[name] = await rawqemu.spawn(
+            name, self.root / name,
+            lambda fd, pidfile: build_argv(cfg, chains={}, accel=self.accel, qmp_fd=fd, pidfile=pidfile),
+            cont=not paused)
         return guest
 
     async def stop(self, name: str) -> None:
-        guest = self.live.pop(name)
-        try:
-            with anyio.fail_after(QMP_TIMEOUT):
-                await guest.client.execute("quit")
-                await anyio.wait_readable(guest.pidfd)  # the pidfd turns readable when QEMU is gone
-        finally:
-            os.close(guest.pidfd)
-            with contextlib.suppress(Exception):  # disconnect() re-raises the EOF that ended the session
-                await guest.client.disconnect()
-        shutil.rmtree(guest.run_dir, ignore_errors=True)
+        await rawqemu.stop(self.live.pop(name))
 
     async def stop_all(self) -> None:
         """Cleanup: quit every QEMU still alive (shielded, errors swallowed; leftovers get SIGKILL)."""
