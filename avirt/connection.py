@@ -14,6 +14,7 @@ from typing import Any
 from avirt.domain import Domain
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
+from avirt.drivers.test import TestDriver
 from avirt.events.bus import Callback, EventStream, Subscription
 from avirt.events.model import EventKind
 from avirt.hosts.local import LocalHost
@@ -98,8 +99,11 @@ class _Connecting:
     async def _open(self) -> Connection:
         parsed = ConnectionURI.parse(self._uri)
         parsed.check_supported()
-        state_dir = self._state_dir or parsed.default_state_dir()
-        driver = QemuDriver(self._uri, LocalHost(), state_dir)
+        driver: Driver
+        if parsed.scheme == "test":
+            driver = TestDriver(self._uri)  # in memory: a fresh world per connection, no state directory
+        else:
+            driver = QemuDriver(self._uri, LocalHost(), self._state_dir or parsed.default_state_dir())
         try:
             await driver.open()
         except BaseException:

@@ -3,7 +3,7 @@
     qemu:///session            local QEMU, state under $XDG_STATE_HOME/avirt
     qemu:///system             local QEMU, state under /var/lib/avirt
     qemu+ssh://user@host/session?keyfile=...   (remote hosts; not in this release)
-    test:///default            the in-memory test driver (not in this release)
+    test:///default            the in-memory test driver (state_dir is ignored)
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ class ConnectionURI:
         return os.path.join(base, "avirt")
 
     def check_supported(self) -> None:
+        if self.scheme == "test" and self.transport is None and not self.host:
+            if self.path != "default":
+                raise UnsupportedError([f"test:///{self.path}"], "only test:///default is implemented")
+            return
         if self.scheme != "qemu" or self.transport is not None or self.host:
             raise UnsupportedError([f"{self.scheme}{'+' + self.transport if self.transport else ''}://"
                                     f"{self.host or ''}/"], "connection URI not supported yet")
