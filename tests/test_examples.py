@@ -115,3 +115,14 @@ def test_fleet_watcher_stops_after_seconds(cli: CLI, xml: XMLFactory, tmp_path: 
     watcher, out, _ = run_example("fleet_watcher.py", "--seconds", "0.5")
     assert watcher.wait(timeout=60) == 0
     assert out.rest() == ["web1   shutoff", "== 1 shutoff", "== 1 shutoff"]
+
+
+@pytest.mark.parametrize("runner", [[], ["-m", "pytest", "-q", "-p", "no:cacheprovider"]],
+                         ids=["script", "pytest"])
+def test_testing_your_code_runs_its_checks_on_the_test_driver(runner: list[str]) -> None:
+    script = str(EXAMPLES / "testing_your_code.py")
+    result = subprocess.run([sys.executable, *runner, script], capture_output=True, text=True, timeout=60,
+                            env=clean_env(), cwd=EXAMPLES.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert (last.startswith("4 passed") if runner else last == "4 checks passed"), result.stdout
