@@ -233,3 +233,21 @@ async def test_online_snapshot_then_commit_it_back(world: World) -> None:
     assert await _paths(dom) == [overlay, *_all(chain)]
     await dom.destroy()
 
+
+
+@pytest.mark.parametrize("ready", [True, False])
+async def test_a_domain_destroyed_under_a_job_cancels_it(world: World, ready: bool) -> None:
+    """destroy() quits QEMU, which cancels its jobs on the way out: CANCELED, the chain as it was."""
+    dom, chain = await world.chain_domain("gone1")
+    async with world.conn.events(kinds={EventKind.BLOCK_JOB}) as stream:
+        job = await dom.block_commit("vda", bandwidth=None if ready else 1)
+        if ready:
+            await job.wait_ready()
+        await dom.destroy()
+        assert await job == BlockJobStatus.CANCELED
+        events = await read_until(stream, lambda e: getattr(e, "status", None) is BlockJobStatus.CANCELED)
+    assert _statuses(events) == [(JobKind.ACTIVE_COMMIT, s) for s in
+                                 ([BlockJobStatus.READY] if ready else []) + [BlockJobStatus.CANCELED]]
+    assert await _paths(dom) == _all(chain)
+    assert f'<source file="{chain.active}"/>' in await dom.xml(inactive=True)
+    assert await dom.block_job("vda") is None

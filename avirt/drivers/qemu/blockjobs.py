@@ -325,13 +325,17 @@ class OnlineJobs:
     async def _refresh_quietly(self, guest: Guest, job: BlockJob) -> None:
         try:
             await self.refresh_chains(guest)
-        except QMPError as e:
-            log.warning("%s: cannot re-read the chains after the job: %s", job.id, e)
+        # refresh_chains asks in a task group (errors come grouped); a monitor already gone: QEMU is exiting
+        except* (QMPError, OperationInvalidError) as group:
+            log.warning("%s: cannot re-read the chains after the job: %s", job.id, group.exceptions[0])
 
     async def _close_dropped_nodes(self, guest: Guest, job: BlockJob) -> None:
         """Nodes the job took out of the chain (or a copy target that was abandoned) stay open, and their
         files locked, until deleted: close them, format node first, then its protocol node."""
-        monitor = self._driver._monitor(guest)
+        try:
+            monitor = self._driver._monitor(guest)
+        except OperationInvalidError:
+            return  # QEMU is exiting: its nodes go with it
         still = {layer.node for layer in guest.chains.get(job.disk, [])}
         names = [name for node in reversed(job.plan.get("nodes", []))  # top down: each backs the one above
                  if node and node not in still for name in (node, f"{node}-file")]
@@ -387,11 +391,15 @@ class OnlineJobs:
         await self._record(guest, None)
 
     def forget(self, guest: Guest) -> None:
-        """QEMU is gone: its jobs end as failed (the chain on disk is whatever QEMU left, still valid)."""
+        """QEMU is gone: its jobs end as failed (the chain on disk is whatever QEMU left, still valid),
+        unless QEMU said it cancelled them on its way out (quit, as destroy and shutdown send it)."""
         for job_id, (g, job) in list(self._jobs.items()):
             if g is guest:
                 del self._jobs[job_id]
-                job.conclude(BlockJobStatus.FAILED, "QEMU exited while the job ran")
+                if job.plan.get("outcome", (None,))[0] is BlockJobStatus.CANCELED:
+                    job.conclude(BlockJobStatus.CANCELED)
+                else:
+                    job.conclude(BlockJobStatus.FAILED, "QEMU exited while the job ran")
 
     # -- JobBackend --------------------------------------------------------------------------------------
 

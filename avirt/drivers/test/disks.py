@@ -6,7 +6,7 @@ same messages), a job's effect on the chain is what the QEMU driver's job does t
 (``images.commit``/``pull``/``copy_into``), and online or offline is decided by the domain's state:
 
 * running or paused: an online job, two-phase for an active commit and a copy (READY, then ``pivot()``
-  or ``abort()``), one job per disk; a domain that stops ends its jobs FAILED;
+  or ``abort()``), one job per disk; a domain that stops cancels its jobs, as QEMU does when it quits;
 * shut off: an offline job as ``qemu-img`` would run it: single-phase (an active commit simply
   completes), no bandwidth limit, no copy, ``start()`` refused meanwhile, and ``ImageLockedError`` up
   front when a running domain has one of the images open.
@@ -214,11 +214,11 @@ class Disks:
         return self._launch(dom, job, chain[0].virtual_size, apply, pivot)
 
     def domain_stopped(self, dom: SimDomain) -> None:
-        """Its online jobs end FAILED (as when QEMU exits under a job); the chain stays as it was."""
+        """Its online jobs end CANCELED, as QEMU cancels its jobs when it quits; the chain stays."""
         for key, job in list(self._jobs.items()):
             if key[0] == dom.name and not job.offline:
                 del self._jobs[key]
-                self.runner.fail(job, "the domain stopped while the job ran")
+                self.runner.cancel(job)
 
     def _require_idle(self, dom: SimDomain, disk: str) -> None:
         if (dom.name, disk) in self._jobs:

@@ -43,12 +43,7 @@ class _Run:
     cur: int = 0
     complete: bool = False
     cancel: bool = False
-    failure: str | None = None
     wake: anyio.Event = field(default_factory=anyio.Event)
-
-    @property
-    def stopping(self) -> bool:
-        return self.cancel or self.failure is not None
 
     def poke(self) -> None:
         self.wake.set()
@@ -67,11 +62,11 @@ class SimulatedJobs:
         run = self._runs[job.id] = _Run(end, job.bandwidth)
         self._tasks.start_soon(self._run, job, run, apply, on_ready, on_end, auto_pivot, name=job.id)
 
-    def fail(self, job: BlockJob, reason: str) -> None:
-        """End a running job as FAILED (its domain stopped under it); nothing is applied."""
+    def cancel(self, job: BlockJob) -> None:
+        """End the job CANCELED as soon as its task runs; nothing is applied."""
         run = self._runs.get(job.id)
         if run is not None:
-            run.failure = reason
+            run.cancel = True
             run.poke()
 
     async def _run(self, job: BlockJob, run: _Run, apply: Callable[[], None],
@@ -80,15 +75,13 @@ class SimulatedJobs:
         error: str | None = "the connection closed while the job ran"
         try:
             await self._advance(run)
-            if job.two_phase and not run.stopping:
+            if job.two_phase and not run.cancel:
                 job.set_phase(JobPhase.READY)
                 on_ready(job)
                 run.complete = run.complete or auto_pivot
-                while not (run.complete or run.stopping):
+                while not (run.complete or run.cancel):
                     await _sleep(run, math.inf)
-            if run.failure is not None:
-                status, error = BlockJobStatus.FAILED, run.failure
-            elif run.cancel:
+            if run.cancel:
                 status, error = BlockJobStatus.CANCELED, None
             else:
                 apply()
@@ -100,7 +93,7 @@ class SimulatedJobs:
 
     async def _advance(self, run: _Run) -> None:
         chunk = max(1, math.ceil(run.end / STEPS))
-        while run.cur < run.end and not run.stopping:
+        while run.cur < run.end and not run.cancel:
             step = min(chunk, run.end - run.cur)
             speed = run.speed
             delay = max(STEP_SECONDS, step / speed) if speed else STEP_SECONDS
@@ -135,10 +128,7 @@ class SimulatedJobs:
             run.poke()
 
     async def job_cancel(self, job: BlockJob) -> None:
-        run = self._runs.get(job.id)
-        if run is not None:
-            run.cancel = True
-            run.poke()
+        self.cancel(job)
 
 
 async def _sleep(run: _Run, delay: float) -> bool:
