@@ -8,6 +8,7 @@ job handle, and the BLOCK_JOB events. (That QEMU moved the right bytes is proven
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,23 @@ async def test_a_domain_destroyed_under_a_job_cancels_it(world: World, ready: bo
     assert await _paths(dom) == _all(chain)
     assert f'<source file="{chain.active}"/>' in await dom.xml(inactive=True)
     assert await dom.block_job("vda") is None
+
+
+async def test_active_commit_into_a_raw_base(world: World) -> None:
+    base, top = world.tmp_path / "base.raw", world.tmp_path / "top.qcow2"
+    if world.qemu:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", base, "16M"], check=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, top], check=True)
+    disk = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{top}'/>"
+            f"<backingStore type='file' index='1'><format type='raw'/><source file='{base}'/><backingStore/>"
+            "</backingStore><target dev='vda' bus='virtio'/></disk>")
+    dom = await world.conn.define_xml(world.xml("raw1", extra_devices=disk))
+    await dom.start(paused=True)
+    job = await dom.block_commit("vda")
+    await job.wait_ready()
+    mirror = (await dom.xml()).split("<mirror")[1].split("</mirror>")[0]
+    assert '<format type="raw"/>' in mirror and f'<source file="{base}"/>' in mirror
+    assert await job.pivot() == BlockJobStatus.COMPLETED
+    assert [(i.path, i.format) for i in await dom.block_chain("vda")] == [(str(base), "raw")]
+    assert '<driver name="qemu" type="raw"/>' in await dom.xml(inactive=True)
+    await dom.destroy()

@@ -166,7 +166,8 @@ class OnlineJobs:
         job = BlockJob(self, id=f"{kind.value}-{plan.disk}-{next(self._ids)}", disk=plan.disk, kind=kind,
                        offline=False, bandwidth=bandwidth or 0, two_phase=plan.active)
         removed = [layer.path for layer in chain[plan.top if not plan.active else 0:plan.base]]
-        job.plan.update(delete=removed if delete else [], auto_pivot=pivot, base=chain[plan.base].path)
+        job.plan.update(delete=removed if delete else [], auto_pivot=pivot, base=chain[plan.base].path,
+                        format=chain[plan.base].format)  # the live XML's <mirror> shows it
         args: dict[str, Any] = {
             "job-id": job.id, "device": chain[0].node, "base-node": chain[plan.base].node,
             "auto-dismiss": False,

@@ -453,8 +453,8 @@ class QemuDriver(Driver):
             unknown = set(disks or ()) - {d.target for d in chosen}
             if unknown:
                 raise OperationInvalidError(f"domain '{name}' has no disk {', '.join(sorted(unknown))}")
-            for disk in chosen:
-                if self.jobs.job_on(guest, disk.target) is not None:
+            for disk in chosen:  # an offline job too: it rewrites the definition when it ends
+                if self.jobs.job_on(guest, disk.target) or (name, disk.target) in self._offline_jobs:
                     raise OperationInvalidError(f"disk {disk.target} of '{name}' has a block job running")
             overlays = {d.target: _overlay_path(d.source or "", snapshot) for d in chosen}
             for path in overlays.values():
