@@ -21,6 +21,7 @@ from avirt.drivers.test.images import ImageStore, MiB
 from avirt.errors import DomainStartError, OperationInvalidError, UnsupportedError
 from avirt.uri import InvalidURIError
 from tests.events_help import lifecycle, read_until
+from tests.test_cli import CLI
 
 pytestmark = pytest.mark.anyio
 S = DomainState
@@ -160,3 +161,13 @@ async def test_no_qemu_monitor(conn: Connection) -> None:
         dom = await conn.lookup("test")
         await dom.block_pull("vda", bandwidth=1)
         await dom.block_pull("vda")
+
+
+def test_the_command_line_on_the_test_driver(cli: CLI) -> None:
+    """Each avirt command is a connection of its own, so each starts from the same fresh world."""
+    assert cli.ok("-c", "test:///default", "list").split("\n")[2].split() == ["1", "test", "running"]
+    assert cli.ok("-c", "test:///default", "blockcommit", "test", "vda", "--pivot", "--wait") \
+        == "Successfully pivoted\n"
+    chain = cli.ok("-c", "test:///default", "domblkchain", "test", "vda").splitlines()[2:]
+    assert [line.split()[0] for line in chain] == ["vda[0]", "vda[1]", "vda[2]", "vda[3]"]
+    assert "no domain" in cli.fails("-c", "test:///default", "start", "web1")
