@@ -25,6 +25,7 @@ The monitor never decides policy: it does not know what a STOP means. The driver
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -108,18 +109,23 @@ class Monitor:
     def connected(self) -> bool:
         return bool(self._client.runstate == Runstate.RUNNING)
 
-    async def connect(self, address: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Connect to QEMU's monitor socket, read the greeting and negotiate capabilities."""
+    async def connect(self, address: str | socket.socket, *, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Connect to QEMU's monitor, read the greeting and negotiate capabilities.
+
+        ``address`` is the socket's path, or a socket already connected to it (which the monitor then
+        owns): that is how a monitor reaches a QEMU on a remote host.
+        """
+        where = address if isinstance(address, str) else "the monitor socket"
         try:
             with anyio.fail_after(timeout):
                 await self._client.connect(address)
         except TimeoutError:
             await self._force_idle()
-            raise MonitorClosedError(f"no QMP greeting from {address} within {timeout:g} s") from None
+            raise MonitorClosedError(f"no QMP greeting from {where} within {timeout:g} s") from None
         except ConnectError as e:
             cause = e.exc
             why = "QEMU closed the connection" if isinstance(cause, EOFError) else str(cause) or repr(cause)
-            raise MonitorClosedError(f"cannot connect to {address}: {why}") from e
+            raise MonitorClosedError(f"cannot connect to {where}: {why}") from e
         greeting = self._client.greeting
         self.greeting = greeting._asdict() if greeting else {}
         self._closed = anyio.Event()

@@ -215,7 +215,7 @@ class QemuDriver(Driver):
             try:
                 process = await QemuProcess.spawn(
                     self.host, name,
-                    lambda fd: build_argv(cfg, chains=chains, accel=accel, qmp_fd=fd,
+                    lambda socket: build_argv(cfg, chains=chains, accel=accel, monitor=socket,
                                           pidfile=self.files.pidfile(name)),
                     qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
                     log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
