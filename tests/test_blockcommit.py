@@ -15,6 +15,9 @@ from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
 
+#: Each test runs on this machine and on a host reached over SSH (tests/sshd.py).
+HOSTS = ("local", "ssh")
+
 
 async def _running(conn: Connection, xml: XMLFactory, tmp_path: Path,
                    name: str = "bc") -> tuple[Domain, Chain]:
