@@ -124,6 +124,10 @@ class Host(ABC):
     async def open(self) -> None:
         """Connect to the host, if it has to be reached; called once before any other method."""
 
+    def connection_error(self) -> HostError | None:
+        """The error that says the host is unreachable right now, or None while it can be reached."""
+        return None
+
     async def wait_reconnected(self) -> None:
         """After a :class:`~avirt.errors.HostError` that means "connection lost": return once the host can
         be reached again. A host that cannot lose its connection raises the error it was asked about."""

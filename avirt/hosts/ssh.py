@@ -189,13 +189,20 @@ class SSHHost(Host):
     async def wait_reconnected(self) -> None:
         await self._up.wait()
 
-    def _connection(self) -> asyncssh.SSHClientConnection:
+    def connection_error(self) -> HostError | None:
         conn = self._conn
-        if conn is None or conn.is_closed():
-            if conn is not None:
-                self._lost(conn)
-            raise HostError(f"{self.name}: the SSH connection is lost (reconnecting)")
-        return conn
+        if conn is not None and not conn.is_closed():
+            return None
+        if conn is not None:
+            self._lost(conn)
+        return HostError(f"{self.name}: the SSH connection is lost (reconnecting)")
+
+    def _connection(self) -> asyncssh.SSHClientConnection:
+        error = self.connection_error()
+        if error is not None:
+            raise error
+        assert self._conn is not None
+        return self._conn
 
     @contextlib.asynccontextmanager
     async def _remote(self, what: str) -> AsyncIterator[asyncssh.SSHClientConnection]:

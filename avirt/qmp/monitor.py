@@ -99,8 +99,12 @@ class _Client(QMPClient):
 class Monitor:
     """A QMP session with one QEMU. See the module docstring."""
 
-    def __init__(self, name: str, on_event: EventSink | None = None) -> None:
+    def __init__(self, name: str, on_event: EventSink | None = None, *,
+                 why_closed: Callable[[], Exception | None] = lambda: None) -> None:
         self.name = name
+        # Asked when the session breaks under a command: a lost host connection has an error of its own
+        # (HostError) that tells the caller more than "the monitor is closed".
+        self._why_closed = why_closed
         self._client = _Client(on_event or (lambda _msg: None))
         self._closed = anyio.Event()
         self.greeting: Mapping[str, Any] = {}
@@ -144,7 +148,7 @@ class Monitor:
         except ExecuteError as e:
             raise QMPError(e.error_class, str(e)) from None
         except (ExecInterruptedError, StateError) as e:
-            raise MonitorClosedError() from e
+            raise self._why_closed() or MonitorClosedError() from e
         except TimeoutError:
             raise QMPError("Timeout", f"{command} did not answer within {timeout:g} s") from None
 

@@ -370,21 +370,47 @@ class OnlineJobs:
                 job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
                 continue
             self._jobs[job_id] = (guest, job)
-            status = info["status"]
-            if status == "ready":
-                job.set_phase(JobPhase.READY)
-            elif status == "standby":
-                job.set_phase(JobPhase.STANDBY)
-            elif status == "concluded":
-                error = info.get("error")
-                job.plan["outcome"] = ((BlockJobStatus.CANCELED, None) if error == "Operation canceled"
-                                       else (BlockJobStatus.FAILED, error) if error
-                                       else (BlockJobStatus.COMPLETED, None))
-                # Settled before connect() returns: a short-lived controller must not close first. The
-                # handle is kept for block_job() so that the result is not lost to the caller.
-                await self._finish(guest, job)
-                self._settled[(guest.name, job.disk)] = job
+            await self._catch_up(guest, job, info)
         await self._record(guest, None)
+
+    async def resync(self, guest: Guest) -> None:
+        """The monitor is back after a lost host connection: bring the handles this controller holds up to
+        date with QEMU, and publish what happened to them meanwhile."""
+        mine = [job for g, job in self._jobs.values() if g is guest]
+        if not mine:
+            return
+        running = {info["id"]: info for info in await self._driver._monitor(guest).execute("query-jobs")}
+        for job in mine:
+            before = job.phase
+            info = running.get(job.id)
+            if info is None:
+                self._jobs.pop(job.id, None)
+                job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
+            else:
+                await self._catch_up(guest, job, info)
+            if job.phase is before:
+                continue
+            self._driver.announce_job(guest, job)  # what the lost BLOCK_JOB_* event would have said
+            if job.phase is JobPhase.READY and job.plan.get("auto_pivot"):
+                self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
+        await self._record(guest, None)
+
+    async def _catch_up(self, guest: Guest, job: BlockJob, info: dict[str, Any]) -> None:
+        """Set a job's phase from QEMU's ``query-jobs`` entry; one that concluded is settled now."""
+        status = info["status"]
+        if status == "ready":
+            job.set_phase(JobPhase.READY)
+        elif status == "standby":
+            job.set_phase(JobPhase.STANDBY)
+        elif status == "concluded":
+            error = info.get("error")
+            job.plan["outcome"] = ((BlockJobStatus.CANCELED, None) if error == "Operation canceled"
+                                   else (BlockJobStatus.FAILED, error) if error
+                                   else (BlockJobStatus.COMPLETED, None))
+            # Settled before connect() returns: a short-lived controller must not close first. The
+            # handle is kept for block_job() so that the result is not lost to the caller.
+            await self._finish(guest, job)
+            self._settled[(guest.name, job.disk)] = job
 
     def forget(self, guest: Guest) -> None:
         """QEMU is gone: its jobs end as failed (the chain on disk is whatever QEMU left, still valid)."""

@@ -52,7 +52,7 @@ class QemuProcess:
         log_path: str,
         on_event: EventSink,
     ) -> QemuProcess:
-        monitor = Monitor(name, on_event)
+        monitor = Monitor(name, on_event, why_closed=host.connection_error)
         try:
             await host.start_detached(argv_for_socket, listen_path=qmp_socket, log_path=log_path)
             await _connect(host, monitor, qmp_socket)
@@ -73,7 +73,7 @@ class QemuProcess:
         pid = await _read_pid(host, pidfile)
         if pid is None or not await host.pid_alive(pid):
             return None
-        monitor = Monitor(name, on_event)
+        monitor = Monitor(name, on_event, why_closed=host.connection_error)
         try:
             await _connect(host, monitor, qmp_socket, timeout=5.0)
         except MonitorClosedError as e:
