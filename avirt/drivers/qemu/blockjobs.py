@@ -291,6 +291,7 @@ class OnlineJobs:
         """The job concluded in QEMU: read its result, dismiss it, settle the chain and the XML, end it."""
         status, error = job.plan.get("outcome", (BlockJobStatus.FAILED, "QEMU reported no result"))
         monitor = self._driver._monitor(guest)
+        recorded = False
         try:
             if "outcome" not in job.plan:  # no BLOCK_JOB_* event said how it ended: ask QEMU
                 for info in await monitor.execute("query-jobs"):
@@ -308,8 +309,11 @@ class OnlineJobs:
             async with anyio.create_task_group() as group:  # independent: one round trip for both
                 group.start_soon(dismiss)
                 group.start_soon(self._refresh_quietly, guest, job)
+            self._jobs.pop(job.id, None)  # dismissed: QEMU will say no more of it
+            recorded = True
             async with anyio.create_task_group() as group:  # QMP and file writes overlap
                 group.start_soon(self._close_dropped_nodes, guest, job)
+                group.start_soon(self._record, guest, None)
                 if status is BlockJobStatus.COMPLETED:
                     group.start_soon(self._driver._chains_changed, guest)
             if status is BlockJobStatus.COMPLETED:
@@ -318,8 +322,9 @@ class OnlineJobs:
         except QMPError as e:
             log.warning("%s: settling after the job failed: %s", job.id, e)
         finally:
-            self._jobs.pop(job.id, None)
-            await self._record(guest, None)
+            if not recorded:
+                self._jobs.pop(job.id, None)
+                await self._record(guest, None)
             job.conclude(status, error)
 
     async def _refresh_quietly(self, guest: Guest, job: BlockJob) -> None:
