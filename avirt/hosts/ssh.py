@@ -119,9 +119,14 @@ class SSHHost(Host):
         self._tasks.start_soon(self._read_exits, conn, self._watcher, name=f"ssh-exits-{self.name}")
         self._tasks.start_soon(self._watch_connection, conn, name=f"ssh-conn-{self.name}")
         for path in self._locks:
-            if not await self._take_lock(path):
-                log.error("%s: lost the lock %s while disconnected; another controller holds it",
-                          self.name, path)
+            try:
+                taken = await self._take_lock(path)
+            except HostError as e:
+                taken = False
+                log.error("%s", e)
+            if not taken:
+                log.error("%s: could not take the lock %s again after reconnecting; another controller "
+                          "may be managing this state directory now", self.name, path)
         self._up.set()
 
     async def _dial(self) -> asyncssh.SSHClientConnection:

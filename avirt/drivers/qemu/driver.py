@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 #: QEMU closes its monitor a moment before it exits; a monitor that is gone for longer than this while
 #: the process lives is a broken control channel (CONTROL_ERROR).
 MONITOR_EOF_GRACE = 5.0
+#: Pause between attempts to re-attach to a guest after its host's connection came back and broke again.
+RESYNC_RETRY = 0.5
 
 
 class QemuDriver(Driver):
@@ -602,6 +604,7 @@ class QemuDriver(Driver):
                 return resumed
             except (HostError, MonitorClosedError) as e:
                 log.info("domain %s: re-attaching failed (%s); waiting for the host again", guest.name, e)
+                await anyio.sleep(RESYNC_RETRY)  # the host may not have noticed its loss yet: no busy loop
 
     async def _quietly(self, work: Awaitable[None]) -> None:
         try:
