@@ -13,7 +13,7 @@ One event loop drives many QEMU guests over their QMP monitors, with libvirt's d
 Guests outlive the controller: a later ``connect()`` to the same state directory finds them running.
 """
 
-from avirt import errors
+from avirt import errors, fleet
 from avirt.connection import Connection, connect
 from avirt.domain import Domain
 from avirt.events import (
@@ -76,4 +76,5 @@ __all__ = [
     "WatchdogEvent",
     "connect",
     "errors",
+    "fleet",
 ]

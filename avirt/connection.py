@@ -7,6 +7,7 @@ context manager; closing it leaves running guests running (they outlive the cont
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import Any
@@ -15,8 +16,10 @@ from avirt.domain import Domain
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
 from avirt.drivers.test import TestDriver
+from avirt.errors import UnsupportedError
 from avirt.events.bus import Callback, EventStream, Subscription
 from avirt.events.model import EventKind
+from avirt.hosts.base import Host
 from avirt.hosts.local import LocalHost
 from avirt.models import DomainState
 from avirt.uri import ConnectionURI
@@ -92,18 +95,24 @@ class _Connecting:
 
     def __init__(self, uri: str, state_dir: str | os.PathLike[str] | None) -> None:
         self._uri = uri
-        # Resolved now: a relative state directory means the one relative to where connect() was called.
-        self._state_dir = os.path.abspath(state_dir) if state_dir else None
+        self._state_dir = os.fspath(state_dir) if state_dir else None
+        # A relative local state directory means the one relative to where connect() was called.
+        self._local_state_dir = os.path.abspath(state_dir) if state_dir else None
         self._conn: Connection | None = None
 
     async def _open(self) -> Connection:
         parsed = ConnectionURI.parse(self._uri)
         parsed.check_supported()
         driver: Driver
+        host: Host
         if parsed.scheme == "test":
             driver = TestDriver(self._uri)  # in memory: a fresh world per connection, no state directory
         else:
-            driver = QemuDriver(self._uri, LocalHost(), self._state_dir or parsed.default_state_dir())
+            if parsed.transport == "ssh":
+                host, state_dir = await _open_ssh_host(parsed, self._state_dir)
+            else:
+                host, state_dir = LocalHost(), self._local_state_dir or parsed.default_state_dir()
+            driver = QemuDriver(self._uri, host, state_dir)
         try:
             await driver.open()
         except BaseException:
@@ -122,6 +131,24 @@ class _Connecting:
                         tb: TracebackType | None) -> None:
         if self._conn is not None:
             await self._conn.close()
+
+
+async def _open_ssh_host(uri: ConnectionURI, state_dir: str | None) -> tuple[Host, str]:
+    """The connected SSH host and the state directory on it (a relative one is in the remote home)."""
+    try:
+        from avirt.hosts.ssh import SSHHost, SSHTarget
+    except ImportError as e:  # asyncssh is an optional dependency
+        raise UnsupportedError([f"qemu+ssh://{uri.host}/"], f"SSH hosts need asyncssh ({e}): "
+                               "pip install 'avirt[ssh]'") from None
+    host = SSHHost(SSHTarget(uri.host or "", uri.port or 22, uri.user, uri.options.get("keyfile"),
+                             uri.options.get("known_hosts") or "~/.ssh/known_hosts"))
+    try:
+        await host.open()
+        state_dir = state_dir or uri.options.get("state_dir") or uri.default_state_dir()
+        return host, posixpath.join(await host.home(), state_dir)  # join keeps an absolute one as it is
+    except BaseException:
+        await host.aclose()
+        raise
 
 
 def connect(uri: str = "qemu:///session", *, state_dir: str | os.PathLike[str] | None = None) -> _Connecting:

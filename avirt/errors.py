@@ -94,4 +94,6 @@ class EventsLostError(AvirtError):
 
     def __init__(self, count: int) -> None:
         self.count = count
+        #: Which connection lost them, when the stream merges several (``avirt.fleet.merge``).
+        self.connection: object | None = None
         super().__init__(f"{count} events lost: the subscriber did not keep up; re-read state")

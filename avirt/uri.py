@@ -2,7 +2,7 @@
 
     qemu:///session            local QEMU, state under $XDG_STATE_HOME/avirt
     qemu:///system             local QEMU, state under /var/lib/avirt
-    qemu+ssh://user@host/session?keyfile=...   (remote hosts; not in this release)
+    qemu+ssh://user@host[:port]/session?keyfile=...&known_hosts=...&state_dir=...   a remote host over SSH
     test:///default            the in-memory test driver (state_dir is ignored)
 """
 
@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from avirt.errors import AvirtError, UnsupportedError
+
+#: Query options of qemu+ssh URIs.
+SSH_OPTIONS = frozenset({"keyfile", "known_hosts", "state_dir"})
 
 
 class InvalidURIError(AvirtError, ValueError):
@@ -45,6 +48,8 @@ class ConnectionURI:
     def default_state_dir(self) -> str:
         if self.path == "system":
             return "/var/lib/avirt"
+        if self.transport == "ssh":
+            return ".local/state/avirt"  # in the remote user's home
         base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
         return os.path.join(base, "avirt")
 
@@ -53,7 +58,14 @@ class ConnectionURI:
             if self.path != "default":
                 raise UnsupportedError([f"test:///{self.path}"], "only test:///default is implemented")
             return
-        if self.scheme != "qemu" or self.transport is not None or self.host:
+        if self.scheme == "qemu" and self.transport == "ssh":
+            if not self.host:
+                raise InvalidURIError("qemu+ssh URIs name a host: qemu+ssh://[user@]host[:port]/session")
+            unknown = sorted(set(self.options) - SSH_OPTIONS)
+            if unknown:
+                raise InvalidURIError(f"unknown option(s) {', '.join(unknown)} in the URI "
+                                      f"(known: {', '.join(sorted(SSH_OPTIONS))})")
+        elif self.scheme != "qemu" or self.transport is not None or self.host:
             raise UnsupportedError([f"{self.scheme}{'+' + self.transport if self.transport else ''}://"
                                     f"{self.host or ''}/"], "connection URI not supported yet")
         if self.path not in ("session", "system"):

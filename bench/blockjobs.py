@@ -445,7 +445,7 @@ def raw_argv(name: str, accel: str, paths: dict[str, Path], qmp_fd: int, pidfile
     """avirt's own argv for this guest: XML parsed by avirt, the chain bottom first as its driver has it."""
     cfg = parse_domain_xml(guest_xml(name, accel, paths["active"]))
     chains = {DISK: [Layer(str(paths[n]), "qcow2") for n in NAMES]}
-    return build_argv(cfg, chains=chains, accel=accel, qmp_fd=qmp_fd, pidfile=pidfile)
+    return build_argv(cfg, chains=chains, accel=accel, monitor=f"fd={qmp_fd}", pidfile=pidfile)
 
 
 class RawBaseline:

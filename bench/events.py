@@ -534,7 +534,8 @@ class RawBaseline:
         cfg = parse_domain_xml(guest_xml(name, self.accel))
         guest = self.live[name] = await rawqemu.spawn(
             name, self.root / name,
-            lambda fd, pidfile: build_argv(cfg, chains={}, accel=self.accel, qmp_fd=fd, pidfile=pidfile),
+            lambda fd, pidfile: build_argv(cfg, chains={}, accel=self.accel, monitor=f"fd={fd}",
+                                           pidfile=pidfile),
             cont=not paused)
         return guest
 

@@ -2,6 +2,7 @@
 
     python examples/fleet_watcher.py --state-dir /tmp/avirt
     python examples/fleet_watcher.py --state-dir /tmp/avirt --seconds 600
+    python examples/fleet_watcher.py -c qemu:///session -c 'qemu+ssh://admin@kvm-17/session' -c ...
 
 Output::
 
@@ -37,6 +38,9 @@ Four ideas worth taking away:
    ``EventsLostError(count)``. The right answer is the one this program gives: re-read every state, then
    carry on with the stream.
 
+5. Many hosts are one stream too: ``avirt.fleet.merge(*connections)`` yields ``(connection, event)``
+   pairs from every connection (give ``-c`` several times; domains are then shown as ``host/name``).
+
 As with every avirt program, this one is the controller of its state directory while it runs: other
 ``avirt`` commands and ``avirt.connect()`` calls on the same directory wait for it to end
 (``ConnectionLockedError``). It therefore sees what guests and QEMU do by themselves.
@@ -45,16 +49,20 @@ As with every avirt program, this one is the controller of its state directory w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from collections import Counter
+from urllib.parse import urlsplit
 
 import anyio
 
 import avirt
 from avirt import DomainState, EventKind, LifecycleEvent, LifecycleType
 from avirt.errors import EventsLostError
+
+DEFAULT_URI = os.environ.get("AVIRT_DEFAULT_URI", "qemu:///session")
 
 #: The state a domain is in after each lifecycle event. DEFINED and UNDEFINED are handled on their own:
 #: they change the definition, not the state.
@@ -72,18 +80,27 @@ STATE_AFTER = {
 class Fleet:
     """The last known state of every domain, updated from lifecycle events."""
 
-    def __init__(self) -> None:
+    def __init__(self, connections: list[avirt.Connection]) -> None:
+        self.connections = connections
         self.states: dict[str, DomainState] = {}
 
-    async def reread(self, conn: avirt.Connection) -> None:
-        self.states = {dom.name: (await dom.state())[0] for dom in await conn.list_domains()}
+    def key(self, conn: avirt.Connection, domain: str) -> str:
+        """A domain's name, after its host's when the fleet spans several."""
+        if len(self.connections) == 1:
+            return domain
+        host = urlsplit(conn.uri).netloc or "localhost"
+        return f"{host}/{domain}"
 
-    def apply(self, event: LifecycleEvent) -> tuple[str, str] | None:
+    async def reread(self) -> None:
+        self.states = {self.key(conn, dom.name): (await dom.state())[0]
+                       for conn in self.connections for dom in await conn.list_domains()}
+
+    def apply(self, name: str, event: LifecycleEvent) -> tuple[str, str] | None:
         """Update from one event; returns (before, after) labels for a change, None for no change."""
-        before = self.states.get(event.domain)
+        before = self.states.get(name)
         if event.type is LifecycleType.UNDEFINED:
             if before is DomainState.SHUTOFF:  # a running domain lives on, as a transient one
-                del self.states[event.domain]
+                del self.states[name]
                 return before.value, "(undefined)"
             return None
         after = DomainState.SHUTOFF if event.type is LifecycleType.DEFINED else STATE_AFTER[event.type]
@@ -91,7 +108,7 @@ class Fleet:
             return None  # a redefinition: same domain, same state
         if after is before:
             return None
-        self.states[event.domain] = after
+        self.states[name] = after
         return (before.value if before else "(new)"), after.value
 
     def tally(self) -> str:
@@ -104,28 +121,33 @@ class Fleet:
 
 
 async def watch(args: argparse.Namespace) -> None:
-    fleet = Fleet()
-    async with avirt.connect(args.uri, state_dir=args.state_dir) as conn, \
-            conn.events(kinds={EventKind.LIFECYCLE}) as stream:
-        await fleet.reread(conn)  # after subscribing: see idea 2
+    async with contextlib.AsyncExitStack() as stack:
+        connections = [await stack.enter_async_context(
+            avirt.connect(uri, state_dir=args.state_dir if uri.startswith("qemu:///") else None))
+            for uri in args.uris or [DEFAULT_URI]]
+        fleet = Fleet(connections)
+        stream = await stack.enter_async_context(
+            avirt.fleet.merge(*connections, kinds={EventKind.LIFECYCLE}))
+        await fleet.reread()  # after subscribing: see idea 2
         print(fleet.table() + f"== {fleet.tally()}", flush=True)
         print(f"watching {len(fleet.states)} domains; Ctrl-C stops", file=sys.stderr, flush=True)
         try:
             with anyio.move_on_after(args.seconds):
                 while True:
                     try:
-                        event = await anext(stream)
+                        conn, event = await anext(stream)
                     except EventsLostError as e:
-                        await fleet.reread(conn)
+                        await fleet.reread()
                         print(f"-- {e.count} events lost; states re-read  [{fleet.tally()}]", flush=True)
                         continue
                     except StopAsyncIteration:
                         break
                     assert isinstance(event, LifecycleEvent)
-                    change = fleet.apply(event)
+                    name = fleet.key(conn, event.domain)
+                    change = fleet.apply(name, event)
                     if change is not None:
                         when = time.strftime("%H:%M:%S", time.localtime(event.timestamp))
-                        line = f"{when} {event.domain}: {change[0]} -> {change[1]} ({event.detail})"
+                        line = f"{when} {name}: {change[0]} -> {change[1]} ({event.detail})"
                         print(f"{line:<48} [{fleet.tally()}]", flush=True)
         finally:
             print(f"== {fleet.tally()}", flush=True)
@@ -133,11 +155,11 @@ async def watch(args: argparse.Namespace) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-c", "--connect", dest="uri",
-                        default=os.environ.get("AVIRT_DEFAULT_URI", "qemu:///session"),
-                        help="connection URI (default: $AVIRT_DEFAULT_URI, else qemu:///session)")
+    parser.add_argument("-c", "--connect", dest="uris", action="append", metavar="URI",
+                        help="connection URI, once per host to watch (default: $AVIRT_DEFAULT_URI, "
+                             "else qemu:///session)")
     parser.add_argument("--state-dir", default=os.environ.get("AVIRT_STATE_DIR"),
-                        help="state directory (default: $AVIRT_STATE_DIR, else the URI's)")
+                        help="state directory of qemu:/// URIs (default: $AVIRT_STATE_DIR, else the URI's)")
     parser.add_argument("--seconds", type=float, help="stop after this many seconds")
     return parser.parse_args()
 

@@ -20,6 +20,9 @@ import avirt
 from avirt.connection import Connection
 from tests import xmls
 from tests.guest import GuestImages, build_guest
+from tests.sshd import SSHServer
+from tests.sshd import missing_reason as sshd_missing
+from tests.sshd import start as start_sshd
 
 if TYPE_CHECKING:
     from tests.test_cli import CLI
@@ -58,9 +61,41 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
             pass
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``HOSTS = ("local", "ssh")`` runs each of its tests through both hosts."""
+    hosts = getattr(metafunc.module, "HOSTS", None)
+    if hosts and "host_kind" in metafunc.fixturenames:
+        metafunc.parametrize("host_kind", hosts)
+
+
 @pytest.fixture
-async def conn(state_dir: Path) -> AsyncIterator[Connection]:
-    async with avirt.connect("qemu:///session", state_dir=state_dir) as connection:
+def host_kind() -> str:
+    return "local"
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
+    """A real OpenSSH server on 127.0.0.1 (tests/sshd.py); the remote host is this machine."""
+    reason = sshd_missing()
+    if reason:
+        pytest.skip(reason)
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def uri(host_kind: str, state_dir: Path, request: pytest.FixtureRequest) -> str:
+    """The connection URI of the host under test, with the test's state directory."""
+    if host_kind == "ssh":
+        server: SSHServer = request.getfixturevalue("sshd")
+        return server.uri(state_dir)
+    return "qemu:///session"
+
+
+@pytest.fixture
+async def conn(uri: str, state_dir: Path) -> AsyncIterator[Connection]:
+    async with avirt.connect(uri, state_dir=None if uri.startswith("qemu+ssh") else state_dir) as connection:
         record = os.environ.get("AVIRT_RECORD_QMP")
         if record:  # how tests/data/qmp-events.jsonl was made: real QEMU's events, as QEMU sent them
             connection.subscribe(lambda ev: _record(record, ev), kinds={avirt.EventKind.QMP})

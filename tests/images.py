@@ -52,7 +52,8 @@ def write(image: Path, pattern: int, offset_mib: int, length_mib: int) -> None:
 
 def reads(image: Path, expected: tuple[tuple[int, int, int], ...], *, alone: bool = False) -> list[str]:
     """Mismatches between ``image`` (through its chain, or its own clusters only) and ``expected``."""
-    target = (f'json:{{"driver":"qcow2","backing":null,"file":{{"driver":"file","filename":"{image}"}}}}'
+    target = ("json:" + json.dumps({"driver": "qcow2", "backing": None,
+                                    "file": {"driver": "file", "filename": str(image)}})
               if alone else str(image))
     problems = []
     for pattern, offset, length in expected:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
-from avirt import BlockJobStatus, Domain, DomainState, EventKind, JobKind
+from avirt import BlockJobStatus, Domain, DomainState, EventKind, JobKind, JobPhase
 from avirt.connection import Connection
 from avirt.errors import OperationInvalidError
 from tests.events_help import read_until
@@ -14,6 +15,9 @@ from tests.images import GUEST_VIEW, Chain, backing_chain, check, make_chain, re
 from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
+
+#: Each test runs on this machine and on a host reached over SSH (tests/sshd.py).
+HOSTS = ("local", "ssh")
 
 
 async def _running(conn: Connection, xml: XMLFactory, tmp_path: Path,
@@ -182,3 +186,30 @@ async def test_relative_commit_leaves_plain_paths_in_the_xml_and_a_startable_dom
     await dom.start()
     assert f'<source file="{chain.snap1}"/>' in await dom.xml()
     await dom.destroy()
+
+
+async def test_pivot_waits_through_a_ready_job_that_fell_back_to_standby(
+        conn: Connection, xml: XMLFactory, tmp_path: Path) -> None:
+    dom, chain = await _running(conn, xml, tmp_path, "flap")
+    job = await dom.block_commit("vda")
+    await job.wait_ready()
+    async with conn.events(domain=dom, kinds={EventKind.QMP}) as stream:
+        # Someone else pauses the job: QEMU takes it from ready back to standby.
+        await dom.qemu_monitor_command("job-pause", {"id": job.id})
+        await read_until(stream, lambda ev: getattr(ev, "data", {}).get("status") == "standby")
+    assert job.phase is JobPhase.STANDBY
+    async with anyio.create_task_group() as group:
+        results: list[BlockJobStatus] = []
+
+        async def do_pivot() -> None:
+            results.append(await job.pivot())
+
+        group.start_soon(do_pivot)
+        await dom.qemu_monitor_command("query-jobs")  # a round trip: the pivot task is waiting by now
+        assert not job.ended and job.phase is JobPhase.STANDBY
+        await dom.qemu_monitor_command("job-resume", {"id": job.id})  # ready again: the pivot goes on
+    assert results == [BlockJobStatus.COMPLETED]
+    assert backing_chain(chain.base) == [str(chain.base)]
+    await dom.destroy()
+    assert reads(chain.base, GUEST_VIEW, alone=True) == []
+    check(chain.base)

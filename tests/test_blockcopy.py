@@ -15,6 +15,9 @@ from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
 
+#: Each test runs on this machine and on a host reached over SSH (tests/sshd.py).
+HOSTS = ("local", "ssh")
+
 
 def unlocked(image: Path) -> bool:
     """Whether no process holds ``image`` open for writing (qemu-img info without -U must succeed)."""

@@ -14,6 +14,9 @@ from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
 
+#: Each test runs on this machine and on a host reached over SSH (tests/sshd.py).
+HOSTS = ("local", "ssh")
+
 
 async def test_pull_down_to_a_base(conn: Connection, xml: XMLFactory, tmp_path: Path) -> None:
     chain = make_chain(tmp_path)

@@ -32,6 +32,9 @@ from tests.events_help import lifecycle, read_until
 from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
+
+#: Each test runs on this machine and on a host reached over SSH (tests/sshd.py).
+HOSTS = ("local", "ssh")
 L = LifecycleType
 
 

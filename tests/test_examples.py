@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.sshd import SSHServer
 from tests.test_cli import CLI, Lines, clean_env, define_and_start, kill_qemu, write_xml
 from tests.xmls import XMLFactory
 
@@ -107,6 +108,29 @@ def test_fleet_watcher_follows_every_domain_with_one_stream(
     watcher.send_signal(signal.SIGINT)
     assert watcher.wait(timeout=30) == 0
     assert out.rest()[-1] == "== 1 running, 2 shutoff"
+
+
+def test_fleet_watcher_follows_two_hosts_with_one_stream(
+        cli: CLI, xml: XMLFactory, tmp_path: Path, run_example: RunExample, sshd: SSHServer) -> None:
+    define_and_start(cli, tmp_path, xml, "web1")
+    remote_dir = tmp_path / "remote-state"
+    remote = sshd.uri(remote_dir)
+    remote_cli = CLI(remote_dir)
+    remote_cli.ok("-c", remote, "define", str(write_xml(tmp_path, xml, "db1")))
+    remote_cli.ok("-c", remote, "start", "--paused", "db1")
+    watcher, out, _ = run_example("fleet_watcher.py", "-c", "qemu:///session", "-c", remote,
+                                    "--seconds", "60")
+    out.expect(lambda line: line == "== 1 paused, 1 running")
+    host = f"{sshd.user}@127.0.0.1:{sshd.port}"
+    assert [line.split() for line in out.seen[:-1]] == [
+        ["localhost/web1", "running"], [f"{host}/db1", "paused"]]
+
+    kill_qemu(remote_dir, "db1")  # the watcher is the remote state directory's controller now
+    change = out.expect(lambda line: "db1" in line)
+    assert f"{host}/db1: paused -> shutoff (failed)" in change
+    assert change.endswith("[1 running, 1 shutoff]")
+    watcher.send_signal(signal.SIGINT)
+    assert watcher.wait(timeout=30) == 0
 
 
 def test_fleet_watcher_stops_after_seconds(cli: CLI, xml: XMLFactory, tmp_path: Path,

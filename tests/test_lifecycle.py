@@ -22,6 +22,9 @@ from tests.waiting import wait_for_state
 from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
+
+#: Each test runs on this machine and on a host reached over SSH (tests/sshd.py).
+HOSTS = ("local", "ssh")
 S = DomainState
 
 

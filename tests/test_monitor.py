@@ -23,7 +23,7 @@ async def qemu(tmp_path: Path) -> AsyncIterator[tuple[Monitor, list[dict[str, An
     await host.start_detached(
         lambda fd: ["qemu-system-x86_64", "-machine", "none", "-accel", "tcg", "-nodefaults", "-display",
                     "none", "-S", "-pidfile", str(tmp_path / "pid"),
-                    "-chardev", f"socket,id=m,fd={fd},server=on,wait=off", "-mon", "chardev=m,mode=control"],
+                    "-chardev", f"socket,id=m,{fd},server=on,wait=off", "-mon", "chardev=m,mode=control"],
         listen_path=sock, log_path=str(tmp_path / "log"))
     events: list[dict[str, Any]] = []
     monitor = Monitor("bare", events.append)

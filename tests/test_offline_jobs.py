@@ -16,6 +16,9 @@ from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
 
+#: Each test runs on this machine and on a host reached over SSH (tests/sshd.py).
+HOSTS = ("local", "ssh")
+
 
 async def test_intermediate_commit_offline(conn: Connection, xml: XMLFactory, tmp_path: Path) -> None:
     chain = make_chain(tmp_path)

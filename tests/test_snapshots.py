@@ -15,6 +15,9 @@ from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
 
+#: Each test runs on this machine and on a host reached over SSH (tests/sshd.py).
+HOSTS = ("local", "ssh")
+
 
 def _raw_disk(path: Path) -> Path:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "16M"], check=True)

@@ -54,8 +54,12 @@ async def test_uris() -> None:
         await avirt.connect("nonsense")
     with pytest.raises(InvalidURIError, match="/session or /system"):
         await avirt.connect("qemu:///elsewhere")
-    with pytest.raises(UnsupportedError, match="not supported yet"):
-        await avirt.connect("qemu+ssh://host/session")
+    with pytest.raises(InvalidURIError, match="name a host"):
+        await avirt.connect("qemu+ssh:///session")
+    with pytest.raises(InvalidURIError, match="unknown option"):
+        await avirt.connect("qemu+ssh://host/session?keyfle=/k")
+    with pytest.raises(UnsupportedError, match="not supported"):
+        await avirt.connect("qemu+tls://host/session")
 
 
 async def test_session_state_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,17 +1,24 @@
 """What avirt needs from the machine that runs the guests, and nothing more.
 
 Everything above ``hosts/`` is host-agnostic: the QEMU driver asks a :class:`Host` to run a command, start a
-detached guest process, watch a process end, and read or atomically write a file. ``LocalHost`` does it on
-this machine; an SSH host does the same on a remote one. Paths are strings because they may not be local.
+detached guest process, reach its monitor socket, watch a process end, and read or atomically write a file.
+``LocalHost`` does it on this machine; ``SSHHost`` does the same on a remote one over one SSH connection.
+Paths are strings because they may not be local.
+
+A remote host can become unreachable: its operations then raise :class:`~avirt.errors.HostError` at once
+(nothing hangs), and :meth:`Host.wait_reconnected` tells when it is back. A local host never is.
 """
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from anyio.abc import Process
+
+from avirt.errors import HostError
 
 
 @dataclass(frozen=True)
@@ -43,15 +50,23 @@ class Host(ABC):
 
     @abstractmethod
     async def start_detached(
-        self, argv_for_fd: Callable[[int], Sequence[str]], *, listen_path: str, log_path: str
+        self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str
     ) -> None:
-        """Start a long-lived process in its own session, so that it outlives the controller.
+        """Start a QEMU in its own session, so that it outlives the controller, serving ``listen_path``.
 
-        The host binds and listens on the unix socket ``listen_path`` (mode 0600) *before* the process starts
-        and hands the listening socket down to it; ``argv_for_fd`` gets that descriptor's number and returns
-        the command line. A client can therefore connect as soon as this returns, with no race against the
-        process's start-up. Standard output and error go to ``log_path``. The process is not a child of the
-        controller (so nothing has to reap it): its end is learnt with :meth:`wait_exit`.
+        ``argv_for_socket`` gets the options of QEMU's listening socket chardev (``fd=N`` or ``path=P``)
+        and returns the command line. Either way, the socket listens when this returns: a client can
+        connect at once, with no race against QEMU's start-up. Standard error goes to ``log_path``. The
+        process is not a child of the controller (so nothing has to reap it): its end is learnt with
+        :meth:`wait_exit`. A start failure raises :class:`~avirt.errors.HostError`, and what QEMU printed
+        is in the log.
+        """
+
+    @abstractmethod
+    async def connect_unix(self, path: str) -> socket.socket:
+        """A connected stream socket to the unix socket ``path`` on the host (OSError if nobody listens).
+
+        On a remote host this is one end of a local socket pair, relayed over the host connection.
         """
 
     @abstractmethod
@@ -105,6 +120,18 @@ class Host(ABC):
 
         Returns False at once, without waiting, if another holder has it.
         """
+
+    async def open(self) -> None:
+        """Connect to the host, if it has to be reached; called once before any other method."""
+
+    def connection_error(self) -> HostError | None:
+        """The error that says the host is unreachable right now, or None while it can be reached."""
+        return None
+
+    async def wait_reconnected(self) -> None:
+        """After a :class:`~avirt.errors.HostError` that means "connection lost": return once the host can
+        be reached again. A host that cannot lose its connection raises the error it was asked about."""
+        raise HostError(f"{self.name}: the host is not reachable")
 
     async def aclose(self) -> None:
         """Release whatever the host holds open (connections, locks)."""

@@ -52,8 +52,9 @@ class LocalHost(Host):
             raise HostError(f"cannot run {argv[0]}: {e.strerror}") from e
 
     async def start_detached(
-        self, argv_for_fd: Callable[[int], Sequence[str]], *, listen_path: str, log_path: str
+        self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str
     ) -> None:
+        # The socket is bound and listening before QEMU exists and is handed down to it as a descriptor.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(listen_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -63,7 +64,7 @@ class LocalHost(Host):
             os.chmod(listen_path, 0o600)
             sock.listen(16)
             fd = sock.fileno()
-            argv = ["setsid", "-f", *argv_for_fd(fd)]
+            argv = ["setsid", "-f", *argv_for_socket(f"fd={fd}")]
             # The log file is handed to the process; opening a local file for append does not block.
             with open(log_path, "ab", buffering=0) as log:  # noqa: ASYNC230
                 os.chmod(log_path, 0o600)
@@ -79,6 +80,17 @@ class LocalHost(Host):
         finally:
             # The process holds its own copy; ours must go, or a dead process would still look listening.
             sock.close()
+
+    async def connect_unix(self, path: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            # A unix connect completes or fails at once (the listener's backlog takes it): no waiting here.
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     async def wait_exit(self, pid: int) -> None:
         # A pidfd turns readable once every thread of the process has exited; a zombie main thread is not

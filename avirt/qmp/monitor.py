@@ -25,6 +25,7 @@ The monitor never decides policy: it does not know what a STOP means. The driver
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -98,8 +99,12 @@ class _Client(QMPClient):
 class Monitor:
     """A QMP session with one QEMU. See the module docstring."""
 
-    def __init__(self, name: str, on_event: EventSink | None = None) -> None:
+    def __init__(self, name: str, on_event: EventSink | None = None, *,
+                 why_closed: Callable[[], Exception | None] = lambda: None) -> None:
         self.name = name
+        # Asked when the session breaks under a command: a lost host connection has an error of its own
+        # (HostError) that tells the caller more than "the monitor is closed".
+        self._why_closed = why_closed
         self._client = _Client(on_event or (lambda _msg: None))
         self._closed = anyio.Event()
         self.greeting: Mapping[str, Any] = {}
@@ -108,18 +113,23 @@ class Monitor:
     def connected(self) -> bool:
         return bool(self._client.runstate == Runstate.RUNNING)
 
-    async def connect(self, address: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Connect to QEMU's monitor socket, read the greeting and negotiate capabilities."""
+    async def connect(self, address: str | socket.socket, *, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Connect to QEMU's monitor, read the greeting and negotiate capabilities.
+
+        ``address`` is the socket's path, or a socket already connected to it (which the monitor then
+        owns): that is how a monitor reaches a QEMU on a remote host.
+        """
+        where = address if isinstance(address, str) else "the monitor socket"
         try:
             with anyio.fail_after(timeout):
                 await self._client.connect(address)
         except TimeoutError:
             await self._force_idle()
-            raise MonitorClosedError(f"no QMP greeting from {address} within {timeout:g} s") from None
+            raise MonitorClosedError(f"no QMP greeting from {where} within {timeout:g} s") from None
         except ConnectError as e:
             cause = e.exc
             why = "QEMU closed the connection" if isinstance(cause, EOFError) else str(cause) or repr(cause)
-            raise MonitorClosedError(f"cannot connect to {address}: {why}") from e
+            raise MonitorClosedError(f"cannot connect to {where}: {why}") from e
         greeting = self._client.greeting
         self.greeting = greeting._asdict() if greeting else {}
         self._closed = anyio.Event()
@@ -138,7 +148,7 @@ class Monitor:
         except ExecuteError as e:
             raise QMPError(e.error_class, str(e)) from None
         except (ExecInterruptedError, StateError) as e:
-            raise MonitorClosedError() from e
+            raise self._why_closed() or MonitorClosedError() from e
         except TimeoutError:
             raise QMPError("Timeout", f"{command} did not answer within {timeout:g} s") from None
 

@@ -292,6 +292,7 @@ class OnlineJobs:
         """The job concluded in QEMU: read its result, dismiss it, settle the chain and the XML, end it."""
         status, error = job.plan.get("outcome", (BlockJobStatus.FAILED, "QEMU reported no result"))
         monitor = self._driver._monitor(guest)
+        recorded = False
         try:
             if "outcome" not in job.plan:  # no BLOCK_JOB_* event said how it ended: ask QEMU
                 for info in await monitor.execute("query-jobs"):
@@ -309,8 +310,11 @@ class OnlineJobs:
             async with anyio.create_task_group() as group:  # independent: one round trip for both
                 group.start_soon(dismiss)
                 group.start_soon(self._refresh_quietly, guest, job)
+            self._jobs.pop(job.id, None)  # dismissed: QEMU will say no more of it
+            recorded = True
             async with anyio.create_task_group() as group:  # QMP and file writes overlap
                 group.start_soon(self._close_dropped_nodes, guest, job)
+                group.start_soon(self._record, guest, None)
                 if status is BlockJobStatus.COMPLETED:
                     group.start_soon(self._driver._chains_changed, guest)
             if status is BlockJobStatus.COMPLETED:
@@ -319,8 +323,9 @@ class OnlineJobs:
         except QMPError as e:
             log.warning("%s: settling after the job failed: %s", job.id, e)
         finally:
-            self._jobs.pop(job.id, None)
-            await self._record(guest, None)
+            if not recorded:
+                self._jobs.pop(job.id, None)
+                await self._record(guest, None)
             job.conclude(status, error)
 
     async def _refresh_quietly(self, guest: Guest, job: BlockJob) -> None:
@@ -375,21 +380,47 @@ class OnlineJobs:
                 job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
                 continue
             self._jobs[job_id] = (guest, job)
-            status = info["status"]
-            if status == "ready":
-                job.set_phase(JobPhase.READY)
-            elif status == "standby":
-                job.set_phase(JobPhase.STANDBY)
-            elif status == "concluded":
-                error = info.get("error")
-                job.plan["outcome"] = ((BlockJobStatus.CANCELED, None) if error == "Operation canceled"
-                                       else (BlockJobStatus.FAILED, error) if error
-                                       else (BlockJobStatus.COMPLETED, None))
-                # Settled before connect() returns: a short-lived controller must not close first. The
-                # handle is kept for block_job() so that the result is not lost to the caller.
-                await self._finish(guest, job)
-                self._settled[(guest.name, job.disk)] = job
+            await self._catch_up(guest, job, info)
         await self._record(guest, None)
+
+    async def resync(self, guest: Guest) -> None:
+        """The monitor is back after a lost host connection: bring the handles this controller holds up to
+        date with QEMU, and publish what happened to them meanwhile."""
+        mine = [job for g, job in self._jobs.values() if g is guest]
+        if not mine:
+            return
+        running = {info["id"]: info for info in await self._driver._monitor(guest).execute("query-jobs")}
+        for job in mine:
+            before = job.phase
+            info = running.get(job.id)
+            if info is None:
+                self._jobs.pop(job.id, None)
+                job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
+            else:
+                await self._catch_up(guest, job, info)
+            if job.phase is before:
+                continue
+            self._driver.announce_job(guest, job)  # what the lost BLOCK_JOB_* event would have said
+            if job.phase is JobPhase.READY and job.plan.get("auto_pivot"):
+                self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
+        await self._record(guest, None)
+
+    async def _catch_up(self, guest: Guest, job: BlockJob, info: dict[str, Any]) -> None:
+        """Set a job's phase from QEMU's ``query-jobs`` entry; one that concluded is settled now."""
+        status = info["status"]
+        if status == "ready":
+            job.set_phase(JobPhase.READY)
+        elif status == "standby":
+            job.set_phase(JobPhase.STANDBY)
+        elif status == "concluded":
+            error = info.get("error")
+            job.plan["outcome"] = ((BlockJobStatus.CANCELED, None) if error == "Operation canceled"
+                                   else (BlockJobStatus.FAILED, error) if error
+                                   else (BlockJobStatus.COMPLETED, None))
+            # Settled before connect() returns: a short-lived controller must not close first. The
+            # handle is kept for block_job() so that the result is not lost to the caller.
+            await self._finish(guest, job)
+            self._settled[(guest.name, job.disk)] = job
 
     def forget(self, guest: Guest) -> None:
         """QEMU is gone: its jobs end as failed (the chain on disk is whatever QEMU left, still valid),

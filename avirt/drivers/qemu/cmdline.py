@@ -45,13 +45,14 @@ def build_argv(
     *,
     chains: dict[str, list[Layer]],
     accel: str,
-    qmp_fd: int,
+    monitor: str,
     pidfile: str,
 ) -> list[str]:
     """The full QEMU argv for ``cfg``.
 
     ``chains`` maps each disk target to its layers, **bottom first** (base ... active image); ``accel`` is
-    ``"kvm"`` or ``"tcg"``.
+    ``"kvm"`` or ``"tcg"``; ``monitor`` the listening socket QEMU serves QMP on, as chardev options
+    (``fd=N`` for a socket the host bound, ``path=P`` for one QEMU binds itself).
     """
     machine = f"{cfg.os.machine},acpi={'on' if cfg.acpi else 'off'}"
     argv = [
@@ -68,7 +69,7 @@ def build_argv(
         "-S", "-no-shutdown",
         "-msg", "timestamp=on",
         "-pidfile", pidfile,
-        "-chardev", f"socket,id=monitor,fd={qmp_fd},server=on,wait=off",
+        "-chardev", f"socket,id=monitor,{monitor},server=on,wait=off",
         "-mon", "chardev=monitor,mode=control",
     ]
     if cfg.on_reboot != "restart":

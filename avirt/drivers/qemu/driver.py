@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import uuid as uuid_mod
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from avirt.errors import (
     DomainExistsError,
     DomainNotFoundError,
     DomainStartError,
+    HostError,
     ImageError,
     ImageLockedError,
     OperationInvalidError,
@@ -42,6 +44,7 @@ from avirt.errors import (
 from avirt.events.bus import EventBus
 from avirt.events.model import (
     BlockJobEvent,
+    BlockJobStatus,
     ControlErrorEvent,
     EventKind,
     JobKind,
@@ -56,7 +59,7 @@ from avirt.models import DomainInfo, DomainState, ImageInfo
 from avirt.offline.imagejob import ImageJobRunner
 from avirt.offline.plan import OfflinePlan, commit_plan, pull_plan
 from avirt.offline.qemu_img import ChainEntry, allocated_bytes, backing_chain, create_overlay
-from avirt.qmp.monitor import Monitor
+from avirt.qmp.monitor import Monitor, MonitorClosedError
 from avirt.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ log = logging.getLogger(__name__)
 #: QEMU closes its monitor a moment before it exits; a monitor that is gone for longer than this while
 #: the process lives is a broken control channel (CONTROL_ERROR).
 MONITOR_EOF_GRACE = 5.0
+#: Pause between attempts to re-attach to a guest after its host's connection came back and broke again.
+RESYNC_RETRY = 0.5
 
 
 class QemuDriver(Driver):
@@ -215,7 +220,7 @@ class QemuDriver(Driver):
             try:
                 process = await QemuProcess.spawn(
                     self.host, name,
-                    lambda fd: build_argv(cfg, chains=chains, accel=accel, qmp_fd=fd,
+                    lambda socket: build_argv(cfg, chains=chains, accel=accel, monitor=socket,
                                           pidfile=self.files.pidfile(name)),
                     qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
                     log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
@@ -429,8 +434,7 @@ class QemuDriver(Driver):
                 await self.offline.run(job, plan.steps, plan.size, on_success)
             finally:
                 del self._offline_jobs[(guest.name, disk)]
-                self.bus.emit(BlockJobEvent, guest.name, guest.uuid, disk=disk, job_kind=kind,
-                              status=job.status, error=job.error)
+                self.announce_job(guest, job)
 
         self._tasks.start_soon(run, name=f"offline-{job.id}")
         return job
@@ -495,7 +499,16 @@ class QemuDriver(Driver):
             if guest.definition is not None and id(guest.definition) in changed:
                 group.start_soon(self.files.write_definition, guest.name, domain_to_xml(guest.definition))
 
+    def announce_job(self, guest: Guest, job: BlockJob) -> None:
+        """A BlockJobEvent for a job's new phase that no QMP event announced (offline jobs, and online
+        ones that moved while the host was unreachable)."""
+        self.bus.emit(BlockJobEvent, guest.name, guest.uuid, disk=job.disk, job_kind=job.kind,
+                      status=job.status or BlockJobStatus.READY, error=job.error)
+
     def _monitor(self, guest: Guest) -> Monitor:
+        lost = self.host.connection_error()
+        if lost is not None:
+            raise lost
         if guest.process is None or not guest.process.monitor.connected:
             raise OperationInvalidError(f"domain '{guest.name}': the QEMU monitor is not connected")
         return guest.process.monitor
@@ -533,17 +546,71 @@ class QemuDriver(Driver):
     # -- supervision -------------------------------------------------------------------------------------
 
     async def _supervise(self, guest: Guest, process: QemuProcess) -> None:
-        """Wait for this QEMU to end, then settle the guest's state and clean its run directory."""
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._watch_monitor, guest, process)
-            await process.wait_exit()
-            group.cancel_scope.cancel()
+        """Wait for this QEMU to end, then settle the guest's state and clean its run directory.
+
+        If the host's connection is lost meanwhile (a remote host), QEMU goes on running there: the guest
+        gets a CONTROL_ERROR, and once the host is back the supervisor re-attaches and re-syncs it.
+        """
+        while not await self._watch(guest, process):
+            resumed = await self._resync(guest, process)
+            if resumed is None:
+                break
+            process = resumed
         await process.monitor.aclose()
-        await self.files.clear_run(guest.name)
+        await self._quietly(self.files.clear_run(guest.name))
         self.jobs.forget(guest)
         guest.ended()
         if not guest.persistent:
             self._guests.pop(guest.name, None)
+
+    async def _watch(self, guest: Guest, process: QemuProcess) -> bool:
+        """True once QEMU has exited; False if the connection to its host was lost first."""
+        lost = False
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch_monitor, guest, process)
+                await process.wait_exit()
+                group.cancel_scope.cancel()
+        except* HostError:
+            lost = True
+        return not lost
+
+    async def _resync(self, guest: Guest, process: QemuProcess) -> QemuProcess | None:
+        """After a lost host connection: wait for the host, re-attach to the QEMU and re-derive what
+        happened meanwhile (as a new controller would); None if the QEMU ended during the gap."""
+        log.error("domain %s: lost the connection to %s", guest.name, self.host.name)
+        self.bus.emit(ControlErrorEvent, guest.name, guest.uuid,
+                      reason=f"the connection to {self.host.name} was lost")
+        await process.monitor.aclose()
+        while True:
+            await self.host.wait_reconnected()
+            try:
+                resumed = await QemuProcess.attach(
+                    self.host, guest.name, qmp_socket=self.files.qmp_socket(guest.name),
+                    pidfile=self.files.pidfile(guest.name),
+                    on_event=lambda msg: self._on_qmp_event(guest, msg))
+                if resumed is None:
+                    return None
+                guest.process = resumed
+                if resumed.monitor.connected:
+                    await self.jobs.refresh_chains(guest)
+                    await self.jobs.resync(guest)
+                    status = await resumed.monitor.execute("query-status")
+                    state, reason = STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown"))
+                    if state is not guest.state:  # the same state keeps its known reason
+                        guest.set_state(state, reason)
+                log.warning("domain %s: re-attached after the connection to %s came back",
+                            guest.name, self.host.name)
+                return resumed
+            except (HostError, MonitorClosedError) as e:
+                log.info("domain %s: re-attaching failed (%s); waiting for the host again", guest.name, e)
+                await anyio.sleep(RESYNC_RETRY)  # the host may not have noticed its loss yet: no busy loop
+
+    async def _quietly(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except HostError as e:  # the host is unreachable: the next controller cleans up
+            log.warning("%s", e)
 
     async def _watch_monitor(self, guest: Guest, process: QemuProcess) -> None:
         await process.monitor.closed()

@@ -45,17 +45,17 @@ class QemuProcess:
         cls,
         host: Host,
         name: str,
-        argv_for_fd: Callable[[int], Sequence[str]],
+        argv_for_socket: Callable[[str], Sequence[str]],
         *,
         qmp_socket: str,
         pidfile: str,
         log_path: str,
         on_event: EventSink,
     ) -> QemuProcess:
-        monitor = Monitor(name, on_event)
+        monitor = Monitor(name, on_event, why_closed=host.connection_error)
         try:
-            await host.start_detached(argv_for_fd, listen_path=qmp_socket, log_path=log_path)
-            await monitor.connect(qmp_socket)
+            await host.start_detached(argv_for_socket, listen_path=qmp_socket, log_path=log_path)
+            await _connect(host, monitor, qmp_socket)
         except (HostError, MonitorClosedError) as e:
             await monitor.aclose()
             raise DomainStartError(f"QEMU for domain '{name}' failed to start: {e}",
@@ -73,9 +73,9 @@ class QemuProcess:
         pid = await _read_pid(host, pidfile)
         if pid is None or not await host.pid_alive(pid):
             return None
-        monitor = Monitor(name, on_event)
+        monitor = Monitor(name, on_event, why_closed=host.connection_error)
         try:
-            await monitor.connect(qmp_socket, timeout=5.0)
+            await _connect(host, monitor, qmp_socket, timeout=5.0)
         except MonitorClosedError as e:
             # A refused connection is most often a QEMU that is dying right now (killed a moment ago, its
             # threads still exiting): give it a moment to finish before calling it alive but mute.
@@ -112,6 +112,17 @@ class QemuProcess:
             await self.wait_exit()
             return True
         return False
+
+
+async def _connect(host: Host, monitor: Monitor, path: str, *, timeout: float | None = None) -> None:
+    try:
+        sock = await host.connect_unix(path)
+    except OSError as e:
+        raise MonitorClosedError(f"cannot connect to {path}: {e.strerror or e}") from None
+    if timeout is None:
+        await monitor.connect(sock)
+    else:
+        await monitor.connect(sock, timeout=timeout)
 
 
 async def _read_pid(host: Host, pidfile: str) -> int | None:

@@ -1,0 +1,159 @@
+"""The SSH host: trust, authentication, the remote shell, and a connection lost under running guests.
+
+A real OpenSSH server on 127.0.0.1 (tests/sshd.py); the remote host is this machine, reached only through
+SSH. The lifecycle, events and block job suites also run through it (their modules set ``HOSTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import asyncssh
+import pytest
+
+import avirt
+from avirt import BlockJobStatus, ControlErrorEvent, DomainState, EventKind, LifecycleEvent
+from avirt.errors import HostError
+from tests.events_help import read_until
+from tests.images import GUEST_VIEW, backing_chain, check, make_chain, reads
+from tests.sshd import SSHServer
+from tests.waiting import wait_for_state
+from tests.xmls import XMLFactory
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_unknown_host_key_is_refused_with_its_fingerprint(sshd: SSHServer, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(HostError, match=r"host key ssh-ed25519 SHA256:\S+ is not trusted"):
+        await avirt.connect(sshd.uri(tmp_path / "state", known_hosts=empty))
+
+
+async def test_changed_host_key_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key()
+    wrong = tmp_path / "known_hosts"
+    wrong.write_bytes(f"[127.0.0.1]:{sshd.port} ".encode() + other)
+    with pytest.raises(HostError, match="is not trusted"):
+        await avirt.connect(sshd.uri(tmp_path / "state", known_hosts=wrong))
+
+
+async def test_a_key_the_host_does_not_know_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(stranger))
+    with pytest.raises(HostError, match="authentication failed"):
+        await avirt.connect(sshd.uri(tmp_path / "state", keyfile=stranger))
+
+
+async def test_nobody_listening_is_a_host_error(sshd: SSHServer, tmp_path: Path) -> None:
+    closed = sshd.uri(tmp_path / "state").replace(f":{sshd.port}/", ":1/")
+    with pytest.raises(HostError, match="cannot connect"):
+        await avirt.connect(closed)
+
+
+async def test_state_lives_on_the_host_and_a_second_controller_is_locked_out(
+        sshd: SSHServer, state_dir: Path, xml: XMLFactory) -> None:
+    async with avirt.connect(sshd.uri(state_dir)) as conn:
+        dom = await conn.define_xml(xml("remote1"))
+        assert (state_dir / "domains/remote1/domain.xml").exists()
+        with pytest.raises(avirt.errors.ConnectionLockedError):
+            await avirt.connect(sshd.uri(state_dir))
+        await dom.start(paused=True)
+    async with avirt.connect(sshd.uri(state_dir)) as conn:  # the guest outlived the first controller
+        dom = await conn.lookup("remote1")
+        assert (await dom.state())[0] is DomainState.PAUSED
+        await dom.destroy()
+
+
+HOSTILE = "-d $(touch {marker}) 'q' \"dq\" `id` sp ace;x"
+
+
+async def test_hostile_file_names_pass_the_remote_shell_intact(
+        sshd: SSHServer, state_dir: Path, xml: XMLFactory, tmp_path: Path) -> None:
+    marker = f"pwned-{secrets.token_hex(4)}"
+    directory = tmp_path / HOSTILE.format(marker=marker)
+    directory.mkdir()
+    chain = make_chain(directory)
+    async with avirt.connect(sshd.uri(state_dir)) as conn:
+        dom = await conn.define_xml(xml("hostile", disks=[("vda", str(chain.active), "qcow2")]))
+        await dom.start(paused=True)
+        overlays = await dom.snapshot_disks("s1")
+        assert Path(overlays["vda"]).exists() and Path(overlays["vda"]).parent == directory
+        job = await dom.block_commit("vda", top=str(chain.snap2), base=str(chain.snap1))
+        assert await job == BlockJobStatus.COMPLETED
+        await dom.destroy()
+        pull = await dom.block_pull("vda")  # offline: qemu-img over the remote shell
+        assert await pull == BlockJobStatus.COMPLETED
+        assert backing_chain(Path(overlays["vda"])) == [overlays["vda"]]
+    assert reads(Path(overlays["vda"]), GUEST_VIEW, alone=True) == []
+    check(Path(overlays["vda"]))
+    home = Path(os.path.expanduser("~"))
+    assert not any(p.exists() for p in (home / marker, Path("/") / marker, directory / marker))
+
+
+@contextmanager
+def listener_stopped(server: SSHServer) -> Iterator[None]:
+    """Freeze sshd's listener: a reconnect hangs in the handshake until it thaws."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def test_connection_loss_mid_job_then_recovery(
+        sshd: SSHServer, state_dir: Path, xml: XMLFactory, tmp_path: Path) -> None:
+    chain = make_chain(tmp_path, size_mib=64)
+    async with avirt.connect(sshd.uri(state_dir)) as conn:
+        dom = await conn.define_xml(xml("lossy", disks=[("vda", str(chain.active), "qcow2")]))
+        other = await conn.define_xml(xml("bystander"))
+        await dom.start()
+        await other.start(paused=True)
+        async with conn.events(kinds={EventKind.CONTROL_ERROR, EventKind.BLOCK_JOB}) as stream:
+            # 1 MiB/s over 2 MiB of snap2: the job outlives the connection.
+            job = await dom.block_commit("vda", top=str(chain.snap2), base=str(chain.snap1),
+                                         bandwidth=1 << 20)
+            with listener_stopped(sshd):
+                assert sshd.drop_connections() >= 1
+                seen = []
+                with anyio.fail_after(30):
+                    async for ev in stream:
+                        if isinstance(ev, ControlErrorEvent):
+                            seen.append(ev.domain)
+                            if sorted(seen) == ["bystander", "lossy"]:
+                                break
+                with pytest.raises(HostError, match="connection"):  # in flight or new: fails, never hangs
+                    await dom.suspend()
+            # Thawed: the host reconnects, the supervisors re-attach, and the job goes on to its end.
+            assert await job == BlockJobStatus.COMPLETED
+        assert (await dom.state())[0] is DomainState.RUNNING
+        assert (await other.state())[0] is DomainState.PAUSED
+        await dom.suspend()  # the monitor works again
+        assert backing_chain(chain.active) == [str(chain.active), str(chain.snap1), str(chain.base)]
+        await dom.destroy()
+        await other.destroy()
+    assert reads(chain.active, GUEST_VIEW) == []
+    check(chain.active)
+
+
+async def test_a_guest_that_ends_while_the_host_is_unreachable_is_reported_stopped(
+        sshd: SSHServer, state_dir: Path, xml: XMLFactory) -> None:
+    async with avirt.connect(sshd.uri(state_dir)) as conn:
+        dom = await conn.define_xml(xml("gone"))
+        await dom.start(paused=True)
+        pid = int((state_dir / "run/gone/qemu.pid").read_text())
+        async with conn.events(domain=dom, kinds={EventKind.LIFECYCLE, EventKind.CONTROL_ERROR}) as stream:
+            with listener_stopped(sshd):
+                sshd.drop_connections()
+                await read_until(stream, lambda ev: isinstance(ev, ControlErrorEvent))
+                os.kill(pid, signal.SIGKILL)
+            events = await read_until(stream, lambda ev: isinstance(ev, LifecycleEvent))
+        assert (events[-1].type.name, events[-1].detail) == ("STOPPED", "failed")
+        await wait_for_state(dom, DomainState.SHUTOFF)
+        assert not (state_dir / "run/gone").exists()
