@@ -171,3 +171,18 @@ def test_the_command_line_on_the_test_driver(cli: CLI) -> None:
     chain = cli.ok("-c", "test:///default", "domblkchain", "test", "vda").splitlines()[2:]
     assert [line.split()[0] for line in chain] == ["vda[0]", "vda[1]", "vda[2]", "vda[3]"]
     assert "no domain" in cli.fails("-c", "test:///default", "start", "web1")
+
+
+async def test_a_fleet_of_test_connections() -> None:
+    """Two connections, two worlds: avirt.fleet.merge follows both, each event tagged with its own."""
+    async with avirt.connect("test:///default") as a, avirt.connect("test:///default") as b:
+        async with avirt.fleet.merge(a, b, kinds={EventKind.LIFECYCLE}) as stream:
+            await (await a.lookup("test")).suspend()
+            await (await b.lookup("test")).destroy()
+            seen = {}
+            with anyio.fail_after(10):
+                async for conn, event in stream:
+                    seen[conn] = lifecycle([event])[0]
+                    if len(seen) == 2:
+                        break
+    assert seen == {a: ("SUSPENDED", "paused"), b: ("STOPPED", "destroyed")}
