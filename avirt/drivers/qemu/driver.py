@@ -499,10 +499,10 @@ class QemuDriver(Driver):
             if guest.definition is not None and id(guest.definition) in changed:
                 group.start_soon(self.files.write_definition, guest.name, domain_to_xml(guest.definition))
 
-    def announce_job(self, guest: Guest, job: BlockJob) -> None:
-        """A BlockJobEvent for a job's new phase that no QMP event announced (offline jobs, and online
-        ones that moved while the host was unreachable)."""
-        self.bus.emit(BlockJobEvent, guest.name, guest.uuid, disk=job.disk, job_kind=job.kind,
+    def announce_job(self, guest: Guest, job: BlockJob, timestamp: float | None = None) -> None:
+        """The BlockJobEvent of a job's end once it is settled (online and offline), or of a READY that
+        no QMP event announced (it came while the host was unreachable)."""
+        self.bus.emit(BlockJobEvent, guest.name, guest.uuid, timestamp, disk=job.disk, job_kind=job.kind,
                       status=job.status or BlockJobStatus.READY, error=job.error)
 
     def _monitor(self, guest: Guest) -> Monitor:
@@ -636,6 +636,9 @@ class QemuDriver(Driver):
             self.jobs.on_qmp_event(guest, msg)
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
+                if cls is BlockJobEvent and fields["status"] is not BlockJobStatus.READY \
+                        and self.jobs.owns((msg.get("data") or {}).get("device", "")):
+                    continue  # announced once avirt has settled the job (OnlineJobs._end)
                 self.bus.emit(cls, guest.name, guest.uuid, timestamp, **fields)
         if reaction is Reaction.NONE or self._closing:
             return
