@@ -20,6 +20,7 @@ import pytest
 import avirt
 from avirt import BlockJobStatus, ControlErrorEvent, DomainState, EventKind, LifecycleEvent
 from avirt.errors import HostError
+from avirt.hosts.ssh import SSHHost, SSHTarget
 from tests.events_help import read_until
 from tests.images import GUEST_VIEW, backing_chain, check, make_chain, reads
 from tests.sshd import SSHServer
@@ -157,3 +158,24 @@ async def test_a_guest_that_ends_while_the_host_is_unreachable_is_reported_stopp
         assert (events[-1].type.name, events[-1].detail) == ("STOPPED", "failed")
         await wait_for_state(dom, DomainState.SHUTOFF)
         assert not (state_dir / "run/gone").exists()
+
+
+async def test_remove_tree_takes_a_tree_a_file_and_a_missing_path(sshd: SSHServer, tmp_path: Path) -> None:
+    host = SSHHost(SSHTarget("127.0.0.1", sshd.port, sshd.user, str(sshd.keyfile), str(sshd.known_hosts)))
+    await host.open()
+    try:
+        tree = tmp_path / HOSTILE.format(marker="tree")
+        (tree / "sub" / "deeper").mkdir(parents=True)
+        for f in (tree / "a", tree / "sub" / "b", tree / "sub" / "deeper" / "c"):
+            f.write_text("x")
+        (tree / "link").symlink_to(tmp_path / "outside")
+        (tmp_path / "outside").write_text("kept")
+        lone = tmp_path / "-lone file"
+        lone.write_text("x")
+        await host.remove_tree(str(tree))
+        await host.remove_tree(str(lone))
+        await host.remove_tree(str(tmp_path / "never-was"))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["outside"]
+        assert (tmp_path / "outside").read_text() == "kept"  # a symlink goes, not what it points to
+    finally:
+        await host.aclose()

@@ -372,7 +372,20 @@ class SSHHost(Host):
         return sorted(str(n) for n in names if n not in (".", ".."))
 
     async def remove_tree(self, path: str) -> None:
-        await self.run(["rm", "-rf", "--", path])
+        # Through SFTP, not `rm -rf`: a remote command costs a session and a run of the user's shell (and
+        # its rc files), and takes one of the MAX_COMMANDS slots that guest starts wait for.
+        async with self._remote(f"removing {path}"):
+            sftp = self._files()
+            try:
+                attrs = await sftp.lstat(path)
+                if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+                    await sftp.rmtree(path, ignore_errors=True)
+                else:
+                    await sftp.remove(path)
+            except asyncssh.SFTPNoSuchFile:
+                return
+            except asyncssh.SFTPError as e:
+                raise HostError(f"{self.name}: cannot remove {path}: {e.reason}") from None
 
     async def lock(self, path: str) -> bool:
         if not await self._take_lock(path):
