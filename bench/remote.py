@@ -36,8 +36,8 @@ diskless q35 guest (64 MiB, firmware only, TCG by default).
     process (so the RSS figure is about guests; an untimed warm-up round of ``WARMUP_GUESTS`` guests
     comes first, as in ``bench/lifecycle.py``). Reported: seconds to define them all and to start them
     all, the controller's RSS growth per guest, its open fds, its CPU use while all sit idle, and on
-    the SSH side what the remote end keeps per guest (processes under the sshd session, their RSS and
-    CPU while idle: the exit watcher's ``tail --pid`` per guest). Then proof that every guest is
+    the SSH side what the remote end keeps per guest (processes under the sshd session, their memory
+    (PSS) and CPU while idle: the exit watcher's ``tail --pid`` per guest). Then proof that every guest is
     monitored: all are resumed, then all suspended (``--concurrency`` calls at a time), and ONE stream
     subscribed to every LIFECYCLE event must receive a RESUMED and then a SUSPENDED event from each guest
     (missing or lost events are counted); reported per round: wall seconds until the last event arrived,
@@ -88,7 +88,7 @@ JSON keys (``--json``)
   ``idle_cpu`` (controller CPU seconds per wall second, all idle), ``rounds`` = {``resumed``,
   ``suspended``}, each {``wall_s``, ``received``, ``missing``, ``lost``, ``ms`` and ``emit_to_sub_ms``
   ({``p50``, ``p99``})}, ``stop_wall_s``; the SSH side also ``remote`` = {``processes``,
-  ``rss_kib``, ``idle_cpu``} (the sshd session serving the connection and everything under it); or
+  ``pss_kib``, ``idle_cpu``} (the sshd session serving the connection and everything under it); or
   ``error``. ``ratios`` = {``start_wall``, ``rss_per_guest``, ``resume_round_wall``} (SSH / local).
 * ``targets``: list of {``name``, ``value``, ``limit``, ``unit``, ``ok``} (``ok`` null: figure missing).
 """
@@ -174,11 +174,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def rss_sum_kib(pids: Sequence[int]) -> int:
+def pss_sum_kib(pids: Sequence[int]) -> int:
+    """The memory these processes use together (proportional set size: shared pages counted once)."""
     total = 0
     for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/statm") as f:
-            total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/smaps_rollup") as f:
+            total += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
     return total
 
 
@@ -448,7 +449,7 @@ async def fleet(uri: str, state_dir: Path | None, guests: int, accel: str, concu
                 hz = os.sysconf("SC_CLK_TCK")
                 ticks0, w0 = cpu_ticks(pids), time.perf_counter()
                 idle = await idle_cpu()
-                remote = {"processes": len(pids), "rss_kib": rss_sum_kib(pids),
+                remote = {"processes": len(pids), "pss_kib": pss_sum_kib(pids),
                           "idle_cpu": round((cpu_ticks(pids) - ticks0) / hz / (time.perf_counter() - w0), 4)}
             else:
                 idle = await idle_cpu()
@@ -622,7 +623,7 @@ def print_table(report: dict[str, Any]) -> None:
         rem = _get(fl, "ssh", "remote")
         if rem:
             print(f"    remote end (the sshd session and all below it): {rem['processes']} processes, "
-                  f"{rem['rss_kib'] / 1024:.1f} MiB RSS, {rem['idle_cpu']:.3f} CPU while idle")
+                  f"{rem['pss_kib'] / 1024:.1f} MiB (PSS), {rem['idle_cpu']:.3f} CPU while idle")
         print("    every guest resumed, then suspended; ONE stream must see each guest's event")
         print(f"    {'':7}{'round':10}{'wall s':>8}{'received':>9}{'missing':>8}{'lost':>5}"
               f"{'call->event p50/p99 ms':>24}{'emit->sub p50/p99 ms':>22}")
