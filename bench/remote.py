@@ -11,7 +11,7 @@ diskless q35 guest (64 MiB, firmware only, TCG by default).
 (0) **The transport.** One SFTP request (a stat) and one remote command (``exec true``), 30 times each
     on an SSH connection of its own: a command pays for a session channel, the remote user's shell
     (with whatever its rc files do: bash sources ``~/.bashrc`` for commands run by sshd) and the exec,
-    and avirt's SSH host runs one for each QEMU start, run-directory removal and signal.
+    and avirt's SSH host runs one for each QEMU start, signal and liveness check.
 
 (1) **Lifecycle latency.** ``define_xml`` + ``start()`` + ``destroy()`` + ``undefine()`` of one guest,
     ``--runs`` times (default 20) per side, as ``bench/lifecycle.py`` does it; a local and an SSH
@@ -43,6 +43,13 @@ diskless q35 guest (64 MiB, firmware only, TCG by default).
     (missing or lost events are counted); reported per round: wall seconds until the last event arrived,
     and the per-guest latency (call -> event, and emit->sub) at p50 and p99. Then all are destroyed
     (timed) and undefined.
+
+Reading the SSH figures: the SSH host runs one remote command per QEMU start and per signal (a
+session channel, then the user's shell, then exec: (0) measures that floor, and on a machine whose
+``~/.bashrc`` does real work it dominates every start), and learns that a QEMU has ended from the
+remote ``tail --pid``, which sees the process only once it has been reaped; QEMU daemonizes, so its
+parent is the host's init, and whatever that init takes to reap an orphan is part of every
+``destroy()`` over SSH (a local controller learns the end from a pidfd, at the exit itself).
 
 Everything is cleaned up also on an error or Ctrl-C: each part destroys and undefines its guests in a
 shielded ``finally``; after it every QEMU whose command line names this run's temporary directory is
