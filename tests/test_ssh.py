@@ -7,6 +7,7 @@ SSH. The lifecycle, events and block job suites also run through it (their modul
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import signal
 from collections.abc import Iterator
@@ -19,11 +20,13 @@ import pytest
 
 import avirt
 from avirt import BlockJobStatus, ControlErrorEvent, DomainState, EventKind, LifecycleEvent
-from avirt.errors import HostError
+from avirt.errors import DomainStartError, HostError
 from avirt.hosts.ssh import SSHHost, SSHTarget
 from tests.events_help import read_until
 from tests.images import GUEST_VIEW, backing_chain, check, make_chain, reads
 from tests.sshd import SSHServer
+from tests.sshd import missing_reason as sshd_missing
+from tests.sshd import start as start_sshd
 from tests.waiting import wait_for_state
 from tests.xmls import XMLFactory
 
@@ -179,3 +182,31 @@ async def test_remove_tree_takes_a_tree_a_file_and_a_missing_path(sshd: SSHServe
         assert (tmp_path / "outside").read_text() == "kept"  # a symlink goes, not what it points to
     finally:
         await host.aclose()
+
+
+async def test_an_sshd_out_of_file_descriptors_is_named_as_the_cause(
+        tmp_path: Path, xml: XMLFactory) -> None:
+    # sshd keeps one descriptor per forwarded monitor socket: its open-files limit bounds the guests that
+    # one connection can watch. The guest past it must fail with a message that says so, not as QEMU.
+    if sshd_missing():
+        pytest.skip(sshd_missing())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (24, hard))
+    try:
+        server = start_sshd(tmp_path / "sshd")  # inherits the low limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        async with avirt.connect(server.uri(tmp_path / "state")) as conn:
+            started = []
+            with pytest.raises(DomainStartError, match=r"refused a channel.*open-files limit"):
+                for i in range(40):
+                    dom = await conn.define_xml(xml(f"fd{i}"))
+                    await dom.start(paused=True)
+                    started.append(dom)
+            assert started, "the limit left room for no guest at all"
+            assert (await started[0].state())[0] is DomainState.PAUSED  # the others are still watched
+            for dom in started:
+                await dom.destroy()
+    finally:
+        server.stop()

@@ -215,6 +215,12 @@ class SSHHost(Host):
             if conn.is_closed():
                 self._lost(conn)
                 raise HostError(f"{self.name}: the SSH connection was lost during {what}") from None
+            if isinstance(e, asyncssh.ChannelOpenError):
+                # Not the command's failure: the server would not open a channel for it. sshd refuses
+                # once a connection has MaxSessions sessions, or once its session process is out of file
+                # descriptors (it keeps one per forwarded monitor socket, so that bounds the guests).
+                raise HostError(f"{self.name}: the SSH server refused a channel for {what} ({e.reason}); "
+                                "is it at its MaxSessions or open-files limit?") from None
             raise HostError(f"{self.name}: {what} failed: {e}") from None
 
     async def aclose(self) -> None:
