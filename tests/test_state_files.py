@@ -10,7 +10,7 @@ import pytest
 
 import avirt
 from avirt.connection import Connection
-from avirt.errors import InvalidXMLError, UnsupportedError
+from avirt.errors import HostError, InvalidXMLError, UnsupportedError
 from avirt.hosts.local import LocalHost
 from avirt.uri import ConnectionURI, InvalidURIError
 from tests.xmls import XMLFactory
@@ -54,8 +54,8 @@ async def test_uris() -> None:
         await avirt.connect("nonsense")
     with pytest.raises(InvalidURIError, match="/session or /system"):
         await avirt.connect("qemu:///elsewhere")
-    with pytest.raises(UnsupportedError, match="not supported yet"):
-        await avirt.connect("qemu+ssh://host/session")
+    with pytest.raises(HostError, match="cannot connect"):  # no user@: the local user, as ssh does
+        await avirt.connect("qemu+ssh://127.0.0.1:1/session")
 
 
 async def test_session_state_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -126,13 +126,15 @@ class SSHHost(Host):
 
     async def _dial(self) -> asyncssh.SSHClientConnection:
         t = self.target
-        options = {"client_keys": [t.keyfile]} if t.keyfile else {}
+        options: dict[str, object] = {"client_keys": [t.keyfile]} if t.keyfile else {}
+        if t.user:  # none in the URI: the local user, which asyncssh picks only if the option is left out
+            options["username"] = t.user
         # A missing known_hosts file trusts nobody (asyncssh would take it for "no checking").
         trusted = t.known_hosts if await anyio.Path(t.known_hosts).exists() else []
         try:
             with anyio.fail_after(CONNECT_TIMEOUT):
                 return await asyncssh.connect(
-                    t.host, t.port, username=t.user, known_hosts=trusted, config=None,
+                    t.host, t.port, known_hosts=trusted, config=None,
                     keepalive_interval=15, keepalive_count_max=3, **options)
         except asyncssh.HostKeyNotVerifiable:
             raise HostError(f"{self.name}: host key {await self._fingerprint()} is not trusted "
