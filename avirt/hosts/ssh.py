@@ -42,7 +42,7 @@ import asyncssh
 
 from avirt.errors import HostError
 from avirt.hosts.base import Host, RunResult
-from avirt.hosts.sshio import RemoteProcess, relay
+from avirt.hosts.sshio import RemoteProcess, bridge
 from avirt.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -289,16 +289,11 @@ class SSHHost(Host):
     async def connect_unix(self, path: str) -> socket.socket:
         async with self._remote("connecting to a unix socket") as conn:
             try:
-                reader, writer = await conn.open_unix_connection(path, encoding=None)
+                return await bridge(conn, path)
             except asyncssh.ChannelOpenError as e:
                 if conn.is_closed():
                     raise
                 raise ConnectionRefusedError(f"{self.name}:{path}: {e.reason}") from None
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        self._tasks.start_soon(relay, theirs, reader, writer, name=f"ssh-relay-{path}")
-        return ours
 
     async def wait_exit(self, pid: int, *, pidfile: str | None = None) -> None:
         waiter = self._exits.get(pid)
