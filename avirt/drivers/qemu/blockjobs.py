@@ -78,40 +78,23 @@ class OnlineJobs:
     # -- chains ------------------------------------------------------------------------------------------
 
     async def refresh_chains(self, guest: Guest) -> None:
-        """Read every disk's chain back from QEMU (files top-down, then their format node names)."""
+        """Read every disk's chain back from QEMU: files top-down (``query-block``), then each layer's
+        format node name. Layers the driver already knows keep their node names (node names never change
+        under a file); only a file it has not seen yet (a copy's target after a pivot, or any file after a
+        re-attach) costs a ``query-named-block-nodes``, whose answer is large and slow to produce."""
         if not guest.config.disks:
             guest.chains = {}
             return
         monitor = self._driver._monitor(guest)
-        answers: dict[str, Any] = {}
-
-        async def ask(command: str, arguments: dict[str, Any] | None = None) -> None:
-            answers[command] = await monitor.execute(command, arguments)
-
-        async with anyio.create_task_group() as group:  # both in flight at once: one round trip
-            group.start_soon(ask, "query-block")
-            group.start_soon(ask, "query-named-block-nodes", {"flat": True})
-        blocks, nodes = answers["query-block"], answers["query-named-block-nodes"]
-        format_node = {n["file"]: n["node-name"] for n in nodes
-                       if n.get("drv") not in ("file", "host_device")
-                       and not n["node-name"].endswith("-file")}
-        chains: dict[str, list[Layer]] = {}
-        for block in blocks:
-            qdev = block.get("qdev", "")
-            target = next((d.target for d in guest.config.disks
-                           if qdev == f"/machine/peripheral/{d.target}"
-                           or qdev.startswith(f"/machine/peripheral/{d.target}/")), None)
-            inserted = block.get("inserted")
-            if target is None or inserted is None:
-                continue
-            layers: list[Layer] = []
-            image: dict[str, Any] | None = inserted["image"]
-            top_node = inserted["node-name"]
-            while image is not None:
-                node = top_node if not layers else format_node.get(image["filename"], "")
-                layers.append(Layer(_plain_filename(image["filename"]), image["format"], node))
-                image = image.get("backing-image")
-            chains[target] = list(reversed(layers))
+        blocks = await monitor.execute("query-block")
+        known = {layer.path: layer.node for layers in guest.chains.values() for layer in layers if layer.node}
+        chains = _chains_from(guest, blocks, known)
+        if chains is None:
+            nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
+            known = {_plain_filename(n["file"]): n["node-name"] for n in nodes
+                     if n.get("drv") not in ("file", "host_device") and not n["node-name"].endswith("-file")}
+            chains = _chains_from(guest, blocks, known, complete=False)
+            assert chains is not None
         guest.chains = chains
 
     def resolve(self, guest: Guest, disk: str, spec: str | None, default: int) -> int:
@@ -370,9 +353,12 @@ class OnlineJobs:
         if not records:
             return
         monitor = self._driver._monitor(guest)
-        running = {info["id"]: info for info in await monitor.execute("query-jobs")}
         speeds = {info["device"]: int(info.get("speed", 0))
                   for info in await monitor.execute("query-block-jobs")}
+        running = {info["id"]: info for info in await monitor.execute("query-jobs")}
+        # Every handle is registered before the next await: an event that QEMU sends after its answer to
+        # query-jobs (a job concluding right now) must find its job, or it would be lost and the job hang.
+        found = []
         for job_id, record in records.items():
             kind = JobKind(record["kind"])
             job = BlockJob(self, id=job_id, disk=record["disk"], kind=kind, offline=False,
@@ -384,6 +370,8 @@ class OnlineJobs:
                 job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
                 continue
             self._jobs[job_id] = (guest, job)
+            found.append((job, info))
+        for job, info in found:
             await self._catch_up(guest, job, info)
         await self._record(guest, None)
 
@@ -489,6 +477,34 @@ class OnlineJobs:
             jobs[job.id] = {"disk": job.disk, "kind": job.kind.value, "plan": job.plan}
         await self._driver.files.write_jobs(guest.name, json.dumps(jobs, indent=2))
 
+
+
+def _chains_from(guest: Guest, blocks: list[dict[str, Any]], nodes: dict[str, str], *,
+                 complete: bool = True) -> dict[str, list[Layer]] | None:
+    """Each disk's layers (bottom first) from ``query-block``, with the format node names of ``nodes``
+    (file -> node); None if ``complete`` and some layer's node is not in ``nodes``."""
+    chains: dict[str, list[Layer]] = {}
+    for block in blocks:
+        qdev = block.get("qdev", "")
+        target = next((d.target for d in guest.config.disks
+                       if qdev == f"/machine/peripheral/{d.target}"
+                       or qdev.startswith(f"/machine/peripheral/{d.target}/")), None)
+        inserted = block.get("inserted")
+        if target is None or inserted is None:
+            continue
+        layers: list[Layer] = []
+        image: dict[str, Any] | None = inserted["image"]
+        while image is not None:
+            path = _plain_filename(image["filename"])
+            node = inserted["node-name"] if not layers else nodes.get(path)
+            if node is None:
+                if complete:
+                    return None
+                node = ""
+            layers.append(Layer(path, image["format"], node))
+            image = image.get("backing-image")
+        chains[target] = list(reversed(layers))
+    return chains
 
 
 def resolve_index(paths: list[str], disk: str, spec: str | None, default: int) -> int:
