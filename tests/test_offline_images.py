@@ -7,15 +7,16 @@ The chain of tests/images.py (base 0x11 @ 0-2M, snap1 0x22 @ 1-3M, snap2 0x33 @ 
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from avirt import BlockJobStatus, ImageInfo, offline
+from avirt.connection import Connection
 from avirt.errors import ImageError, ImageLockedError, InsufficientSpaceError, OperationInvalidError
 from tests.images import GUEST_VIEW, MiB, backing_chain, check, make_chain, reads, write
+from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -211,15 +212,16 @@ def held(tmp_path: Path) -> Iterator[Path]:
     """A chain whose base another process (qemu-io, interactive) holds open for writing."""
     chain = make_chain(tmp_path)
     holder = subprocess.Popen(["qemu-io", "-f", "qcow2", str(chain.base)], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert holder.stdin is not None and holder.stdout is not None
     try:
-        deadline = time.monotonic() + 10  # until qemu-io has opened it: qemu-img then meets its lock
-        while subprocess.run(["qemu-img", "info", "-f", "qcow2", str(chain.base)],
-                             capture_output=True).returncode == 0:
-            assert time.monotonic() < deadline, "qemu-io did not open the image"
+        # qemu-io answers a command only once the image is open (and locked)
+        holder.stdin.write(b"read 0 512\n")
+        holder.stdin.flush()
+        answer = holder.stdout.readline()
+        assert b"read 512/512 bytes" in answer, answer
         yield chain.active
     finally:
-        assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=30)
 
@@ -266,6 +268,19 @@ async def test_a_commit_that_cannot_fit_is_refused_before_writing(tmp_path: Path
     assert caught.value.path == str(base)
     assert caught.value.needed > 16 * MiB > caught.value.available
     assert base.read_bytes() == before
+    assert reads(top, ((0x11, 0, 1), (0x44, 1, 16))) == []
+
+
+async def test_a_domains_offline_commit_that_cannot_fit_is_refused(
+        conn: Connection, xml: XMLFactory, tmp_path: Path, small_fs: Path, state_dir: Path) -> None:
+    base, top = chain_over_small_base(tmp_path, small_fs, 16)
+    before = base.read_bytes()
+    dom = await conn.define_xml(xml("tight", disks=[("vda", str(top), "qcow2")]))
+    with pytest.raises(InsufficientSpaceError, match="not enough space to commit into"):
+        await dom.block_commit("vda")
+    assert base.read_bytes() == before
+    assert await dom.block_job("vda") is None
+    assert f"<source file=\"{top}\"/>" in (state_dir / "domains/tight/domain.xml").read_text()
     assert reads(top, ((0x11, 0, 1), (0x44, 1, 16))) == []
 
 
