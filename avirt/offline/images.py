@@ -23,7 +23,7 @@ from avirt.hosts.base import Host
 from avirt.models import ImageInfo
 from avirt.offline.imagejob import ImageJob, ImageJobRunner, Step
 from avirt.offline.qemu_img import QEMU_IMG, ChainEntry, allocated_bytes, backing_chain, image_chain
-from avirt.offline.safety import check_commit_space
+from avirt.offline.safety import check_commit_space, unlocked_chain
 
 _runner: ImageJobRunner | None = None
 
@@ -90,8 +90,8 @@ def commit(top: str, *, base: str | None = None, keep_top: bool = False, fmt: st
     Layers between ``top`` and ``base`` are never changed (other images may still use them).
     ``bandwidth`` limits qemu-img to that many bytes per second.
 
-    Before writing, the job refuses with ``InsufficientSpaceError`` when the data may not fit on the
-    base's filesystem, and fails with ``ImageLockedError`` when another process holds an image. If it
+    Before writing, the job fails with ``ImageLockedError`` when another process holds an image of the
+    chain, and with ``InsufficientSpaceError`` when the data may not fit on the base's filesystem. If it
     is cancelled or fails, every byte is still readable through ``top``: only ``base`` changed, and
     only where the layers above hide it.
     """
@@ -101,7 +101,7 @@ def commit(top: str, *, base: str | None = None, keep_top: bool = False, fmt: st
     wanted = _absolute(base) if base is not None else None
 
     async def plan() -> tuple[list[Step], int]:
-        chain = await backing_chain(_host(), top, fmt)
+        chain = await unlocked_chain(_host(), top, fmt)
         if len(chain) < 2:
             raise OperationInvalidError(f"{top} has no backing file to commit into")
         index = 1 if wanted is None else _index(chain, wanted, top)
@@ -133,7 +133,7 @@ def rebase(image: str, backing: str | None, *, backing_format: str | None = None
     new = _absolute(backing) if backing else None
 
     async def plan() -> tuple[list[Step], int]:
-        chain = await backing_chain(_host(), image, fmt)
+        chain = await unlocked_chain(_host(), image, fmt)
         argv = [QEMU_IMG, "rebase", "-u" if unsafe else "-p", "-f", fmt]
         if new is None:
             argv += ["-b", ""]

@@ -29,11 +29,13 @@ class ChainEntry:
     backing: str | None  # the backing file name as stored in the header (may be relative)
 
 
-async def backing_chain(host: Host, path: str, fmt: str, *, whole: bool = True) -> list[ChainEntry]:
+async def backing_chain(host: Host, path: str, fmt: str, *, whole: bool = True,
+                        share: bool = True) -> list[ChainEntry]:
     """The chain of ``path``, top first: ``path`` itself, then each backing file down to the base
-    (``whole=False``: ``path`` alone; its backing files are not opened)."""
-    argv = [QEMU_IMG, "info", "-U", *(["--backing-chain"] if whole else []), "--output=json", "-f", fmt,
-            path]
+    (``whole=False``: ``path`` alone; its backing files are not opened). ``share=False`` reads it
+    the way a writer would find it: :class:`ImageLockedError` if another process holds any layer."""
+    argv = [QEMU_IMG, "info", *(["-U"] if share else []), *(["--backing-chain"] if whole else []),
+            "--output=json", "-f", fmt, path]
     raw = await _run_json(host, argv)
     layers: list[dict[str, Any]] = raw if isinstance(raw, list) else [raw]
     chain = []

@@ -1,7 +1,8 @@
 """What avirt checks before a commit touches a byte.
 
 * **Locks**: an image that another process holds (a running QEMU, ``qemu-io``...) is refused with
-  :class:`~avirt.errors.ImageLockedError`, asked of qemu-img itself (its lock probe), layer by layer.
+  :class:`~avirt.errors.ImageLockedError`: the chain is read without ``-U`` (force-share), so qemu-img
+  probes the lock of every layer in the same run.
 * **Space**: a commit writes the data of the layers above its base into the base. What it can write is
   bounded by the bytes those layers occupy on disk; when that bound does not fit in the free space of
   the base's filesystem, the exact figure is computed from ``qemu-img map`` (the data above the base
@@ -19,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from avirt.errors import ImageError, ImageLockedError, InsufficientSpaceError
 from avirt.hosts.base import Host
-from avirt.offline.qemu_img import QEMU_IMG, ChainEntry, backing_chain, data_extents
+from avirt.offline.qemu_img import ChainEntry, backing_chain, data_extents
 
 #: qcow2 metadata a commit may add: an L2 entry and a refcount per 64 KiB cluster are 1/6500 of the
 #: data, but a new L2 table or refcount block is a whole cluster; 1/256 plus 1 MiB covers both.
@@ -27,13 +28,14 @@ METADATA_FRACTION = 256
 METADATA_FIXED = 1 << 20
 
 
-async def check_unlocked(host: Host, chain: Iterable[ChainEntry]) -> None:
-    """Raise :class:`ImageLockedError` if another process holds any image of ``chain``."""
-    for entry in chain:
-        result = await host.run([QEMU_IMG, "info", "--output=json", "-f", entry.format, entry.path])
-        if result.returncode != 0 and "lock" in result.stderr:
-            raise ImageLockedError(f"{entry.path} is in use by another process: {result.stderr.strip()}",
-                                   result.returncode, result.stderr)
+async def unlocked_chain(host: Host, path: str, fmt: str) -> list[ChainEntry]:
+    """The backing chain of ``path`` (top first), read with qemu-img's lock probe on every layer:
+    :class:`ImageLockedError` if another process holds any of them."""
+    try:
+        return await backing_chain(host, path, fmt, share=False)
+    except ImageLockedError as e:
+        raise ImageLockedError(f"the chain of {path} is in use by another process: {e.stderr.strip()}",
+                               e.returncode, e.stderr) from None
 
 
 async def free_bytes(host: Host, path: str) -> int:

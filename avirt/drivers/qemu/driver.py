@@ -59,7 +59,7 @@ from avirt.models import DomainInfo, DomainState, ImageInfo
 from avirt.offline.imagejob import ImageJobRunner
 from avirt.offline.plan import OfflinePlan, commit_plan, pull_plan
 from avirt.offline.qemu_img import ChainEntry, backing_chain, create_overlay, image_chain
-from avirt.offline.safety import chain_users, check_commit_space, check_unlocked
+from avirt.offline.safety import chain_users, check_commit_space, unlocked_chain
 from avirt.qmp.monitor import Monitor, MonitorClosedError
 from avirt.tasks import TaskOwner
 
@@ -406,9 +406,8 @@ class QemuDriver(Driver):
             raise OperationInvalidError(f"domain '{guest.name}' has no disk {disk}")
         if (guest.name, disk) in self._offline_jobs:
             raise OperationInvalidError(f"disk {disk} of '{guest.name}' already has a block job")
-        chain = await backing_chain(self.host, target.source, target.format)
-        await check_unlocked(self.host, chain)  # touch no byte of an image another process holds
-        return chain
+        # Touch no byte of an image that another process holds: qemu-img's own lock probe, up front.
+        return await unlocked_chain(self.host, target.source, target.format)
 
     async def _refuse_shared_base(self, guest: Guest, base: str, allow: bool) -> None:
         """A commit must not change what other domains' disks read, unless the caller allows it."""
