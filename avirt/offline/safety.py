@@ -38,21 +38,11 @@ async def unlocked_chain(host: Host, path: str, fmt: str) -> list[ChainEntry]:
                                e.returncode, e.stderr) from None
 
 
-async def free_bytes(host: Host, path: str) -> int:
-    """Bytes available to new data on the filesystem that holds ``path``."""
-    result = await host.run(["df", "--output=avail", "-B1", "--", path])
-    try:
-        return int(result.stdout.split()[-1])
-    except (IndexError, ValueError):
-        raise ImageError(f"cannot tell the free space of {path}: {result.stderr.strip()}",
-                         result.returncode, result.stderr) from None
-
-
 async def check_commit_space(host: Host, chain: Sequence[ChainEntry], top: int, base: int) -> None:
     """Refuse a commit of ``chain[top:base]`` into ``chain[base]`` (chain top first) whose writes could
     exceed the free space where ``chain[base]`` lives."""
     base_image = chain[base]
-    available = await free_bytes(host, base_image.path)
+    available = await host.free_space(base_image.path)
     bound = _with_metadata(sum(entry.actual_size for entry in chain[top:base]))
     if bound <= available:
         return
