@@ -227,9 +227,12 @@ def held(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_a_locked_image_is_refused(held: Path) -> None:
-    with pytest.raises(ImageLockedError, match="lock"):
+    with pytest.raises(ImageLockedError, match="in use by another process"):
         await offline.commit(str(held), base=str(held.with_name("base.qcow2")))
+    with pytest.raises(ImageLockedError):
+        await offline.rebase(str(held), None)
     assert reads(held, GUEST_VIEW) == []
+    assert len(await offline.info(str(held))) == 4  # reading is not refused
 
 
 # -- free space ---------------------------------------------------------------------------------------
