@@ -53,6 +53,9 @@ JSON keys (``--json``)
 * ``config``: ``runs``, ``layer_mib``, ``virtual_mib``, ``advice_mib``, ``advice_runs``.
 * ``full`` and ``intermediate``: {``avirt``, ``raw``}, each ``total_ms`` = {``median``, ``p10``, ``p90``,
   ``min``, ``max``} and ``samples_ms``; ``ratio`` = avirt median / raw median.
+* ``checks_ms``: {``median``, ...}: avirt's checks before the first byte (the chain read with qemu-img's
+  lock probe, the free-space check), timed on their own once per run: the part of avirt's overhead that
+  the bare command lines do not pay for.
 * ``advice``: one entry per percentage: ``percent``, ``advice`` (``commit`` or ``pull``), ``reason``,
   ``figures`` (the advisor's), ``commit_ms`` and ``pull_ms`` (medians), ``faster``, ``margin_pct`` (how
   much slower the slower way was), ``close`` (under 5%), ``agreed`` (the advice picked the faster way, or
@@ -84,6 +87,7 @@ from blockjobs import NAMES, VIRTUAL_MIB, guest_view, in_thread, med, read_patte
 
 import avirt
 from avirt import BlockJobStatus
+from avirt.offline.safety import check_commit_space, unlocked_chain
 
 TARGET_RATIO = 1.03
 #: Two ways whose medians differ by less than this share are a tie: either advice is right.
@@ -201,6 +205,16 @@ class Bench:
         self.res.verify(f"{kind}/raw", await in_thread(self.check, kind, paths))
         self.res.add(f"{kind}/raw", elapsed if record else None)
 
+    async def safety_checks(self) -> None:
+        """What avirt does before the first byte on top of the bare command lines, timed on its own:
+        the chain read with the lock probe and the free-space check (one qemu-img run, a statvfs)."""
+        paths = await in_thread(self.fresh, self.tmp / "proto", NAMES)
+        host = self.conn._driver.host  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        chain = await unlocked_chain(host, str(paths["active"]), "qcow2")
+        await check_commit_space(host, chain, 0, len(chain) - 1)
+        self.res.add("checks", (time.perf_counter() - started) * 1000)
+
     def check(self, kind: str, paths: dict[str, Path]) -> list[str]:
         view = guest_view(self.layer_mib)
         if kind == "full":
@@ -225,6 +239,7 @@ class Bench:
                                                              lambda k=kind: self.raw_job(k, True)]
                 for job in pair if i % 2 == 0 else reversed(pair):
                     await job()
+            await self.safety_checks()
 
     # -- (c) the advisor -----------------------------------------------------------------------------------
 
@@ -284,6 +299,7 @@ async def bench(runs: int, layer_mib: int, advice_mib: int, advice_runs: int) ->
         medians = [section[side]["total_ms"]["median"] for side in ("avirt", "raw")]
         section["ratio"] = round(medians[0] / medians[1], 3)
         out[kind] = section
+    out["checks_ms"] = summary(b.res.times["checks"])
     out["advice"] = advice
     out["verification"] = {"checks": b.res.checks, "failures": b.res.failures}
     rows = [("(a) full commit, avirt/raw median", out["full"]["ratio"], TARGET_RATIO, "x"),
@@ -313,6 +329,8 @@ def print_table(r: dict[str, Any]) -> None:
             print(f"      {label:34}{cells}")
         overhead = r[kind]["avirt"]["total_ms"]["median"] - r[kind]["raw"]["total_ms"]["median"]
         print(f"      ratio avirt/raw = {r[kind]['ratio']:.3f}x   (overhead {overhead:+.1f} ms)")
+    print(f"    of which avirt's checks before the first byte (chain read with lock probe, free space): "
+          f"median {r['checks_ms']['median']:.1f} ms")
     print()
     print(f"(c) commit or pull? one overlay on a fully written {c['advice_mib']} MiB base, "
           f"median of {c['advice_runs']} runs each way")
