@@ -262,7 +262,6 @@ class ImageJob:
 
     async def _run(self) -> None:
         self._started = True
-        self._runner.expect(self._job, 0)
         try:
             steps, size = await self._planner()
         except AvirtError as e:  # refused before touching a byte
