@@ -15,6 +15,7 @@ from typing import Any
 from avirt.domain import Domain
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
+from avirt.drivers.test import TestDriver
 from avirt.errors import UnsupportedError
 from avirt.events.bus import Callback, EventStream, Subscription
 from avirt.events.model import EventKind
@@ -102,12 +103,16 @@ class _Connecting:
     async def _open(self) -> Connection:
         parsed = ConnectionURI.parse(self._uri)
         parsed.check_supported()
+        driver: Driver
         host: Host
-        if parsed.transport == "ssh":
-            host, state_dir = await _open_ssh_host(parsed, self._state_dir)
+        if parsed.scheme == "test":
+            driver = TestDriver(self._uri)  # in memory: a fresh world per connection, no state directory
         else:
-            host, state_dir = LocalHost(), self._local_state_dir or parsed.default_state_dir()
-        driver = QemuDriver(self._uri, host, state_dir)
+            if parsed.transport == "ssh":
+                host, state_dir = await _open_ssh_host(parsed, self._state_dir)
+            else:
+                host, state_dir = LocalHost(), self._local_state_dir or parsed.default_state_dir()
+            driver = QemuDriver(self._uri, host, state_dir)
         try:
             await driver.open()
         except BaseException:

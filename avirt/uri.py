@@ -3,7 +3,7 @@
     qemu:///session            local QEMU, state under $XDG_STATE_HOME/avirt
     qemu:///system             local QEMU, state under /var/lib/avirt
     qemu+ssh://user@host[:port]/session?keyfile=...&known_hosts=...&state_dir=...   a remote host over SSH
-    test:///default            the in-memory test driver (not in this release)
+    test:///default            the in-memory test driver (state_dir is ignored)
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ class ConnectionURI:
         return os.path.join(base, "avirt")
 
     def check_supported(self) -> None:
+        if self.scheme == "test" and self.transport is None and not self.host:
+            if self.path != "default":
+                raise UnsupportedError([f"test:///{self.path}"], "only test:///default is implemented")
+            return
         if self.scheme == "qemu" and self.transport == "ssh":
             if not self.host:
                 raise InvalidURIError("qemu+ssh URIs name a host: qemu+ssh://[user@]host[:port]/session")

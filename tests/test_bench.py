@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.sshd import missing_reason as sshd_missing
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "lifecycle.py"
 
 
@@ -45,4 +49,22 @@ def test_offline_benchmark_reports_its_figures_as_json() -> None:
     assert [a["percent"] for a in report["advice"]] == [10, 50, 90]
     assert [a["advice"] for a in report["advice"]] == ["commit", "commit", "pull"]
     assert report["verification"]["failures"] == [] and report["verification"]["checks"] == 14
+    assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
+def test_remote_benchmark_reports_its_figures_as_json() -> None:
+    reason = sshd_missing()
+    if reason:
+        pytest.skip(reason)
+    bench = BENCH.with_name("remote.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--runs", "2", "--rounds", "10",
+                             "--guests", "3", "--concurrency", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= {"transport", "lifecycle", "events", "fleet", "targets"}
+    assert report["lifecycle"]["ratio"] > 0 and report["events"]["ratios"]["p50"] > 0
+    for side in ("local", "ssh"):
+        assert report["fleet"][side]["guests"] == 3
+        assert {r["received"] for r in report["fleet"][side]["rounds"].values()} == {3}
     assert all(isinstance(t["ok"], bool) for t in report["targets"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -213,3 +214,20 @@ async def test_pivot_waits_through_a_ready_job_that_fell_back_to_standby(
     await dom.destroy()
     assert reads(chain.base, GUEST_VIEW, alone=True) == []
     check(chain.base)
+
+
+async def test_the_completed_event_comes_once_the_chain_and_xml_say_so(
+        conn: Connection, xml: XMLFactory, tmp_path: Path) -> None:
+    dom, chain = await _running(conn, xml, tmp_path, "settled")
+    async with conn.events(domain=dom, kinds={EventKind.BLOCK_JOB}) as stream:
+        started = time.time()
+        job = await dom.block_commit("vda", top="vda[1]", base="vda[2]")
+        events = await read_until(stream, lambda ev: ev.status is BlockJobStatus.COMPLETED)
+        # No await between the event and these checks: the event itself says the job is settled.
+        assert job.ended and job.status is BlockJobStatus.COMPLETED
+        live = await dom.xml()
+        persistent = await dom.xml(inactive=True)
+    assert str(chain.snap2) not in live and str(chain.snap1) in live
+    assert str(chain.active) in persistent
+    assert started <= events[-1].timestamp <= time.time()  # QEMU's time of the end, not the settling's
+    await dom.destroy()

@@ -163,3 +163,14 @@ def test_image_advisor_applies_its_advice(tmp_path: Path, percent: int, directio
     assert reads(top, view) == []
     expected = f"chain now: {top} -> {base}" if direction == "commit" else f"chain now: {top}"
     assert lines[-1] == expected
+
+
+@pytest.mark.parametrize("runner", [[], ["-m", "pytest", "-q", "-p", "no:cacheprovider"]],
+                         ids=["script", "pytest"])
+def test_testing_your_code_runs_its_checks_on_the_test_driver(runner: list[str]) -> None:
+    script = str(EXAMPLES / "testing_your_code.py")
+    result = subprocess.run([sys.executable, *runner, script], capture_output=True, text=True, timeout=60,
+                            env=clean_env(), cwd=EXAMPLES.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert (last.startswith("4 passed") if runner else last == "4 checks passed"), result.stdout

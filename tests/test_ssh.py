@@ -7,6 +7,7 @@ SSH. The lifecycle, events and block job suites also run through it (their modul
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import signal
 from collections.abc import Iterator
@@ -19,10 +20,13 @@ import pytest
 
 import avirt
 from avirt import BlockJobStatus, ControlErrorEvent, DomainState, EventKind, LifecycleEvent
-from avirt.errors import HostError
+from avirt.errors import DomainStartError, HostError
+from avirt.hosts.ssh import SSHHost, SSHTarget
 from tests.events_help import read_until
 from tests.images import GUEST_VIEW, backing_chain, check, make_chain, reads
 from tests.sshd import SSHServer
+from tests.sshd import missing_reason as sshd_missing
+from tests.sshd import start as start_sshd
 from tests.waiting import wait_for_state
 from tests.xmls import XMLFactory
 
@@ -157,3 +161,52 @@ async def test_a_guest_that_ends_while_the_host_is_unreachable_is_reported_stopp
         assert (events[-1].type.name, events[-1].detail) == ("STOPPED", "failed")
         await wait_for_state(dom, DomainState.SHUTOFF)
         assert not (state_dir / "run/gone").exists()
+
+
+async def test_remove_tree_takes_a_tree_a_file_and_a_missing_path(sshd: SSHServer, tmp_path: Path) -> None:
+    host = SSHHost(SSHTarget("127.0.0.1", sshd.port, sshd.user, str(sshd.keyfile), str(sshd.known_hosts)))
+    await host.open()
+    try:
+        tree = tmp_path / HOSTILE.format(marker="tree")
+        (tree / "sub" / "deeper").mkdir(parents=True)
+        for f in (tree / "a", tree / "sub" / "b", tree / "sub" / "deeper" / "c"):
+            f.write_text("x")
+        (tree / "link").symlink_to(tmp_path / "outside")
+        (tmp_path / "outside").write_text("kept")
+        lone = tmp_path / "-lone file"
+        lone.write_text("x")
+        await host.remove_tree(str(tree))
+        await host.remove_tree(str(lone))
+        await host.remove_tree(str(tmp_path / "never-was"))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["outside"]
+        assert (tmp_path / "outside").read_text() == "kept"  # a symlink goes, not what it points to
+    finally:
+        await host.aclose()
+
+
+async def test_an_sshd_out_of_file_descriptors_is_named_as_the_cause(
+        tmp_path: Path, xml: XMLFactory) -> None:
+    # sshd keeps one descriptor per forwarded monitor socket: its open-files limit bounds the guests that
+    # one connection can watch. The guest past it must fail with a message that says so, not as QEMU.
+    if sshd_missing():
+        pytest.skip(sshd_missing())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (24, hard))
+    try:
+        server = start_sshd(tmp_path / "sshd")  # inherits the low limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        async with avirt.connect(server.uri(tmp_path / "state")) as conn:
+            started = []
+            with pytest.raises(DomainStartError, match=r"refused a channel.*open-files limit"):
+                for i in range(40):
+                    dom = await conn.define_xml(xml(f"fd{i}"))
+                    await dom.start(paused=True)
+                    started.append(dom)
+            assert started, "the limit left room for no guest at all"
+            assert (await started[0].state())[0] is DomainState.PAUSED  # the others are still watched
+            for dom in started:
+                await dom.destroy()
+    finally:
+        server.stop()

@@ -10,7 +10,7 @@ import pytest
 
 import avirt
 from avirt.connection import Connection
-from avirt.errors import InvalidXMLError, UnsupportedError
+from avirt.errors import HostError, InvalidXMLError, UnsupportedError
 from avirt.hosts.local import LocalHost
 from avirt.uri import ConnectionURI, InvalidURIError
 from tests.xmls import XMLFactory
@@ -60,6 +60,8 @@ async def test_uris() -> None:
         await avirt.connect("qemu+ssh://host/session?keyfle=/k")
     with pytest.raises(UnsupportedError, match="not supported"):
         await avirt.connect("qemu+tls://host/session")
+    with pytest.raises(HostError, match="cannot connect"):  # no user@: the local user, as ssh does
+        await avirt.connect("qemu+ssh://127.0.0.1:1/session")
 
 
 async def test_session_state_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 ``Connection`` and ``Domain`` check arguments and then make exactly one call into a :class:`Driver`;
 everything hypervisor-specific happens below this line. A driver names domains by their (unique) name.
-Drivers: ``drivers/qemu/`` (real QEMU guests) and, later, ``drivers/test.py`` (in memory).
+Drivers: ``drivers/qemu/`` (real QEMU guests) and ``drivers/test/`` (in memory, ``test:///default``).
 """
 
 from __future__ import annotations

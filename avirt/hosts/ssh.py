@@ -132,7 +132,7 @@ class SSHHost(Host):
     async def _dial(self) -> asyncssh.SSHClientConnection:
         t = self.target
         options: dict[str, object] = {"client_keys": [t.keyfile]} if t.keyfile else {}
-        if t.user:
+        if t.user:  # none in the URI: the local user, which asyncssh picks only if the option is left out
             options["username"] = t.user
         # A missing known_hosts file trusts nobody (asyncssh would take it for "no checking").
         trusted = t.known_hosts if await anyio.Path(t.known_hosts).exists() else []
@@ -222,6 +222,12 @@ class SSHHost(Host):
             if conn.is_closed():
                 self._lost(conn)
                 raise HostError(f"{self.name}: the SSH connection was lost during {what}") from None
+            if isinstance(e, asyncssh.ChannelOpenError):
+                # Not the command's failure: the server would not open a channel for it. sshd refuses
+                # once a connection has MaxSessions sessions, or once its session process is out of file
+                # descriptors (it keeps one per forwarded monitor socket, so that bounds the guests).
+                raise HostError(f"{self.name}: the SSH server refused a channel for {what} ({e.reason}); "
+                                "is it at its MaxSessions or open-files limit?") from None
             raise HostError(f"{self.name}: {what} failed: {e}") from None
 
     async def aclose(self) -> None:
@@ -379,7 +385,20 @@ class SSHHost(Host):
         return sorted(str(n) for n in names if n not in (".", ".."))
 
     async def remove_tree(self, path: str) -> None:
-        await self.run(["rm", "-rf", "--", path])
+        # Through SFTP, not `rm -rf`: a remote command costs a session and a run of the user's shell (and
+        # its rc files), and takes one of the MAX_COMMANDS slots that guest starts wait for.
+        async with self._remote(f"removing {path}"):
+            sftp = self._files()
+            try:
+                attrs = await sftp.lstat(path)
+                if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+                    await sftp.rmtree(path, ignore_errors=True)
+                else:
+                    await sftp.remove(path)
+            except asyncssh.SFTPNoSuchFile:
+                return
+            except asyncssh.SFTPError as e:
+                raise HostError(f"{self.name}: cannot remove {path}: {e.reason}") from None
 
     async def lock(self, path: str) -> bool:
         if not await self._take_lock(path):

@@ -70,8 +70,9 @@ async def _event(ctx: Context, args: argparse.Namespace) -> None:
             await group.start(_stop_on_signal, group.cancel_scope)
             ctx.note(f"watching events on {conn.uri}" + (f" for domain '{domain}'" if domain else "")
                      + ("" if args.timeout is None else f" for {args.timeout:g} s")
-                     + "; this holds the state directory (other avirt commands on it must wait); "
-                       "Ctrl-C stops")
+                     + ("" if conn.uri.startswith("test:") else
+                        "; this holds the state directory (other avirt commands on it must wait)")
+                     + "; Ctrl-C stops")
             with anyio.move_on_after(args.timeout):
                 await _print(ctx, stream, args.json)
             group.cancel_scope.cancel()

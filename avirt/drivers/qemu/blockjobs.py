@@ -35,6 +35,7 @@ import anyio
 from avirt.drivers.qemu.cmdline import Layer
 from avirt.errors import BlockJobError, OperationInvalidError, QMPError
 from avirt.events.model import BlockJobStatus, JobKind
+from avirt.events.translate import timestamp_of
 from avirt.jobs import BlockJob, JobPhase
 from avirt.offline.qemu_img import create_image, virtual_size
 
@@ -64,6 +65,7 @@ class OnlineJobs:
         #: Jobs that ended while no controller watched, settled on reattach, until block_job() hands
         #: them out (once).
         self._settled: dict[tuple[str, str], BlockJob] = {}
+        self._ended_at: dict[str, float | None] = {}  # job id -> QEMU's time of BLOCK_JOB_COMPLETED/CANCELLED
         self._ids = itertools.count(1)
 
     def job_on(self, guest: Guest, disk: str) -> BlockJob | None:
@@ -166,7 +168,8 @@ class OnlineJobs:
         job = BlockJob(self, id=f"{kind.value}-{plan.disk}-{next(self._ids)}", disk=plan.disk, kind=kind,
                        offline=False, bandwidth=bandwidth or 0, two_phase=plan.active)
         removed = [layer.path for layer in chain[plan.top if not plan.active else 0:plan.base]]
-        job.plan.update(delete=removed if delete else [], auto_pivot=pivot, base=chain[plan.base].path)
+        job.plan.update(delete=removed if delete else [], auto_pivot=pivot, base=chain[plan.base].path,
+                        format=chain[plan.base].format)  # the live XML's <mirror> shows it
         args: dict[str, Any] = {
             "job-id": job.id, "device": chain[0].node, "base-node": chain[plan.base].node,
             "auto-dismiss": False,
@@ -270,8 +273,10 @@ class OnlineJobs:
         elif name == "BLOCK_JOB_COMPLETED":
             job.plan["outcome"] = (BlockJobStatus.FAILED if data.get("error") else BlockJobStatus.COMPLETED,
                                    data.get("error"))
+            self._ended_at[job.id] = timestamp_of(msg)
         elif name == "BLOCK_JOB_CANCELLED":
             job.plan["outcome"] = (BlockJobStatus.CANCELED, None)
+            self._ended_at[job.id] = timestamp_of(msg)
         elif name == "JOB_STATUS_CHANGE" and data.get("status") == "concluded":
             self._driver._tasks.start_soon(self._finish, guest, job, name=f"finish-{job.id}")
 
@@ -325,18 +330,22 @@ class OnlineJobs:
             if not recorded:
                 self._jobs.pop(job.id, None)
                 await self._record(guest, None)
-            job.conclude(status, error)
+            self._end(guest, job, status, error)
 
     async def _refresh_quietly(self, guest: Guest, job: BlockJob) -> None:
         try:
             await self.refresh_chains(guest)
-        except QMPError as e:
-            log.warning("%s: cannot re-read the chains after the job: %s", job.id, e)
+        # refresh_chains asks in a task group (errors come grouped); a monitor already gone: QEMU is exiting
+        except* (QMPError, OperationInvalidError) as group:
+            log.warning("%s: cannot re-read the chains after the job: %s", job.id, group.exceptions[0])
 
     async def _close_dropped_nodes(self, guest: Guest, job: BlockJob) -> None:
         """Nodes the job took out of the chain (or a copy target that was abandoned) stay open, and their
         files locked, until deleted: close them, format node first, then its protocol node."""
-        monitor = self._driver._monitor(guest)
+        try:
+            monitor = self._driver._monitor(guest)
+        except OperationInvalidError:
+            return  # QEMU is exiting: its nodes go with it
         still = {layer.node for layer in guest.chains.get(job.disk, [])}
         names = [name for node in reversed(job.plan.get("nodes", []))  # top down: each backs the one above
                  if node and node not in still for name in (node, f"{node}-file")]
@@ -390,14 +399,13 @@ class OnlineJobs:
             info = running.get(job.id)
             if info is None:
                 self._jobs.pop(job.id, None)
-                job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
-            else:
-                await self._catch_up(guest, job, info)
-            if job.phase is before:
+                self._end(guest, job, BlockJobStatus.FAILED, "QEMU no longer knows the job")
                 continue
-            self._driver.announce_job(guest, job)  # what the lost BLOCK_JOB_* event would have said
-            if job.phase is JobPhase.READY and job.plan.get("auto_pivot"):
-                self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
+            await self._catch_up(guest, job, info)  # a job that ended meanwhile is settled and announced
+            if job.phase is JobPhase.READY and before is not JobPhase.READY:
+                self._driver.announce_job(guest, job)  # what the lost BLOCK_JOB_READY would have said
+                if job.plan.get("auto_pivot"):
+                    self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
         await self._record(guest, None)
 
     async def _catch_up(self, guest: Guest, job: BlockJob, info: dict[str, Any]) -> None:
@@ -418,11 +426,25 @@ class OnlineJobs:
             self._settled[(guest.name, job.disk)] = job
 
     def forget(self, guest: Guest) -> None:
-        """QEMU is gone: its jobs end as failed (the chain on disk is whatever QEMU left, still valid)."""
+        """QEMU is gone: its jobs end as failed (the chain on disk is whatever QEMU left, still valid),
+        unless QEMU said it cancelled them on its way out (quit, as destroy and shutdown send it)."""
         for job_id, (g, job) in list(self._jobs.items()):
             if g is guest:
                 del self._jobs[job_id]
-                job.conclude(BlockJobStatus.FAILED, "QEMU exited while the job ran")
+                if job.plan.get("outcome", (None,))[0] is BlockJobStatus.CANCELED:
+                    self._end(guest, job, BlockJobStatus.CANCELED, None)
+                else:
+                    self._end(guest, job, BlockJobStatus.FAILED, "QEMU exited while the job ran")
+
+    def owns(self, job_id: str) -> bool:
+        """Whether this job is one of avirt's (its end is announced once settled, not at QEMU's event)."""
+        return job_id in self._jobs
+
+    def _end(self, guest: Guest, job: BlockJob, status: BlockJobStatus, error: str | None) -> None:
+        """Conclude the handle, then announce it: a BlockJobEvent with a final status means that the
+        chain, the XML and jobs.json already say what the job did. It carries QEMU's time of the end."""
+        job.conclude(status, error)
+        self._driver.announce_job(guest, job, self._ended_at.pop(job.id, None))
 
     # -- JobBackend --------------------------------------------------------------------------------------
 

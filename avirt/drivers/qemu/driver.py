@@ -462,8 +462,8 @@ class QemuDriver(Driver):
             unknown = set(disks or ()) - {d.target for d in chosen}
             if unknown:
                 raise OperationInvalidError(f"domain '{name}' has no disk {', '.join(sorted(unknown))}")
-            for disk in chosen:
-                if self.jobs.job_on(guest, disk.target) is not None:
+            for disk in chosen:  # an offline job too: it rewrites the definition when it ends
+                if self.jobs.job_on(guest, disk.target) or (name, disk.target) in self._offline_jobs:
                     raise OperationInvalidError(f"disk {disk.target} of '{name}' has a block job running")
             overlays = {d.target: _overlay_path(d.source or "", snapshot) for d in chosen}
             for path in overlays.values():
@@ -504,10 +504,10 @@ class QemuDriver(Driver):
             if guest.definition is not None and id(guest.definition) in changed:
                 group.start_soon(self.files.write_definition, guest.name, domain_to_xml(guest.definition))
 
-    def announce_job(self, guest: Guest, job: BlockJob) -> None:
-        """A BlockJobEvent for a job's new phase that no QMP event announced (offline jobs, and online
-        ones that moved while the host was unreachable)."""
-        self.bus.emit(BlockJobEvent, guest.name, guest.uuid, disk=job.disk, job_kind=job.kind,
+    def announce_job(self, guest: Guest, job: BlockJob, timestamp: float | None = None) -> None:
+        """The BlockJobEvent of a job's end once it is settled (online and offline), or of a READY that
+        no QMP event announced (it came while the host was unreachable)."""
+        self.bus.emit(BlockJobEvent, guest.name, guest.uuid, timestamp, disk=job.disk, job_kind=job.kind,
                       status=job.status or BlockJobStatus.READY, error=job.error)
 
     def _monitor(self, guest: Guest) -> Monitor:
@@ -641,6 +641,9 @@ class QemuDriver(Driver):
             self.jobs.on_qmp_event(guest, msg)
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
+                if cls is BlockJobEvent and fields["status"] is not BlockJobStatus.READY \
+                        and self.jobs.owns((msg.get("data") or {}).get("device", "")):
+                    continue  # announced once avirt has settled the job (OnlineJobs._end)
                 self.bus.emit(cls, guest.name, guest.uuid, timestamp, **fields)
         if reaction is Reaction.NONE or self._closing:
             return

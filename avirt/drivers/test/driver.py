@@ -1,0 +1,364 @@
+"""The test driver's entry points: definitions, lifecycle and queries, all in memory.
+
+A domain here is a :class:`SimDomain`: its definitions and a state. Each call checks the state with the
+QEMU driver's own table (``drivers/qemu/guest.py``'s ``ALLOWED``, same error and message) and then moves
+the state at once, announcing each change through :func:`~avirt.events.translate.lifecycle_for`, the table
+the QEMU driver announces with, so the lifecycle events are the same, in the same order.
+
+What a guest OS would do takes a moment, as it does on QEMU: ``shutdown()`` and ``reboot()`` press the
+power button and return; the simulated guest reacts in a task of its own (SHUTDOWN/guest, then
+SHUTOFF/shutdown, or the domain's ``on_poweroff`` action, or for a reboot a reset and a new boot). As on
+QEMU, a guest without ``<features><acpi/>`` never sees the button, and a paused guest acts on it only once
+resumed. A guest never powers off, panics or fails by itself.
+
+Block jobs and disk snapshots are in :mod:`avirt.drivers.test.disks`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import uuid as uuid_mod
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from avirt.config import domain_to_xml, parse_domain_xml
+from avirt.config.model import DomainConfig
+from avirt.drivers.base import DomainRef, Driver
+from avirt.drivers.qemu.driver import _with_macs
+from avirt.drivers.qemu.guest import ALLOWED
+from avirt.drivers.test import default
+from avirt.drivers.test.disks import Disks
+from avirt.errors import (
+    DomainExistsError,
+    DomainNotFoundError,
+    OperationInvalidError,
+    OperationTimeoutError,
+    UnsupportedError,
+)
+from avirt.events.bus import EventBus
+from avirt.events.model import LifecycleEvent, LifecycleType, RebootEvent
+from avirt.events.translate import lifecycle_for
+from avirt.jobs import BlockJob
+from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.tasks import TaskOwner
+
+S = DomainState
+
+
+@dataclass
+class SimDomain:
+    name: str
+    uuid: str
+    #: The persistent definition; None for a transient domain.
+    definition: DomainConfig | None
+    state: DomainState = S.SHUTOFF
+    reason: str = "unknown"
+    #: The definition the domain runs with (its disks follow block jobs); None while shut off.
+    live: DomainConfig | None = None
+    id: int | None = None
+    started_at: float = 0.0
+    #: Set once the current run has ended.
+    stopped: anyio.Event = field(default_factory=anyio.Event)
+    #: Counts runs: a guest's reaction scheduled in one run never touches the next.
+    run: int = 0
+    #: The power button was pressed while paused: the guest acts on it once it runs.
+    button_pressed: bool = False
+    reboot_pending: bool = False
+
+    @property
+    def config(self) -> DomainConfig:
+        cfg = self.live or self.definition
+        assert cfg is not None, "a domain always has a live or a persistent definition"
+        return cfg
+
+    @property
+    def persistent(self) -> bool:
+        return self.definition is not None
+
+    @property
+    def active(self) -> bool:
+        return self.state is not S.SHUTOFF
+
+    def require(self, call: str) -> None:
+        if self.state not in ALLOWED[call]:
+            raise OperationInvalidError(
+                f"cannot {call} domain '{self.name}': it is {self.state.value} ({self.reason})")
+
+
+class TestDriver(Driver):
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._domains: dict[str, SimDomain] = {}
+        self.tasks = TaskOwner()
+        self.bus = EventBus(self.tasks)
+        self.disks = Disks(self)
+        self._ids = itertools.count(1)
+        self._announcing = True
+
+    # -- connection --------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.tasks.open()
+        self._announcing = False  # the world a connection starts with is no news
+        try:
+            await self.define_xml(default.XML)
+            default.fill_images(self.disks.images)
+            await self.start(default.NAME, paused=False)
+        finally:
+            self._announcing = True
+
+    async def close(self) -> None:
+        self.bus.close()
+        await self.tasks.aclose()
+
+    async def capabilities(self) -> dict[str, Any]:
+        await anyio.lowlevel.checkpoint()
+        # Every domain type "runs" here, KVM included: nothing is emulated.
+        return {"emulator": "test", "qemu_version": "", "kvm": True, "accelerators": ["kvm", "tcg"],
+                "domain_types": {"kvm": "kvm", "qemu": "tcg"}}
+
+    # -- definitions -------------------------------------------------------------------------------------
+
+    async def define_xml(self, xml: str) -> DomainRef:
+        await anyio.lowlevel.checkpoint()
+        cfg = _with_macs(parse_domain_xml(xml))
+        dom = self._domains.get(cfg.name)
+        self._check_uuid_free(cfg, dom)
+        if dom is not None and dom.uuid != cfg.uuid:
+            raise DomainExistsError(f"domain '{cfg.name}' already exists with uuid {dom.uuid}")
+        self.disks.seed(cfg, xml)
+        detail = "updated" if dom is not None and dom.persistent else "added"
+        if dom is None:
+            dom = self._domains[cfg.name] = SimDomain(cfg.name, cfg.uuid, None)
+        dom.definition = cfg
+        self._announce(dom, LifecycleType.DEFINED, detail)
+        return DomainRef(dom.name, dom.uuid)
+
+    async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
+        await anyio.lowlevel.checkpoint()
+        cfg = _with_macs(parse_domain_xml(xml))
+        if cfg.name in self._domains:
+            raise DomainExistsError(f"domain '{cfg.name}' already exists")
+        self._check_uuid_free(cfg, None)
+        self.disks.seed(cfg, xml)
+        dom = self._domains[cfg.name] = SimDomain(cfg.name, cfg.uuid, None)
+        try:
+            self._start(dom, cfg, paused=paused)
+        except BaseException:
+            del self._domains[cfg.name]
+            raise
+        return DomainRef(dom.name, dom.uuid)
+
+    def _check_uuid_free(self, cfg: DomainConfig, same: SimDomain | None) -> None:
+        for other in self._domains.values():
+            if other is not same and other.uuid == cfg.uuid:
+                raise DomainExistsError(f"domain '{other.name}' already has uuid {cfg.uuid}")
+
+    async def lookup(self, name_or_uuid: str) -> DomainRef:
+        dom = await self.find(name_or_uuid)
+        return DomainRef(dom.name, dom.uuid)
+
+    async def list_domains(self) -> list[DomainRef]:
+        await anyio.lowlevel.checkpoint()
+        return [DomainRef(d.name, d.uuid) for d in sorted(self._domains.values(), key=lambda d: d.name)]
+
+    async def undefine(self, name: str) -> None:
+        dom = await self.find(name)
+        if not dom.persistent:
+            raise OperationInvalidError(f"cannot undefine transient domain '{name}'")
+        dom.definition = None
+        self._announce(dom, LifecycleType.UNDEFINED, "removed")
+        if not dom.active:
+            del self._domains[name]
+
+    async def find(self, name_or_uuid: str) -> SimDomain:
+        """The domain by name or UUID (any spelling); a checkpoint first, as every driver call has one."""
+        await anyio.lowlevel.checkpoint()
+        dom = self._domains.get(name_or_uuid)
+        if dom is None:
+            try:
+                wanted = str(uuid_mod.UUID(name_or_uuid))
+            except ValueError:
+                wanted = None
+            dom = next((d for d in self._domains.values() if d.uuid == wanted), None)
+        if dom is None:
+            raise DomainNotFoundError(f"no domain with name or uuid '{name_or_uuid}'")
+        return dom
+
+    def domains(self) -> list[SimDomain]:
+        return list(self._domains.values())
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self, name: str, *, paused: bool) -> None:
+        dom = await self.find(name)
+        dom.require("start")
+        busy = self.disks.offline_jobs_of(name)
+        if busy:
+            raise OperationInvalidError(
+                f"cannot start domain '{name}': an offline block job runs on {', '.join(busy)}")
+        assert dom.definition is not None  # a shut-off domain that exists is persistent
+        self._start(dom, dom.definition, paused=paused)
+
+    def _start(self, dom: SimDomain, cfg: DomainConfig, *, paused: bool) -> None:
+        self.disks.check_startable(cfg)
+        dom.live, dom.id, dom.started_at = copy.deepcopy(cfg), next(self._ids), anyio.current_time()
+        dom.run += 1
+        dom.stopped = anyio.Event()
+        dom.button_pressed = dom.reboot_pending = False
+        if paused:
+            dom.state, dom.reason = S.PAUSED, "user"
+            self._announce(dom, LifecycleType.STARTED, "booted")
+            self._announce(dom, LifecycleType.SUSPENDED, "paused")
+        else:
+            self._set_state(dom, S.RUNNING, "booted")
+
+    async def shutdown(self, name: str, *, wait: float | None) -> None:
+        dom = await self.find(name)
+        dom.require("shutdown")
+        stopped = dom.stopped
+        self._press_power_button(dom)
+        if wait is not None:
+            try:
+                with anyio.fail_after(wait):
+                    await stopped.wait()
+            except TimeoutError:
+                raise OperationTimeoutError(
+                    f"domain '{name}' did not shut off within {wait:g} s of the power button; "
+                    "it is still running (destroying it stops it now)") from None
+
+    async def destroy(self, name: str) -> None:
+        dom = await self.find(name)
+        dom.require("destroy")
+        self._stop(dom, "destroyed")
+
+    async def reboot(self, name: str) -> None:
+        dom = await self.find(name)
+        dom.require("reboot")
+        dom.reboot_pending = True
+        self._press_power_button(dom)
+
+    async def reset(self, name: str) -> None:
+        dom = await self.find(name)
+        dom.require("reset")
+        self.bus.emit(RebootEvent, dom.name, dom.uuid)
+
+    async def suspend(self, name: str) -> None:
+        dom = await self.find(name)
+        dom.require("suspend")
+        self._set_state(dom, S.PAUSED, "user")
+
+    async def resume(self, name: str) -> None:
+        dom = await self.find(name)
+        dom.require("resume")
+        self._set_state(dom, S.RUNNING, "unpaused")
+        if dom.button_pressed:
+            dom.button_pressed = False
+            self._guest_reacts(dom)
+
+    async def qemu_monitor_command(self, name: str, command: str,
+                                   arguments: dict[str, Any] | None) -> Any:
+        dom = await self.find(name)
+        if not dom.active:
+            raise OperationInvalidError(f"domain '{name}' is not running")
+        raise UnsupportedError([command], "test:///default has no QEMU monitor to send a command to")
+
+    def _press_power_button(self, dom: SimDomain) -> None:
+        if not dom.config.acpi:
+            return  # no ACPI: the guest never learns of the button (on QEMU too)
+        if dom.state is S.PAUSED:
+            dom.button_pressed = True
+        else:
+            self._guest_reacts(dom)
+
+    def _guest_reacts(self, dom: SimDomain) -> None:
+        self.tasks.start_soon(self._guest_powers_off, dom, dom.run, name=f"power-off-{dom.name}")
+
+    async def _guest_powers_off(self, dom: SimDomain, run: int) -> None:
+        """The simulated guest answers the power button: it shuts down, then the domain's settings (or a
+        reboot that was asked for) say what follows, as the QEMU driver's state machine decides."""
+        await anyio.lowlevel.checkpoint()  # the caller's call returns first, as with a real guest
+        if dom.run != run or dom.state is not S.RUNNING:
+            return
+        self._set_state(dom, S.SHUTDOWN, "guest")
+        action = dom.config.on_poweroff
+        if dom.reboot_pending or action == "restart":
+            dom.reboot_pending = False
+            self.bus.emit(RebootEvent, dom.name, dom.uuid)  # reset, then the guest boots again
+            self._set_state(dom, S.RUNNING, "booted")
+        elif action == "destroy":
+            self._stop(dom, "shutdown")
+        # preserve: the domain stays in SHUTDOWN until destroy()
+
+    def _stop(self, dom: SimDomain, reason: str) -> None:
+        self.disks.domain_stopped(dom)
+        self._set_state(dom, S.SHUTOFF, reason)
+        dom.live, dom.id = None, None
+        dom.stopped.set()
+        if not dom.persistent:
+            self._domains.pop(dom.name, None)
+
+    def _set_state(self, dom: SimDomain, state: DomainState, reason: str) -> None:
+        changed = (state, reason) != (dom.state, dom.reason)
+        dom.state, dom.reason = state, reason
+        event = lifecycle_for(state, reason)
+        if changed and event is not None:
+            self._announce(dom, *event)
+
+    def _announce(self, dom: SimDomain, type: LifecycleType, detail: str) -> None:
+        if self._announcing:
+            self.bus.emit(LifecycleEvent, dom.name, dom.uuid, type=type, detail=detail)
+
+    # -- block jobs (see disks.py) -----------------------------------------------------------------------
+
+    async def block_commit(self, name: str, disk: str, *, base: str | None, top: str | None,
+                           shallow: bool, delete: bool, relative: bool, bandwidth: int | None,
+                           pivot: bool, allow_shared_base: bool = False) -> BlockJob:
+        return self.disks.commit(await self.find(name), disk, base=base, top=top, shallow=shallow,
+                                 delete=delete, bandwidth=bandwidth, pivot=pivot,
+                                 allow_shared_base=allow_shared_base)
+
+    async def block_pull(self, name: str, disk: str, *, base: str | None,
+                         bandwidth: int | None) -> BlockJob:
+        return self.disks.pull(await self.find(name), disk, base=base, bandwidth=bandwidth)
+
+    async def block_copy(self, name: str, disk: str, dest: str, *, format: str, shallow: bool,
+                         reuse_external: bool, bandwidth: int | None, pivot: bool) -> BlockJob:
+        return self.disks.copy(await self.find(name), disk, dest, format=format, shallow=shallow,
+                               reuse_external=reuse_external, bandwidth=bandwidth, pivot=pivot)
+
+    async def block_job(self, name: str, disk: str) -> BlockJob | None:
+        return self.disks.job(await self.find(name), disk)
+
+    async def block_chain(self, name: str, disk: str) -> list[ImageInfo]:
+        return [image.info() for image in self.disks.chain(await self.find(name), disk)]
+
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
+        return self.disks.snapshot(await self.find(name), snapshot, disks)
+
+    # -- queries -----------------------------------------------------------------------------------------
+
+    async def state(self, name: str) -> tuple[DomainState, str]:
+        dom = await self.find(name)
+        return dom.state, dom.reason
+
+    async def info(self, name: str) -> DomainInfo:
+        dom = await self.find(name)
+        cfg = dom.config
+        # Simulated CPU time: the time the domain has been up, as if one vCPU were always busy.
+        cpu = int((anyio.current_time() - dom.started_at) * 1e9) if dom.active else 0
+        return DomainInfo(dom.state, cfg.memory_kib, cfg.current_memory_kib or cfg.memory_kib, cfg.vcpus, cpu)
+
+    async def xml(self, name: str, *, inactive: bool) -> str:
+        dom = await self.find(name)
+        if inactive and dom.definition is not None:
+            return domain_to_xml(dom.definition)
+        if dom.live is None:
+            return domain_to_xml(dom.config)
+        return domain_to_xml(dom.live, live_id=dom.id, backing_chains=self.disks.live_chains(dom),
+                             mirrors=self.disks.mirrors(dom))
