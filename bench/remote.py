@@ -549,6 +549,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
          TARGETS["event_p50_ratio"], "x"),
     ]
     for side in ("local", "ssh"):
+        if report.get("fleet") is None:  # --guests 0
+            break
         rounds = _get(report, "fleet", side, "rounds")
         missing = None if rounds is None else sum(r["missing"] + r["lost"] for r in rounds.values())
         rows.append((f"(3) {side} fleet: events missing or lost", missing, 0, "events"))

@@ -3,14 +3,19 @@
 ``Connection`` and ``Domain`` check arguments and then make exactly one call into a :class:`Driver`;
 everything hypervisor-specific happens below this line. A driver names domains by their (unique) name.
 Drivers: ``drivers/qemu/`` (real QEMU guests) and ``drivers/test/`` (in memory, ``test:///default``).
+The two policies every driver applies the same way are here too: :func:`assign_macs` and
+:func:`overlay_path`.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from avirt.config.model import DomainConfig
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -118,3 +123,18 @@ class Driver(ABC):
 
     @abstractmethod
     async def xml(self, name: str, *, inactive: bool) -> str: ...
+
+
+def assign_macs(cfg: DomainConfig) -> DomainConfig:
+    """Give every NIC without a MAC one, once, at definition time: the guest's NIC must not change
+    across restarts (QEMU's 52:54:00 prefix, as libvirt does)."""
+    for nic in cfg.interfaces:
+        if nic.mac is None:
+            nic.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+    return cfg
+
+
+def overlay_path(top: str, snapshot: str) -> str:
+    """libvirt's naming: the new overlay sits beside the image it covers, named after the snapshot."""
+    stem, _ = os.path.splitext(top)
+    return f"{stem}.{snapshot}.qcow2"

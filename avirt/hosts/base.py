@@ -70,8 +70,13 @@ class Host(ABC):
         """
 
     @abstractmethod
-    async def wait_exit(self, pid: int) -> None:
-        """Return once process ``pid`` has exited (at once if it is not running)."""
+    async def wait_exit(self, pid: int, *, pidfile: str | None = None) -> None:
+        """Return once process ``pid`` has exited (at once if it is not running).
+
+        ``pidfile`` is a file the process removes as it exits (QEMU's ``-pidfile``, after it has closed
+        its images): a host that cannot see the exit itself may take the file's removal for it, since a
+        detached QEMU's exit is otherwise visible only once init has reaped it.
+        """
 
     @abstractmethod
     async def pid_alive(self, pid: int) -> bool:

@@ -92,7 +92,7 @@ class LocalHost(Host):
             raise
         return sock
 
-    async def wait_exit(self, pid: int) -> None:
+    async def wait_exit(self, pid: int, *, pidfile: str | None = None) -> None:
         # A pidfd turns readable once every thread of the process has exited; a zombie main thread is not
         # enough (QEMU's vCPU threads outlive it by milliseconds).
         try:

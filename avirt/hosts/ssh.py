@@ -12,7 +12,10 @@ no avirt code runs there. Everything is multiplexed over one connection:
 * **Monitors** are reached through ``direct-streamlocal`` channels (unix socket forwarding), relayed to a
   local socket pair (:mod:`avirt.hosts.sshio`); no TCP port is opened on the host.
 * **Process ends** are watched by one long session running a small shell loop: one ``tail --pid`` per
-  watched pid, which prints the pid when it is gone (within :data:`EXIT_POLL` seconds).
+  watched pid, which prints the pid when it is gone (within :data:`EXIT_POLL` seconds). A daemonized QEMU
+  is init's child, and on some hosts init reaps it only a second or more after it died, while a zombie
+  still looks alive to ``kill -0``: the tail therefore also follows QEMU's pid file by name, which QEMU
+  removes as it exits (after closing its images), and ends as soon as the file is gone.
 * **Files** go through SFTP; an atomic write is a temp file, fsync (OpenSSH's ``fsync@openssh.com``),
   then ``posix-rename@openssh.com`` over the target.
 * **The state directory lock** is an ``flock`` held by a session that lives as long as the connection.
@@ -39,7 +42,7 @@ import asyncssh
 
 from avirt.errors import HostError
 from avirt.hosts.base import Host, RunResult
-from avirt.hosts.sshio import RemoteProcess, relay
+from avirt.hosts.sshio import RemoteProcess, bridge
 from avirt.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
@@ -52,8 +55,10 @@ EXIT_POLL = 0.05
 CONNECT_TIMEOUT = 15.0
 BACKOFF_MAX = 5.0
 
-_WATCHER = (f'while read -r pid; do {{ tail --pid="$pid" -s {EXIT_POLL} -f /dev/null; echo "$pid"; }} & '
-            "done; kill 0")
+_WATCHER = (
+    'while read -r pid file; do { '
+    f'if [ -n "$file" ]; then tail --pid="$pid" --follow=name -n0 -s {EXIT_POLL} -- "$file" 2>/dev/null; '
+    f'else tail --pid="$pid" -n0 -s {EXIT_POLL} -f /dev/null; fi; echo "$pid"; }} & done; kill 0')
 
 
 @dataclass
@@ -284,26 +289,22 @@ class SSHHost(Host):
     async def connect_unix(self, path: str) -> socket.socket:
         async with self._remote("connecting to a unix socket") as conn:
             try:
-                reader, writer = await conn.open_unix_connection(path, encoding=None)
+                return await bridge(conn, path)
             except asyncssh.ChannelOpenError as e:
                 if conn.is_closed():
                     raise
                 raise ConnectionRefusedError(f"{self.name}:{path}: {e.reason}") from None
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        self._tasks.start_soon(relay, theirs, reader, writer, name=f"ssh-relay-{path}")
-        return ours
 
-    async def wait_exit(self, pid: int) -> None:
+    async def wait_exit(self, pid: int, *, pidfile: str | None = None) -> None:
         waiter = self._exits.get(pid)
         if waiter is None:
             conn = self._connection()
             watcher = self._watcher
             waiter = self._exits[pid] = _Exit()
+            line = f"{pid} {pidfile}" if pidfile and "\n" not in pidfile else str(pid)
             try:
                 assert watcher is not None
-                watcher.stdin.write(f"{pid}\n".encode())
+                watcher.stdin.write(f"{line}\n".encode())
             except (OSError, asyncssh.Error):
                 self._lost(conn)
         await waiter.done.wait()

@@ -6,7 +6,7 @@ Two adapters, so that nothing above ``hosts/`` sees asyncssh:
   ``stdout``/``stderr`` are anyio byte streams, ``send_signal`` becomes an SSH ``signal`` channel request
   (OpenSSH 7.9 and later deliver it to the command, which the host starts with ``exec`` so that the
   signal reaches it rather than a shell).
-* :func:`relay` joins a channel to a remote unix socket (``direct-streamlocal``) with one end of a local
+* :func:`bridge` joins a channel to a remote unix socket (``direct-streamlocal``) with one end of a local
   socket pair: the QMP client gets an ordinary connected socket and never learns that its QEMU is remote.
 """
 
@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import signal as signal_mod
 import socket
-from collections.abc import Awaitable, Callable
 
 import anyio
+import asyncssh
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 from asyncssh import SSHClientProcess, SSHReader, SSHWriter
 
@@ -112,39 +112,90 @@ class RemoteProcess(Process):
         return self._stderr
 
 
-async def relay(local: socket.socket, reader: SSHReader[bytes], writer: SSHWriter[bytes]) -> None:
-    """Copy bytes both ways between ``local`` and a channel until either side ends; then close both.
+class _ChannelSide(asyncssh.SSHUNIXSession[bytes]):
+    """The SSH channel's end of a bridge: what QEMU sends goes straight into the local transport."""
 
-    Each direction hands EOF on to the other side, and the first one to end ends the relay: QEMU closing
-    its monitor must reach the QMP client at once, and so must the client closing its socket reach QEMU.
+    def __init__(self) -> None:
+        self.chan: asyncssh.SSHUNIXChannel[bytes] | None = None
+        self.local: asyncio.Transport | None = None
+
+    def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        assert self.local is not None
+        self.local.write(data)
+
+    def eof_received(self) -> bool:
+        assert self.local is not None
+        if self.local.can_write_eof():
+            self.local.write_eof()
+        return True  # half-closed: the other direction may still carry the client's last bytes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.local is not None:
+            self.local.close()
+
+    # Flow control both ways: a full buffer on one side stops reading on the other.
+    def pause_writing(self) -> None:
+        if self.local is not None:
+            self.local.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.local is not None:
+            self.local.resume_reading()
+
+
+class _LocalSide(asyncio.Protocol):
+    """The local socket's end of a bridge: what the QMP client sends goes straight into the channel."""
+
+    def __init__(self, peer: _ChannelSide) -> None:
+        self.peer = peer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.peer.local = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer.chan is not None  # the client speaks only after QEMU's greeting
+        self.peer.chan.write(data)
+
+    def eof_received(self) -> bool:
+        if self.peer.chan is not None:
+            self.peer.chan.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer.chan is not None:
+            self.peer.chan.close()
+
+    def pause_writing(self) -> None:
+        if self.peer.chan is not None:
+            self.peer.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer.chan is not None:
+            self.peer.chan.resume_reading()
+
+
+async def bridge(conn: asyncssh.SSHClientConnection, path: str) -> socket.socket:
+    """A local socket connected, through a ``direct-streamlocal`` channel, to the unix socket ``path`` on
+    the remote host.
+
+    The bytes pass from one transport's callback to the other's write, with no task and no copy loop in
+    between: a QMP event costs one more loop callback than on a local socket. Either side's EOF or close
+    is passed on to the other. Raises :class:`asyncssh.ChannelOpenError` if the remote end refuses.
     """
-    local_reader, local_writer = await asyncio.open_unix_connection(sock=local)
-
-    async def to_local() -> None:
-        while data := await reader.read(_CHUNK):
-            local_writer.write(data)
-            await local_writer.drain()
-
-    async def to_remote() -> None:
-        while data := await local_reader.read(_CHUNK):
-            writer.write(data)
-            await writer.drain()
-
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    side = _ChannelSide()
+    # The local transport first: QEMU greets as soon as the channel opens, and that must have a way out.
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: _LocalSide(side), sock=theirs)
     try:
-        async with anyio.create_task_group() as group:
-            for direction in (to_local, to_remote):
-                group.start_soon(_until_end, direction, group.cancel_scope)
-    finally:
-        writer.close()
-        local_writer.close()
-        with contextlib.suppress(OSError):
-            await local_writer.wait_closed()
-
-
-async def _until_end(direction: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
-    try:
-        await direction()
-    except (OSError, EOFError):
-        pass  # a reset on either side ends the relay like an EOF does
-    finally:
-        scope.cancel()
+        await conn.create_unix_connection(lambda: side, path, encoding=None)
+    except BaseException:
+        transport.close()
+        ours.close()
+        raise
+    return ours

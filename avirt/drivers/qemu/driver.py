@@ -12,7 +12,6 @@ guest's state machine decide and carries out any follow-up it asks for.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import uuid as uuid_mod
 from collections.abc import Awaitable
@@ -24,7 +23,7 @@ import anyio
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
-from avirt.drivers.base import DomainRef, Driver
+from avirt.drivers.base import DomainRef, Driver, assign_macs, overlay_path
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
@@ -135,7 +134,7 @@ class QemuDriver(Driver):
     # -- definitions -------------------------------------------------------------------------------------
 
     async def define_xml(self, xml: str) -> DomainRef:
-        cfg = _with_macs(parse_domain_xml(xml))
+        cfg = assign_macs(parse_domain_xml(xml))
         guest = self._guests.get(cfg.name)
         self._check_uuid_free(cfg, guest)
         if guest is not None and guest.uuid != cfg.uuid:
@@ -149,7 +148,7 @@ class QemuDriver(Driver):
         return DomainRef(guest.name, guest.uuid)
 
     async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
-        cfg = _with_macs(parse_domain_xml(xml))
+        cfg = assign_macs(parse_domain_xml(xml))
         if cfg.name in self._guests:
             raise DomainExistsError(f"domain '{cfg.name}' already exists")
         self._check_uuid_free(cfg, None)
@@ -465,7 +464,7 @@ class QemuDriver(Driver):
             for disk in chosen:  # an offline job too: it rewrites the definition when it ends
                 if self.jobs.job_on(guest, disk.target) or (name, disk.target) in self._offline_jobs:
                     raise OperationInvalidError(f"disk {disk.target} of '{name}' has a block job running")
-            overlays = {d.target: _overlay_path(d.source or "", snapshot) for d in chosen}
+            overlays = {d.target: overlay_path(d.source or "", snapshot) for d in chosen}
             for path in overlays.values():
                 if await self.host.exists(path):
                     raise OperationInvalidError(f"snapshot image {path} already exists")
@@ -723,18 +722,3 @@ class QemuDriver(Driver):
             if guest.state is DomainState.SHUTDOWN:  # it powered off while nobody watched
                 guest.exit_reason = "shutdown"
                 await process.monitor.execute("quit")
-
-
-def _with_macs(cfg: DomainConfig) -> DomainConfig:
-    """Give every NIC without a MAC one, once, at definition time: the guest's NIC must not change
-    across restarts (QEMU's 52:54:00 prefix, as libvirt does)."""
-    for nic in cfg.interfaces:
-        if nic.mac is None:
-            nic.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-    return cfg
-
-
-def _overlay_path(top: str, snapshot: str) -> str:
-    """libvirt's naming: the new overlay sits beside the image it covers, named after the snapshot."""
-    stem, _ = os.path.splitext(top)
-    return f"{stem}.{snapshot}.qcow2"

@@ -34,11 +34,12 @@ SIGKILL_TIMEOUT = 10.0
 
 
 class QemuProcess:
-    def __init__(self, host: Host, name: str, pid: int, monitor: Monitor) -> None:
+    def __init__(self, host: Host, name: str, pid: int, monitor: Monitor, pidfile: str) -> None:
         self.host = host
         self.name = name
         self.pid = pid
         self.monitor = monitor
+        self.pidfile = pidfile
 
     @classmethod
     async def spawn(
@@ -65,7 +66,7 @@ class QemuProcess:
             await monitor.aclose()
             raise DomainStartError(f"QEMU for domain '{name}' wrote no pid file",
                                    await _tail(host, log_path))
-        return cls(host, name, pid, monitor)
+        return cls(host, name, pid, monitor, pidfile)
 
     @classmethod
     async def attach(cls, host: Host, name: str, *, qmp_socket: str, pidfile: str,
@@ -80,14 +81,14 @@ class QemuProcess:
             # A refused connection is most often a QEMU that is dying right now (killed a moment ago, its
             # threads still exiting): give it a moment to finish before calling it alive but mute.
             with anyio.move_on_after(2.0):
-                await host.wait_exit(pid)
+                await host.wait_exit(pid, pidfile=pidfile)
                 return None
             log.warning("domain %s: QEMU pid %d lives but its monitor does not answer: %s", name, pid, e)
-            return cls(host, name, pid, monitor)
-        return cls(host, name, pid, monitor)
+            return cls(host, name, pid, monitor, pidfile)
+        return cls(host, name, pid, monitor, pidfile)
 
     async def wait_exit(self) -> None:
-        await self.host.wait_exit(self.pid)
+        await self.host.wait_exit(self.pid, pidfile=self.pidfile)
 
     async def terminate(self) -> None:
         """Stop QEMU now; returns once the process is gone."""

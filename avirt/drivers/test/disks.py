@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
+from avirt.drivers.base import overlay_path
 from avirt.drivers.qemu.blockjobs import plan_commit, resolve_index
-from avirt.drivers.qemu.driver import _overlay_path
 from avirt.drivers.test import images as ops
 from avirt.drivers.test.images import Image, ImageStore, declared_chains
 from avirt.drivers.test.jobs import SimulatedJobs
@@ -142,7 +142,7 @@ class Disks:
         for disk in chosen:
             if (dom.name, disk.target) in self._jobs:
                 raise OperationInvalidError(f"disk {disk.target} of '{dom.name}' has a block job running")
-        overlays = {d.target: _overlay_path(d.source or "", name) for d in chosen}
+        overlays = {d.target: overlay_path(d.source or "", name) for d in chosen}
         for path in overlays.values():
             if path in self.images:
                 raise OperationInvalidError(f"snapshot image {path} already exists")

@@ -26,8 +26,7 @@ import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
-from avirt.drivers.base import DomainRef, Driver
-from avirt.drivers.qemu.driver import _with_macs
+from avirt.drivers.base import DomainRef, Driver, assign_macs
 from avirt.drivers.qemu.guest import ALLOWED
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
@@ -126,7 +125,7 @@ class TestDriver(Driver):
 
     async def define_xml(self, xml: str) -> DomainRef:
         await anyio.lowlevel.checkpoint()
-        cfg = _with_macs(parse_domain_xml(xml))
+        cfg = assign_macs(parse_domain_xml(xml))
         dom = self._domains.get(cfg.name)
         self._check_uuid_free(cfg, dom)
         if dom is not None and dom.uuid != cfg.uuid:
@@ -141,7 +140,7 @@ class TestDriver(Driver):
 
     async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
         await anyio.lowlevel.checkpoint()
-        cfg = _with_macs(parse_domain_xml(xml))
+        cfg = assign_macs(parse_domain_xml(xml))
         if cfg.name in self._domains:
             raise DomainExistsError(f"domain '{cfg.name}' already exists")
         self._check_uuid_free(cfg, None)
