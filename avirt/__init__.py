@@ -13,7 +13,7 @@ One event loop drives many QEMU guests over their QMP monitors, with libvirt's d
 Guests outlive the controller: a later ``connect()`` to the same state directory finds them running.
 """
 
-from avirt import errors, fleet
+from avirt import errors, fleet, offline
 from avirt.connection import Connection, connect
 from avirt.domain import Domain
 from avirt.events import (
@@ -77,4 +77,5 @@ __all__ = [
     "connect",
     "errors",
     "fleet",
+    "offline",
 ]

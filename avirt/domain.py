@@ -76,7 +76,8 @@ class Domain:
 
     async def block_commit(self, disk: str, *, base: str | None = None, top: str | None = None,
                            shallow: bool = False, delete: bool = False, relative: bool = False,
-                           bandwidth: int | None = None, pivot: bool = False) -> BlockJob:
+                           bandwidth: int | None = None, pivot: bool = False,
+                           allow_shared_base: bool = False) -> BlockJob:
         """Commit the layers from ``top`` down into ``base`` (virDomainBlockCommit).
 
         ``top=None`` is the active image; ``base=None`` the bottom of the chain; ``shallow`` makes base
@@ -85,12 +86,17 @@ class Domain:
         ready, then ``pivot()`` makes base the active image (``pivot=True`` does it by itself) or
         ``abort()`` leaves the chain as it was. ``delete`` removes the committed images once the job has
         completed; ``relative`` keeps a relative backing name; ``bandwidth`` is in bytes per second.
+
+        A base that another defined domain's disk also reads through its backing chain is refused with
+        :class:`~avirt.errors.SharedImageError` (the other guests would see changed data), unless
+        ``allow_shared_base=True``. On a shut-off domain, a commit whose data may not fit in the free
+        space of the base's filesystem is refused with :class:`~avirt.errors.InsufficientSpaceError`.
         """
         if bandwidth is not None and bandwidth < 0:
             raise ValueError("bandwidth must be >= 0 bytes/s")
         return await self._driver.block_commit(self.name, disk, base=base, top=top, shallow=shallow,
                                                delete=delete, relative=relative, bandwidth=bandwidth,
-                                               pivot=pivot)
+                                               pivot=pivot, allow_shared_base=allow_shared_base)
 
     async def block_pull(self, disk: str, *, base: str | None = None,
                          bandwidth: int | None = None) -> BlockJob:

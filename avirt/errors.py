@@ -85,6 +85,31 @@ class ImageLockedError(ImageError):
     """An image is in use by another process (QEMU holds its lock)."""
 
 
+class InsufficientSpaceError(ImageError):
+    """A commit could write more than the free space of the filesystem that holds its base, so it was
+    refused before any byte was written. ``path`` is the base image, ``needed`` and ``available`` are
+    bytes (``needed`` is an upper bound of what the commit can write, metadata included)."""
+
+    def __init__(self, path: str, needed: int, available: int) -> None:
+        self.path = path
+        self.needed = needed
+        self.available = available
+        super().__init__(f"not enough space to commit into {path}: the commit can write {needed} bytes, "
+                         f"its filesystem has {available} free")
+
+
+class SharedImageError(OperationInvalidError):
+    """A block commit would write into a base image that other domains' disks also read (their
+    backing chains include it): their guests would see changed data. ``domains`` names them; pass
+    ``allow_shared_base=True`` to commit anyway."""
+
+    def __init__(self, path: str, domains: Sequence[str]) -> None:
+        self.path = path
+        self.domains = list(domains)
+        super().__init__(f"{path} is also in the backing chain of {', '.join(self.domains)}: committing "
+                         "into it would change their disks (allow_shared_base=True to do it anyway)")
+
+
 class HostError(AvirtError):
     """The host could not be reached, authenticated, or used."""
 

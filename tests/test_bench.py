@@ -38,6 +38,20 @@ def test_events_benchmark_reports_its_figures_as_json() -> None:
     assert any(t["name"].startswith("(4)") for t in report["targets"])  # the simulated part ran
 
 
+def test_offline_benchmark_reports_its_figures_as_json() -> None:
+    bench = BENCH.with_name("offline.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--runs", "1", "--layer-mib", "8",
+                             "--advice-mib", "20", "--advice-runs", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["full"]["ratio"] > 0 and report["intermediate"]["ratio"] > 0
+    assert [a["percent"] for a in report["advice"]] == [10, 50, 90]
+    assert [a["advice"] for a in report["advice"]] == ["commit", "commit", "pull"]
+    assert report["verification"]["failures"] == [] and report["verification"]["checks"] == 14
+    assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
 def test_remote_benchmark_reports_its_figures_as_json() -> None:
     reason = sshd_missing()
     if reason:

@@ -188,6 +188,18 @@ def test_ctrl_c_while_waiting_aborts_the_job(cli: CLI, xml: XMLFactory, tmp_path
     assert reads(chain.active, GUEST_VIEW) == []
 
 
+def test_a_shared_base_needs_allow_shared_base(cli: CLI, xml: XMLFactory, tmp_path: Path) -> None:
+    chain = guest(cli, xml, tmp_path, "owner", start=False)
+    other = tmp_path / "other.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(chain.base),
+                    str(other)], check=True)
+    cli.ok("define", "-", input=xml("reader", disks=[("vda", str(other), "qcow2")]))
+    error = cli.fails("blockcommit", "owner", "vda", "--wait")
+    assert f"{chain.base} is also in the backing chain of reader" in error
+    assert cli.ok("blockcommit", "owner", "vda", "--wait", "--allow-shared-base") == "Commit complete\n"
+    assert reads(chain.base, GUEST_VIEW, alone=True) == []
+
+
 # -- progress --------------------------------------------------------------------------------------------
 
 

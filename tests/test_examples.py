@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.images import reads, write
 from tests.sshd import SSHServer
 from tests.test_cli import CLI, Lines, clean_env, define_and_start, kill_qemu, write_xml
 from tests.xmls import XMLFactory
@@ -139,6 +140,29 @@ def test_fleet_watcher_stops_after_seconds(cli: CLI, xml: XMLFactory, tmp_path: 
     watcher, out, _ = run_example("fleet_watcher.py", "--seconds", "0.5")
     assert watcher.wait(timeout=60) == 0
     assert out.rest() == ["web1   shutoff", "== 1 shutoff", "== 1 shutoff"]
+
+
+@pytest.mark.parametrize(("percent", "direction"), [(10, "commit"), (90, "pull")])
+def test_image_advisor_applies_its_advice(tmp_path: Path, percent: int, direction: str) -> None:
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "20M"], check=True)
+    write(base, 0x11, 0, 20)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(top)],
+                   check=True)
+    write(top, 0x44, 0, 20 * percent // 100)
+    view = ((0x44, 0, 20 * percent // 100), (0x11, 20 * percent // 100, 20 - 20 * percent // 100))
+    result = subprocess.run([sys.executable, str(EXAMPLES / "image_advisor.py"), str(top), "--apply"],
+                            capture_output=True, text=True, timeout=120, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"[0] {top}  qcow2  {20 * percent // 100:.1f} MiB of 20 MiB")
+    assert lines[2].startswith(f"advice: {direction}: the overlay is {percent}% allocated")
+    assert f"{direction}: completed" in lines
+    merged = base if direction == "commit" else top
+    assert reads(merged, view, alone=True) == []
+    assert reads(top, view) == []
+    expected = f"chain now: {top} -> {base}" if direction == "commit" else f"chain now: {top}"
+    assert lines[-1] == expected
 
 
 @pytest.mark.parametrize("runner", [[], ["-m", "pytest", "-q", "-p", "no:cacheprovider"]],

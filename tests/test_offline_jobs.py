@@ -9,7 +9,7 @@ import pytest
 
 from avirt import BlockJobStatus, EventKind, JobKind
 from avirt.connection import Connection
-from avirt.errors import ImageLockedError, OperationInvalidError
+from avirt.errors import ImageLockedError, OperationInvalidError, SharedImageError
 from tests.events_help import read_until
 from tests.images import GUEST_VIEW, backing_chain, check, make_chain, reads, write
 from tests.xmls import XMLFactory
@@ -107,3 +107,30 @@ async def test_abort_kills_qemu_img_and_changes_nothing(conn: Connection, xml: X
     assert subprocess.run(["pgrep", "-f", f"qemu-img commit.*{chain.active}"]).returncode == 1
     assert f"<source file=\"{chain.active}\"/>" in (state_dir / "domains/abort/domain.xml").read_text()
     assert reads(chain.active, GUEST_VIEW) == []
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["offline", "online"])
+async def test_a_base_another_domain_reads_is_refused_unless_allowed(
+        conn: Connection, xml: XMLFactory, tmp_path: Path, running: bool) -> None:
+    chain = make_chain(tmp_path)
+    other_top = tmp_path / "other.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(chain.snap1),
+                    str(other_top)], check=True)
+    await conn.define_xml(xml("reader", disks=[("vda", str(other_top), "qcow2")]))
+    dom = await conn.define_xml(xml("owner", disks=[("vda", str(chain.active), "qcow2")]))
+    if running:
+        await dom.start()
+    with pytest.raises(SharedImageError, match="reader") as caught:
+        await dom.block_commit("vda", pivot=True)  # into base, which reader reads through snap1
+    assert (caught.value.path, caught.value.domains) == (str(chain.base), ["reader"])
+    assert reads(other_top, ((0x11, 0, 1), (0x22, 1, 2))) == []
+    # snap2 into snap1 would change what reader sees too; snap2 alone is only ours
+    with pytest.raises(SharedImageError):
+        await dom.block_commit("vda", top="vda[1]", shallow=True)
+    job = await dom.block_commit("vda", shallow=True, pivot=True)  # active into snap2: not shared
+    assert await job == BlockJobStatus.COMPLETED
+    job = await dom.block_commit("vda", allow_shared_base=True, pivot=True)
+    assert await job == BlockJobStatus.COMPLETED
+    assert reads(chain.base, GUEST_VIEW, alone=True) == []
+    if running:
+        await dom.destroy()

@@ -94,7 +94,7 @@ class Driver(ABC):
     @abstractmethod
     async def block_commit(self, name: str, disk: str, *, base: str | None, top: str | None,
                            shallow: bool, delete: bool, relative: bool, bandwidth: int | None,
-                           pivot: bool) -> BlockJob: ...
+                           pivot: bool, allow_shared_base: bool = False) -> BlockJob: ...
 
     @abstractmethod
     async def block_pull(self, name: str, disk: str, *, base: str | None,

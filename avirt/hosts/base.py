@@ -105,6 +105,18 @@ class Host(ABC):
         that describe a running QEMU (which a host crash ends anyway) can skip that cost.
         """
 
+    async def free_space(self, path: str) -> int:
+        """Bytes available to new data on the filesystem that holds ``path``.
+
+        This default asks ``df`` through :meth:`run`, which any host can do; a host with a cheaper way
+        (a local ``statvfs``) overrides it.
+        """
+        result = await self.run(["df", "--output=avail", "-B1", "--", path])
+        try:
+            return int(result.stdout.split()[-1])
+        except (IndexError, ValueError):
+            raise HostError(f"cannot tell the free space of {path}: {result.stderr.strip()}") from None
+
     @abstractmethod
     async def exists(self, path: str) -> bool: ...
 

@@ -140,6 +140,13 @@ class LocalHost(Host):
     async def write_atomic(self, path: str, text: str, *, mode: int = 0o600, durable: bool = True) -> None:
         await anyio.to_thread.run_sync(_write_atomic, path, text.encode(), mode, durable)
 
+    async def free_space(self, path: str) -> int:
+        try:
+            st = await anyio.to_thread.run_sync(os.statvfs, path)
+        except OSError as e:
+            raise HostError(f"cannot tell the free space of {path}: {e.strerror}") from e
+        return st.f_bavail * st.f_frsize
+
     async def exists(self, path: str) -> bool:
         return await anyio.Path(path).exists()
 

@@ -13,21 +13,29 @@ through the same job handle as an online job: ``await job``, ``progress()``, ``a
 
 The steps run in order; the job completes only when every step did, and only then does the caller's
 ``on_success`` run (the persistent XML is rewritten there).
+
+:class:`ImageJob` is the public face of the same machinery for images that no domain owns
+(``avirt.offline.commit`` and friends): a thin handle over one such job that plans its steps only when it
+starts, runs in the task that awaits it (or in the task group of ``async with job:``), and raises the
+typed :class:`~avirt.errors.ImageError` of the step that failed.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
 import anyio
-from anyio.abc import Process
+from anyio.abc import Process, TaskGroup
 
-from avirt.errors import AvirtError, ImageError, ImageLockedError
-from avirt.events.model import BlockJobStatus
+from avirt.errors import AvirtError, BlockJobError, ImageError, ImageLockedError, OperationInvalidError
+from avirt.events.model import BlockJobStatus, JobKind
 from avirt.hosts.base import Host
 from avirt.jobs import BlockJob
 
@@ -59,8 +67,9 @@ class ImageJobRunner:
         self._progress[job.id] = (0, size)
 
     async def run(self, job: BlockJob, steps: Sequence[Step], size: int,
-                  on_success: Callable[[], Awaitable[None]]) -> None:
-        """Run ``steps`` for ``job`` (meant to be started as a task) and conclude the job."""
+                  on_success: Callable[[], Awaitable[None]]) -> AvirtError | None:
+        """Run ``steps`` for ``job`` (meant to be started as a task) and conclude the job; returns the
+        error that made it fail, if one did."""
         total = sum(step.weight for step in steps) or 1.0
         done = 0.0
         self._progress[job.id] = (0, size)
@@ -75,17 +84,22 @@ class ImageJobRunner:
                     break
             if job.id in self._cancelled:
                 job.conclude(BlockJobStatus.CANCELED)
-                return
+                return None
             await on_success()
             self._progress[job.id] = (size, size)
             job.conclude(BlockJobStatus.COMPLETED)
+            return None
         except AvirtError as e:
-            job.conclude(BlockJobStatus.CANCELED if job.id in self._cancelled else BlockJobStatus.FAILED,
-                         None if job.id in self._cancelled else str(e))
+            if job.id in self._cancelled:
+                job.conclude(BlockJobStatus.CANCELED)
+                return None
+            job.conclude(BlockJobStatus.FAILED, str(e))
+            return e
         finally:
             if not job.ended:  # cancelled from outside (the connection closing) or a bug: never leave it open
                 job.conclude(BlockJobStatus.FAILED, "the job was interrupted")
             self._processes.pop(job.id, None)
+            self._progress.pop(job.id, None)
             self._cancelled.discard(job.id)
 
     async def _run_step(self, job: BlockJob, step: Step, report: Callable[[float], None]) -> None:
@@ -131,6 +145,144 @@ class ImageJobRunner:
             return
         log.warning("%s: qemu-img ignored SIGTERM, killing it", job.id)
         process.kill()
+
+
+#: What an ImageJob runs, planned when it starts: its steps and the size its progress is counted in.
+Planner = Callable[[], Awaitable[tuple[Sequence[Step], int]]]
+
+
+class ImageJob:
+    """One ``qemu-img`` job on images outside any domain, as returned by ``avirt.offline``'s functions.
+
+    Nothing runs until the job is started, which happens in one of two ways::
+
+        status = await job                     # runs it in this task; BlockJobStatus.COMPLETED
+
+        async with job:                        # runs it in a task of its own while the block runs
+            async for cur, end in job.progress():
+                print(f"{cur / end:.0%}")
+        # leaving the block waits for the end (an exception in the block cancels the job)
+
+    The job first checks what it must (free space, locks) and plans its ``qemu-img`` steps; a refusal
+    or a failed step raises the typed error (:class:`~avirt.errors.ImageError`,
+    :class:`~avirt.errors.ImageLockedError`, :class:`~avirt.errors.InsufficientSpaceError`) from
+    ``await job`` / ``wait()``. ``cancel()`` stops ``qemu-img`` (SIGTERM, then SIGKILL) and returns
+    ``BlockJobStatus.CANCELED`` once it has ended.
+    """
+
+    def __init__(self, runner: ImageJobRunner, operation: str, image: str, kind: JobKind,
+                 planner: Planner) -> None:
+        self.operation = operation
+        #: The image the job works on (the top of a commit, the image of a rebase, the target of a convert).
+        self.image = image
+        self._runner = runner
+        self._planner = planner
+        self._job = BlockJob(runner, id=f"{operation}-{secrets.token_hex(3)}", disk=image, kind=kind,
+                             offline=True)
+        self._started = False
+        self._running = False  # qemu-img steps have begun
+        self._cancel_requested = False
+        self._failure: AvirtError | None = None
+        self._group: TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        return f"<ImageJob {self.id} {self.operation} {self.image!r}: {self.status or 'not ended'}>"
+
+    @property
+    def id(self) -> str:
+        return self._job.id
+
+    @property
+    def status(self) -> BlockJobStatus | None:
+        """The final status, or None while the job has not ended."""
+        return self._job.status
+
+    @property
+    def error(self) -> str | None:
+        return self._job.error
+
+    async def info(self) -> tuple[int, int]:
+        """``(cur, end)`` now, in bytes of the image's virtual size."""
+        info = await self._job.info()
+        return info.cur, info.end
+
+    async def progress(self) -> AsyncIterator[tuple[int, int]]:
+        """``(cur, end)`` as the job advances (sampled while iterating); ends when the job ends."""
+        if not self._started:
+            raise OperationInvalidError(f"{self.id} has not started: await it, or iterate inside "
+                                        "'async with job:'")
+        async for sample in self._job.progress():
+            if sample[1]:  # (0, 0) while the job is still planning: no size to count in yet
+                yield sample
+
+    async def cancel(self) -> BlockJobStatus:
+        """Stop the job; returns its final status (CANCELED, or how it ended if it already had)."""
+        self._cancel_requested = True
+        if not self._started:
+            self._started = True
+            self._job.conclude(BlockJobStatus.CANCELED)
+        elif self._running and not self._job.ended:
+            await self._runner.job_cancel(self._job)
+        return await self._ended()
+
+    async def wait(self) -> BlockJobStatus:
+        """Run the job if nobody started it, and return its final status; raise its error if it failed."""
+        if not self._started:
+            await self._run()
+        return await self._ended()
+
+    def __await__(self) -> Generator[Any, None, BlockJobStatus]:
+        return self.wait().__await__()
+
+    async def __aenter__(self) -> ImageJob:
+        if self._started:
+            raise OperationInvalidError(f"{self.id} has already started")
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        self._started = True
+        self._group.start_soon(self._run, name=self.id)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        assert self._group is not None
+        group, self._group = self._group, None
+        if exc is None:
+            await group.__aexit__(None, None, None)
+            await self._ended()  # the job's own error, if it failed
+            return None
+        if not self._job.ended:
+            with anyio.CancelScope(shield=True):
+                await self.cancel()
+        # The job has ended: the caller's error goes on unwrapped (a cancellation the group must see).
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            return await group.__aexit__(exc_type, exc, tb)
+        await group.__aexit__(None, None, None)
+        return None
+
+    async def _run(self) -> None:
+        self._started = True
+        try:
+            steps, size = await self._planner()
+        except AvirtError as e:  # refused before touching a byte
+            self._failure = e
+            self._job.conclude(BlockJobStatus.FAILED, str(e))
+            return
+        if self._cancel_requested:  # cancelled while it was being planned: nothing ran
+            self._job.conclude(BlockJobStatus.CANCELED)
+            return
+        self._running = True
+        self._failure = await self._runner.run(self._job, steps, size, _nothing)
+
+    async def _ended(self) -> BlockJobStatus:
+        try:
+            return await self._job.wait()
+        except BlockJobError as e:
+            raise (self._failure or ImageError(str(e))) from None
+
+
+async def _nothing() -> None:
+    pass
 
 
 async def _drain(process: Process, into: bytearray) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from avirt.errors import ImageError, ImageLockedError
 from avirt.hosts.base import Host
+from avirt.models import ImageInfo
 
 QEMU_IMG = "qemu-img"
 
@@ -28,9 +29,13 @@ class ChainEntry:
     backing: str | None  # the backing file name as stored in the header (may be relative)
 
 
-async def backing_chain(host: Host, path: str, fmt: str) -> list[ChainEntry]:
-    """The chain of ``path``, top first: ``path`` itself, then each backing file down to the base."""
-    argv = [QEMU_IMG, "info", "-U", "--backing-chain", "--output=json", "-f", fmt, path]
+async def backing_chain(host: Host, path: str, fmt: str, *, whole: bool = True,
+                        share: bool = True) -> list[ChainEntry]:
+    """The chain of ``path``, top first: ``path`` itself, then each backing file down to the base
+    (``whole=False``: ``path`` alone; its backing files are not opened). ``share=False`` reads it
+    the way a writer would find it: :class:`ImageLockedError` if another process holds any layer."""
+    argv = [QEMU_IMG, "info", *(["-U"] if share else []), *(["--backing-chain"] if whole else []),
+            "--output=json", "-f", fmt, path]
     raw = await _run_json(host, argv)
     layers: list[dict[str, Any]] = raw if isinstance(raw, list) else [raw]
     chain = []
@@ -47,15 +52,32 @@ async def backing_chain(host: Host, path: str, fmt: str) -> list[ChainEntry]:
     return chain
 
 
+async def image_chain(host: Host, path: str, fmt: str, *, whole: bool = True) -> list[ImageInfo]:
+    """:func:`backing_chain` with each layer's own allocation: what ``block_chain`` and ``info`` return."""
+    return [ImageInfo(e.path, e.format, e.virtual_size, e.actual_size,
+                      await allocated_bytes(host, e.path, e.format))
+            for e in await backing_chain(host, path, fmt, whole=whole)]
+
+
 async def allocated_bytes(host: Host, path: str, fmt: str) -> int:
     """Bytes of guest data stored in this layer alone (its backing files are not opened)."""
-    if fmt == "raw":
-        spec = path
-    else:
+    return sum(end - start for start, end in await data_extents(host, path, fmt, alone=True))
+
+
+async def data_extents(host: Host, path: str, fmt: str, *, alone: bool = False,
+                       above: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` byte ranges that hold data, from ``qemu-img map``: in ``path`` alone, or through
+    its chain in the layers above depth ``above`` (0 = ``path`` itself; None: every layer)."""
+    if alone and fmt != "raw":
         spec = "json:" + json.dumps({"driver": fmt, "backing": None,
                                      "file": {"driver": "file", "filename": path}})
-    extents = await _run_json(host, [QEMU_IMG, "map", "-U", "--output=json", spec])
-    return sum(int(e["length"]) for e in extents if e.get("data") and e.get("depth", 0) == 0)
+        argv = [QEMU_IMG, "map", "-U", "--output=json", spec]
+    else:
+        argv = [QEMU_IMG, "map", "-U", "--output=json", "-f", fmt, path]
+    extents = await _run_json(host, argv)
+    limit = 1 if alone else above
+    return [(int(e["start"]), int(e["start"]) + int(e["length"])) for e in extents
+            if e.get("data") and (limit is None or int(e.get("depth", 0)) < limit)]
 
 
 async def create_overlay(host: Host, path: str, backing: str, backing_format: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from avirt import BlockJobEvent, BlockJobStatus, Domain, EventKind, JobKind
-from avirt.errors import ImageLockedError, OperationInvalidError
+from avirt.errors import ImageLockedError, OperationInvalidError, SharedImageError
 from tests.conformance.conftest import World
 from tests.events_help import read_until
 
@@ -99,7 +99,10 @@ async def test_image_held_by_a_running_domain_is_refused(world: World) -> None:
     with pytest.raises(ImageLockedError, match="in use by another process"):
         await other.block_commit("vda")
     await running.destroy()
-    assert await (await other.block_commit("vda", top="vda[1]", shallow=True)) == BlockJobStatus.COMPLETED
+    with pytest.raises(SharedImageError):  # holder still reads snap1 through the shared chain
+        await other.block_commit("vda", top="vda[1]", shallow=True)
+    job = await other.block_commit("vda", top="vda[1]", shallow=True, allow_shared_base=True)
+    assert await job == BlockJobStatus.COMPLETED
 
 
 async def test_offline_snapshot_updates_the_definition(world: World) -> None:
@@ -116,3 +119,19 @@ async def test_offline_snapshot_updates_the_definition(world: World) -> None:
     job = await dom.block_commit("vda", top=overlay, base="vda[1]")  # the overlay back into active
     assert await job == BlockJobStatus.COMPLETED
     assert f'<source file="{chain.active}"/>' in await dom.xml(inactive=True)
+
+
+@pytest.mark.parametrize("start", [False, True], ids=["shut-off", "running"])
+async def test_a_base_another_domain_reads_needs_allow_shared_base(world: World, start: bool) -> None:
+    dom, chain = await world.chain_domain("owner", start=start)
+    await world.conn.define_xml(world.xml("reader", disks=[("vda", str(chain.snap1), "qcow2")]))
+    with pytest.raises(SharedImageError) as caught:
+        await dom.block_commit("vda", pivot=True)  # into base, which reader reads below snap1
+    assert (caught.value.path, caught.value.domains) == (str(chain.base), ["reader"])
+    assert await dom.block_job("vda") is None
+    assert await (await dom.block_commit("vda", shallow=True, pivot=True)) == BlockJobStatus.COMPLETED
+    job = await dom.block_commit("vda", allow_shared_base=True, pivot=True)
+    assert await job == BlockJobStatus.COMPLETED
+    assert await _paths(dom) == [str(chain.base)]
+    if start:
+        await dom.destroy()

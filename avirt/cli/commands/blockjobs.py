@@ -310,7 +310,7 @@ async def _blockcommit(ctx: Context, args: argparse.Namespace) -> int:
         await _no_job_in_the_way(ctx, dom, disk)
         job = await dom.block_commit(disk, base=args.base, top=args.top, shallow=args.shallow,
                                      delete=args.delete, relative=args.keep_relative,
-                                     bandwidth=args.bandwidth)
+                                     bandwidth=args.bandwidth, allow_shared_base=args.allow_shared_base)
         if not (args.wait or args.pivot or args.verbose or job.offline):
             return await _started(ctx, dom, job)
         if not await _follow(ctx, job, verbose=args.verbose):
@@ -345,6 +345,8 @@ def _blockcommit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delete", action="store_true", help="delete the committed images once done")
     parser.add_argument("--keep-relative", action="store_true",
                         help="write a relative backing file name into the image above top")
+    parser.add_argument("--allow-shared-base", action="store_true",
+                        help="commit even into a base that other domains' disks read")
     _job_options(parser, wait="the job has ended (an active commit: until it is ready)",
                  pivot="an active commit: once ready, make base the active image")
 

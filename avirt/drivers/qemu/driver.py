@@ -35,10 +35,10 @@ from avirt.errors import (
     DomainStartError,
     HostError,
     ImageError,
-    ImageLockedError,
     OperationInvalidError,
     OperationTimeoutError,
     QMPError,
+    SharedImageError,
 )
 from avirt.events.bus import EventBus
 from avirt.events.model import (
@@ -57,7 +57,8 @@ from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo
 from avirt.offline.imagejob import ImageJobRunner
 from avirt.offline.plan import OfflinePlan, commit_plan, pull_plan
-from avirt.offline.qemu_img import ChainEntry, allocated_bytes, backing_chain, create_overlay
+from avirt.offline.qemu_img import ChainEntry, backing_chain, create_overlay, image_chain
+from avirt.offline.safety import chain_users, check_commit_space, unlocked_chain
 from avirt.qmp.monitor import Monitor, MonitorClosedError
 from avirt.tasks import TaskOwner
 
@@ -347,7 +348,7 @@ class QemuDriver(Driver):
 
     async def block_commit(self, name: str, disk: str, *, base: str | None, top: str | None,
                            shallow: bool, delete: bool, relative: bool, bandwidth: int | None,
-                           pivot: bool) -> BlockJob:
+                           pivot: bool, allow_shared_base: bool = False) -> BlockJob:
         """Online or offline is decided here, by the domain's state: QMP if QEMU runs, else qemu-img."""
         guest = self._find(name)
         async with guest.lock:
@@ -356,10 +357,13 @@ class QemuDriver(Driver):
                     raise OperationInvalidError("qemu-img runs at full speed: no bandwidth offline")
                 chain = await self._offline_chain(guest, disk)
                 where = plan_commit([e.path for e in chain], disk, base=base, top=top, shallow=shallow)
+                await self._refuse_shared_base(guest, chain[where.base].path, allow_shared_base)
+                await check_commit_space(self.host, chain, where.top, where.base)
                 return await self._start_offline(
                     guest, disk, JobKind.ACTIVE_COMMIT if where.active else JobKind.COMMIT,
                     commit_plan(chain, where.top, where.base, relative=relative), delete=delete)
             plan = self.jobs.plan_commit(guest, disk, base=base, top=top, shallow=shallow)
+            await self._refuse_shared_base(guest, guest.chains[disk][-1 - plan.base].path, allow_shared_base)
             return await self.jobs.commit(guest, plan, delete=delete, relative=relative,
                                           bandwidth=bandwidth, pivot=pivot)
 
@@ -401,15 +405,18 @@ class QemuDriver(Driver):
             raise OperationInvalidError(f"domain '{guest.name}' has no disk {disk}")
         if (guest.name, disk) in self._offline_jobs:
             raise OperationInvalidError(f"disk {disk} of '{guest.name}' already has a block job")
-        chain = await backing_chain(self.host, target.source, target.format)
-        # Touch no byte of an image that another process holds: qemu-img's own lock check, up front.
-        for entry in chain:
-            result = await self.host.run(["qemu-img", "info", "--output=json", "-f", entry.format,
-                                          entry.path])
-            if result.returncode != 0 and "lock" in result.stderr:
-                raise ImageLockedError(f"{entry.path} is in use by another process: {result.stderr.strip()}",
-                                       result.returncode, result.stderr)
-        return chain
+        # Touch no byte of an image that another process holds: qemu-img's own lock probe, up front.
+        return await unlocked_chain(self.host, target.source, target.format)
+
+    async def _refuse_shared_base(self, guest: Guest, base: str, allow: bool) -> None:
+        """A commit must not change what other domains' disks read, unless the caller allows it."""
+        if allow:
+            return
+        disks = [(other.name, disk.source, disk.format) for other in self._guests.values()
+                 if other is not guest for disk in other.config.disks if disk.source]
+        users = await chain_users(self.host, base, disks)
+        if users:
+            raise SharedImageError(base, users)
 
     async def _start_offline(self, guest: Guest, disk: str, kind: JobKind, plan: OfflinePlan, *,
                              delete: bool) -> BlockJob:
@@ -443,9 +450,7 @@ class QemuDriver(Driver):
         target = guest.config.disk(disk)
         if target is None or target.source is None:
             raise OperationInvalidError(f"domain '{name}' has no disk {disk}")
-        entries = await backing_chain(self.host, target.source, target.format)
-        return [ImageInfo(e.path, e.format, e.virtual_size, e.actual_size,
-                          await allocated_bytes(self.host, e.path, e.format)) for e in entries]
+        return await image_chain(self.host, target.source, target.format)
 
     async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
         guest = self._find(name)

@@ -29,7 +29,13 @@ from avirt.drivers.qemu.blockjobs import plan_commit, resolve_index
 from avirt.drivers.test import images as ops
 from avirt.drivers.test.images import Image, ImageStore, declared_chains
 from avirt.drivers.test.jobs import SimulatedJobs
-from avirt.errors import DomainStartError, ImageError, ImageLockedError, OperationInvalidError
+from avirt.errors import (
+    DomainStartError,
+    ImageError,
+    ImageLockedError,
+    OperationInvalidError,
+    SharedImageError,
+)
 from avirt.events.model import BlockJobEvent, BlockJobStatus, JobKind
 from avirt.jobs import BlockJob, JobPhase
 
@@ -84,6 +90,14 @@ class Disks:
                     if writes or id(image) not in users:
                         users[id(image)] = (dom.name, writes)
         return users
+
+    def _refuse_shared_base(self, dom: SimDomain, base: Image) -> None:
+        """As the QEMU driver: no commit into a base that another domain's disk reads."""
+        readers = [other.name for other in self._driver.domains() if other is not dom
+                   and any(image is base for disk in other.config.disks
+                           for image in self._chain_or_none(disk.source))]
+        if readers:
+            raise SharedImageError(base.path, readers)
 
     def _chain_or_none(self, path: str | None) -> list[Image]:
         try:
@@ -155,7 +169,7 @@ class Disks:
         return [disk for (owner, disk), job in self._jobs.items() if owner == name and job.offline]
 
     def commit(self, dom: SimDomain, disk: str, *, base: str | None, top: str | None, shallow: bool,
-               delete: bool, bandwidth: int | None, pivot: bool) -> BlockJob:
+               delete: bool, bandwidth: int | None, pivot: bool, allow_shared_base: bool = False) -> BlockJob:
         if dom.active:
             chain = self.chain(dom, disk)
             where = plan_commit(_paths(chain), disk, base=base, top=top, shallow=shallow)
@@ -164,6 +178,8 @@ class Disks:
             chain = self._offline_chain(dom, disk, bandwidth)
             where = plan_commit(_paths(chain), disk, base=base, top=top, shallow=shallow)
         committed, into = chain[where.top:where.base], chain[where.base]
+        if not allow_shared_base:
+            self._refuse_shared_base(dom, into)
 
         def apply() -> None:
             ops.commit(chain, where.top, where.base)

@@ -317,9 +317,10 @@ class TestDriver(Driver):
 
     async def block_commit(self, name: str, disk: str, *, base: str | None, top: str | None,
                            shallow: bool, delete: bool, relative: bool, bandwidth: int | None,
-                           pivot: bool) -> BlockJob:
+                           pivot: bool, allow_shared_base: bool = False) -> BlockJob:
         return self.disks.commit(await self.find(name), disk, base=base, top=top, shallow=shallow,
-                                 delete=delete, bandwidth=bandwidth, pivot=pivot)
+                                 delete=delete, bandwidth=bandwidth, pivot=pivot,
+                                 allow_shared_base=allow_shared_base)
 
     async def block_pull(self, name: str, disk: str, *, base: str | None,
                          bandwidth: int | None) -> BlockJob:
