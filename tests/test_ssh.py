@@ -10,6 +10,7 @@ import os
 import resource
 import secrets
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,8 @@ import pytest
 import avirt
 from avirt import BlockJobStatus, ControlErrorEvent, DomainState, EventKind, LifecycleEvent
 from avirt.errors import DomainStartError, HostError
+from avirt.hosts.base import Host
+from avirt.hosts.local import LocalHost
 from avirt.hosts.ssh import SSHHost, SSHTarget
 from tests.events_help import read_until
 from tests.images import GUEST_VIEW, backing_chain, check, make_chain, reads
@@ -210,3 +213,41 @@ async def test_an_sshd_out_of_file_descriptors_is_named_as_the_cause(
                 await dom.destroy()
     finally:
         server.stop()
+
+
+# A parent that never reaps: its child spins a moment, says so, then idles until killed, and stays a zombie.
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "sum(range(10**7)); print('ready', flush=True); import time; time.sleep(600)"])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+async def test_hosts_agree_on_process_liveness_and_cpu_time(sshd: SSHServer, kind: str) -> None:
+    host: Host = LocalHost() if kind == "local" else SSHHost(
+        SSHTarget("127.0.0.1", sshd.port, sshd.user, str(sshd.keyfile), str(sshd.known_hosts)))
+    await host.open()
+    parent = await anyio.open_process([sys.executable, "-c", PARENT])
+    try:
+        assert parent.stdout is not None
+        lines = b""
+        with anyio.fail_after(60):
+            while b"ready" not in lines:  # the child's pid, then its "ready" once it has used CPU
+                lines += await parent.stdout.receive()
+        pid = int(lines.split()[0])
+        assert await host.pid_alive(pid)
+        assert await host.cpu_time_ns(pid) > 0
+        pidfd = os.pidfd_open(pid)
+        os.kill(pid, signal.SIGKILL)
+        with anyio.fail_after(30):
+            await anyio.wait_readable(pidfd)  # exited; its parent does not reap it: a zombie
+        os.close(pidfd)
+        assert not await host.pid_alive(pid)  # whatever kill -0 would say
+        assert await host.pid_alive(parent.pid)
+    finally:
+        parent.kill()
+        await parent.wait()
+        await host.aclose()

@@ -321,17 +321,30 @@ class SSHHost(Host):
         self._lost(conn)  # the watcher only ends with the connection
 
     async def pid_alive(self, pid: int) -> bool:
-        return pid > 0 and (await self.run(["kill", "-0", str(pid)])).returncode == 0
+        stat = await self._proc_stat(pid) if pid > 0 else None
+        return stat is not None and stat[0] != "Z"  # a zombie has exited (as a pidfd says locally)
 
     async def kill(self, pid: int, signal: int) -> None:
         await self.run(["kill", f"-{int(signal)}", str(pid)])  # a process already gone is not an error
 
     async def cpu_time_ns(self, pid: int) -> int:
-        result = await self.run(["cat", f"/proc/{pid}/stat"])
-        if result.returncode != 0:
+        stat = await self._proc_stat(pid)
+        if stat is None:
             return 0
-        fields = result.stdout[result.stdout.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // self.clock_ticks
+        return (int(stat[11]) + int(stat[12])) * 1_000_000_000 // self.clock_ticks
+
+    async def _proc_stat(self, pid: int) -> list[str] | None:
+        """The fields of /proc/PID/stat after the command name (state first), read over SFTP: a remote
+        command costs a run of the user's login shell, a file read a fraction of a millisecond."""
+        async with self._remote(f"reading /proc/{pid}/stat"):
+            try:
+                # procfs files have no size: ask for a length rather than "to the end".
+                async with self._files().open(f"/proc/{pid}/stat", "rb") as f:
+                    data: bytes = await f.read(4096)
+            except asyncssh.SFTPError:
+                return None
+        text = data.decode(errors="replace")
+        return text[text.rindex(")") + 2 :].split() if ")" in text else None
 
     # -- files -------------------------------------------------------------------------------------------
 
