@@ -1,4 +1,5 @@
-"""One world per driver: every conformance test runs once on real QEMU and once on ``test:///default``.
+"""One world per driver: every conformance test runs on real QEMU (on this machine, and on a host reached
+over SSH, tests/sshd.py) and on ``test:///default``.
 
 A test receives a :class:`World`: a connection and the few things that must differ between the drivers,
 kept here so that the tests themselves are the same code for both:
@@ -28,10 +29,11 @@ from avirt import Domain
 from avirt.connection import Connection
 from tests.guest import BASE_CMDLINE, GuestImages
 from tests.images import Chain, make_chain
+from tests.sshd import SSHServer
 from tests.waiting import wait_for_serial
 from tests.xmls import XMLFactory
 
-DRIVERS = ("qemu", "test")
+DRIVERS = ("qemu", "ssh", "test")
 
 
 @dataclass
@@ -45,7 +47,8 @@ class World:
 
     @property
     def qemu(self) -> bool:
-        return self.driver == "qemu"
+        """Real QEMU (local or over SSH)."""
+        return self.driver != "test"
 
     def chain(self, directory: str = "chain") -> Chain:
         """The four-layer chain (base <- snap1 <- snap2 <- active): files on QEMU, names elsewhere."""
@@ -96,8 +99,13 @@ def chain_disk(target: str, chain: Chain) -> str:
 @pytest.fixture(params=DRIVERS)
 async def world(request: pytest.FixtureRequest, state_dir: Path, xml: XMLFactory,
                 tmp_path: Path) -> AsyncIterator[World]:
-    uri = "qemu:///session" if request.param == "qemu" else "test:///default"
-    async with avirt.connect(uri, state_dir=state_dir) as conn:
+    if request.param == "ssh":
+        server: SSHServer = request.getfixturevalue("sshd")
+        uri, local_state = server.uri(state_dir), None
+    else:
+        uri = "qemu:///session" if request.param == "qemu" else "test:///default"
+        local_state = state_dir
+    async with avirt.connect(uri, state_dir=local_state) as conn:
         if request.param == "test":
             builtin = await conn.lookup("test")
             await builtin.destroy()
