@@ -74,17 +74,17 @@ class ImageJobRunner:
         done = 0.0
         self._progress[job.id] = (0, size)
         try:
-            for step in steps:
+            for number, step in enumerate(steps, 1):
                 def report(percent: float, before: float = done, weight: float = step.weight) -> None:
                     self._progress[job.id] = (int((before + weight * percent / 100) / total * size), size)
 
-                await self._run_step(job, step, report)
+                finished = await self._run_step(job, step, report)
                 done += step.weight
-                if job.id in self._cancelled:
-                    break
-            if job.id in self._cancelled:
-                job.conclude(BlockJobStatus.CANCELED)
-                return None
+                if job.id in self._cancelled and not (finished and number == len(steps)):
+                    # A cancel that came after the last step had finished is too late: the work is done,
+                    # and the job completes (and says so) like any other.
+                    job.conclude(BlockJobStatus.CANCELED)
+                    return None
             await on_success()
             self._progress[job.id] = (size, size)
             job.conclude(BlockJobStatus.COMPLETED)
@@ -102,7 +102,8 @@ class ImageJobRunner:
             self._progress.pop(job.id, None)
             self._cancelled.discard(job.id)
 
-    async def _run_step(self, job: BlockJob, step: Step, report: Callable[[float], None]) -> None:
+    async def _run_step(self, job: BlockJob, step: Step, report: Callable[[float], None]) -> bool:
+        """Run one step; True if it ran to its end (status 0), False if a cancel stopped it."""
         process = await self.host.spawn(step.argv)
         self._processes[job.id] = process
         if job.id in self._cancelled:  # abort() came before the process existed
@@ -121,6 +122,7 @@ class ImageJobRunner:
             error = ImageLockedError if "lock" in text else ImageError
             raise error(f"{step.argv[0]} {step.argv[1]} failed: {text or f'status {returncode}'}",
                         returncode, text)
+        return returncode == 0
 
     # -- JobBackend --------------------------------------------------------------------------------------
 
