@@ -11,38 +11,98 @@ One event loop drives many QEMU guests over their QMP monitors, with libvirt's d
         await dom.shutdown(wait=30)
 
 Guests outlive the controller: a later ``connect()`` to the same state directory finds them running.
+
+Importing ``avirt`` is cheap: each public name is imported on first use (the ``avirt`` command's
+``--help`` must not pay for lxml, asyncio and both drivers).
 """
 
-from avirt import errors, fleet, offline
-from avirt.connection import Connection, connect
-from avirt.domain import Domain
-from avirt.events import (
-    BalloonChangeEvent,
-    BlockJobEvent,
-    BlockJobStatus,
-    BlockThresholdEvent,
-    ControlErrorEvent,
-    DeviceRemovedEvent,
-    Event,
-    EventKind,
-    EventStream,
-    IOErrorEvent,
-    JobKind,
-    LifecycleEvent,
-    LifecycleType,
-    PMEvent,
-    PMWakeupEvent,
-    QMPEvent,
-    RebootEvent,
-    RTCChangeEvent,
-    Subscription,
-    TrayChangeEvent,
-    WatchdogEvent,
-)
-from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
-from avirt.models import DomainInfo, DomainState, ImageInfo
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from avirt import errors, fleet, offline
+    from avirt.connection import Connection, connect
+    from avirt.domain import Domain
+    from avirt.events import (
+        BalloonChangeEvent,
+        BlockJobEvent,
+        BlockJobStatus,
+        BlockThresholdEvent,
+        ControlErrorEvent,
+        DeviceRemovedEvent,
+        Event,
+        EventKind,
+        EventStream,
+        IOErrorEvent,
+        JobKind,
+        LifecycleEvent,
+        LifecycleType,
+        PMEvent,
+        PMWakeupEvent,
+        QMPEvent,
+        RebootEvent,
+        RTCChangeEvent,
+        Subscription,
+        TrayChangeEvent,
+        WatchdogEvent,
+    )
+    from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
+    from avirt.models import DomainInfo, DomainState, ImageInfo
 
 __version__ = "0.1.0"
+
+#: Where each public name lives.
+_NAMES = {
+    "Connection": "avirt.connection",
+    "connect": "avirt.connection",
+    "Domain": "avirt.domain",
+    "BalloonChangeEvent": "avirt.events",
+    "BlockJobEvent": "avirt.events",
+    "BlockJobStatus": "avirt.events",
+    "BlockThresholdEvent": "avirt.events",
+    "ControlErrorEvent": "avirt.events",
+    "DeviceRemovedEvent": "avirt.events",
+    "Event": "avirt.events",
+    "EventKind": "avirt.events",
+    "EventStream": "avirt.events",
+    "IOErrorEvent": "avirt.events",
+    "JobKind": "avirt.events",
+    "LifecycleEvent": "avirt.events",
+    "LifecycleType": "avirt.events",
+    "PMEvent": "avirt.events",
+    "PMWakeupEvent": "avirt.events",
+    "QMPEvent": "avirt.events",
+    "RebootEvent": "avirt.events",
+    "RTCChangeEvent": "avirt.events",
+    "Subscription": "avirt.events",
+    "TrayChangeEvent": "avirt.events",
+    "WatchdogEvent": "avirt.events",
+    "BlockJob": "avirt.jobs",
+    "BlockJobInfo": "avirt.jobs",
+    "JobPhase": "avirt.jobs",
+    "DomainInfo": "avirt.models",
+    "DomainState": "avirt.models",
+    "ImageInfo": "avirt.models",
+}
+_MODULES = ("errors", "fleet", "offline")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value: Any = importlib.import_module(f"avirt.{name}")
+    elif name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    else:
+        raise AttributeError(f"module 'avirt' has no attribute {name!r}")
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_NAMES, *_MODULES])
+
 
 __all__ = [
     "BalloonChangeEvent",

@@ -166,6 +166,25 @@ def define_and_start(cli: CLI, tmp_path: Path, xml: XMLFactory, *names: str) -> 
 # -- help ------------------------------------------------------------------------------------------------
 
 
+HELP_ONLY = """
+import sys
+sys.argv = ["avirt", "--help"]
+from avirt.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+heavy = ("lxml", "asyncssh", "qemu.qmp", "avirt.connection", "avirt.drivers.qemu.driver")
+print(" ".join(m for m in heavy if m in sys.modules) or "none")
+"""
+
+
+def test_help_loads_no_driver_nor_xml_library() -> None:
+    # What keeps `avirt --help` quick: the package imports its names on first use.
+    result = subprocess.run([sys.executable, "-c", HELP_ONLY], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "none", result.stderr
+
+
 def test_help_lists_every_command() -> None:
     result = subprocess.run([avirt_executable(), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
