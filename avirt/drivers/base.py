@@ -3,8 +3,8 @@
 ``Connection`` and ``Domain`` check arguments and then make exactly one call into a :class:`Driver`;
 everything hypervisor-specific happens below this line. A driver names domains by their (unique) name.
 Drivers: ``drivers/qemu/`` (real QEMU guests) and ``drivers/test/`` (in memory, ``test:///default``).
-The two policies every driver applies the same way are here too: :func:`assign_macs` and
-:func:`overlay_path`.
+What every driver shares is here too: a domain's record (:class:`DomainRecord`: its definitions, state and
+the table of which call each state allows) and two policies, :func:`assign_macs` and :func:`overlay_path`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from avirt.config.model import DomainConfig
+from avirt.errors import OperationInvalidError
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -27,6 +28,53 @@ class DomainRef:
 
     name: str
     uuid: str
+
+
+S = DomainState
+
+#: Which states each lifecycle call accepts (anything else is an OperationInvalidError, at once).
+ALLOWED: dict[str, frozenset[DomainState]] = {
+    "start": frozenset({S.SHUTOFF}),
+    "shutdown": frozenset({S.RUNNING, S.PAUSED}),
+    "reboot": frozenset({S.RUNNING}),
+    "reset": frozenset({S.RUNNING, S.PAUSED, S.CRASHED, S.PMSUSPENDED}),
+    "suspend": frozenset({S.RUNNING, S.PAUSED}),
+    "resume": frozenset({S.PAUSED}),
+    "destroy": frozenset(set(S) - {S.SHUTOFF}),
+}
+
+
+@dataclass
+class DomainRecord:
+    """What a driver knows of one domain whatever runs it; each driver's record adds its own fields."""
+
+    name: str
+    uuid: str
+    #: The persistent definition; None for a transient domain.
+    definition: DomainConfig | None
+    state: DomainState = S.SHUTOFF
+    reason: str = "unknown"
+    #: The definition the running domain was started with (its disks follow block jobs); None while off.
+    live: DomainConfig | None = None
+
+    @property
+    def config(self) -> DomainConfig:
+        cfg = self.live or self.definition
+        assert cfg is not None, "a domain always has a live or a persistent definition"
+        return cfg
+
+    @property
+    def persistent(self) -> bool:
+        return self.definition is not None
+
+    @property
+    def active(self) -> bool:
+        return self.state is not S.SHUTOFF
+
+    def require(self, call: str) -> None:
+        if self.state not in ALLOWED[call]:
+            raise OperationInvalidError(
+                f"cannot {call} domain '{self.name}': it is {self.state.value} ({self.reason})")
 
 
 class Driver(ABC):

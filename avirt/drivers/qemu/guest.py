@@ -28,9 +28,9 @@ from typing import Any
 import anyio
 
 from avirt.config.model import DomainConfig
+from avirt.drivers.base import DomainRecord
 from avirt.drivers.qemu.cmdline import Layer
 from avirt.drivers.qemu.process import QemuProcess
-from avirt.errors import OperationInvalidError
 from avirt.events.model import JobKind, LifecycleType
 from avirt.events.translate import Names, lifecycle_for
 from avirt.models import DomainState
@@ -50,17 +50,6 @@ STATUS_TO_STATE: dict[str, tuple[DomainState, str]] = {
     "suspended": (S.PMSUSPENDED, "unknown"),
 }
 
-#: Which states each lifecycle call accepts.
-ALLOWED: dict[str, frozenset[DomainState]] = {
-    "start": frozenset({S.SHUTOFF}),
-    "shutdown": frozenset({S.RUNNING, S.PAUSED}),
-    "reboot": frozenset({S.RUNNING}),
-    "reset": frozenset({S.RUNNING, S.PAUSED, S.CRASHED, S.PMSUSPENDED}),
-    "suspend": frozenset({S.RUNNING, S.PAUSED}),
-    "resume": frozenset({S.PAUSED}),
-    "destroy": frozenset(set(S) - {S.SHUTOFF}),
-}
-
 
 class Reaction(enum.Enum):
     """What the driver must do after an event."""
@@ -72,15 +61,8 @@ class Reaction(enum.Enum):
 
 
 @dataclass
-class Guest:
-    name: str
-    uuid: str
-    #: The persistent definition; None for a transient domain.
-    definition: DomainConfig | None
-    state: DomainState = S.SHUTOFF
-    reason: str = "unknown"
-    #: The definition the running QEMU was started with, and each disk's chain (bottom first).
-    live: DomainConfig | None = None
+class Guest(DomainRecord):
+    #: Each disk's chain in the running QEMU (bottom first).
     chains: dict[str, list[Layer]] = field(default_factory=dict)
     process: QemuProcess | None = None
     #: Serialises state-changing calls; queries never take it.
@@ -116,25 +98,6 @@ class Guest:
         depth = len(layers) - int(index)
         return target if depth == 0 else f"{target}[{depth}]"
 
-    @property
-    def config(self) -> DomainConfig:
-        cfg = self.live or self.definition
-        assert cfg is not None, "a guest always has a live or a persistent definition"
-        return cfg
-
-    @property
-    def persistent(self) -> bool:
-        return self.definition is not None
-
-    @property
-    def active(self) -> bool:
-        return self.state is not S.SHUTOFF
-
-    def require(self, call: str) -> None:
-        if self.state not in ALLOWED[call]:
-            raise OperationInvalidError(
-                f"cannot {call} domain '{self.name}': it is {self.state.value} ({self.reason})"
-            )
 
     def set_state(self, state: DomainState, reason: str, *, detail: str | None = None,
                   announce: bool = True) -> None:

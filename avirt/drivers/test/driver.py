@@ -1,7 +1,7 @@
 """The test driver's entry points: definitions, lifecycle and queries, all in memory.
 
 A domain here is a :class:`SimDomain`: its definitions and a state. Each call checks the state with the
-QEMU driver's own table (``drivers/qemu/guest.py``'s ``ALLOWED``, same error and message) and then moves
+table both drivers share (``drivers/base.py``'s ``ALLOWED``, same error and message) and then moves
 the state at once, announcing each change through :func:`~avirt.events.translate.lifecycle_for`, the table
 the QEMU driver announces with, so the lifecycle events are the same, in the same order.
 
@@ -26,8 +26,7 @@ import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
-from avirt.drivers.base import DomainRef, Driver, assign_macs
-from avirt.drivers.qemu.guest import ALLOWED
+from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
 from avirt.errors import (
@@ -48,15 +47,7 @@ S = DomainState
 
 
 @dataclass
-class SimDomain:
-    name: str
-    uuid: str
-    #: The persistent definition; None for a transient domain.
-    definition: DomainConfig | None
-    state: DomainState = S.SHUTOFF
-    reason: str = "unknown"
-    #: The definition the domain runs with (its disks follow block jobs); None while shut off.
-    live: DomainConfig | None = None
+class SimDomain(DomainRecord):
     id: int | None = None
     started_at: float = 0.0
     #: Set once the current run has ended.
@@ -67,24 +58,6 @@ class SimDomain:
     button_pressed: bool = False
     reboot_pending: bool = False
 
-    @property
-    def config(self) -> DomainConfig:
-        cfg = self.live or self.definition
-        assert cfg is not None, "a domain always has a live or a persistent definition"
-        return cfg
-
-    @property
-    def persistent(self) -> bool:
-        return self.definition is not None
-
-    @property
-    def active(self) -> bool:
-        return self.state is not S.SHUTOFF
-
-    def require(self, call: str) -> None:
-        if self.state not in ALLOWED[call]:
-            raise OperationInvalidError(
-                f"cannot {call} domain '{self.name}': it is {self.state.value} ({self.reason})")
 
 
 class TestDriver(Driver):
