@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import uuid as uuid_mod
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from avirt.config.model import DomainConfig
-from avirt.errors import OperationInvalidError
+from avirt.errors import DomainNotFoundError, OperationInvalidError
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -75,6 +76,23 @@ class DomainRecord:
         if self.state not in ALLOWED[call]:
             raise OperationInvalidError(
                 f"cannot {call} domain '{self.name}': it is {self.state.value} ({self.reason})")
+
+
+R = TypeVar("R", bound=DomainRecord)
+
+
+def find_record(records: dict[str, R], name_or_uuid: str) -> R:
+    """A domain by name, or by UUID in any spelling; DomainNotFoundError otherwise."""
+    record = records.get(name_or_uuid)
+    if record is None:
+        try:
+            wanted = str(uuid_mod.UUID(name_or_uuid))
+        except ValueError:
+            wanted = None
+        record = next((r for r in records.values() if r.uuid == wanted), None)
+    if record is None:
+        raise DomainNotFoundError(f"no domain with name or uuid '{name_or_uuid}'")
+    return record
 
 
 class Driver(ABC):

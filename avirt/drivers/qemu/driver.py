@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import uuid as uuid_mod
 from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
@@ -23,7 +22,7 @@ import anyio
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
-from avirt.drivers.base import DomainRef, Driver, assign_macs, overlay_path
+from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
@@ -31,7 +30,6 @@ from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import StateDir
 from avirt.errors import (
     DomainExistsError,
-    DomainNotFoundError,
     DomainStartError,
     HostError,
     ImageError,
@@ -185,16 +183,7 @@ class QemuDriver(Driver):
                 del self._guests[name]
 
     def _find(self, name_or_uuid: str) -> Guest:
-        guest = self._guests.get(name_or_uuid)
-        if guest is None:
-            try:
-                wanted = str(uuid_mod.UUID(name_or_uuid))
-            except ValueError:
-                wanted = None
-            guest = next((g for g in self._guests.values() if g.uuid == wanted), None)
-        if guest is None:
-            raise DomainNotFoundError(f"no domain with name or uuid '{name_or_uuid}'")
-        return guest
+        return find_record(self._guests, name_or_uuid)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import uuid as uuid_mod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +25,11 @@ import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
-from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs
+from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
 from avirt.errors import (
     DomainExistsError,
-    DomainNotFoundError,
     OperationInvalidError,
     OperationTimeoutError,
     UnsupportedError,
@@ -151,16 +149,7 @@ class TestDriver(Driver):
     async def find(self, name_or_uuid: str) -> SimDomain:
         """The domain by name or UUID (any spelling); a checkpoint first, as every driver call has one."""
         await anyio.lowlevel.checkpoint()
-        dom = self._domains.get(name_or_uuid)
-        if dom is None:
-            try:
-                wanted = str(uuid_mod.UUID(name_or_uuid))
-            except ValueError:
-                wanted = None
-            dom = next((d for d in self._domains.values() if d.uuid == wanted), None)
-        if dom is None:
-            raise DomainNotFoundError(f"no domain with name or uuid '{name_or_uuid}'")
-        return dom
+        return find_record(self._domains, name_or_uuid)
 
     def domains(self) -> list[SimDomain]:
         return list(self._domains.values())
