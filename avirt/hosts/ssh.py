@@ -4,7 +4,7 @@ The remote host needs QEMU, qemu-img, a POSIX shell with coreutils and util-linu
 no avirt code runs there. Everything is multiplexed over one connection:
 
 * **Commands** run in session channels. Each argv is quoted with :func:`shlex.join` for the remote shell,
-  never built as a string, and started with ``exec`` so that signals reach the command itself. OpenSSH
+  never built as a string, and started with ``exec`` so that its pid (printed first) is the command's. OpenSSH
   allows ``MaxSessions`` (10 by default) sessions per connection; the host keeps a few for its own long
   sessions and lets at most :data:`MAX_COMMANDS` commands run at once, the others wait their turn.
 * **Guests** start with QEMU's ``-daemonize``: its parent exits only once the monitor socket listens, so
@@ -258,12 +258,18 @@ class SSHHost(Host):
         await self._commands.acquire()
         try:
             async with self._remote(f"{argv[0]}") as conn:
-                process = await conn.create_process("exec " + shlex.join(argv) + " </dev/null",
+                # The shell says its pid, then becomes the command: that pid is the command's, to signal.
+                process = await conn.create_process("echo $$; exec " + shlex.join(argv) + " </dev/null",
                                                     encoding=None)
+                pid = int((await process.stdout.readline()).strip() or -1)
         except BaseException:
             self._commands.release()
             raise
-        return RemoteProcess(process, self._commands)
+        return RemoteProcess(process, self._commands, pid, self._send_signal)
+
+    def _send_signal(self, pid: int, signal: int) -> None:
+        if pid > 0 and self._conn is not None:
+            self._tasks.start_soon(self.kill, pid, signal, name=f"ssh-kill-{pid}")
 
     async def start_detached(
         self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str

@@ -3,9 +3,9 @@
 Two adapters, so that nothing above ``hosts/`` sees asyncssh:
 
 * :class:`RemoteProcess` presents a command running on the remote host as an :class:`anyio.abc.Process`:
-  ``stdout``/``stderr`` are anyio byte streams, ``send_signal`` becomes an SSH ``signal`` channel request
-  (OpenSSH 7.9 and later deliver it to the command, which the host starts with ``exec`` so that the
-  signal reaches it rather than a shell).
+  ``stdout``/``stderr`` are anyio byte streams, and ``send_signal`` becomes a ``kill`` of the command's
+  remote pid (which the command's shell printed before ``exec``-ing it). SSH's own ``signal`` channel
+  request is not used: OpenSSH 9.2 accepts it and delivers nothing.
 * :func:`bridge` joins a channel to a remote unix socket (``direct-streamlocal``) with one end of a local
   socket pair: the QMP client gets an ordinary connected socket and never learns that its QEMU is remote.
 """
@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import signal as signal_mod
 import socket
+from collections.abc import Callable
 
 import anyio
 import asyncssh
@@ -55,8 +56,11 @@ class _Send(ByteSendStream):
 class RemoteProcess(Process):
     """A command on the remote host, seen through its SSH session channel."""
 
-    def __init__(self, process: SSHClientProcess[bytes], release: anyio.Semaphore) -> None:
+    def __init__(self, process: SSHClientProcess[bytes], release: anyio.Semaphore, pid: int,
+                 signal: Callable[[int, int], None]) -> None:
         self._process = process
+        self._pid = pid
+        self._signal = signal  # (pid, signal): sends it on the remote host, without waiting
         self._release = release  # the session slot it holds, given back once it ends
         self._stdin = _Send(process.stdin)
         self._stdout = _Receive(process.stdout)
@@ -83,14 +87,12 @@ class RemoteProcess(Process):
         self.send_signal(signal_mod.SIGKILL)
 
     def send_signal(self, signal: int) -> None:
-        if self._process.is_closing():
-            return
-        with contextlib.suppress(OSError):
-            self._process.send_signal(signal_mod.Signals(signal).name.removeprefix("SIG"))
+        if self._process.exit_status is None and self._process.exit_signal is None:
+            self._signal(self._pid, signal)
 
     @property
     def pid(self) -> int:
-        return -1  # the remote pid is not known here, and signals do not need it
+        return self._pid  # on the remote host
 
     @property
     def returncode(self) -> int | None:
