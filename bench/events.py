@@ -150,6 +150,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import rawqemu
+from lifecycle import grow_worker_pool, guest_xml, proc_status, rss_kib
 from qemu.qmp import EventListener, QMPClient
 from rawqemu import RawGuest, count_qemu_processes, kill_leftovers, our_qemu_pids
 
@@ -202,27 +203,7 @@ TARGETS = {
 }
 
 
-def guest_xml(name: str, accel: str) -> str:
-    dom_type = "kvm" if accel == "kvm" else "qemu"
-    return (f"<domain type='{dom_type}'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
-            "<os><type arch='x86_64' machine='q35'>hvm</type></os><features><acpi/></features></domain>")
-
-
 # -- small helpers --------------------------------------------------------------------------------------
-
-
-def proc_status(field_name: str) -> int:
-    """An integer field of /proc/self/status (VmRSS is in KiB)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise KeyError(field_name)
-
-
-def rss_kib() -> int:
-    gc.collect()
-    return proc_status("VmRSS")
 
 
 def mem_available_kib() -> int:
@@ -243,22 +224,6 @@ def raise_nofile() -> list[int]:
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return list(resource.getrlimit(resource.RLIMIT_NOFILE))
-
-
-async def grow_worker_pool(threads: int) -> int:
-    """Grow anyio's worker-thread pool to the size a concurrent round may use, so those threads' stacks
-    are not charged to guests (see bench/lifecycle.py). Returns its RSS (KiB)."""
-    before = rss_kib()
-    async with anyio.create_task_group() as group:
-        for _ in range(threads):
-            group.start_soon(anyio.to_thread.run_sync, time.sleep, 0.05)
-    return rss_kib() - before
-
-
-
-
-
-
 
 
 def cpu_ticks(pids: Sequence[int]) -> int:

@@ -220,6 +220,24 @@ async def _quietly(func: Callable[..., Awaitable[Any]], *args: Any) -> None:
 # -- avirt cleanup --------------------------------------------------------------------------------------
 
 
+async def timed_cycle(conn: avirt.Connection, name: str, accel: str,
+                      doms: list[avirt.Domain]) -> dict[str, float]:
+    """One define + start + destroy + undefine through ``conn``: seconds per phase and in all. The domain
+    sits in ``doms`` while it exists, so that a failure's clean-up finds it."""
+    t0 = time.perf_counter()
+    dom = await conn.define_xml(guest_xml(name, accel))
+    doms.append(dom)
+    t1 = time.perf_counter()
+    await shielded(dom.start, paused=False)
+    t2 = time.perf_counter()
+    await dom.destroy()
+    t3 = time.perf_counter()
+    await dom.undefine()
+    t4 = time.perf_counter()
+    doms.remove(dom)
+    return {"total": t4 - t0, "define": t1 - t0, "start": t2 - t1, "destroy": t3 - t2, "undefine": t4 - t3}
+
+
 async def avirt_cleanup(doms: Sequence[avirt.Domain]) -> None:
     """Destroy whatever still runs and undefine everything (shielded: also runs on Ctrl-C)."""
 
@@ -261,20 +279,9 @@ async def single(runs: int, accel_opt: str) -> tuple[dict[str, Any], dict[str, A
                            "accel": accel}
 
                 async def avirt_cycle(name: str, record: bool) -> None:
-                    t0 = time.perf_counter()
-                    dom = await conn.define_xml(guest_xml(name, accel))
-                    doms.append(dom)
-                    t1 = time.perf_counter()
-                    await shielded(dom.start, paused=False)
-                    t2 = time.perf_counter()
-                    await dom.destroy()
-                    t3 = time.perf_counter()
-                    await dom.undefine()
-                    t4 = time.perf_counter()
-                    doms.remove(dom)
+                    phases = await timed_cycle(conn, name, accel, doms)
                     if record:
-                        for key, value in (("total", t4 - t0), ("define", t1 - t0), ("start", t2 - t1),
-                                           ("destroy", t3 - t2), ("undefine", t4 - t3)):
+                        for key, value in phases.items():
                             avirt_times[key].append(value)
 
                 async def raw_cycle(name: str, record: bool) -> None:

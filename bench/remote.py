@@ -125,20 +125,25 @@ from events import (
     Rounds,
     avirt_cleanup,
     cpu_ticks,
-    grow_worker_pool,
-    guest_xml,
     idle_cpu,
     limited,
     mem_available_kib,
     open_fds,
     p50_p99,
-    proc_status,
     raise_nofile,
-    rss_kib,
     scratch,
     wait_settled,
 )
-from lifecycle import median_ms, shielded, summary
+from lifecycle import (
+    grow_worker_pool,
+    guest_xml,
+    median_ms,
+    proc_status,
+    rss_kib,
+    shielded,
+    summary,
+    timed_cycle,
+)
 from rawqemu import count_qemu_processes, kill_leftovers
 
 import avirt
@@ -241,20 +246,9 @@ async def lifecycle(runs: int, accel: str, local: avirt.Connection, remote: avir
     doms: list[avirt.Domain] = []
 
     async def cycle(side: str, conn: avirt.Connection, name: str, record: bool) -> None:
-        t0 = time.perf_counter()
-        dom = await conn.define_xml(guest_xml(name, accel))
-        doms.append(dom)
-        t1 = time.perf_counter()
-        await shielded(dom.start, paused=False)
-        t2 = time.perf_counter()
-        await dom.destroy()
-        t3 = time.perf_counter()
-        await dom.undefine()
-        t4 = time.perf_counter()
-        doms.remove(dom)
+        phases = await timed_cycle(conn, name, accel, doms)
         if record:
-            for key, value in (("total", t4 - t0), ("define", t1 - t0), ("start", t2 - t1),
-                               ("destroy", t3 - t2), ("undefine", t4 - t3)):
+            for key, value in phases.items():
                 times[side][key].append(value)
 
     try:
