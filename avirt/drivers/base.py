@@ -16,8 +16,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
+
 from avirt.config.model import DomainConfig
-from avirt.errors import DomainNotFoundError, OperationInvalidError
+from avirt.errors import DomainNotFoundError, OperationInvalidError, OperationTimeoutError
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -76,6 +78,17 @@ class DomainRecord:
         if self.state not in ALLOWED[call]:
             raise OperationInvalidError(
                 f"cannot {call} domain '{self.name}': it is {self.state.value} ({self.reason})")
+
+
+async def wait_shut_off(name: str, stopped: anyio.Event, wait: float) -> None:
+    """After the power button: until the domain's run ends (``stopped``), for at most ``wait`` seconds."""
+    try:
+        with anyio.fail_after(wait):
+            await stopped.wait()
+    except TimeoutError:
+        raise OperationTimeoutError(
+            f"domain '{name}' did not shut off within {wait:g} s of the power button; "
+            "it is still running (destroying it stops it now)") from None
 
 
 R = TypeVar("R", bound=DomainRecord)

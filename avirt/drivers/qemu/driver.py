@@ -22,7 +22,7 @@ import anyio
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
-from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path
+from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
@@ -34,7 +34,6 @@ from avirt.errors import (
     HostError,
     ImageError,
     OperationInvalidError,
-    OperationTimeoutError,
     QMPError,
     SharedImageError,
 )
@@ -272,13 +271,7 @@ class QemuDriver(Driver):
             stopped = guest.stopped
             await self._monitor(guest).execute("system_powerdown")
         if wait is not None:
-            try:
-                with anyio.fail_after(wait):
-                    await stopped.wait()
-            except TimeoutError:
-                raise OperationTimeoutError(
-                    f"domain '{name}' did not shut off within {wait:g} s of the power button; "
-                    "it is still running (destroying it stops it now)") from None
+            await wait_shut_off(name, stopped, wait)
 
     async def destroy(self, name: str) -> None:
         guest = self._find(name)

@@ -25,13 +25,12 @@ import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
-from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record
+from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record, wait_shut_off
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
 from avirt.errors import (
     DomainExistsError,
     OperationInvalidError,
-    OperationTimeoutError,
     UnsupportedError,
 )
 from avirt.events.bus import EventBus
@@ -185,13 +184,7 @@ class TestDriver(Driver):
         stopped = dom.stopped
         self._press_power_button(dom)
         if wait is not None:
-            try:
-                with anyio.fail_after(wait):
-                    await stopped.wait()
-            except TimeoutError:
-                raise OperationTimeoutError(
-                    f"domain '{name}' did not shut off within {wait:g} s of the power button; "
-                    "it is still running (destroying it stops it now)") from None
+            await wait_shut_off(name, stopped, wait)
 
     async def destroy(self, name: str) -> None:
         dom = await self.find(name)
