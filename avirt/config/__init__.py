@@ -8,22 +8,39 @@
     text = domain_to_xml(cfg)            # libvirt-style XML; parse_domain_xml(text) == cfg
     live = domain_to_xml(cfg, live_id=3, backing_chains={"vda": [("/img/base.qcow2", "qcow2")]})
 
-Only a subset of libvirt's format is implemented; anything outside it raises ``UnsupportedError`` whose
-``items`` are the offending XPaths (never silently dropped), and broken documents raise
-``InvalidXMLError`` with a line number. See :mod:`avirt.config.parse` for the exact subset.
+The vocabulary is libvirt's, for the part avirt implements; anything outside it raises
+``UnsupportedError`` whose ``items`` are the offending XPaths (never silently dropped), and broken
+documents raise ``InvalidXMLError`` with a line number. ``tables.py`` says, element by element, what is
+accepted; ``schema.py`` is the small engine that reads and writes by those tables.
 """
 
-from avirt.config.model import (
+from avirt.config.devices import (
+    RNG,
+    TPM,
+    Address,
+    Audio,
     CharDevice,
     CharType,
+    Controller,
     Disk,
     DiskBus,
     DiskFormat,
     DiskType,
-    DomainConfig,
     Graphics,
     GraphicsType,
+    Input,
     Interface,
+    MemBalloon,
+    Panic,
+    RedirDev,
+    Sound,
+    Video,
+    Watchdog,
+)
+from avirt.config.model import (
+    CPU,
+    DomainConfig,
+    Features,
     LifecycleAction,
     OSConfig,
 )
@@ -31,18 +48,32 @@ from avirt.config.parse import parse_domain_xml
 from avirt.config.serialize import domain_to_xml
 
 __all__ = [
+    "CPU",
+    "RNG",
+    "TPM",
+    "Address",
+    "Audio",
     "CharDevice",
     "CharType",
+    "Controller",
     "Disk",
     "DiskBus",
     "DiskFormat",
     "DiskType",
     "DomainConfig",
+    "Features",
     "Graphics",
     "GraphicsType",
+    "Input",
     "Interface",
     "LifecycleAction",
+    "MemBalloon",
     "OSConfig",
+    "Panic",
+    "RedirDev",
+    "Sound",
+    "Video",
+    "Watchdog",
     "domain_to_xml",
     "parse_domain_xml",
 ]

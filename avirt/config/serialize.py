@@ -14,7 +14,7 @@ running guest and the image files, not the definition: ``live_id`` becomes ``<do
 Chardevs are written in list order (libvirt's schema lets devices interleave) so that a list mixing
 ``<serial>`` and ``<console>`` round-trips exactly. A ``Graphics`` of type ``none`` is written as no
 ``<graphics>`` element at all - libvirt has no ``none`` type and both mean "no display". A ``Disk`` whose
-``source`` is None gets no ``<source>``; the parser refuses such a disk, as libvirt would.
+``source`` is None (an empty cdrom or floppy drive) gets no ``<source>``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from avirt.config.model import CharDevice, Disk, DomainConfig, Graphics
+from avirt.config import tables as t
+from avirt.config.devices import CharDevice
+from avirt.config.model import DomainConfig, Features
 
 __all__ = ["domain_to_xml"]
 
@@ -71,56 +73,80 @@ def domain_to_xml(
         _leaf(root, "title", cfg.title)
     if cfg.description is not None:
         _leaf(root, "description", cfg.description)
+    if cfg.metadata:
+        metadata = etree.SubElement(root, "metadata")
+        for item in cfg.metadata:
+            metadata.append(etree.fromstring(item))
     _leaf(root, "memory", str(cfg.memory_kib), unit="KiB")
     if cfg.current_memory_kib is not None:
         _leaf(root, "currentMemory", str(cfg.current_memory_kib), unit="KiB")
-    _leaf(root, "vcpu", str(cfg.vcpus), placement="static")
-
-    os_el = etree.SubElement(root, "os")
-    _leaf(os_el, "type", cfg.os.type, arch=cfg.os.arch, machine=cfg.os.machine)
-    for tag, value in (("kernel", cfg.os.kernel), ("initrd", cfg.os.initrd), ("cmdline", cfg.os.cmdline)):
-        if value is not None:
-            _leaf(os_el, tag, value)
-    for dev in cfg.os.boot_devs:
-        etree.SubElement(os_el, "boot", dev=dev)
-
-    if cfg.acpi or cfg.apic:
-        features = etree.SubElement(root, "features")
-        if cfg.acpi:
-            etree.SubElement(features, "acpi")
-        if cfg.apic:
-            etree.SubElement(features, "apic")
-    if cfg.cpu_host_passthrough:
-        # What libvirt itself writes for host-passthrough; the parser accepts all three attributes.
-        etree.SubElement(root, "cpu", mode="host-passthrough", check="none", migratable="on")
-    etree.SubElement(root, "clock", offset=cfg.clock_offset)
+    vcpu = _leaf(root, "vcpu", str(cfg.vcpus), placement="static")
+    if cfg.vcpus_current is not None:
+        vcpu.set("current", str(cfg.vcpus_current))
+    if cfg.iothreads is not None:
+        _leaf(root, "iothreads", str(cfg.iothreads))
+    if cfg.sysinfo is not None:
+        t.SYSINFO.write(root, "sysinfo", cfg.sysinfo)
+    _os(root, cfg)
+    if cfg.features != Features():
+        t.FEATURES.write(root, "features", cfg.features)
+    if cfg.cpu is not None:
+        t.CPU.write(root, "cpu", cfg.cpu)
+    clock = etree.SubElement(root, "clock", offset=cfg.clock_offset)
+    for timer in cfg.timers:
+        t.TIMER.write(clock, "timer", timer)
     _leaf(root, "on_poweroff", cfg.on_poweroff)
     _leaf(root, "on_reboot", cfg.on_reboot)
     _leaf(root, "on_crash", cfg.on_crash)
+    if cfg.suspend_to_mem is not None or cfg.suspend_to_disk is not None:
+        pm = etree.SubElement(root, "pm")
+        for tag, value in (("suspend-to-mem", cfg.suspend_to_mem), ("suspend-to-disk", cfg.suspend_to_disk)):
+            if value is not None:
+                etree.SubElement(pm, tag, enabled=value)
 
     devices = etree.SubElement(root, "devices")
     if cfg.emulator is not None:
         _leaf(devices, "emulator", cfg.emulator)
     for disk in cfg.disks:
         chain = None if backing_chains is None else backing_chains.get(disk.target)
-        _disk(devices, disk, chain, (mirrors or {}).get(disk.target))
-    for nic in cfg.interfaces:
-        nic_el = etree.SubElement(devices, "interface", type=nic.type)
-        if nic.mac is not None:
-            etree.SubElement(nic_el, "mac", address=nic.mac)
-        etree.SubElement(nic_el, "model", type=nic.model)
-    for chardev in cfg.chardevs:
-        _chardev(devices, chardev)
-    for graphics in cfg.graphics:
-        if graphics.type != "none":
-            _graphics(devices, graphics)
-    if cfg.memballoon is not None:
-        etree.SubElement(devices, "memballoon", model=cfg.memballoon)
-    if cfg.panic is not None:
-        etree.SubElement(devices, "panic", model=cfg.panic)
+        _disk(t.DISK.write(devices, "disk", disk), chain, (mirrors or {}).get(disk.target))
+    for tag, (kind, attr) in t.DEVICE_KINDS.items():
+        if tag in ("disk", "console", "channel"):
+            continue  # disks above; chardevs all at once, in list order, under the "serial" entry
+        items = getattr(cfg, attr)
+        for item in items if isinstance(items, list) else [] if items is None else [items]:
+            if tag == "graphics" and item.type == "none":
+                continue
+            kind.write(devices, item.kind if isinstance(item, CharDevice) else tag, item)
 
     etree.indent(root, space="  ")
     return etree.tostring(root, encoding="unicode", pretty_print=True)
+
+
+def _os(root: _El, cfg: DomainConfig) -> None:
+    os_el = etree.SubElement(root, "os")
+    if cfg.os.firmware is not None:
+        os_el.set("firmware", cfg.os.firmware)
+    _leaf(os_el, "type", cfg.os.type, arch=cfg.os.arch, machine=cfg.os.machine)
+    if cfg.os.firmware_features:
+        firmware = etree.SubElement(os_el, "firmware")
+        for feature in cfg.os.firmware_features:
+            t.FIRMWARE_FEATURE.write(firmware, "feature", feature)
+    if cfg.os.loader is not None:
+        t.LOADER.write(os_el, "loader", cfg.os.loader)
+    if cfg.os.nvram is not None:
+        t.NVRAM.write(os_el, "nvram", cfg.os.nvram)
+    for tag, value in (("kernel", cfg.os.kernel), ("initrd", cfg.os.initrd), ("cmdline", cfg.os.cmdline)):
+        if value is not None:
+            _leaf(os_el, tag, value)
+    for dev in cfg.os.boot_devs:
+        etree.SubElement(os_el, "boot", dev=dev)
+    if cfg.os.bootmenu is not None:
+        menu = etree.SubElement(os_el, "bootmenu", enable=cfg.os.bootmenu)
+        if cfg.os.bootmenu_timeout is not None:
+            menu.set("timeout", str(cfg.os.bootmenu_timeout))
+    if cfg.os.smbios_mode is not None:
+        etree.SubElement(os_el, "smbios", mode=cfg.os.smbios_mode)
 
 
 def _leaf(parent: _El, tag: str, text: str, **attrs: str) -> _El:
@@ -139,48 +165,26 @@ class Mirror:
     ready: bool
 
 
-def _disk(devices: _El, disk: Disk, chain: list[tuple[str, str]] | None, mirror: Mirror | None) -> None:
-    el = etree.SubElement(devices, "disk", type=disk.type, device=disk.device)
-    driver = etree.SubElement(el, "driver", name="qemu", type=disk.format)
-    if disk.error_policy is not None:
-        driver.set("error_policy", disk.error_policy)
-    source_attr = "file" if disk.type == "file" else "dev"
-    if disk.source is not None:
-        etree.SubElement(el, "source", {source_attr: disk.source})
+def _disk(el: _El, chain: list[tuple[str, str]] | None, mirror: Mirror | None) -> None:
+    """Add the live-only parts of a written disk where libvirt puts them: right after <source>."""
+    anchor = el.find("source")
+    if anchor is None:
+        anchor = el.find("driver")
+    position = 0 if anchor is None else el.index(anchor) + 1
+    extra: list[_El] = []
     if chain is not None:
-        parent = el
+        top = parent = etree.Element("backingStore")
         for index, (path, fmt) in enumerate(chain, start=1):
-            parent = etree.SubElement(parent, "backingStore", type="file", index=str(index))
+            parent.set("type", "file")
+            parent.set("index", str(index))
             etree.SubElement(parent, "format", type=fmt)
             etree.SubElement(parent, "source", file=path)
-        etree.SubElement(parent, "backingStore")
+            parent = etree.SubElement(parent, "backingStore")
+        extra.append(top)
     if mirror is not None:
-        el_mirror = etree.SubElement(el, "mirror", type="file", job=mirror.job,
-                                     ready="yes" if mirror.ready else "no")
+        el_mirror = etree.Element("mirror", type="file", job=mirror.job, ready="yes" if mirror.ready else "no")
         etree.SubElement(el_mirror, "format", type=mirror.format)
         etree.SubElement(el_mirror, "source", file=mirror.path)
-    etree.SubElement(el, "target", dev=disk.target, bus=disk.bus)
-    if disk.readonly:
-        etree.SubElement(el, "readonly")
-    if disk.serial is not None:
-        _leaf(el, "serial", disk.serial)
-
-
-def _chardev(devices: _El, chardev: CharDevice) -> None:
-    el = etree.SubElement(devices, chardev.kind, type=chardev.type)
-    if chardev.path is not None:
-        etree.SubElement(el, "source", path=chardev.path)
-    if chardev.kind == "console":
-        etree.SubElement(el, "target", type="serial", port=str(chardev.target_port))
-    else:
-        etree.SubElement(el, "target", port=str(chardev.target_port))
-
-
-def _graphics(devices: _El, graphics: Graphics) -> None:
-    # port=None is written without a port so that it comes back as None; -1 is kept as -1.
-    el = etree.SubElement(devices, "graphics", type=graphics.type)
-    if graphics.port is not None:
-        el.set("port", str(graphics.port))
-    el.set("autoport", "yes" if graphics.port in (None, -1) else "no")
-    el.set("listen", graphics.listen)
-    etree.SubElement(el, "listen", type="address", address=graphics.listen)
+        extra.append(el_mirror)
+    for offset, item in enumerate(extra):
+        el.insert(position + offset, item)

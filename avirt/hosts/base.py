@@ -117,6 +117,10 @@ class Host(ABC):
         except (IndexError, ValueError):
             raise HostError(f"cannot tell the free space of {path}: {result.stderr.strip()}") from None
 
+    async def free_port(self, address: str) -> int:
+        """A TCP port on ``address`` that nothing listens on now, for a server QEMU will open (SPICE)."""
+        raise HostError(f"cannot pick a free port on {self}: give the port in the definition")
+
     @abstractmethod
     async def exists(self, path: str) -> bool: ...
 

@@ -147,6 +147,15 @@ class LocalHost(Host):
             raise HostError(f"cannot tell the free space of {path}: {e.strerror}") from e
         return st.f_bavail * st.f_frsize
 
+    async def free_port(self, address: str) -> int:
+        # The kernel picks a port nobody holds; QEMU binds it a few milliseconds later. SPICE has no
+        # autoport of its own, and libvirt allocates its ports the same way.
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+            port: int = probe.getsockname()[1]
+        return port
+
     async def exists(self, path: str) -> bool:
         return await anyio.Path(path).exists()
 

@@ -23,8 +23,10 @@ from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
+from avirt.drivers.qemu import firmware
+from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
-from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name
+from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import StateDir
@@ -120,7 +122,10 @@ class QemuDriver(Driver):
             [DEFAULT_EMULATOR, "-machine", "none", "-accel", "kvm", "-nodefaults", "-no-user-config",
              "-display", "none", "-monitor", "stdio"], input=b"quit\n")
         kvm = probe.returncode == 0
+        aliases, machines = _machines((await self.host.run([DEFAULT_EMULATOR, "-machine", "help"])).stdout)
         return {
+            "machine_aliases": aliases,
+            "machine_types": machines,
             "emulator": DEFAULT_EMULATOR,
             "qemu_version": first.removeprefix("QEMU emulator version ").split(" ")[0],
             "kvm": kvm,
@@ -130,8 +135,16 @@ class QemuDriver(Driver):
 
     # -- definitions -------------------------------------------------------------------------------------
 
-    async def define_xml(self, xml: str) -> DomainRef:
+    async def _stable(self, xml: str) -> DomainConfig:
+        """The definition as it is kept: parsed, with MACs, firmware files and the guest ABI filled in."""
         cfg = assign_macs(parse_domain_xml(xml))
+        caps = await self.capabilities()
+        cfg = stabilise(cfg, caps["machine_aliases"], set(caps["machine_types"]))
+        firmware.choose(cfg, self.files.nvram_path(cfg.name))
+        return cfg
+
+    async def define_xml(self, xml: str) -> DomainRef:
+        cfg = await self._stable(xml)
         guest = self._guests.get(cfg.name)
         self._check_uuid_free(cfg, guest)
         if guest is not None and guest.uuid != cfg.uuid:
@@ -145,7 +158,7 @@ class QemuDriver(Driver):
         return DomainRef(guest.name, guest.uuid)
 
     async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
-        cfg = assign_macs(parse_domain_xml(xml))
+        cfg = await self._stable(xml)
         if cfg.name in self._guests:
             raise DomainExistsError(f"domain '{cfg.name}' already exists")
         self._check_uuid_free(cfg, None)
@@ -198,8 +211,14 @@ class QemuDriver(Driver):
             await self._start(guest, guest.definition, paused=paused)
 
     async def _start(self, guest: Guest, cfg: DomainConfig, *, paused: bool) -> None:
+        refusal = startable(cfg)
+        if refusal is not None:
+            raise DomainStartError(f"cannot start domain '{cfg.name}': {refusal}")
         chains = await self._disk_chains(cfg)
         accel = await self._accelerator(cfg)
+        await firmware.prepare(self.host, cfg)
+        spice = next((g for g in cfg.graphics if g.type == "spice" and g.port in (None, -1)), None)
+        spice_port = None if spice is None else await self.host.free_port(spice.listen)
         name = cfg.name
         # From here until the supervisor owns the new QEMU, cancellation must wait: a start cut short
         # would leave a QEMU that nothing tracks. (Every step in the shield has its own timeout.)
@@ -209,7 +228,8 @@ class QemuDriver(Driver):
                 process = await QemuProcess.spawn(
                     self.host, name,
                     lambda socket: build_argv(cfg, chains=chains, accel=accel, monitor=socket,
-                                          pidfile=self.files.pidfile(name)),
+                                              pidfile=self.files.pidfile(name),
+                                              run_dir=self.files.run_dir(name), spice_port=spice_port),
                     qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
                     log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
                 )
@@ -221,6 +241,12 @@ class QemuDriver(Driver):
                 for target, layers in chains.items()})
             guest.set_state(DomainState.PAUSED, "user", announce=False)
             self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
+        for command, arguments in startup_commands(cfg):
+            try:
+                await process.monitor.execute(command, arguments)
+            except QMPError as e:
+                await self._terminate(guest, "failed")
+                raise DomainStartError(f"domain '{name}' could not be set up ({command}): {e}") from e
         if paused:
             self._announce(guest, LifecycleType.STARTED, "booted")
             self._announce(guest, LifecycleType.SUSPENDED, "paused")
@@ -242,6 +268,8 @@ class QemuDriver(Driver):
                 raise DomainStartError(f"cannot start domain '{cfg.name}': {label} {path} does not exist")
         chains = {}
         for disk in cfg.disks:
+            if disk.source is None and disk.device != "disk":
+                continue  # an empty drive: a device without media
             if disk.source is None or not await self.host.exists(disk.source):
                 raise DomainStartError(f"cannot start domain '{cfg.name}': disk {disk.target} image "
                                        f"{disk.source} does not exist")
@@ -704,3 +732,37 @@ class QemuDriver(Driver):
             if guest.state is DomainState.SHUTDOWN:  # it powered off while nobody watched
                 guest.exit_reason = "shutdown"
                 await process.monitor.execute("quit")
+
+
+def _machines(help_text: str) -> tuple[dict[str, str], list[str]]:
+    """``-machine help`` -> ({alias: concrete type}, every type), e.g. {'q35': 'pc-q35-7.2'}."""
+    aliases: dict[str, str] = {}
+    machines: list[str] = []
+    for line in help_text.splitlines()[1:]:
+        name, _, description = line.partition(" ")
+        if not name:
+            continue
+        machines.append(name)
+        if "(alias of " in description:
+            aliases[name] = description.split("(alias of ", 1)[1].split(")", 1)[0]
+    return aliases, machines
+
+
+def startable(cfg: DomainConfig) -> str | None:
+    """Why a definition cannot start on this avirt yet, before anything is spawned (None: it can)."""
+    for i, nic in enumerate(cfg.interfaces, 1):
+        if nic.type != "user":
+            what = {"network": f"network '{nic.source_network}'", "bridge": f"bridge '{nic.source_bridge}'",
+                    "direct": f"host device '{nic.source_dev}'"}.get(nic.type, "a tap device")
+            return (f"interface {i} (type='{nic.type}', mac {nic.mac}) needs {what}, and avirt cannot attach "
+                    "guests to host networks yet; use <interface type='user'>")
+        if (nic.driver_queues or 1) > 1:
+            return f"interface {i}: multiqueue (driver queues={nic.driver_queues}) needs a tap device"
+    if cfg.tpms:
+        return "<tpm> needs a TPM emulator (swtpm), which avirt does not start yet"
+    spice = any(g.type == "spice" for g in cfg.graphics)
+    if not spice and (cfg.redirdevs or any(c.type == "spicevmc" for c in cfg.chardevs)):
+        return "spicevmc channels and USB redirection need <graphics type='spice'>"
+    if any(v.accel3d == "yes" for v in cfg.videos):
+        return "3D acceleration (accel3d='yes') needs an OpenGL display, which avirt does not provide"
+    return None

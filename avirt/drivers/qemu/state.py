@@ -63,6 +63,10 @@ class StateDir:
     async def run_names(self) -> list[str]:
         return [n for n in await self.host.list_dir(self._run) if not n.startswith(".")]
 
+    def nvram_path(self, name: str) -> str:
+        """A UEFI domain's own variables; kept apart from the definition, which undefine removes."""
+        return os.path.join(self.root, "nvram", f"{name}_VARS.fd")
+
     def run_dir(self, name: str) -> str:
         return os.path.join(self._run, name)
 

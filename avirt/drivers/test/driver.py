@@ -26,6 +26,7 @@ import anyio
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
 from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record, wait_shut_off
+from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
 from avirt.errors import (
@@ -95,7 +96,7 @@ class TestDriver(Driver):
 
     async def define_xml(self, xml: str) -> DomainRef:
         await anyio.lowlevel.checkpoint()
-        cfg = assign_macs(parse_domain_xml(xml))
+        cfg = stabilise(assign_macs(parse_domain_xml(xml)), MACHINE_ALIASES)
         dom = self._domains.get(cfg.name)
         self._check_uuid_free(cfg, dom)
         if dom is not None and dom.uuid != cfg.uuid:
@@ -110,7 +111,7 @@ class TestDriver(Driver):
 
     async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
         await anyio.lowlevel.checkpoint()
-        cfg = assign_macs(parse_domain_xml(xml))
+        cfg = stabilise(assign_macs(parse_domain_xml(xml)), MACHINE_ALIASES)
         if cfg.name in self._domains:
             raise DomainExistsError(f"domain '{cfg.name}' already exists")
         self._check_uuid_free(cfg, None)
@@ -223,7 +224,7 @@ class TestDriver(Driver):
         raise UnsupportedError([command], "test:///default has no QEMU monitor to send a command to")
 
     def _press_power_button(self, dom: SimDomain) -> None:
-        if not dom.config.acpi:
+        if not dom.config.features.acpi:
             return  # no ACPI: the guest never learns of the button (on QEMU too)
         if dom.state is S.PAUSED:
             dom.button_pressed = True
