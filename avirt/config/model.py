@@ -31,7 +31,48 @@ from avirt.config.devices import (
     Watchdog,
 )
 
+__all__ = [  # the devices are re-exported: the model is one import away
+    "CPU",
+    "NVRAM",
+    "RNG",
+    "TPM",
+    "Audio",
+    "CPUFeature",
+    "CPUTune",
+    "CharDevice",
+    "Controller",
+    "CrashAction",
+    "Disk",
+    "DomainConfig",
+    "Features",
+    "Filesystem",
+    "FirmwareFeature",
+    "Graphics",
+    "HyperV",
+    "IOThreadPin",
+    "Input",
+    "Interface",
+    "LifecycleAction",
+    "Loader",
+    "MemBalloon",
+    "MemoryBacking",
+    "NUMACell",
+    "OSConfig",
+    "Panic",
+    "RedirDev",
+    "Sound",
+    "SysInfo",
+    "SysInfoEntry",
+    "Timer",
+    "VCPUPin",
+    "Video",
+    "Vsock",
+    "Watchdog",
+]
+
 LifecycleAction = Literal["destroy", "restart", "preserve"]
+#: on_crash may also write a core dump of the guest's memory first (then destroy or restart).
+CrashAction = Literal["destroy", "restart", "preserve", "coredump-destroy", "coredump-restart"]
 
 
 @dataclass
@@ -155,13 +196,34 @@ class CPU:
 
 @dataclass
 class MemoryBacking:
-    """``<memoryBacking>``: how guest RAM is allocated on the host (no huge pages: those are host resources)."""
+    """``<memoryBacking>``: how guest RAM is allocated on the host (huge pages, a host resource, are not)."""
 
     source_type: str | None = None  # memfd, anonymous
     access_mode: str | None = None  # shared (needed by virtiofs), private
     allocation_mode: str | None = None  # immediate (preallocated), ondemand
     nosharepages: bool = False  # no KSM merging
     discard: bool = False  # give freed RAM back to the host when the guest stops
+
+
+@dataclass
+class VCPUPin:
+    vcpu: int
+    cpuset: str  # host CPUs, libvirt's cpuset syntax
+
+
+@dataclass
+class IOThreadPin:
+    iothread: int
+    cpuset: str
+
+
+@dataclass
+class CPUTune:
+    """``<cputune>``: which host CPUs the vCPU, emulator and iothread threads may run on (their affinity)."""
+
+    vcpupins: list[VCPUPin] = field(default_factory=list)
+    emulatorpin: str | None = None
+    iothreadpins: list[IOThreadPin] = field(default_factory=list)
 
 
 @dataclass
@@ -206,6 +268,7 @@ class DomainConfig:
     vcpus: int = 1
     vcpus_current: int | None = None
     iothreads: int | None = None
+    cputune: CPUTune | None = None
     sysinfo: SysInfo | None = None
     os: OSConfig = field(default_factory=OSConfig)
     features: Features = field(default_factory=Features)
@@ -214,7 +277,7 @@ class DomainConfig:
     timers: list[Timer] = field(default_factory=list)
     on_poweroff: LifecycleAction = "destroy"
     on_reboot: LifecycleAction = "restart"
-    on_crash: LifecycleAction = "destroy"
+    on_crash: CrashAction = "destroy"
     suspend_to_mem: str | None = None  # <pm><suspend-to-mem enabled='no'/></pm>
     suspend_to_disk: str | None = None
     emulator: str | None = None

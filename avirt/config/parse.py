@@ -8,12 +8,13 @@ reported as an :class:`UnsupportedError` whose ``items`` are XPaths such as
 
 Two kinds of failure are kept apart:
 
-* :class:`InvalidXMLError` (with a 1-based ``line``): the document is wrong for libvirt too - malformed
-  XML, a bad unit, a non-integer size, a value libvirt does not know (``bus='floppyx'``), a missing
-  required item, a duplicate singleton, disk target or controller index, a cdrom on virtio. The first
-  such error is raised at once, before any unsupported items are reported.
+* :class:`InvalidXMLError` (with a 1-based ``line``, and the XPath of the offending item in the message):
+  the document is wrong for libvirt too - malformed XML, a bad unit, a non-integer size, a value libvirt
+  does not know (``bus='floppyx'``), a missing required item, a duplicate singleton, disk target,
+  controller index or PCI address, a cdrom on virtio, a device that needs another one that is absent.
+  The first such error is raised at once, before any unsupported items are reported.
 * :class:`UnsupportedError`: valid libvirt that avirt does not implement (``<hostdev>``,
-  ``type='network'`` disks, ``<qemu:commandline>``).
+  ``type='network'`` disks, huge pages, ``<qemu:commandline>``).
 
 Where each field sits and which values are allowed is in ``tables.py``; this module adds what spans
 elements: the document itself, the name and UUID, sizes, metadata, and the rules between devices.
@@ -29,22 +30,24 @@ Normalisations (so that ``parse(serialize(cfg)) == cfg``): sizes become KiB roun
 are powers of 1000 as in libvirt), the UUID becomes lowercase dashed (generated when absent), MAC
 addresses lowercase, a disk bus left out is inferred from its name as libvirt does (``vd`` virtio, ``sd``
 scsi, ``hd`` ide, ``fd`` fdc), ``<serial>`` elements without a port get the lowest free one and
-controllers without an index the lowest free index of their type, VNC/SPICE ``autoport='yes'`` becomes
-``port=None`` unless ``port='-1'`` was written. Defaults where the XML is silent follow the model
-(notably ``machine='q35'`` and NIC model ``virtio``), not libvirt's host-dependent choices.
+controllers without an index the lowest free index of their type, a PCI address with some numbers gets
+0 for the others, VNC/SPICE ``autoport='yes'`` becomes ``port=None`` unless ``port='-1'`` was written.
+Defaults where the XML is silent follow the model (notably ``machine='q35'`` and NIC model ``virtio``),
+not libvirt's host-dependent choices.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 
 from lxml import etree
 
 from avirt.config import tables as t
-from avirt.config.devices import CharDevice, Controller
+from avirt.config.devices import Address, CharDevice, Controller, Disk, Interface
 from avirt.config.model import DomainConfig, OSConfig
-from avirt.config.schema import ANY, Ctx, El, Spec, line_of, text_of, unique
+from avirt.config.schema import ANY, Ctx, El, Spec, child, cpus_of, kib, line_of, text_of, unique
 from avirt.errors import InvalidXMLError, UnsupportedError
 
 __all__ = ["parse_domain_xml"]
@@ -52,27 +55,29 @@ __all__ = ["parse_domain_xml"]
 _KNOWN_DOMAIN_TYPES = {"qemu", "kqemu", "kvm", "xen", "lxc", "uml", "openvz", "test", "vmware", "hyperv",
                        "vbox", "phyp", "parallels", "bhyve", "vz", "hvf", "ch"}
 _KNOWN_OS_TYPES = {"hvm", "xen", "linux", "xenpvh", "exe", "uml"}
-_KNOWN_LIFECYCLE = {"destroy", "restart", "preserve", "rename-restart", "coredump-destroy",
-                    "coredump-restart"}
+_ACTIONS = ("destroy", "restart", "preserve")
+_CRASH_ACTIONS = (*_ACTIONS, "coredump-destroy", "coredump-restart")
 _KNOWN_CLOCK = {"utc", "localtime", "timezone", "variable", "absolute"}
 _NAME_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,63}")
 _MACHINE_RE = re.compile(r"q35|pc|pc-(q35|i440fx)-[0-9]+\.[0-9]+")
+
 
 def _schema() -> Spec:
     def leaf(*attrs: str, text: bool = False, multiple: bool = False) -> Spec:
         return Spec(attrs=set(attrs), text=text, multiple=multiple)
 
+    feature = t.FIRMWARE_FEATURE.spec()
+    feature.multiple = True
     os_spec = Spec(children={
         "type": leaf("arch", "machine", text=True), "kernel": leaf(text=True), "initrd": leaf(text=True),
         "cmdline": leaf(text=True), "boot": leaf("dev", multiple=True),
         "bootmenu": leaf("enable", "timeout"), "smbios": leaf("mode"),
-        "loader": t.LOADER.spec(), "nvram": t.NVRAM.spec(),
-        "firmware": Spec(children={"feature": Spec(**vars(t.FIRMWARE_FEATURE.spec()) | {"multiple": True})}),
+        "loader": t.LOADER.spec(), "nvram": t.NVRAM.spec(), "firmware": Spec(children={"feature": feature}),
     }, attrs={"firmware"})
     devices = Spec(children={"emulator": leaf(text=True)})
     for tag, (kind, _) in t.DEVICE_KINDS.items():
         spec = kind.spec()
-        spec.multiple = tag != "memballoon"
+        spec.multiple = tag not in t.SINGLE_DEVICES
         devices.children[tag] = spec
     timer = t.TIMER.spec()
     timer.multiple = True
@@ -80,7 +85,9 @@ def _schema() -> Spec:
         "name": leaf(text=True), "uuid": leaf(text=True), "title": leaf(text=True),
         "description": leaf(text=True), "metadata": ANY,
         "memory": leaf("unit", text=True), "currentMemory": leaf("unit", text=True),
+        "memoryBacking": t.MEMORY_BACKING.spec(),
         "vcpu": leaf("placement", "current", text=True), "iothreads": leaf(text=True),
+        "cputune": t.CPUTUNE.spec(),
         "sysinfo": t.SYSINFO.spec(), "os": os_spec, "features": t.FEATURES.spec(), "cpu": t.CPU.spec(),
         "clock": Spec(attrs={"offset"}, children={"timer": timer}),
         "on_poweroff": leaf(text=True), "on_reboot": leaf(text=True), "on_crash": leaf(text=True),
@@ -140,17 +147,8 @@ def _path_text(ctx: Ctx, el: El | None) -> str | None:
 
 
 def _kib(ctx: Ctx, el: El) -> int:
-    """Size element -> KiB, rounded up; units follow libvirt's virScaleInteger (case-insensitive)."""
-    amount = ctx.integer(el, text_of(el), 1)
-    unit = (el.get("unit") or "KiB").lower()
-    powers = "kmgtpe"
-    if unit in ("b", "bytes"):
-        scale = 1
-    elif len(unit) >= 1 and unit[0] in powers and unit[1:] in ("", "ib", "b"):
-        scale = (1000 if unit[1:] == "b" else 1024) ** (powers.index(unit[0]) + 1)
-    else:
-        ctx.invalid(el, f"unknown unit {el.get('unit')!r}", "unit")
-    return -(-amount * scale // 1024)  # integer ceiling: floats would lose precision on large sizes
+    """Size element -> KiB, rounded up."""
+    return kib(ctx, el, ctx.integer(el, text_of(el), 1), el.get("unit"))
 
 
 def _domain(ctx: Ctx, root: El) -> DomainConfig:
@@ -190,8 +188,9 @@ def _domain(ctx: Ctx, root: El) -> DomainConfig:
     clock = None if clock_el is None else ctx.choose(clock_el, "offset", ("utc", "localtime"), _KNOWN_CLOCK,
                                                      "utc")
     lifecycle = {
-        tag: (None if el is None else ctx.choose(el, None, ("destroy", "restart", "preserve"), _KNOWN_LIFECYCLE))
-        for tag in ("on_poweroff", "on_reboot", "on_crash")
+        tag: None if el is None else ctx.choose(el, None, supported, {"rename-restart"})
+        for tag, supported in (("on_poweroff", _ACTIONS), ("on_reboot", _ACTIONS),
+                               ("on_crash", _CRASH_ACTIONS))
         for el in [root.find(tag)]
     }
     _security(ctx, root)
@@ -201,7 +200,7 @@ def _domain(ctx: Ctx, root: El) -> DomainConfig:
         hypervisor=hypervisor,  # type: ignore[arg-type]
         title=title,
         description=_opt_text(root.find("description")),
-        metadata=_metadata(root.find("metadata")),
+        metadata=_metadata(ctx, root.find("metadata")),
         memory_kib=memory,
         current_memory_kib=current,
         vcpus=vcpus,
@@ -213,21 +212,24 @@ def _domain(ctx: Ctx, root: El) -> DomainConfig:
         on_reboot=lifecycle["on_reboot"] or "restart",  # type: ignore[arg-type]
         on_crash=lifecycle["on_crash"] or "destroy",  # type: ignore[arg-type]
     )
-    for tag, kind, attr in (("sysinfo", t.SYSINFO, "sysinfo"), ("features", t.FEATURES, "features"),
-                            ("cpu", t.CPU, "cpu")):
+    for tag, kind, attr in (("memoryBacking", t.MEMORY_BACKING, "memory_backing"),
+                            ("cputune", t.CPUTUNE, "cputune"), ("sysinfo", t.SYSINFO, "sysinfo"),
+                            ("features", t.FEATURES, "features"), ("cpu", t.CPU, "cpu")):
         if (el := root.find(tag)) is not None and (obj := kind.read(ctx, el)) is not None:
             setattr(cfg, attr, obj)
     if clock_el is not None:
-        cfg.timers = [timer for el in clock_el.findall("timer") if (timer := t.TIMER.read(ctx, el)) is not None]
-        unique(ctx, ((el, el.get("name")) for el in clock_el.findall("timer")), "timer")
+        timers = clock_el.findall("timer")
+        cfg.timers = [timer for el in timers if (timer := t.TIMER.read(ctx, el)) is not None]
+        unique(ctx, ((el, el.get("name")) for el in timers), "timer")
     pm = root.find("pm")
     if pm is not None:
         for tag in ("suspend-to-mem", "suspend-to-disk"):
             if (el := pm.find(tag)) is not None:
                 setattr(cfg, tag.replace("-", "_"), ctx.choose(el, "enabled", ("yes", "no"), ()))
+    _domain_rules(ctx, root, cfg)
     devices = root.find("devices")
     if devices is not None:
-        _devices(ctx, devices, cfg)
+        _devices(ctx, root, devices, cfg)
     return cfg
 
 
@@ -237,18 +239,26 @@ def _security(ctx: Ctx, root: El) -> None:
     if resource is not None and text_of(resource).strip() != "/machine":
         ctx.unsupported_at(resource)
     for label in root.findall("seclabel"):
-        if label.get("type") not in ("dynamic", "none"):
+        if label.get("type", "dynamic") not in ("dynamic", "none"):
             ctx.unsupported_at(label, "type")
 
 
-def _metadata(el: El | None) -> list[str]:
+def _metadata(ctx: Ctx, el: El | None) -> list[str]:
+    """Each child of <metadata> verbatim, as libvirt keeps it: one element per namespace."""
     if el is None:
         return []
     items = []
-    for child in el:
-        if not isinstance(child.tag, str):
+    namespaces: set[str] = set()
+    for item in el:
+        if not isinstance(item.tag, str):
             continue
-        copy = etree.fromstring(etree.tostring(child))  # detached, so it carries its own namespaces
+        namespace = etree.QName(item).namespace
+        if namespace is None:
+            ctx.invalid(item, "a metadata element must be in a namespace of its own")
+        if namespace in namespaces:
+            ctx.invalid(item, f"a second metadata element in namespace {namespace!r}")
+        namespaces.add(namespace)
+        copy = etree.fromstring(etree.tostring(item))  # detached, so it carries its own namespaces
         copy.tail = None
         etree.cleanup_namespaces(copy)
         items.append(etree.tostring(copy, encoding="unicode"))
@@ -288,11 +298,12 @@ def _os(ctx: Ctx, root: El) -> OSConfig:
             boot_devs.append(dev)
     firmware = ctx.choose(os_el, "firmware", ("efi", "bios"), (), "") or None
     features = [f for el in os_el.findall("firmware/feature") if (f := t.FIRMWARE_FEATURE.read(ctx, el))]
-    if features and firmware != "efi":
-        ctx.invalid(os_el, "<firmware> features need firmware='efi'")
+    loader = os_el.find("loader")
+    if features and firmware != "efi" and loader is None:
+        # libvirt's live XML drops firmware='efi' once it picked the loader, and keeps the features.
+        ctx.invalid(child(os_el, "firmware"), "firmware features need <os firmware='efi'> or a <loader>")
     bootmenu = os_el.find("bootmenu")
     smbios = os_el.find("smbios")
-    loader = os_el.find("loader")
     nvram = os_el.find("nvram")
     return OSConfig(
         machine=machine,
@@ -311,7 +322,59 @@ def _os(ctx: Ctx, root: El) -> OSConfig:
     )
 
 
-def _devices(ctx: Ctx, devices: El, cfg: DomainConfig) -> None:
+def _domain_rules(ctx: Ctx, root: El, cfg: DomainConfig) -> None:
+    """The rules between domain-level elements: vCPUs, NUMA cells, pinning, firmware."""
+    cpu = cfg.cpu
+    cpu_el = root.find("cpu")
+    if cpu is not None and cpu_el is not None and ctx.intact(cpu_el):
+        if cpu.sockets is not None and cpu.cores is not None and cpu.threads is not None:
+            product = cpu.sockets * (cpu.dies or 1) * cpu.cores * cpu.threads
+            if product != cfg.vcpus:
+                ctx.invalid(child(cpu_el, "topology"), f"{product} CPUs in the topology, but <vcpu> is "
+                                                       f"{cfg.vcpus}")
+        cells = cpu_el.findall("numa/cell")
+        unique(ctx, zip(cells, (c.id for c in cpu.numa), strict=True), "NUMA cell id")
+        if cpu.numa and sorted(c.id for c in cpu.numa) != list(range(len(cpu.numa))):
+            ctx.invalid(child(cpu_el, "numa"), "cell ids must be 0, 1, 2... (one per cell)")
+        _cpus_within(ctx, zip(cells, (c.cpus for c in cpu.numa), strict=True), cfg.vcpus, "cpus", True)
+        if cpu.numa and (total := sum(c.memory_kib for c in cpu.numa)) != cfg.memory_kib:
+            ctx.invalid(child(cpu_el, "numa"), f"the cells hold {total} KiB, but <memory> is "
+                                               f"{cfg.memory_kib} KiB")
+    tune_el = root.find("cputune")
+    if cfg.cputune is not None and tune_el is not None:
+        pins = tune_el.findall("vcpupin")
+        unique(ctx, zip(pins, (p.vcpu for p in cfg.cputune.vcpupins), strict=True), "vcpupin for vCPU")
+        for el, pin in zip(pins, cfg.cputune.vcpupins, strict=True):
+            if pin.vcpu >= cfg.vcpus:
+                ctx.invalid(el, f"there is no vCPU {pin.vcpu} (<vcpu> is {cfg.vcpus})", "vcpu")
+        pins = tune_el.findall("iothreadpin")
+        unique(ctx, zip(pins, (p.iothread for p in cfg.cputune.iothreadpins), strict=True),
+               "iothreadpin for iothread")
+        for el, iopin in zip(pins, cfg.cputune.iothreadpins, strict=True):
+            _iothread_exists(ctx, el, "iothread", iopin.iothread, cfg)
+    loader = cfg.os.loader
+    if loader is not None and loader.secure == "yes" and cfg.features.smm != "on":
+        ctx.invalid(child(child(root, "os"), "loader"), "secure boot needs <features><smm state='on'/>",
+                    "secure")
+
+
+def _cpus_within(ctx: Ctx, items: Iterable[tuple[El, str]], count: int, attr: str, disjoint: bool) -> None:
+    seen: set[int] = set()
+    for el, cpuset in items:
+        cpus = cpus_of(cpuset)
+        if max(cpus) >= count:
+            ctx.invalid(el, f"CPU {max(cpus)} is beyond the {count} vCPUs", attr)
+        if disjoint and cpus & seen:
+            ctx.invalid(el, f"CPU {min(cpus & seen)} is already in another cell", attr)
+        seen |= cpus
+
+
+def _iothread_exists(ctx: Ctx, el: El, attr: str, number: int, cfg: DomainConfig) -> None:
+    if number > (cfg.iothreads or 0):
+        ctx.invalid(el, f"there is no iothread {number} (<iothreads> is {cfg.iothreads or 0})", attr)
+
+
+def _devices(ctx: Ctx, root: El, devices: El, cfg: DomainConfig) -> None:
     cfg.emulator = _path_text(ctx, devices.find("emulator"))
     where: dict[int, El] = {}  # id(device) -> its element, for the rules between devices
     for el in devices:
@@ -322,13 +385,13 @@ def _devices(ctx: Ctx, devices: El, cfg: DomainConfig) -> None:
         if obj is None:
             continue
         where[id(obj)] = el
-        if attr == "memballoon":
-            cfg.memballoon = obj
+        if el.tag in t.SINGLE_DEVICES:
+            setattr(cfg, attr, obj)
         else:
             getattr(cfg, attr).append(obj)
-    unique(ctx, ((where[id(d)], d.target) for d in cfg.disks), "disk target")
     _number_serial_ports(ctx, cfg.chardevs, where)
     _number_controllers(ctx, cfg.controllers, where)
+    _device_rules(ctx, root, cfg, where)
 
 
 def _number_serial_ports(ctx: Ctx, chardevs: list[CharDevice], where: dict[int, El]) -> None:
@@ -362,3 +425,96 @@ def _number_controllers(ctx: Ctx, controllers: list[Controller], where: dict[int
             if controller.index is None:
                 usb = [c for c in masters if c.type == "usb"]
                 controller.index = usb[-1].index if usb else 0
+
+
+def _device_rules(ctx: Ctx, root: El, cfg: DomainConfig, where: dict[int, El]) -> None:
+    """The rules between devices, and between devices and the rest of the domain."""
+
+    def el(device: object) -> El:
+        return where[id(device)]
+
+    q35 = cfg.os.machine == "q35" or cfg.os.machine.startswith("pc-q35-")
+    unique(ctx, ((el(d), d.target) for d in cfg.disks), "disk target")
+    unique(ctx, ((el(g), g.type) for g in cfg.graphics), "<graphics> of type")
+    unique(ctx, ((el(c), c.target_name) for c in cfg.chardevs if c.kind == "channel"), "channel name")
+    unique(ctx, ((el(a), a.id) for a in cfg.audios), "audio id")
+    for tpm in cfg.tpms[1:]:
+        ctx.invalid(el(tpm), "a domain has one <tpm> at most")
+
+    # Addresses: a PCI slot, or a drive's place on its controller, holds one device.
+    devices: list[object] = [*cfg.disks, *cfg.controllers, *cfg.filesystems, *cfg.interfaces, *cfg.chardevs,
+                             *cfg.inputs, *cfg.sounds, *cfg.videos, *cfg.redirdevs, *cfg.watchdogs, *cfg.rngs,
+                             *cfg.panics, *([cfg.memballoon] if cfg.memballoon else []),
+                             *([cfg.vsock] if cfg.vsock else [])]
+    pci: list[tuple[El, object]] = []
+    for device in devices:
+        address: Address | None = getattr(device, "address", None)
+        if address is not None and address.type == "pci" and address.slot is not None:
+            key = f"{address.domain:04x}:{address.bus:02x}:{address.slot:02x}.{address.function}"
+            pci.append((child(el(device), "address"), key))
+    unique(ctx, pci, "PCI address")
+    unique(ctx, ((child(el(d), "address"), (d.bus, d.address.controller, d.address.bus, d.address.target,
+                                             d.address.unit))
+                 for d in cfg.disks if d.address is not None and d.address.type == "drive"), "drive address")
+
+    # Controllers: the machine's PCI root, and buses that a machine does not have.
+    for controller in cfg.controllers:
+        root_model = controller.model in ("pci-root", "pcie-root")
+        if controller.type == "pci" and (root_model or controller.index == 0):
+            wanted = "pcie-root" if q35 else "pci-root"
+            if controller.index != 0 or controller.model not in (None, wanted):
+                ctx.invalid(el(controller), f"the {cfg.os.machine} machine's PCI controller 0 is "
+                                            f"model='{wanted}' (and only it has index 0)")
+        if controller.driver_iothread is not None:
+            if controller.model not in ("virtio-scsi", "virtio-transitional", "virtio-non-transitional"):
+                ctx.invalid(child(el(controller), "driver"), "an iothread serves virtio controllers only",
+                            "iothread")
+            driver = child(el(controller), "driver")
+            _iothread_exists(ctx, driver, "iothread", controller.driver_iothread, cfg)
+        if controller.type == "ide" and q35:
+            ctx.invalid(el(controller), "the q35 machine has no IDE controller (use sata)")
+    for disk in cfg.disks:
+        if disk.bus == "ide" and q35:
+            ctx.invalid(child(el(disk), "target"), "the q35 machine has no IDE bus (use sata)", "bus")
+        if disk.iothread is not None:
+            _iothread_exists(ctx, child(el(disk), "driver"), "iothread", disk.iothread, cfg)
+
+    # Boot order: either per device or <os><boot>, each position once.
+    bootable: list[Disk | Interface] = [*cfg.disks, *cfg.interfaces]
+    booted = [d for d in bootable if d.boot_order is not None]
+    unique(ctx, ((child(el(d), "boot"), d.boot_order) for d in booted), "boot order")
+    if booted and cfg.os.boot_devs:
+        ctx.invalid(child(el(booted[0]), "boot"),
+                    "per-device boot order cannot be mixed with <os><boot dev=...>")
+
+    unique(ctx, ((child(el(f), "target"), f.target_dir) for f in cfg.filesystems), "filesystem target")
+
+    if ctx.unsupported:
+        return  # a device refused above may be the one that another needs: judge the rest once it is fixed
+
+    # USB devices need a USB controller, unless the document turned USB off.
+    usb_off = [c for c in cfg.controllers if c.type == "usb" and c.model == "none"]
+    if usb_off:
+        usb_devices = [*(d for d in cfg.disks if d.bus == "usb"), *(i for i in cfg.inputs if i.bus == "usb"),
+                       *cfg.redirdevs]
+        if usb_devices:
+            ctx.invalid(el(usb_devices[0]), "a USB device, but the USB controller is model='none'")
+
+    # What rides on SPICE needs SPICE.
+    if not any(g.type == "spice" for g in cfg.graphics):
+        needs = [*(c for c in cfg.chardevs if c.type == "spicevmc"), *cfg.redirdevs,
+                 *(a for a in cfg.audios if a.type == "spice")]
+        if needs:
+            ctx.invalid(el(needs[0]), "type='spicevmc' and type='spice' need <graphics type='spice'>")
+    audio_ids = {a.id for a in cfg.audios}
+    for sound in cfg.sounds:
+        if sound.audio_id is not None and sound.audio_id not in audio_ids:
+            ctx.invalid(child(el(sound), "audio"), f"there is no <audio id='{sound.audio_id}'>", "id")
+
+    # virtiofs maps guest RAM into virtiofsd: the RAM must be shared.
+    shared = (cfg.memory_backing is not None and cfg.memory_backing.access_mode == "shared") or (
+        cfg.cpu is not None and bool(cfg.cpu.numa) and all(c.mem_access == "shared" for c in cfg.cpu.numa))
+    for fs in cfg.filesystems:
+        if fs.driver_type == "virtiofs" and not shared:
+            ctx.invalid(child(el(fs), "driver"), "virtiofs needs shared guest memory "
+                                                 "(<memoryBacking><access mode='shared'/>)")

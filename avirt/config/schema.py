@@ -37,8 +37,8 @@ from lxml import etree
 from avirt.errors import InvalidXMLError
 
 __all__ = [
-    "ANY", "Choice", "Ctx", "Field", "Flag", "Int", "Kind", "Many", "Spec", "Sub", "Text", "child", "line_of",
-    "text_of", "unique",
+    "ANY", "Choice", "CpuSet", "Ctx", "Field", "Flag", "Int", "Kind", "Many", "Spec", "Sub", "Text", "child",
+    "cpus_of", "kib", "line_of", "text_of", "unique",
 ]
 
 El = etree._Element
@@ -141,6 +141,31 @@ class Int(Value):
 
     def write(self, value: Any) -> str:
         return f"0x{value:0{self.hex_width}x}" if self.hex_width else str(value)
+
+
+@dataclass(frozen=True)
+class CpuSet(Value):
+    """libvirt's CPU list syntax (``0-3,^2,6``), kept as written; it must name at least one CPU."""
+
+    def read(self, ctx: Ctx, el: El, attr: str | None, raw: str) -> object:
+        if not cpus_of(raw):
+            ctx.invalid(el, f"{raw!r} is not a CPU list such as '0-3' or '0,2'", attr)
+        return raw
+
+
+def cpus_of(text: str) -> set[int]:
+    """The CPUs a libvirt cpuset names (empty when the text is not one)."""
+    if not re.fullmatch(r"\^?[0-9]+(-[0-9]+)?(,\^?[0-9]+(-[0-9]+)?)*", text.replace(" ", "")):
+        return set()
+    cpus: set[int] = set()
+    excluded: set[int] = set()
+    for item in text.replace(" ", "").split(","):
+        into = excluded if item.startswith("^") else cpus
+        first, _, last = item.lstrip("^").partition("-")
+        if last and int(last) < int(first):
+            return set()
+        into.update(range(int(first), int(last or first) + 1))
+    return cpus - excluded
 
 
 class Flag(Value):
@@ -310,6 +335,11 @@ class Ctx:
     def unsupported_at(self, el: El, attr: str | None = None) -> None:
         self.unsupported.append(self.path(el, attr))
 
+    def intact(self, el: El) -> bool:
+        """Whether nothing in ``el`` was refused so far (a rule may then trust what was read from it)."""
+        path = self.path(el)
+        return not any(item == path or item.startswith(path + "/") for item in self.unsupported)
+
     def check_structure(self, el: El, spec: Spec) -> None:
         """Record every attribute and child of ``el`` that ``spec`` does not allow (recursively)."""
         if spec.anything:
@@ -405,6 +435,24 @@ def _attr_name(el: El, attr: str) -> str:
         return f"xml:{local}"
     prefix = next((p for p, uri in el.nsmap.items() if uri == ns and p), None)
     return f"{prefix}:{local}" if prefix else f"*[local-name()='{local}']"
+
+
+_POWERS = "kmgtpe"
+
+
+def kib(ctx: Ctx, el: El, amount: int, unit: str | None) -> int:
+    """``amount`` in ``unit`` as KiB, rounded up; units follow libvirt's virScaleInteger (any case).
+
+    ``KB``/``MB``/... are powers of 1000 and ``K``/``KiB``/... powers of 1024; no unit means KiB.
+    """
+    name = (unit or "KiB").lower()
+    if name in ("b", "bytes"):
+        scale = 1
+    elif name[:1] in _POWERS and name[1:] in ("", "ib", "b"):
+        scale = (1000 if name[1:] == "b" else 1024) ** (_POWERS.index(name[0]) + 1)
+    else:
+        ctx.invalid(el, f"unknown unit {unit!r}", "unit")
+    return -(-amount * scale // 1024)  # integer ceiling: floats would lose precision on large sizes
 
 
 def child(el: El, tag: str) -> El:

@@ -73,18 +73,19 @@ def domain_to_xml(
         _leaf(root, "title", cfg.title)
     if cfg.description is not None:
         _leaf(root, "description", cfg.description)
-    if cfg.metadata:
-        metadata = etree.SubElement(root, "metadata")
-        for item in cfg.metadata:
-            metadata.append(etree.fromstring(item))
+    metadata = etree.SubElement(root, "metadata") if cfg.metadata else None
     _leaf(root, "memory", str(cfg.memory_kib), unit="KiB")
     if cfg.current_memory_kib is not None:
         _leaf(root, "currentMemory", str(cfg.current_memory_kib), unit="KiB")
+    if cfg.memory_backing is not None:
+        t.MEMORY_BACKING.write(root, "memoryBacking", cfg.memory_backing)
     vcpu = _leaf(root, "vcpu", str(cfg.vcpus), placement="static")
     if cfg.vcpus_current is not None:
         vcpu.set("current", str(cfg.vcpus_current))
     if cfg.iothreads is not None:
         _leaf(root, "iothreads", str(cfg.iothreads))
+    if cfg.cputune is not None:
+        t.CPUTUNE.write(root, "cputune", cfg.cputune)
     if cfg.sysinfo is not None:
         t.SYSINFO.write(root, "sysinfo", cfg.sysinfo)
     _os(root, cfg)
@@ -120,6 +121,12 @@ def domain_to_xml(
             kind.write(devices, item.kind if isinstance(item, CharDevice) else tag, item)
 
     etree.indent(root, space="  ")
+    if metadata is not None:  # after indenting, which would change the whitespace of mixed content
+        metadata.text = "\n    "
+        for item in cfg.metadata:
+            metadata.append(etree.fromstring(item))
+            metadata[-1].tail = "\n    "
+        metadata[-1].tail = "\n  "
     return etree.tostring(root, encoding="unicode", pretty_print=True)
 
 
@@ -182,7 +189,8 @@ def _disk(el: _El, chain: list[tuple[str, str]] | None, mirror: Mirror | None) -
             parent = etree.SubElement(parent, "backingStore")
         extra.append(top)
     if mirror is not None:
-        el_mirror = etree.Element("mirror", type="file", job=mirror.job, ready="yes" if mirror.ready else "no")
+        ready = "yes" if mirror.ready else "no"
+        el_mirror = etree.Element("mirror", type="file", job=mirror.job, ready=ready)
         etree.SubElement(el_mirror, "format", type=mirror.format)
         etree.SubElement(el_mirror, "source", file=mirror.path)
         extra.append(el_mirror)

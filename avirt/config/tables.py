@@ -3,7 +3,9 @@
 One :class:`~avirt.config.schema.Kind` per element kind; ``parse.py`` and ``serialize.py`` walk these
 tables, so this module is the whole vocabulary avirt speaks (docs/domain-xml.md lists it for people).
 For each enumerated attribute the first set is what avirt implements and the second what libvirt also
-knows: a value from the second is *unsupported*, anything else *invalid*.
+knows: a value from the second is *unsupported*, anything else *invalid*. The ``build`` functions hold
+the rules within one element (a cdrom is not on virtio, a controller model belongs to its type);
+``parse.py`` holds the rules between elements.
 """
 
 from __future__ import annotations
@@ -12,15 +14,63 @@ from typing import Any
 
 from avirt.config import devices as d
 from avirt.config import model as m
-from avirt.config.schema import ANY, ON_OFF, YES_NO, Choice, Ctx, El, Field, Flag, Int, Kind, Many, Spec, Sub, Text
+from avirt.config.schema import (
+    ANY,
+    ON_OFF,
+    YES_NO,
+    Choice,
+    CpuSet,
+    Ctx,
+    El,
+    Field,
+    Flag,
+    Int,
+    Kind,
+    Many,
+    Spec,
+    Sub,
+    Text,
+    child,
+    kib,
+)
 
 # Values that reach QEMU's command line are held to patterns that need no quoting there.
 PATH = r"[^\x00\n]+"
 NAME = r"[A-Za-z0-9_.:+-]+"
+ADDRESS_IP = r"[0-9a-fA-F.:]+"
 ALIAS_IGNORED: dict[str, Spec] = {"alias": Spec(attrs={"name"})}
 
+# -- addresses ----------------------------------------------------------------------------------------------
+
+#: The attributes that mean something for each address type (libvirt ignores the others; avirt refuses them).
+_ADDRESS_FIELDS = {
+    "pci": {"domain", "bus", "slot", "function", "multifunction"},
+    "drive": {"controller", "bus", "target", "unit"},
+    "usb": {"bus", "port"},
+    "virtio-serial": {"controller", "bus", "port"},
+    "isa": {"iobase", "irq"},
+}
+_PCI_NUMBERS = ("domain", "bus", "slot", "function")
+
+
+def _address_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Address | None:
+    kind = values["type"]
+    for name in values:
+        if name != "type" and name not in _ADDRESS_FIELDS[kind]:
+            ctx.invalid(el, f"{name}= is not part of a type='{kind}' address", name)
+    if kind == "pci" and any(name in values for name in _PCI_NUMBERS):
+        for name in _PCI_NUMBERS:
+            values.setdefault(name, 0)  # as libvirt: a PCI address with numbers defaults the others to 0
+        if values["bus"] == 0 and values["slot"] == 0:
+            ctx.invalid(el, "slot 0 of PCI bus 0 is the host bridge", "slot")
+    port = values.get("port")
+    if kind == "virtio-serial" and port is not None and not port.isdigit():
+        ctx.invalid(el, f"{port!r} is not a virtio-serial port number", "port")
+    return d.Address(**values)
+
+
 ADDRESS = Kind(d.Address, (
-    Field("type", "@type", Choice(("pci", "drive", "usb", "virtio-serial", "isa"),
+    Field("type", "@type", Choice(tuple(_ADDRESS_FIELDS),
                                   {"ccw", "ccid", "spapr-vio", "virtio-mmio", "dimm", "unassigned"}),
           required=True),
     Field("domain", "@domain", Int(0, 0xFFFF, hex_width=4)),
@@ -33,23 +83,12 @@ ADDRESS = Kind(d.Address, (
     Field("unit", "@unit", Int(0)),
     Field("port", "@port", Text(r"[0-9]+(\.[0-9]+)*", "a port number")),
     Field("iobase", "@iobase", Int(0, 0xFFFF, hex_width=3)),
-))
-
-
-def _build_address(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Address | None:
-    if "type" not in values:
-        return None
-    if values["type"] == "pci" and values.get("bus") is None:
-        ctx.invalid(el, "a PCI address needs bus= and slot=")
-    return d.Address(**values)
-
-
-ADDRESS = Kind(d.Address, ADDRESS.entries, build=_build_address)
+    Field("irq", "@irq", Int(0, 15, hex_width=1)),
+), build=_address_build)
 _ADDR = Sub("address", "address", ADDRESS)
 
 # -- domain-level -------------------------------------------------------------------------------------------
 
-MACHINE = r"q35|pc|pc-q35-[0-9.]+|pc-i440fx-[0-9.]+|(pc-)?(q35|i440fx)?-?[a-z0-9.-]*"
 LOADER = Kind(m.Loader, (
     Field("readonly", "@readonly", YES_NO),
     Field("type", "@type", Choice(("pflash", "rom"))),
@@ -64,13 +103,29 @@ FIRMWARE_FEATURE = Kind(m.FirmwareFeature, (
     Field("enabled", "@enabled", YES_NO, required=True),
     Field("name", "@name", Choice(("secure-boot", "enrolled-keys")), required=True),
 ))
+
+#: The SMBIOS fields libvirt knows in each <sysinfo> section (QEMU's -smbios type=0,1,2,3 fields).
+_SMBIOS_FIELDS = {
+    "bios": {"vendor", "version", "date", "release"},
+    "system": {"manufacturer", "product", "version", "serial", "uuid", "sku", "family"},
+    "base_board": {"manufacturer", "product", "version", "serial", "asset", "location"},
+    "chassis": {"manufacturer", "version", "serial", "asset", "sku"},
+}
+_SMBIOS_VALUE = Text(r"[^\n]*", "a value on one line")
 SYSINFO_ENTRY = Kind(m.SysInfoEntry, (
     Field("name", "@name", Text(r"[a-z_]+", "an SMBIOS field name"), required=True),
-    Field("value", ".", Text(r"[^\n,]*", "a value without commas or newlines")),
-))
+    Field("value", ".", _SMBIOS_VALUE),
+), build=lambda ctx, el, v: m.SysInfoEntry(v["name"], v.get("value", "")))
+_OEM = Kind(m.SysInfoEntry, (Field("value", ".", _SMBIOS_VALUE),),
+            build=lambda ctx, el, v: m.SysInfoEntry("", v.get("value", "")))
 
 
 def _sysinfo_build(ctx: Ctx, el: El, values: dict[str, Any]) -> m.SysInfo:
+    for section, names in _SMBIOS_FIELDS.items():
+        tag = "baseBoard" if section == "base_board" else section
+        for entry, entry_el in zip(values.get(section, []), el.findall(f"{tag}/entry"), strict=False):
+            if entry.name not in names:
+                ctx.invalid(entry_el, f"unknown <{tag}> entry {entry.name!r}", "name")
     strings = [e.value for e in values.pop("oem_entries", [])]
     return m.SysInfo(**values, oem_strings=strings)
 
@@ -81,8 +136,6 @@ def _sysinfo_unbuild(info: m.SysInfo) -> dict[str, Any]:
     return values
 
 
-_OEM = Kind(m.SysInfoEntry, (Field("value", ".", Text(r"[^\n,]*", "a value without commas")),),
-            build=lambda ctx, el, v: m.SysInfoEntry("", v.get("value", "")))
 SYSINFO = Kind(m.SysInfo, (
     Field("type", "@type", Choice(("smbios",), {"fwcfg"}), required=True),
     Many("bios", "bios/entry", SYSINFO_ENTRY),
@@ -91,6 +144,28 @@ SYSINFO = Kind(m.SysInfo, (
     Many("chassis", "chassis/entry", SYSINFO_ENTRY),
     Many("oem_entries", "oemStrings/entry", _OEM),
 ), build=_sysinfo_build, unbuild=_sysinfo_unbuild)
+
+MEMORY_BACKING = Kind(m.MemoryBacking, (
+    Field("source_type", "source/@type", Choice(("memfd", "anonymous"), {"file"})),
+    Field("access_mode", "access/@mode", Choice(("shared", "private"))),
+    Field("allocation_mode", "allocation/@mode", Choice(("immediate", "ondemand"))),
+    Field("nosharepages", "nosharepages", Flag()),
+    Field("discard", "discard", Flag()),
+))
+
+VCPU_PIN = Kind(m.VCPUPin, (
+    Field("vcpu", "@vcpu", Int(0), required=True),
+    Field("cpuset", "@cpuset", CpuSet(), required=True),
+))
+IOTHREAD_PIN = Kind(m.IOThreadPin, (
+    Field("iothread", "@iothread", Int(1), required=True),
+    Field("cpuset", "@cpuset", CpuSet(), required=True),
+))
+CPUTUNE = Kind(m.CPUTune, (
+    Many("vcpupins", "vcpupin", VCPU_PIN),
+    Field("emulatorpin", "emulatorpin/@cpuset", CpuSet()),
+    Many("iothreadpins", "iothreadpin", IOTHREAD_PIN),
+))
 
 _STATE = ON_OFF
 HYPERV = Kind(m.HyperV, (
@@ -113,22 +188,65 @@ HYPERV = Kind(m.HyperV, (
     Field("ipi", "ipi/@state", _STATE),
     Field("evmcs", "evmcs/@state", _STATE),
 ))
+
+
+def _features_build(ctx: Ctx, el: El, values: dict[str, Any]) -> m.Features:
+    size = values.get("kvm_dirty_ring_size")
+    if size is not None and size & (size - 1):
+        ctx.invalid(child(child(el, "kvm"), "dirty-ring"), f"{size} is not a power of two", "size")
+    return m.Features(**values)
+
+
 FEATURES = Kind(m.Features, (
     Field("acpi", "acpi", Flag()),
     Field("apic", "apic", Flag()),
     Field("pae", "pae", Flag()),
     Sub("hyperv", "hyperv", HYPERV),
     Field("kvm_hidden", "kvm/hidden/@state", _STATE),
+    Field("kvm_hint_dedicated", "kvm/hint-dedicated/@state", _STATE),
+    Field("kvm_poll_control", "kvm/poll-control/@state", _STATE),
+    Field("kvm_pv_ipi", "kvm/pv-ipi/@state", _STATE),
+    Field("kvm_dirty_ring", "kvm/dirty-ring/@state", _STATE),
+    Field("kvm_dirty_ring_size", "kvm/dirty-ring/@size", Int(1024, 65536)),
     Field("pmu", "pmu/@state", _STATE),
     Field("vmport", "vmport/@state", _STATE),
     Field("smm", "smm/@state", _STATE),
     Field("ioapic_driver", "ioapic/@driver", Choice(("kvm", "qemu"))),
     Field("vmcoreinfo", "vmcoreinfo/@state", _STATE),
-))
+), build=_features_build)
 CPU_FEATURE = Kind(m.CPUFeature, (
     Field("policy", "@policy", Choice(("force", "require", "optional", "disable", "forbid")), required=True),
     Field("name", "@name", Text(r"[a-z0-9_.-]+", "a CPU feature name"), required=True),
 ))
+
+
+def _cell_build(ctx: Ctx, el: El, values: dict[str, Any]) -> m.NUMACell:
+    values["memory_kib"] = kib(ctx, el, values.pop("memory"), values.pop("unit", None))
+    return m.NUMACell(**values)
+
+
+def _cell_unbuild(cell: m.NUMACell) -> dict[str, Any]:
+    return {**vars(cell), "memory": cell.memory_kib, "unit": "KiB"}
+
+
+NUMA_CELL = Kind(m.NUMACell, (
+    Field("id", "@id", Int(0), required=True),
+    Field("cpus", "@cpus", CpuSet(), required=True),
+    Field("memory", "@memory", Int(1), required=True),
+    Field("unit", "@unit", Text(r"[A-Za-z]+", "a unit")),
+    Field("mem_access", "@memAccess", Choice(("shared", "private"))),
+), build=_cell_build, unbuild=_cell_unbuild)
+
+
+def _cpu_build(ctx: Ctx, el: El, values: dict[str, Any]) -> m.CPU:
+    topology = [name for name in ("sockets", "dies", "cores", "threads") if name in values]
+    if topology and not {"sockets", "cores", "threads"} <= set(topology):
+        ctx.invalid(child(el, "topology"), "needs sockets=, cores= and threads=")
+    if values.get("mode") in ("host-passthrough", "maximum") and "model" in values:
+        ctx.invalid(child(el, "model"), f"mode='{values['mode']}' takes no CPU model")
+    return m.CPU(**values)
+
+
 CPU = Kind(m.CPU, (
     Field("mode", "@mode", Choice(("custom", "host-passthrough", "host-model", "maximum"))),
     Field("match", "@match", Choice(("exact", "minimum", "strict"))),
@@ -143,7 +261,8 @@ CPU = Kind(m.CPU, (
     Field("threads", "topology/@threads", Int(1)),
     Field("cache_mode", "cache/@mode", Choice(("passthrough", "emulate", "disable"))),
     Many("features", "feature", CPU_FEATURE),
-), ignore={"model/@vendor_id": ANY})
+    Many("numa", "numa/cell", NUMA_CELL),
+), build=_cpu_build)
 TIMER = Kind(m.Timer, (
     Field("name", "@name", Choice(("rtc", "pit", "hpet", "hypervclock", "tsc", "kvmclock"),
                                   {"platform", "armvtimer"}), required=True),
@@ -153,18 +272,44 @@ TIMER = Kind(m.Timer, (
     Field("frequency", "@frequency", Int(1)),
 ))
 
-# -- devices ------------------------------------------------------------------------------------------------
+# -- disks --------------------------------------------------------------------------------------------------
 
 _KNOWN_DISK_TYPES = {"dir", "network", "volume", "nvme", "vhostuser", "vhostvdpa"}
 _KNOWN_FORMATS = {"none", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi", "fat", "vhd", "ploop",
                   "cow", "qcow", "qed", "vmdk", "luks", "vhdx", "aio"}
 _INFERRED_BUS = {"vd": "virtio", "sd": "scsi", "hd": "ide", "fd": "fdc"}
+_IOTUNE_LIMITS = ("bytes_sec", "iops_sec")
+
+
+def _iotune_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.IoTune:
+    for limit in _IOTUNE_LIMITS:
+        for suffix in ("", "_max", "_max_length"):
+            total = f"total_{limit}{suffix}"
+            if total in values and any(f"{rw}_{limit}{suffix}" in values for rw in ("read", "write")):
+                ctx.invalid(child(el, total), f"cannot be set together with read_{limit}{suffix} or "
+                                              f"write_{limit}{suffix}")
+        for rw in ("total", "read", "write"):
+            for suffix, base in (("_max", ""), ("_max_length", "_max")):
+                name = f"{rw}_{limit}{suffix}"
+                if name in values and f"{rw}_{limit}{base}" not in values:
+                    ctx.invalid(child(el, name), f"needs {rw}_{limit}{base}")
+    return d.IoTune(**values)
+
+
+IOTUNE = Kind(d.IoTune, (
+    *(Field(f"{rw}_{limit}{suffix}", f"{rw}_{limit}{suffix}", Int(0))
+      for limit in _IOTUNE_LIMITS for suffix in ("", "_max", "_max_length")
+      for rw in ("total", "read", "write")),
+    Field("size_iops_sec", "size_iops_sec", Int(0)),
+    Field("group_name", "group_name", Text(r"[A-Za-z0-9_.-]+", "a group name")),
+), build=_iotune_build)
 
 
 def _disk_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Disk | None:
     dtype = values.get("type", "file")
     device = values.get("device", "disk")
-    source_attr, other_attr = ("source_file", "source_dev") if dtype == "file" else ("source_dev", "source_file")
+    source_attr, other_attr = (("source_file", "source_dev") if dtype == "file"
+                               else ("source_dev", "source_file"))
     source_el = el.find("source")
     if other_attr in values:
         ctx.unsupported_at(child(el, "source"), other_attr.removeprefix("source_"))
@@ -172,28 +317,35 @@ def _disk_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Disk | None:
     values.pop(other_attr, None)
     values.pop("driver_name", None)
     if source is None and device == "disk":
-        if source_el is not None and values.get("type") in ("file", "block", None):
+        if source_el is not None:
             ctx.invalid(source_el, "is required", source_attr.removeprefix("source_"))
         ctx.invalid(el, f"<source {source_attr.removeprefix('source_')}=...> is required for a "
                         f"type='{dtype}' disk")
-    target_el = el.find("target")
-    target = values["target"]
-    if "bus" not in values and target_el is not None and target_el.get("bus") is None:
-        values["bus"] = _INFERRED_BUS.get(target[:2], None)
+    target_el = child(el, "target")
+    if "bus" not in values:
+        values["bus"] = _INFERRED_BUS.get(values["target"][:2])
         if values["bus"] is None:
-            ctx.unsupported_at(child(el, "target"), "bus")
-    bus = values.get("bus")
+            ctx.unsupported_at(target_el, "bus")
+            return None
+    bus = values["bus"]
     if device == "cdrom" and bus in ("virtio", "fdc"):
-        ctx.invalid(el, f"a cdrom cannot sit on bus '{bus}' (use sata, scsi, ide or usb)")
+        ctx.invalid(target_el, f"a cdrom cannot sit on bus '{bus}' (use sata, scsi, ide or usb)", "bus")
     if device == "floppy" and bus != "fdc":
-        ctx.invalid(el, "a floppy sits on bus 'fdc'")
+        ctx.invalid(target_el, f"a floppy sits on bus 'fdc', not '{bus}'", "bus")
     if device != "floppy" and bus == "fdc":
-        ctx.invalid(el, "only a floppy sits on bus 'fdc'")
+        ctx.invalid(target_el, "only a floppy sits on bus 'fdc'", "bus")
+    if "tray" in values and device == "disk":
+        ctx.invalid(target_el, "only a cdrom or floppy has a tray", "tray")
+    if "removable" in values and bus not in ("usb", "scsi"):
+        ctx.invalid(target_el, "only usb and scsi disks can be removable", "removable")
+    if "iothread" in values and bus != "virtio":
+        ctx.invalid(child(el, "driver"), "an iothread serves virtio disks only", "iothread")
+    if values.get("io") == "native" and values.get("cache") not in ("none", "directsync"):
+        ctx.invalid(child(el, "driver"), "io='native' needs cache='none' or 'directsync' (QEMU refuses it "
+                                         "on the host's page cache)", "io")
     if values.get("readonly") and device == "disk" and bus in ("sata", "ide"):
         # QEMU's ide-hd cannot be read-only (libvirt refuses it too).
         ctx.unsupported_at(child(el, "readonly"))
-        return None
-    if bus is None:
         return None
     return d.Disk(source=source, **values)
 
@@ -226,6 +378,8 @@ DISK = Kind(d.Disk, (
     Field("bus", "target/@bus", Choice(("virtio", "sata", "scsi", "ide", "usb", "fdc"),
                                        {"xen", "uml", "sd", "nvme"})),
     Field("tray", "target/@tray", Choice(("open", "closed"))),
+    Field("removable", "target/@removable", ON_OFF),
+    Sub("iotune", "iotune", IOTUNE),
     Field("readonly", "readonly", Flag()),
     Field("shareable", "shareable", Flag()),
     Field("serial", "serial", Text(r"[A-Za-z0-9_ .+-]+", "made of [A-Za-z0-9_ .+-] only")),
@@ -235,29 +389,110 @@ DISK = Kind(d.Disk, (
 ), ignore={
     **ALIAS_IGNORED, "source/@index": ANY, "backingStore": ANY, "mirror": ANY,
 }, build=_disk_build, unbuild=_disk_unbuild)
+
+# -- controllers --------------------------------------------------------------------------------------------
+
+_VIRTIO_MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
+#: For each controller type: the models avirt implements, and the other models libvirt knows for it.
+CONTROLLER_MODELS: dict[str, tuple[tuple[str, ...], set[str]]] = {
+    "usb": (("qemu-xhci", "nec-xhci", "ich9-ehci1", "ich9-uhci1", "ich9-uhci2", "ich9-uhci3", "piix3-uhci",
+             "none"),
+            {"piix4-uhci", "ehci", "vt82c686b-uhci", "pci-ohci", "qusb1", "qusb2", "default"}),
+    "pci": (("pci-root", "pcie-root", "pcie-root-port", "pci-bridge", "dmi-to-pci-bridge",
+             "pcie-to-pci-bridge"),
+            {"pcie-switch-upstream-port", "pcie-switch-downstream-port", "pci-expander-bus",
+             "pcie-expander-bus"}),
+    "scsi": (("virtio-scsi", "virtio-transitional", "virtio-non-transitional"),
+             {"auto", "buslogic", "lsilogic", "lsisas1068", "vmpvscsi", "ibmvscsi", "lsisas1078", "ncr53c90",
+              "am53c974", "dc390"}),
+    "virtio-serial": (_VIRTIO_MODELS, set()),
+    "ide": ((), {"piix3", "piix4", "ich6"}),
+    "sata": ((), set()),
+    "fdc": ((), set()),
+}
+#: The QEMU device each PCI controller model may name in <model name=...> (libvirt's pairs).
+_PCI_MODEL_NAMES = {
+    "pcie-root-port": ("pcie-root-port", "ioh3420"),
+    "pci-bridge": ("pci-bridge",),
+    "dmi-to-pci-bridge": ("i82801b11-bridge",),
+    "pcie-to-pci-bridge": ("pcie-pci-bridge",),
+}
+_KNOWN_MODEL_NAMES = {"x3130-upstream", "xio3130-downstream", "pxb", "pxb-pcie", "spapr-pci-host-bridge"}
+_MAX_PORTS = {"usb": 15, "virtio-serial": 31}
+
+
+def _controller_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Controller | None:
+    ctype = values["type"]
+    model = values.get("model")
+    if model is not None:
+        supported, known = CONTROLLER_MODELS[ctype]
+        if Choice(supported, known).read(ctx, el, "model", model) is None:
+            return None
+    name = values.get("model_name")
+    if name is not None:
+        allowed = _PCI_MODEL_NAMES.get(model or "", ())
+        if name not in allowed:
+            if name in _KNOWN_MODEL_NAMES and not allowed:
+                ctx.unsupported_at(child(el, "model"), "name")
+                return None
+            ctx.invalid(child(el, "model"), f"{name!r} is not a device for a {model or ctype} controller",
+                        "name")
+    ports = values.get("ports")
+    if ports is not None and ports > _MAX_PORTS.get(ctype, 0):
+        if ctype not in _MAX_PORTS:
+            ctx.invalid(el, f"a {ctype} controller has no ports=", "ports")
+        ctx.invalid(el, f"a {ctype} controller has at most {_MAX_PORTS[ctype]} ports", "ports")
+    return d.Controller(**values)
+
+
 CONTROLLER = Kind(d.Controller, (
-    Field("type", "@type", Choice(("usb", "pci", "virtio-serial", "sata", "scsi", "ide", "fdc"),
-                                  {"ccid", "xenbus", "isa"}), required=True),
+    Field("type", "@type", Choice(tuple(CONTROLLER_MODELS), {"ccid", "xenbus", "isa"}), required=True),
     Field("index", "@index", Int(0, 255)),
-    Field("model", "@model", Choice(
-        ("qemu-xhci", "ich9-ehci1", "ich9-uhci1", "ich9-uhci2", "ich9-uhci3", "piix3-uhci", "nec-xhci",
-         "none", "pci-root", "pcie-root", "pcie-root-port", "pci-bridge", "pcie-to-pci-bridge",
-         "dmi-to-pci-bridge", "virtio-scsi", "virtio", "virtio-transitional", "virtio-non-transitional"),
-        {"piix4-uhci", "ehci", "vt82c686b-uhci", "pci-ohci", "usb-ehci", "qusb1", "qusb2", "pcie-switch-upstream-port",
-         "pcie-switch-downstream-port", "pci-expander-bus", "pcie-expander-bus", "auto", "buslogic",
-         "lsilogic", "lsisas1068", "vmpvscsi", "ibmvscsi", "lsisas1078", "am53c974", "dc390", "ncr53c90"})),
-    Field("ports", "@ports", Int(1, 15)),
+    Field("model", "@model", Text(r"[a-z0-9-]+", "a controller model")),
+    Field("ports", "@ports", Int(1)),
     Field("vectors", "@vectors", Int(0)),
     Field("master_startport", "master/@startport", Int(0)),
-    Field("model_name", "model/@name", Choice(
-        ("pcie-root-port", "pci-bridge", "pcie-pci-bridge", "i82801b11-bridge", "ioh3420"), None)),
+    Field("model_name", "model/@name", Text(r"[a-z0-9-]+", "a controller device name")),
     Field("target_chassis", "target/@chassis", Int(0, 255)),
     Field("target_port", "target/@port", Int(0, 255)),
     Field("target_busnr", "target/@busNr", Int(0, 255)),
     Field("driver_queues", "driver/@queues", Int(1)),
     Field("driver_iothread", "driver/@iothread", Int(1)),
     _ADDR,
-), ignore=ALIAS_IGNORED)
+), ignore=ALIAS_IGNORED, build=_controller_build)
+
+# -- network interfaces -------------------------------------------------------------------------------------
+
+_SOURCE_OF = {"network": "source_network", "bridge": "source_bridge", "direct": "source_dev"}
+_GENERATED_TAPS = ("vnet", "macvtap", "macvlan")  # libvirt reserves these prefixes for its own names
+
+
+def _interface_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Interface | None:
+    ntype = values["type"]
+    needed = _SOURCE_OF.get(ntype)
+    if ntype == "network":
+        values.pop("source_bridge", None)  # live XML: the bridge the network gave this NIC
+    if values.get("target_dev", "").startswith(_GENERATED_TAPS):
+        del values["target_dev"]  # a name libvirt (or a running avirt) generated: not part of the definition
+    for key in ("source_network", "source_bridge", "source_dev"):
+        if key in values and key != needed:
+            ctx.unsupported_at(child(el, "source"), key.removeprefix("source_"))
+            return None
+    if needed is not None and needed not in values:
+        ctx.invalid(el, f"<source {needed.removeprefix('source_')}=...> is required for type='{ntype}'")
+    if "source_mode" in values and ntype != "direct":
+        ctx.unsupported_at(child(el, "source"), "mode")
+        return None
+    mac = values.get("mac")
+    if mac is not None:
+        values["mac"] = mac = mac.lower()
+        if int(mac[:2], 16) & 1:
+            ctx.invalid(child(el, "mac"), f"{mac!r} is not a unicast MAC address", "address")
+    if values.get("driver_queues", 1) > 1 and values.get("model", "virtio") != "virtio":
+        ctx.invalid(child(el, "driver"), "only a virtio NIC has queues", "queues")
+    return d.Interface(**values)
+
+
 INTERFACE = Kind(d.Interface, (
     Field("type", "@type", Choice(("user", "network", "bridge", "ethernet", "direct"),
                                   {"vhostuser", "server", "client", "mcast", "internal", "hostdev", "udp",
@@ -275,13 +510,18 @@ INTERFACE = Kind(d.Interface, (
     Field("link_state", "link/@state", Choice(("up", "down"))),
     Field("boot_order", "boot/@order", Int(1)),
     _ADDR,
-), ignore=ALIAS_IGNORED)
+), ignore={**ALIAS_IGNORED, "source/@portid": ANY}, build=_interface_build)
 
-_KNOWN_CHAR_TYPES = {"vc", "dev", "pipe", "stdio", "udp", "tcp", "spiceport", "nmdm", "qemu-vdagent", "dbus"}
-CHAR_ENTRIES = (
-    Field("type", "@type", Choice(("pty", "file", "null", "unix", "spicevmc"), _KNOWN_CHAR_TYPES)),
-    Field("mode", "source/@mode", Choice(("bind",), {"connect"})),
+# -- character devices --------------------------------------------------------------------------------------
+
+_KNOWN_CHAR_TYPES = {"vc", "dev", "pipe", "stdio", "udp", "spiceport", "nmdm", "qemu-vdagent", "dbus"}
+_CHAR_ENTRIES = (
+    Field("type", "@type", Choice(("pty", "file", "null", "unix", "tcp", "spicevmc"), _KNOWN_CHAR_TYPES)),
+    Field("mode", "source/@mode", Choice(("bind", "connect"))),
     Field("path", "source/@path", Text(PATH, "a path")),
+    Field("host", "source/@host", Text(r"[A-Za-z0-9.:-]+", "a host name or address")),
+    Field("service", "source/@service", Int(1, 65535)),
+    Field("protocol", "protocol/@type", Choice(("raw", "telnet"), {"telnets", "tls"})),
     Field("target_type", "target/@type", Choice(("serial", "virtio", "isa-serial"),
                                                 {"xen", "uml", "lxc", "openvz", "sclp", "sclplm", "guestfwd",
                                                  "usb-serial", "pci-serial", "spapr-vio-serial"})),
@@ -290,26 +530,110 @@ CHAR_ENTRIES = (
     Field("target_model", "target/model/@name", Choice(("isa-serial",), None)),
     _ADDR,
 )
-CHAR_IGNORED: dict[str, Spec] = {
+_CHAR_IGNORED: dict[str, Spec] = {
     **ALIAS_IGNORED, "target/@state": ANY, "source/seclabel": ANY, "log": ANY, "@tty": ANY,
 }
-INPUT = Kind(d.Input, (
-    Field("type", "@type", Choice(("tablet", "mouse", "keyboard"), {"passthrough", "evdev"}), required=True),
-    Field("bus", "@bus", Choice(("usb", "ps2", "virtio"), {"xen", "none"})),
-    _ADDR,
-), ignore=ALIAS_IGNORED)
-GRAPHICS_ENTRIES = (
+_CHAR_SOCKET = {"unix": ("mode", "path"), "tcp": ("mode", "host", "service", "protocol")}
+
+
+def _char_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.CharDevice | None:
+    kind = str(el.tag)
+    ctype = values.setdefault("type", "pty")
+    if ctype == "pty":
+        values.pop("path", None)  # a running guest's /dev/pts/N: output only
+    if ctype == "file" and "path" not in values:
+        ctx.invalid(el, "<source path=...> is required for type='file'")
+    if ctype in ("null", "spicevmc") and el.find("source") is not None:
+        ctx.unsupported_at(child(el, "source"))
+        return None
+    for name in ("mode", "host", "service", "protocol"):
+        if name in values and name not in _CHAR_SOCKET.get(ctype, ()):
+            if name == "protocol":
+                ctx.unsupported_at(child(el, "protocol"), "type")
+            else:
+                ctx.unsupported_at(child(el, "source"), name)
+            return None
+    if ctype == "unix" and "path" not in values and (kind != "channel" or values.get("mode") == "connect"):
+        # A channel's socket without a path is bound at a path chosen at start, as libvirt does.
+        ctx.invalid(child(el, "source"), "a unix socket needs path= (only a channel's may be left to avirt)")
+    if ctype == "tcp":
+        if "service" not in values:
+            ctx.invalid(child(el, "source"), "is required", "service")
+        if "host" not in values and values.get("mode") != "bind":
+            ctx.invalid(child(el, "source"), "is required to connect", "host")
+    target_type = values.get("target_type")
+    target_el = child(el, "target")
+    for name, at, attr, kinds in (("target_port", target_el, "port", ("serial", "console")),
+                                  ("target_name", target_el, "name", ("channel",)),
+                                  ("target_model", child(target_el, "model"), "name", ("serial",))):
+        if name in values and kind not in kinds:
+            ctx.unsupported_at(at, attr)
+            return None
+    if kind == "channel":
+        if target_type != "virtio" or "target_name" not in values:
+            ctx.invalid(child(el, "target"), "a channel needs <target type='virtio' name=...>")
+        values.setdefault("target_port", None)
+    elif kind == "console":
+        if target_type not in (None, "serial", "virtio"):
+            ctx.unsupported_at(child(el, "target"), "type")
+            return None
+    elif target_type not in (None, "isa-serial"):
+        ctx.unsupported_at(child(el, "target"), "type")
+        return None
+    if ctype == "spicevmc" and kind != "channel":
+        ctx.unsupported_at(el, "type")
+        return None
+    return d.CharDevice(kind=kind, **values)  # type: ignore[arg-type]
+
+
+CHARDEV = Kind(d.CharDevice, _CHAR_ENTRIES, ignore=_CHAR_IGNORED, build=_char_build)
+
+# -- graphics, video, sound, input --------------------------------------------------------------------------
+
+_LOOPBACK = "127.0.0.1"
+
+
+def _graphics_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Graphics | None:
+    listen = values.pop("listen", None)
+    address = values.pop("listen_address", None)
+    if listen is not None and address is not None and listen != address:
+        ctx.invalid(child(el, "listen"), f"address {address!r} disagrees with <graphics listen={listen!r}>",
+                    "address")
+    port = values.get("port")
+    if port is not None and port != -1 and not 5900 <= port <= 65535:
+        ctx.invalid(el, f"port {port} is outside 5900-65535", "port")
+    if values.pop("autoport", "no") == "yes" and port != -1:
+        values["port"] = None  # a live XML's allocated port is not part of the definition
+    if values.get("tls_port") not in (None, -1):
+        ctx.unsupported_at(el, "tlsPort")  # TLS needs certificates avirt does not manage
+        return None
+    if values.get("type") == "vnc" and "image_compression" in values:
+        ctx.unsupported_at(child(el, "image"))
+        return None
+    return d.Graphics(listen=listen or address or _LOOPBACK, **values)
+
+
+def _graphics_unbuild(g: d.Graphics) -> dict[str, Any]:
+    values = dict(vars(g))
+    values["autoport"] = "yes" if g.port in (None, -1) else "no"
+    values["listen_address"] = g.listen if g.listen_type == "address" else None
+    return values
+
+
+GRAPHICS = Kind(d.Graphics, (
     Field("type", "@type", Choice(("vnc", "spice"), {"sdl", "rdp", "desktop", "egl-headless", "dbus"}),
           required=True),
     Field("port", "@port", Int(-1, 65535)),
     Field("tls_port", "@tlsPort", Int(-1, 65535)),
     Field("autoport", "@autoport", YES_NO),
-    Field("listen", "@listen", Text(r"[0-9a-fA-F.:]+", "an IP address")),
+    Field("listen", "@listen", Text(ADDRESS_IP, "an IP address")),
+    Field("passwd", "@passwd", Text(r"[^\x00\n]+", "a password on one line")),
+    Field("keymap", "@keymap", Text(r"[a-z]{2}(-[a-z]+)*", "a keymap such as 'en-us' or 'de'")),
     Field("listen_type", "listen/@type", Choice(("address",), {"network", "socket", "none"})),
-    Field("listen_address", "listen/@address", Text(r"[0-9a-fA-F.:]+", "an IP address")),
+    Field("listen_address", "listen/@address", Text(ADDRESS_IP, "an IP address")),
     Field("image_compression", "image/@compression", Choice(
         ("off", "auto_glz", "auto_lz", "quic", "glz", "lz"))),
-)
+), ignore=ALIAS_IGNORED, build=_graphics_build, unbuild=_graphics_unbuild)
 VIDEO = Kind(d.Video, (
     Field("model", "model/@type", Choice(("virtio", "qxl", "vga", "bochs", "cirrus", "ramfb", "none"),
                                          {"vmvga", "xen", "vbox", "gop"}), required=True),
@@ -318,7 +642,8 @@ VIDEO = Kind(d.Video, (
     Field("vgamem", "model/@vgamem", Int(1)),
     Field("heads", "model/@heads", Int(1, 16)),
     Field("primary", "model/@primary", YES_NO),
-    Field("accel3d", "model/acceleration/@accel3d", YES_NO),
+    # A 3D-accelerated virtio-gpu renders with the host's GPU (OpenGL): a host resource avirt does not claim.
+    Field("accel3d", "model/acceleration/@accel3d", Choice(("no",), {"yes"})),
     _ADDR,
 ), ignore=ALIAS_IGNORED)
 SOUND = Kind(d.Sound, (
@@ -330,9 +655,26 @@ SOUND = Kind(d.Sound, (
 ), ignore=ALIAS_IGNORED)
 AUDIO = Kind(d.Audio, (
     Field("id", "@id", Int(1), required=True),
+    # Host sound servers and devices are host resources; 'none' and 'spice' (to the SPICE client) are not.
     Field("type", "@type", Choice(("none", "spice"), {"alsa", "coreaudio", "jack", "oss", "pulseaudio", "sdl",
                                                       "file", "dbus", "pipewire"}), required=True),
 ))
+
+
+def _input_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Input:
+    if values["type"] == "tablet" and values.get("bus") == "ps2":
+        ctx.invalid(el, "a tablet is not a PS/2 device (use bus='usb' or 'virtio')", "bus")
+    return d.Input(**values)
+
+
+INPUT = Kind(d.Input, (
+    Field("type", "@type", Choice(("tablet", "mouse", "keyboard"), {"passthrough", "evdev"}), required=True),
+    Field("bus", "@bus", Choice(("usb", "ps2", "virtio"), {"xen", "none"})),
+    _ADDR,
+), ignore=ALIAS_IGNORED, build=_input_build)
+
+# -- other devices ------------------------------------------------------------------------------------------
+
 RNG = Kind(d.RNG, (
     Field("model", "@model", Choice(("virtio",), {"virtio-transitional", "virtio-non-transitional"}),
           required=True),
@@ -364,109 +706,62 @@ REDIRDEV = Kind(d.RedirDev, (
     Field("bus", "@bus", Choice(("usb",)), required=True),
     Field("type", "@type", Choice(("spicevmc",), {"tcp"}), required=True),
     _ADDR,
-), ignore={**ALIAS_IGNORED, "boot": ANY})
+), ignore=ALIAS_IGNORED)
 TPM = Kind(d.TPM, (
     Field("model", "@model", Choice(("tpm-tis", "tpm-crb"), {"tpm-spapr", "spapr-tpm-proxy"}), required=True),
+    # passthrough hands the host's own TPM to the guest: a host resource.
     Field("backend_type", "backend/@type", Choice(("emulator",), {"passthrough", "external"}), required=True),
     Field("backend_version", "backend/@version", Choice(("2.0",), {"1.2"})),
 ), ignore=ALIAS_IGNORED)
 
-_LOOPBACK = "127.0.0.1"
 
-
-def _graphics_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Graphics | None:
-    listen = values.pop("listen", None)
-    address = values.pop("listen_address", None)
-    if listen is not None and address is not None and listen != address:
-        ctx.invalid(el, f"listen={listen!r} and <listen address={address!r}> disagree")
-    port = values.get("port")
-    if port is not None and port != -1 and not 5900 <= port <= 65535:
-        ctx.invalid(el, f"port {port} is outside 5900-65535", "port")
-    if values.pop("autoport", "no") == "yes" and port != -1:
-        values["port"] = None  # a live XML's allocated port is not part of the definition
-    if values.get("tls_port") not in (None, -1):
-        ctx.unsupported_at(el, "tlsPort")  # TLS needs certificates avirt does not manage
-        return None
-    if values.get("type") == "vnc" and "image_compression" in values:
-        ctx.unsupported_at(child(el, "image"))
-        return None
-    return d.Graphics(listen=listen or address or _LOOPBACK, **values)
-
-
-def _graphics_unbuild(g: d.Graphics) -> dict[str, Any]:
-    values = dict(vars(g))
-    values["autoport"] = "yes" if g.port in (None, -1) else "no"
-    values["listen_address"] = g.listen if g.listen_type == "address" else None
-    return values
-
-
-GRAPHICS = Kind(d.Graphics, GRAPHICS_ENTRIES, ignore=ALIAS_IGNORED, build=_graphics_build,
-                unbuild=_graphics_unbuild)
-
-
-def _char_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.CharDevice | None:
-    kind = str(el.tag)
-    ctype = values.setdefault("type", "pty")
-    if ctype == "pty":
-        values.pop("path", None)  # a running guest's /dev/pts/N: output only
-    if ctype == "file" and "path" not in values:
-        ctx.invalid(el, "<source path=...> is required for type='file'")
-    if ctype in ("null", "spicevmc") and el.find("source") is not None:
-        ctx.unsupported_at(child(el, "source"))
-        return None
-    if ctype != "unix" and "mode" in values:
-        ctx.unsupported_at(child(el, "source"), "mode")
-        return None
-    target_type = values.get("target_type")
-    if kind == "channel":
-        if target_type != "virtio" or "target_name" not in values:
-            ctx.invalid(el, "a channel needs <target type='virtio' name=...>")
-        values.setdefault("target_port", None)
-    elif kind == "console":
-        if target_type not in (None, "serial", "virtio"):
-            ctx.unsupported_at(child(el, "target"), "type")
+def _filesystem_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Filesystem | None:
+    if values.get("driver_type") == "virtiofs":
+        if values.get("accessmode", "passthrough") != "passthrough":
+            ctx.invalid(el, "virtiofs supports only accessmode='passthrough'", "accessmode")
+        if values.get("readonly"):
+            ctx.unsupported_at(child(el, "readonly"))  # virtiofsd of QEMU 7.2 has no read-only mode
             return None
-    elif target_type not in (None, "isa-serial"):
-        ctx.unsupported_at(child(el, "target"), "type")
-        return None
-    if ctype == "spicevmc" and kind != "channel":
-        ctx.unsupported_at(el, "type")
-        return None
-    return d.CharDevice(kind=kind, **values)  # type: ignore[arg-type]
+    elif "queue" in values:
+        ctx.invalid(child(el, "driver"), "is only for driver type='virtiofs'", "queue")
+    elif "binary_path" in values:
+        ctx.invalid(child(el, "binary"), "is only for driver type='virtiofs'")
+    return d.Filesystem(**values)
 
 
-CHARDEV = Kind(d.CharDevice, CHAR_ENTRIES, ignore=CHAR_IGNORED, build=_char_build)
-
-_SOURCE_OF = {"network": "source_network", "bridge": "source_bridge", "direct": "source_dev"}
-
-
-def _interface_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Interface | None:
-    ntype = values["type"]
-    needed = _SOURCE_OF.get(ntype)
-    for key in ("source_network", "source_bridge", "source_dev"):
-        if key in values and key != needed:
-            ctx.unsupported_at(child(el, "source"), key.removeprefix("source_"))
-            return None
-    if needed is not None and needed not in values:
-        ctx.invalid(el, f"<source {needed.removeprefix('source_')}=...> is required for type='{ntype}'")
-    if "source_mode" in values and ntype != "direct":
-        ctx.unsupported_at(child(el, "source"), "mode")
-        return None
-    mac = values.get("mac")
-    if mac is not None:
-        values["mac"] = mac = mac.lower()
-        if int(mac[:2], 16) & 1:
-            ctx.invalid(child(el, "mac"), f"{mac!r} is not a unicast MAC address", "address")
-    return d.Interface(**values)
+FILESYSTEM = Kind(d.Filesystem, (
+    Field("type", "@type", Choice(("mount",), {"block", "file", "template", "ram", "bind", "volume"})),
+    Field("accessmode", "@accessmode", Choice(("passthrough", "mapped", "squash"))),
+    Field("driver_type", "driver/@type", Choice(("path", "virtiofs"), {"handle", "loop", "nbd", "ploop"})),
+    Field("queue", "driver/@queue", Int(1)),
+    Field("binary_path", "binary/@path", Text(PATH, "a path")),
+    Field("source_dir", "source/@dir", Text(PATH, "a path"), required=True),
+    Field("target_dir", "target/@dir", Text(r"[A-Za-z0-9_.:/+-]{1,36}",
+                                            "a mount tag of at most 36 characters"), required=True),
+    Field("readonly", "readonly", Flag()),
+    _ADDR,
+), ignore=ALIAS_IGNORED, build=_filesystem_build)
 
 
-INTERFACE = Kind(d.Interface, INTERFACE.entries, ignore=ALIAS_IGNORED, build=_interface_build)
+def _vsock_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Vsock:
+    if values.get("cid_auto") != "yes" and "cid" not in values:
+        ctx.invalid(child(el, "cid"), "needs address= unless auto='yes'")
+    return d.Vsock(**values)
 
 
-#: Each device element: its table and the DomainConfig list (or field) it fills.
+VSOCK = Kind(d.Vsock, (
+    Field("model", "@model", Choice(("virtio",), {"virtio-transitional", "virtio-non-transitional"})),
+    Field("cid_auto", "cid/@auto", YES_NO),
+    Field("cid", "cid/@address", Int(3, 0xFFFFFFFE)),
+    _ADDR,
+), ignore=ALIAS_IGNORED, build=_vsock_build)
+
+
+#: Each device element: its table and the DomainConfig list (or single field) it fills.
 DEVICE_KINDS: dict[str, tuple[Kind[Any], str]] = {
     "disk": (DISK, "disks"),
     "controller": (CONTROLLER, "controllers"),
+    "filesystem": (FILESYSTEM, "filesystems"),
     "interface": (INTERFACE, "interfaces"),
     "serial": (CHARDEV, "chardevs"),
     "console": (CHARDEV, "chardevs"),
@@ -482,4 +777,7 @@ DEVICE_KINDS: dict[str, tuple[Kind[Any], str]] = {
     "memballoon": (MEMBALLOON, "memballoon"),
     "rng": (RNG, "rngs"),
     "panic": (PANIC, "panics"),
+    "vsock": (VSOCK, "vsock"),
 }
+#: The device elements that may appear once at most.
+SINGLE_DEVICES = {"memballoon", "vsock"}

@@ -4,8 +4,8 @@ Why a home-made guest: tests need a real guest that boots in about 2 s under TCG
 power button (``system_powerdown``) and writes known patterns to a virtio disk, so block jobs can be
 checked against what the guest reported. A Debian cloud kernel plus busybox in a ~1 MiB initramfs
 does that with nothing but Debian's package mirror: ``apt-get download`` two .debs, ``dpkg-deb -x``
-them into a scratch directory (nothing is installed, /boot is untouched), copy out the kernel, eight
-modules and busybox, and write a gzip'd newc cpio in pure Python (fixed inode numbers and mtimes,
+them into a scratch directory (nothing is installed, /boot is untouched), copy out the kernel, a
+few modules and busybox, and write a gzip'd newc cpio in pure Python (fixed inode numbers and mtimes,
 so the same inputs give a byte-identical initrd).
 
 Cache (default ``~/.cache/avirt-test-guest``, env ``AVIRT_GUEST_CACHE``, or the ``cache_root``
@@ -29,15 +29,20 @@ appears by ``rename``, so a reader either sees a complete guest or none.
 
 Serial markers printed by the guest's /init (console=ttyS0; the tty sends ``\\r\\n``):
 
+- ``avirt-guest: firmware efi`` (or ``bios``): which firmware started the kernel.
 - ``avirt-guest: ready uptime=S``: modules loaded, power button armed, workload about to start.
 - ``avirt-wl: i=N slot=K pat=0xPP``: 64 KiB of byte PP is at K MiB of /dev/vda (after fsync).
 - ``avirt-wl: done`` (finite ``avirt.count``) or ``avirt-wl: stopped i=N`` (power button).
 - ``avirt-wl: error ...``, ``avirt-guest: error ...``: something in the guest failed.
 - ``avirt-guest: power button`` then ``avirt-guest: poweroff``: shutting down.
+- ``avirt-guest: block NAME sectors=N ro=R md5=M path=P`` (or ``block NAME missing``) for each name
+  in ``avirt.blocks``, then ``avirt-guest: blocks done: `` and every entry of /sys/block.
 
 Kernel command line knobs: ``avirt.workload=none|write`` (default none), ``avirt.slots=N`` (default
 4), ``avirt.count=N`` (0 = forever, the default), ``avirt.sleep=S`` (seconds between writes,
-fractions allowed, default 0).
+fractions allowed, default 0), ``avirt.actions=rtc,suspend,panic`` (see ``init.sh``),
+``avirt.blocks=sda,sr0`` (block devices to wait for and report: size, read-only flag, the MD5 of
+their whole content, their sysfs path).
 
 Run ``python -m tests.guest.build`` from the repository root to build and print the paths.
 """
@@ -69,7 +74,7 @@ __all__ = ["GUEST_MODULES", "GuestBuildError", "GuestImages", "build_guest", "de
 log = logging.getLogger(__name__)
 
 #: Bump when the initramfs layout or the build steps change in a way the inputs don't show.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 DEFAULT_KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -87,7 +92,14 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_balloon",  # BALLOON_CHANGE: only a guest driver answers the host's balloon target
     "pvpanic",  # GUEST_PANICKED: the guest reports its panic through <panic model='isa'/>
     "pvpanic_mmio",
+    "virtio_scsi",  # disks and cdroms on <controller type='scsi' model='virtio-scsi'/>
+    "sd_mod",  # SCSI and ATA disks: /dev/sdX
+    "sr_mod",  # SCSI and ATA cdroms: /dev/srN
 )
+
+#: Modules loaded after :data:`GUEST_MODULES` when the kernel has them: the cloud kernel builds no AHCI
+#: driver (q35's SATA controller), the generic one (``kernel_meta="linux-image-amd64"``) does.
+OPTIONAL_MODULES: tuple[str, ...] = ("ahci",)
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 
@@ -130,11 +142,12 @@ def default_cache_root() -> Path:
     return Path.home() / ".cache" / "avirt-test-guest"
 
 
-def build_guest(cache_root: Path | None = None) -> GuestImages:
+def build_guest(cache_root: Path | None = None, *, kernel_meta: str | None = None) -> GuestImages:
     """Return the test guest's kernel and initrd, building them first if the cache lacks them.
 
-    The kernel package is ``$KERNEL_META`` (default ``linux-image-cloud-amd64``: its LZ4 kernel
-    boots in ~2 s under TCG, the generic XZ one takes twice as long), resolved through its
+    The kernel package is ``kernel_meta``, else ``$KERNEL_META``, else ``linux-image-cloud-amd64``
+    (its LZ4 kernel boots in ~2 s under TCG, the generic XZ one, ``linux-image-amd64``, takes twice
+    as long but has drivers the cloud one lacks, such as AHCI for SATA disks), resolved through its
     ``Depends`` to the real ``linux-image-<release>`` package. If apt cannot resolve or download
     the packages, ``apt-get update`` is run once and the whole step is retried.
 
@@ -142,7 +155,7 @@ def build_guest(cache_root: Path | None = None) -> GuestImages:
     """
     root = (cache_root if cache_root is not None else default_cache_root()).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
-    meta = os.environ.get("KERNEL_META") or DEFAULT_KERNEL_META
+    meta = kernel_meta or os.environ.get("KERNEL_META") or DEFAULT_KERNEL_META
     init_bytes = _read_init()
 
     updated = False
@@ -387,6 +400,7 @@ def _key(resolved: _Resolved, init_bytes: bytes) -> tuple[str, dict[str, object]
         "busybox_version": resolved.busybox_version,
         "init_sha256": hashlib.sha256(init_bytes).hexdigest(),
         "modules": list(GUEST_MODULES),
+        "optional_modules": list(OPTIONAL_MODULES),
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     release = resolved.kernel_package.removeprefix("linux-image-")
@@ -417,7 +431,8 @@ def _build(root: Path, final: Path, debs: dict[str, Path], init_bytes: bytes,
 
         release, vmlinuz = _find_kernel(kernel_tree)
         os.replace(vmlinuz, out / "vmlinuz")
-        modules = _collect_modules(kernel_tree / "lib" / "modules" / release, GUEST_MODULES)
+        modules = _collect_modules(kernel_tree / "lib" / "modules" / release, GUEST_MODULES,
+                                   OPTIONAL_MODULES)
         busybox = busybox_tree / "bin" / "busybox"
         if not busybox.is_file():
             raise GuestBuildError(f"{debs[BUSYBOX_PACKAGE].name} has no bin/busybox")
@@ -524,11 +539,13 @@ def _modinfo(data: bytes, origin: str) -> dict[str, str]:
     raise GuestBuildError(f"{origin} has no .modinfo section")
 
 
-def _collect_modules(moddir: Path, wanted: Sequence[str]) -> list[tuple[str, bytes]]:
+def _collect_modules(moddir: Path, wanted: Sequence[str],
+                     optional: Sequence[str] = ()) -> list[tuple[str, bytes]]:
     """Return ``(name, ELF bytes)`` of ``wanted`` plus missing dependencies, in load order.
 
     Built-in ones (listed in modules.builtin) are skipped; anything else missing is an error,
-    because /init would then boot without /dev/vda or the power button.
+    because /init would then boot without /dev/vda or the power button. An ``optional`` module
+    the kernel does not have (neither as a module nor built in) is left out.
     """
     index: dict[str, Path] = {}
     for p in (moddir / "kernel").rglob("*.ko*"):
@@ -559,6 +576,9 @@ def _collect_modules(moddir: Path, wanted: Sequence[str]) -> list[tuple[str, byt
 
     for name in wanted:
         visit(name, ())
+    for name in optional:
+        if name in index:
+            visit(name, ())
     return order
 
 

@@ -32,11 +32,16 @@ while read -r mod; do
     insmod "/lib/modules/$mod.ko" || say "error insmod $mod failed"
 done </etc/avirt-modules
 
+# Which firmware started the kernel (UEFI leaves /sys/firmware/efi behind): "avirt-guest: firmware efi"
+# or "avirt-guest: firmware bios".
+if [ -d /sys/firmware/efi ]; then say "firmware efi"; else say "firmware bios"; fi
+
 workload=none
 actions=
 slots=4
 count=0
 sleep_s=0
+blocks=
 # avirt.* parameters are not passed to init by the kernel (dotted names look like module
 # parameters), so read them from /proc/cmdline.
 for arg in $(cat /proc/cmdline); do
@@ -46,6 +51,7 @@ for arg in $(cat /proc/cmdline); do
         avirt.count=*) count=${arg#*=} ;;
         avirt.sleep=*) sleep_s=${arg#*=} ;;
         avirt.actions=*) actions=${arg#*=} ;;
+        avirt.blocks=*) blocks=${arg#*=} ;;
     esac
 done
 
@@ -67,6 +73,32 @@ run_actions() {
             *) say "error unknown action $action" ;;
         esac
     done
+}
+
+# Block devices, once after "ready" (avirt.blocks=sda,sr0: the names the test expects). SCSI and ATA
+# disks are probed asynchronously, so each name is waited for (up to 30 s), then reported as
+#   avirt-guest: block NAME sectors=N ro=R md5=M path=P
+# (M: MD5 of the whole device, "none" when it cannot be read, e.g. a cdrom drive without media; P:
+# its sysfs device path, which names the PCI slot, SCSI address or ATA port), or as
+# "avirt-guest: block NAME missing"; last comes "avirt-guest: blocks done: " and every /sys/block entry.
+report_blocks() {
+    for name in $(echo "$blocks" | tr ',' ' '); do
+        n=0
+        while [ ! -b "/dev/$name" ] && [ "$n" -lt 600 ]; do
+            sleep 0.05
+            n=$((n + 1))
+        done
+        if [ ! -b "/dev/$name" ]; then
+            say "block $name missing"
+            continue
+        fi
+        sum=$(set -o pipefail; dd if="/dev/$name" bs=65536 2>/dev/null | md5sum) || sum=none
+        read -r sectors <"/sys/block/$name/size"
+        read -r ro <"/sys/block/$name/ro"
+        path=$(readlink -f "/sys/block/$name")
+        say "block $name sectors=$sectors ro=$ro md5=${sum%% *} path=${path#/sys}"
+    done
+    say "blocks done: $(ls /sys/block | tr '\n' ' ')"
 }
 
 # Write loop. Iteration i writes 64 KiB of byte (i % 254) + 1 at slot K = i % slots (offset K MiB)
@@ -153,6 +185,9 @@ if [ "$workload" = write ]; then
 fi
 if [ -n "$actions" ]; then
     (exec 3<&-; run_actions) &
+fi
+if [ -n "$blocks" ]; then
+    (exec 3<&-; report_blocks) &
 fi
 
 if [ -z "$pb" ]; then

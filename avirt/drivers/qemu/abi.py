@@ -23,7 +23,6 @@ driver passes in the machine aliases of its QEMU, so the test driver gives the s
 
 from __future__ import annotations
 
-import copy
 import string
 from collections.abc import Iterator
 from typing import Any
@@ -43,12 +42,12 @@ _PCIE = {"virtio", "qemu-xhci", "nec-xhci", "e1000e", "virtio-serial", "virtio-s
 
 
 def stabilise(cfg: DomainConfig, machines: dict[str, str], known: set[str] | None = None) -> DomainConfig:
-    """A copy of ``cfg`` with the machine version, controllers and addresses filled in.
+    """Fill in ``cfg``'s machine version, controllers and addresses (in place) and return it.
 
     ``machines`` maps aliases to concrete machine types; ``known`` (when given) is every machine type
-    this QEMU offers, and a definition naming another is refused.
+    this QEMU offers, and a definition naming another is refused. On an error ``cfg`` may be half
+    filled: callers pass a definition they have just parsed and drop it then.
     """
-    cfg = copy.deepcopy(cfg)
     concrete = machines.get(cfg.os.machine, cfg.os.machine)
     if known is not None and concrete not in known:
         raise UnsupportedError(["/domain/os/type/@machine"],

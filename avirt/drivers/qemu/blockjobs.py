@@ -486,8 +486,9 @@ def _chains_from(guest: Guest, blocks: list[dict[str, Any]], nodes: dict[str, st
     chains: dict[str, list[Layer]] = {}
     for block in blocks:
         qdev = block.get("qdev", "")
+        # A virtio disk's backend is named by its QOM path, an IDE, SCSI or USB disk by its id alone.
         target = next((d.target for d in guest.config.disks
-                       if qdev == f"/machine/peripheral/{d.target}"
+                       if qdev in (d.target, f"/machine/peripheral/{d.target}")
                        or qdev.startswith(f"/machine/peripheral/{d.target}/")), None)
         inserted = block.get("inserted")
         if target is None or inserted is None:

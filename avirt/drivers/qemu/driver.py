@@ -23,7 +23,7 @@ from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
-from avirt.drivers.qemu import firmware
+from avirt.drivers.qemu import firmware, tpm
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
@@ -225,6 +225,9 @@ class QemuDriver(Driver):
         with anyio.CancelScope(shield=True):
             await self.files.prepare_run(name, domain_to_xml(cfg))
             try:
+                if cfg.tpms:
+                    await tpm.start(self.host, cfg, state_dir=self.files.tpm_dir(cfg.uuid),
+                                    run_dir=self.files.run_dir(name))
                 process = await QemuProcess.spawn(
                     self.host, name,
                     lambda socket: build_argv(cfg, chains=chains, accel=accel, monitor=socket,
@@ -234,6 +237,8 @@ class QemuDriver(Driver):
                     log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
                 )
             except DomainStartError:
+                if cfg.tpms:
+                    await tpm.stop(self.host, self.files.run_dir(name))
                 await self.files.clear_run(name)
                 raise
             guest.began(process, cfg, {
@@ -758,8 +763,12 @@ def startable(cfg: DomainConfig) -> str | None:
                     "guests to host networks yet; use <interface type='user'>")
         if (nic.driver_queues or 1) > 1:
             return f"interface {i}: multiqueue (driver queues={nic.driver_queues}) needs a tap device"
-    if cfg.tpms:
-        return "<tpm> needs a TPM emulator (swtpm), which avirt does not start yet"
+    hyperv = cfg.features.hyperv
+    if cfg.hypervisor == "qemu" and hyperv is not None and hyperv.vpindex == "on":
+        return ("the Hyper-V enlightenment <vpindex> needs KVM (<domain type='kvm'>); TCG cannot give it, "
+                "remove it for type='qemu'")
+    if len(cfg.tpms) > 1:
+        return "a guest has at most one TPM"
     spice = any(g.type == "spice" for g in cfg.graphics)
     if not spice and (cfg.redirdevs or any(c.type == "spicevmc" for c in cfg.chardevs)):
         return "spicevmc channels and USB redirection need <graphics type='spice'>"

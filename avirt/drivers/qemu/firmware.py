@@ -32,6 +32,8 @@ def choose(cfg: DomainConfig, nvram_path: str) -> None:
         cfg.os.loader is not None and cfg.os.loader.secure == "yes")
     enrolled = secure and not any(f.name == "enrolled-keys" and f.enabled == "no"
                                   for f in cfg.os.firmware_features)
+    if secure and cfg.features.smm is None:
+        cfg.features.smm = "on"  # Secure Boot's variables are guarded by SMM; libvirt adds it too
     loader = cfg.os.loader or Loader()
     if loader.path is None:
         loader.path = f"{OVMF_DIR}/OVMF_CODE_4M{'.secboot' if secure else ''}.fd"

@@ -67,6 +67,10 @@ class StateDir:
         """A UEFI domain's own variables; kept apart from the definition, which undefine removes."""
         return os.path.join(self.root, "nvram", f"{name}_VARS.fd")
 
+    def tpm_dir(self, uuid: str) -> str:
+        """A guest's TPM state (swtpm's), by UUID as libvirt keeps it: it outlives every run."""
+        return os.path.join(self.root, "tpm", uuid)
+
     def run_dir(self, name: str) -> str:
         return os.path.join(self._run, name)
 

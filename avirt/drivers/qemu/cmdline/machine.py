@@ -27,9 +27,8 @@ def machine_args(cfg: DomainConfig, accel: str, firmware_nodes: list[str]) -> li
     machine = [cfg.os.machine, f"acpi={'on' if features.acpi else 'off'}", "usb=off", "dump-guest-core=off"]
     if features.vmport is not None:
         machine.append(f"vmport={features.vmport}")
-    smm = features.smm or ("on" if _secure_boot(cfg) else None)
-    if smm is not None:
-        machine.append(f"smm={smm}")
+    if features.smm is not None:
+        machine.append(f"smm={features.smm}")
     if features.ioapic_driver == "qemu":
         machine.append("kernel-irqchip=split")
     for timer in cfg.timers:
