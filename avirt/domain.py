@@ -155,3 +155,52 @@ class Domain:
     async def xml(self, *, inactive: bool = False) -> str:
         """The domain XML: live (with ``<backingStore>`` chains) while it runs, else the definition."""
         return await self._driver.xml(self.name, inactive=inactive)
+
+    async def metadata(self, uri: str, *, inactive: bool = False) -> str | None:
+        """The domain's metadata element in namespace ``uri``, or None (virDomainGetMetadata, ELEMENT).
+
+        The element comes back as XML text with that namespace taken off, as libvirt gives it: what
+        :meth:`set_metadata` was given (``<app><owner>ops</owner></app>``). While the domain runs this is
+        its live metadata; ``inactive=True`` reads the persistent definition instead
+        (:class:`~avirt.errors.OperationInvalidError` for a transient domain, which has none).
+        """
+        from avirt.config.metadata import check_uri  # lxml: loaded by the first call that needs it
+
+        check_uri(uri)
+        return await self._driver.metadata(self.name, uri, inactive=inactive)
+
+    async def set_metadata(self, uri: str, xml: str | None, *, prefix: str | None = None,
+                           live: bool = True, config: bool = True) -> None:
+        """Replace the domain's metadata element in namespace ``uri`` with ``xml``, or remove it with None
+        (virDomainSetMetadata, ELEMENT).
+
+        ``xml`` is one element. As in libvirt, it is stored in namespace ``uri`` under ``prefix`` (required
+        with ``xml``, libvirt's key) whatever namespace it was written in; elements it puts in a third
+        namespace keep theirs. So ::
+
+            await dom.set_metadata("http://app/1", "<app><owner>ops</owner></app>", prefix="app")
+
+        stores ``<app:app xmlns:app="http://app/1"><app:owner>ops</app:owner></app:app>`` in ``<metadata>``.
+
+        ``live`` changes the running domain (its live XML), ``config`` the persistent definition (written
+        atomically to the state directory). On a shut-off domain ``live`` is ignored when ``config`` is
+        also given (libvirt's "current"), so the default changes a persistent domain whether it runs or
+        not; ``live`` alone on a shut-off domain is an :class:`~avirt.errors.OperationInvalidError`, as is
+        ``config`` on a transient domain. Each call that succeeds emits one
+        :class:`~avirt.events.MetadataChangeEvent`.
+
+        Bad ``xml`` (malformed, empty, more than one element) raises
+        :class:`~avirt.errors.InvalidXMLError`; a bad ``uri`` or ``prefix``, or neither ``live`` nor
+        ``config``, raises ``ValueError``.
+        """
+        from avirt.config.metadata import check_uri, element
+
+        check_uri(uri)
+        if not live and not config:
+            raise ValueError("nothing to change: live and config are both False")
+        stored = None
+        if xml is not None:
+            if prefix is None:
+                raise ValueError("a namespace prefix is needed to store a metadata element (prefix=...)")
+            stored = element(uri, xml, prefix)
+        await self._driver.set_metadata(self.name, uri, stored, live=live, config=config)

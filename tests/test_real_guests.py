@@ -91,7 +91,7 @@ def blocks_reported(serial: Path) -> dict[str, dict[str, str]]:
 
 def one(definition: etree._Element, xpath: str) -> etree._Element:
     found = definition.xpath(xpath)
-    assert isinstance(found, list) and len(found) == 1, f"{xpath}: {found}"
+    assert isinstance(found, list) and len(found) == 1, f"{xpath}: {found!r}"
     element = found[0]
     assert isinstance(element, etree._Element)
     return element
@@ -103,10 +103,10 @@ def address(definition: etree._Element, xpath: str) -> dict[str, int]:
             if k not in ("type", "multifunction")}
 
 
-def pci_slot(definition: etree._Element, controller_xpath: str) -> str:
-    """``0000:BB:SS.F`` of a controller as the guest sees it (bus numbers as the firmware numbers them:
-    here every root port leads to a bus of its own, numbered as its index)."""
-    a = address(definition, controller_xpath)
+def pci_slot(definition: etree._Element, xpath: str) -> str:
+    """``0000:BB:SS.F`` of a PCI device of the definition as the guest sees it (the firmware numbers the
+    buses; in these guests each root port's bus gets the number of the port's index)."""
+    a = address(definition, xpath)
     return f"0000:{a['bus']:02x}:{a['slot']:02x}.{a['function']:x}"
 
 
@@ -150,16 +150,19 @@ async def defined_stably(conn: Connection, xml: str) -> tuple[Domain, str]:
     return dom, stable
 
 
-async def boot(dom: Domain, serial: Path, marker: str, *, paused: bool = False) -> None:
-    """Start ``dom`` (a serial log left by an earlier run is removed first) and wait for ``marker``."""
-    serial.unlink(missing_ok=True)
-    await dom.start(paused=paused)
-    if paused:
-        return
+async def boot(dom: Domain, serial: Path, marker: str) -> None:
+    """Start ``dom`` and wait for ``marker`` on its serial port."""
+    await start_fresh(dom, serial)
     await wait_for_serial(serial, marker)
 
 
-async def restart(dom: Domain) -> None:
+async def start_fresh(dom: Domain, serial: Path, *, paused: bool = False) -> None:
+    """Start ``dom``, first removing the serial log of an earlier run (QEMU makes a new one)."""
+    serial.unlink(missing_ok=True)
+    await dom.start(paused=paused)
+
+
+async def power_off(dom: Domain) -> None:
     """Power the guest off through ACPI (proving it answers) before the next start."""
     await dom.shutdown(wait=60)
     assert await dom.state() == (DomainState.SHUTOFF, "shutdown")
@@ -214,12 +217,12 @@ async def test_guest_boots_with_its_disk_and_a_cdrom_on_virtio_scsi(
     port_address = address(definition, port_xpath)
     assert pci_path(buses, "scsi0") == [(f"pci.{port.get('index')}", port_address["slot"],
                                          port_address["function"]), ("scsi0", scsi["slot"], scsi["function"])]
-    await restart(dom)
+    await power_off(dom)
 
     await boot(dom, serial, DONE)
     assert blocks_reported(serial) == first
     assert pci_layout(await dom.qemu_monitor_command("query-pci")) == pci_layout(buses)
-    await restart(dom)
+    await power_off(dom)
     assert await dom.xml(inactive=True) == stable
 
 
@@ -257,23 +260,28 @@ async def test_guest_boots_from_sata_with_a_cdrom_and_an_empty_cdrom_drive(
     assert by_port[units["sdb"]]["md5"] == iso_md5 and by_port[units["sdb"]]["ro"] == "1"
     assert by_port[units["sdc"]]["md5"] == "none"  # the drive is there, with no media to read
     buses = await dom.qemu_monitor_command("query-pci")
-    await restart(dom)
+    await power_off(dom)
 
     await boot(dom, serial, DONE)
     again = blocks_reported(serial)
     assert sorted((b["path"], b["md5"]) for b in again.values()) == sorted(
         (b["path"], b["md5"]) for b in first.values())
     assert pci_layout(await dom.qemu_monitor_command("query-pci")) == pci_layout(buses)
-    await restart(dom)
+    await power_off(dom)
     assert await dom.xml(inactive=True) == stable
 
 
 @pytest.mark.guest
 async def test_guest_boots_under_uefi_with_variables_of_its_own(
         conn: Connection, tmp_path: Path, state_dir: Path, guest_images: GuestImages) -> None:
+    disk = tmp_path / "vda.qcow2"
+    disk_md5 = patterned_disk(disk, 0x3C)
     serial = tmp_path / "serial.log"
+    devices = f"""
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>
+      <target dev='vda' bus='virtio'/></disk>"""
     dom, stable = await defined_stably(
-        conn, guest_xml("efi", guest_images, serial, "", os_attrs=" firmware='efi'"))
+        conn, guest_xml("efi", guest_images, serial, devices, blocks="vda", os_attrs=" firmware='efi'"))
     definition = etree.fromstring(stable)
     loader, nvram = definition.find("os/loader"), definition.find("os/nvram")
     assert loader is not None and loader.text == "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -284,22 +292,31 @@ async def test_guest_boots_under_uefi_with_variables_of_its_own(
     assert variables.parent == state_dir / "nvram"
     assert not variables.exists()  # made on the first start, not at define time
 
-    await boot(dom, serial, "avirt-guest: ready")
+    await boot(dom, serial, DONE)
     assert "avirt-guest: firmware efi" in serial.read_text()
+    # The firmware numbered the buses and the guest found its disk behind the root port of the definition.
+    first = blocks_reported(serial)
+    disk_xpath = "devices/disk[target/@dev='vda']"
+    port_xpath = f"devices/controller[@type='pci'][@index='{address(definition, disk_xpath)['bus']}']"
+    assert one(definition, port_xpath).get("model") == "pcie-root-port"
+    assert first["vda"]["md5"] == disk_md5
+    assert first["vda"]["path"].startswith(
+        f"/devices/pci0000:00/{pci_slot(definition, port_xpath)}/{pci_slot(definition, disk_xpath)}/virtio")
     buses = await dom.qemu_monitor_command("query-pci")
-    await restart(dom)
+    await power_off(dom)
     # The firmware kept its variables in the domain's own file, made from the template.
     assert variables.stat().st_size == template.stat().st_size
     kept = variables.read_bytes()
     assert kept != template.read_bytes()
 
-    await boot(dom, serial, "", paused=True)
+    await start_fresh(dom, serial, paused=True)
     assert variables.read_bytes() == kept  # the second start keeps them: no fresh copy of the template
     await dom.resume()
-    await wait_for_serial(serial, "avirt-guest: ready")
+    await wait_for_serial(serial, DONE)
     assert "avirt-guest: firmware efi" in serial.read_text()
+    assert blocks_reported(serial) == first
     assert pci_layout(await dom.qemu_monitor_command("query-pci")) == pci_layout(buses)
-    await restart(dom)
+    await power_off(dom)
     assert await dom.xml(inactive=True) == stable
 
 
@@ -314,6 +331,7 @@ async def test_secure_boot_definition_gets_the_secboot_firmware_with_smm_and_sta
     assert loader.get("secure") == "yes"
     assert nvram is not None and nvram.text is not None
     assert nvram.get("template") == "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"  # Microsoft's keys enrolled
+    assert one(definition, "features/smm").get("state") == "on"  # the secboot build needs SMM
 
     layouts = []
     for _ in range(2):

@@ -39,8 +39,8 @@ async def test_definitions_are_private_and_bad_xml_writes_nothing(conn: Connecti
         await conn.define_xml("<domain type='kvm'>\n<name>p1</name>\n<memory>64\n</domain>")
     assert caught.value.line is not None
     with pytest.raises(UnsupportedError) as unsupported:
-        await conn.define_xml(xml("p1").replace("<devices>", "<devices><hostdev/><filesystem/>"))
-    assert unsupported.value.items == ["/domain/devices/hostdev", "/domain/devices/filesystem"]
+        await conn.define_xml(xml("p1").replace("<devices>", "<devices><hostdev/><smartcard/>"))
+    assert unsupported.value.items == ["/domain/devices/hostdev", "/domain/devices/smartcard"]
     assert path.read_text() == before
     assert sorted(os.listdir(path.parent)) == ["domain.xml"]
 

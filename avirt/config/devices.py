@@ -25,7 +25,8 @@ class Address:
     """Where a device sits on its bus: ``<address type='pci' bus='0x01' slot='0x00' function='0x0'/>``.
 
     ``type`` says which fields mean something: pci (domain, bus, slot, function, multifunction), drive
-    (controller, bus, target, unit), usb (bus, port), virtio-serial (controller, bus, port), isa (iobase).
+    (controller, bus, target, unit), usb (bus, port), virtio-serial (controller, bus, port), isa (iobase,
+    irq).
     """
 
     type: str
@@ -39,6 +40,7 @@ class Address:
     unit: int | None = None
     port: str | None = None  # usb ports are dotted paths ('1', '1.2'); virtio-serial ports are numbers
     iobase: int | None = None
+    irq: int | None = None
 
 
 @dataclass
@@ -241,10 +243,11 @@ class RedirDev:
 
 @dataclass
 class TPM:
+    """``<tpm model='tpm-crb'><backend type='emulator'/>``: a TPM emulated by swtpm (ISA/MMIO: no address)."""
+
     model: str  # tpm-tis, tpm-crb
     backend_type: str = "emulator"
     backend_version: str | None = None
-    address: Address | None = None
 
 
 @dataclass

@@ -21,10 +21,11 @@ elements: the document itself, the name and UUID, sizes, metadata, and the rules
 
 Output-only items that libvirt (and avirt's own live XML) emits are accepted back and ignored, so
 ``define_xml(dumpxml())`` works: the ``id`` attribute of ``<domain>``, ``<alias>`` in any device,
-``<mirror>`` and ``<backingStore>`` under ``<disk>``, a pty's ``/dev/pts`` path, libvirt's default
-``<resource>`` partition and dynamic ``<seclabel>`` (avirt runs QEMU as the calling user and applies no
-security labels; a static label, a promise of one, is unsupported). A DOCTYPE is refused: entities are
-never expanded.
+``<mirror>``, ``<backingStore>`` and ``<source index=>`` under ``<disk>``, a pty's ``/dev/pts`` path,
+a channel's ``state``, a NIC's ``portid``, the bridge its libvirt network gave it and a tap name libvirt
+generated (``vnet3``), libvirt's default ``<resource>`` partition and dynamic ``<seclabel>`` (avirt runs
+QEMU as the calling user and applies no security labels; a static label, a promise of one, is
+unsupported). A DOCTYPE is refused: entities are never expanded.
 
 Normalisations (so that ``parse(serialize(cfg)) == cfg``): sizes become KiB rounded up (``KB``/``MB``/...
 are powers of 1000 as in libvirt), the UUID becomes lowercase dashed (generated when absent), MAC
@@ -47,7 +48,20 @@ from lxml import etree
 from avirt.config import tables as t
 from avirt.config.devices import Address, CharDevice, Controller, Disk, Interface
 from avirt.config.model import DomainConfig, OSConfig
-from avirt.config.schema import ANY, Ctx, El, Spec, child, cpus_of, kib, line_of, text_of, unique
+from avirt.config.schema import (
+    ANY,
+    Ctx,
+    El,
+    Spec,
+    child,
+    children_by_tag,
+    cpus_of,
+    first,
+    kib,
+    line_of,
+    text_of,
+    unique,
+)
 from avirt.errors import InvalidXMLError, UnsupportedError
 
 __all__ = ["parse_domain_xml"]
@@ -152,30 +166,31 @@ def _kib(ctx: Ctx, el: El) -> int:
 
 
 def _domain(ctx: Ctx, root: El) -> DomainConfig:
+    top = children_by_tag(root)  # the children of <domain>, found in one pass rather than one find() each
     hypervisor = ctx.choose(root, "type", ("kvm", "qemu"), _KNOWN_DOMAIN_TYPES) or "kvm"
     if root.get("id") is not None:
         ctx.integer(root, root.get("id"), -1, "id")  # output-only, but garbage is still garbage
-    name_el = root.find("name")
+    name_el = first(top, "name")
     if name_el is None:
         ctx.invalid(root, "<name> is required")
     name = text_of(name_el)
     if not _NAME_RE.fullmatch(name):
         ctx.invalid(name_el, f"{name!r} is not a safe domain name ([A-Za-z0-9_.+-], no leading '.' or '-', "
                              "at most 64 characters)")
-    title_el = root.find("title")
+    title_el = first(top, "title")
     title = _opt_text(title_el)
     if title_el is not None and title is not None and "\n" in title:
         ctx.invalid(title_el, "must be a single line")
-    memory_el = root.find("memory")
+    memory_el = first(top, "memory")
     if memory_el is None:
         ctx.invalid(root, "<memory> is required")
     memory = _kib(ctx, memory_el)
-    current_el = root.find("currentMemory")
+    current_el = first(top, "currentMemory")
     current = None
     if current_el is not None and (current := _kib(ctx, current_el)) > memory:
         ctx.invalid(current_el, "is larger than <memory>")
     vcpus, vcpus_current = 1, None
-    vcpu_el = root.find("vcpu")
+    vcpu_el = first(top, "vcpu")
     if vcpu_el is not None:
         vcpus = ctx.integer(vcpu_el, text_of(vcpu_el), 1)
         ctx.choose(vcpu_el, "placement", ("static",), {"static", "auto"}, "static")
@@ -183,30 +198,30 @@ def _domain(ctx: Ctx, root: El) -> DomainConfig:
             vcpus_current = ctx.integer(vcpu_el, vcpu_el.get("current"), 1, "current")
             if vcpus_current > vcpus:
                 ctx.invalid(vcpu_el, "current is larger than the vCPU count", "current")
-    iothreads_el = root.find("iothreads")
-    clock_el = root.find("clock")
+    iothreads_el = first(top, "iothreads")
+    clock_el = first(top, "clock")
     clock = None if clock_el is None else ctx.choose(clock_el, "offset", ("utc", "localtime"), _KNOWN_CLOCK,
                                                      "utc")
     lifecycle = {
         tag: None if el is None else ctx.choose(el, None, supported, {"rename-restart"})
         for tag, supported in (("on_poweroff", _ACTIONS), ("on_reboot", _ACTIONS),
                                ("on_crash", _CRASH_ACTIONS))
-        for el in [root.find(tag)]
+        for el in [first(top, tag)]
     }
-    _security(ctx, root)
+    _security(ctx, root, top)
     cfg = DomainConfig(
         name=name,
-        uuid=_uuid(ctx, root.find("uuid")),
+        uuid=_uuid(ctx, first(top, "uuid")),
         hypervisor=hypervisor,  # type: ignore[arg-type]
         title=title,
-        description=_opt_text(root.find("description")),
-        metadata=_metadata(ctx, root.find("metadata")),
+        description=_opt_text(first(top, "description")),
+        metadata=_metadata(ctx, first(top, "metadata")),
         memory_kib=memory,
         current_memory_kib=current,
         vcpus=vcpus,
         vcpus_current=vcpus_current,
         iothreads=None if iothreads_el is None else ctx.integer(iothreads_el, text_of(iothreads_el), 1),
-        os=_os(ctx, root),
+        os=_os(ctx, root, first(top, "os")),
         clock_offset=clock or "utc",  # type: ignore[arg-type]
         on_poweroff=lifecycle["on_poweroff"] or "destroy",  # type: ignore[arg-type]
         on_reboot=lifecycle["on_reboot"] or "restart",  # type: ignore[arg-type]
@@ -215,30 +230,30 @@ def _domain(ctx: Ctx, root: El) -> DomainConfig:
     for tag, kind, attr in (("memoryBacking", t.MEMORY_BACKING, "memory_backing"),
                             ("cputune", t.CPUTUNE, "cputune"), ("sysinfo", t.SYSINFO, "sysinfo"),
                             ("features", t.FEATURES, "features"), ("cpu", t.CPU, "cpu")):
-        if (el := root.find(tag)) is not None and (obj := kind.read(ctx, el)) is not None:
+        if (el := first(top, tag)) is not None and (obj := kind.read(ctx, el)) is not None:
             setattr(cfg, attr, obj)
     if clock_el is not None:
         timers = clock_el.findall("timer")
         cfg.timers = [timer for el in timers if (timer := t.TIMER.read(ctx, el)) is not None]
         unique(ctx, ((el, el.get("name")) for el in timers), "timer")
-    pm = root.find("pm")
+    pm = first(top, "pm")
     if pm is not None:
         for tag in ("suspend-to-mem", "suspend-to-disk"):
             if (el := pm.find(tag)) is not None:
                 setattr(cfg, tag.replace("-", "_"), ctx.choose(el, "enabled", ("yes", "no"), ()))
-    _domain_rules(ctx, root, cfg)
-    devices = root.find("devices")
+    _domain_rules(ctx, root, top, cfg)
+    devices = first(top, "devices")
     if devices is not None:
         _devices(ctx, root, devices, cfg)
     return cfg
 
 
-def _security(ctx: Ctx, root: El) -> None:
+def _security(ctx: Ctx, root: El, top: dict[str, list[El]]) -> None:
     """Accept what libvirt adds by default (it promises nothing avirt does not do); refuse the rest."""
-    resource = root.find("resource/partition")
+    resource = root.find("resource/partition") if "resource" in top else None
     if resource is not None and text_of(resource).strip() != "/machine":
         ctx.unsupported_at(resource)
-    for label in root.findall("seclabel"):
+    for label in top.get("seclabel", []):
         if label.get("type", "dynamic") not in ("dynamic", "none"):
             ctx.unsupported_at(label, "type")
 
@@ -275,9 +290,9 @@ def _uuid(ctx: Ctx, el: El | None) -> str:
     return str(uuid.UUID(hex=digits))
 
 
-def _os(ctx: Ctx, root: El) -> OSConfig:
-    os_el = root.find("os")
-    type_el = None if os_el is None else os_el.find("type")
+def _os(ctx: Ctx, root: El, os_el: El | None) -> OSConfig:
+    kids = {} if os_el is None else children_by_tag(os_el)
+    type_el = first(kids, "type")
     if os_el is None or type_el is None:
         ctx.invalid(root if os_el is None else os_el, "<os><type>hvm</type></os> is required")
     ctx.choose(type_el, None, ("hvm",), _KNOWN_OS_TYPES)
@@ -292,28 +307,29 @@ def _os(ctx: Ctx, root: El) -> OSConfig:
             ctx.invalid(type_el, f"{machine!r} is not a machine type", "machine")
         ctx.unsupported_at(type_el, "machine")  # isapc, microvm, xenfv...: not the PC machines
     boot_devs = []
-    for boot in os_el.findall("boot"):
+    for boot in kids.get("boot", []):
         dev = ctx.choose(boot, "dev", ("hd", "cdrom", "network", "fd"), ())
         if dev is not None:
             boot_devs.append(dev)
     firmware = ctx.choose(os_el, "firmware", ("efi", "bios"), (), "") or None
-    features = [f for el in os_el.findall("firmware/feature") if (f := t.FIRMWARE_FEATURE.read(ctx, el))]
-    loader = os_el.find("loader")
+    feature_els = os_el.findall("firmware/feature") if "firmware" in kids else []
+    features = [f for el in feature_els if (f := t.FIRMWARE_FEATURE.read(ctx, el))]
+    loader = first(kids, "loader")
     if features and firmware != "efi" and loader is None:
         # libvirt's live XML drops firmware='efi' once it picked the loader, and keeps the features.
         ctx.invalid(child(os_el, "firmware"), "firmware features need <os firmware='efi'> or a <loader>")
-    bootmenu = os_el.find("bootmenu")
-    smbios = os_el.find("smbios")
-    nvram = os_el.find("nvram")
+    bootmenu = first(kids, "bootmenu")
+    smbios = first(kids, "smbios")
+    nvram = first(kids, "nvram")
     return OSConfig(
         machine=machine,
         firmware=firmware,
         firmware_features=features,
         loader=None if loader is None else t.LOADER.read(ctx, loader),
         nvram=None if nvram is None else t.NVRAM.read(ctx, nvram),
-        kernel=_path_text(ctx, os_el.find("kernel")),
-        initrd=_path_text(ctx, os_el.find("initrd")),
-        cmdline=_opt_text(os_el.find("cmdline")),
+        kernel=_path_text(ctx, first(kids, "kernel")),
+        initrd=_path_text(ctx, first(kids, "initrd")),
+        cmdline=_opt_text(first(kids, "cmdline")),
         boot_devs=boot_devs,
         bootmenu=None if bootmenu is None else ctx.choose(bootmenu, "enable", ("yes", "no"), ()),
         bootmenu_timeout=None if bootmenu is None or bootmenu.get("timeout") is None
@@ -322,10 +338,10 @@ def _os(ctx: Ctx, root: El) -> OSConfig:
     )
 
 
-def _domain_rules(ctx: Ctx, root: El, cfg: DomainConfig) -> None:
+def _domain_rules(ctx: Ctx, root: El, top: dict[str, list[El]], cfg: DomainConfig) -> None:
     """The rules between domain-level elements: vCPUs, NUMA cells, pinning, firmware."""
     cpu = cfg.cpu
-    cpu_el = root.find("cpu")
+    cpu_el = first(top, "cpu")
     if cpu is not None and cpu_el is not None and ctx.intact(cpu_el):
         if cpu.sockets is not None and cpu.cores is not None and cpu.threads is not None:
             product = cpu.sockets * (cpu.dies or 1) * cpu.cores * cpu.threads
@@ -336,11 +352,11 @@ def _domain_rules(ctx: Ctx, root: El, cfg: DomainConfig) -> None:
         unique(ctx, zip(cells, (c.id for c in cpu.numa), strict=True), "NUMA cell id")
         if cpu.numa and sorted(c.id for c in cpu.numa) != list(range(len(cpu.numa))):
             ctx.invalid(child(cpu_el, "numa"), "cell ids must be 0, 1, 2... (one per cell)")
-        _cpus_within(ctx, zip(cells, (c.cpus for c in cpu.numa), strict=True), cfg.vcpus, "cpus", True)
+        _cells_cpus(ctx, zip(cells, (c.cpus for c in cpu.numa), strict=True), cfg.vcpus)
         if cpu.numa and (total := sum(c.memory_kib for c in cpu.numa)) != cfg.memory_kib:
             ctx.invalid(child(cpu_el, "numa"), f"the cells hold {total} KiB, but <memory> is "
                                                f"{cfg.memory_kib} KiB")
-    tune_el = root.find("cputune")
+    tune_el = first(top, "cputune")
     if cfg.cputune is not None and tune_el is not None:
         pins = tune_el.findall("vcpupin")
         unique(ctx, zip(pins, (p.vcpu for p in cfg.cputune.vcpupins), strict=True), "vcpupin for vCPU")
@@ -358,14 +374,15 @@ def _domain_rules(ctx: Ctx, root: El, cfg: DomainConfig) -> None:
                     "secure")
 
 
-def _cpus_within(ctx: Ctx, items: Iterable[tuple[El, str]], count: int, attr: str, disjoint: bool) -> None:
+def _cells_cpus(ctx: Ctx, cells: Iterable[tuple[El, str]], count: int) -> None:
+    """Each vCPU of a NUMA cell exists and belongs to that cell only."""
     seen: set[int] = set()
-    for el, cpuset in items:
+    for el, cpuset in cells:
         cpus = cpus_of(cpuset)
         if max(cpus) >= count:
-            ctx.invalid(el, f"CPU {max(cpus)} is beyond the {count} vCPUs", attr)
-        if disjoint and cpus & seen:
-            ctx.invalid(el, f"CPU {min(cpus & seen)} is already in another cell", attr)
+            ctx.invalid(el, f"CPU {max(cpus)} is beyond the {count} vCPUs", "cpus")
+        if cpus & seen:
+            ctx.invalid(el, f"CPU {min(cpus & seen)} is already in another cell", "cpus")
         seen |= cpus
 
 
@@ -414,10 +431,15 @@ def _number_controllers(ctx: Ctx, controllers: list[Controller], where: dict[int
     masters = [c for c in controllers if c.master_startport is None]
     unique(ctx, ((where[id(c)], (c.type, c.index)) for c in masters if c.index is not None),
            "controller type and index")
+    taken: dict[str, set[int]] = {}  # type -> its indexes so far
+    for controller in masters:
+        if controller.index is not None:
+            taken.setdefault(controller.type, set()).add(controller.index)
     for controller in masters:
         if controller.index is None:
-            taken = {c.index for c in masters if c.type == controller.type and c.index is not None}
-            controller.index = min(set(range(len(taken) + 1)) - taken)
+            used = taken.setdefault(controller.type, set())
+            controller.index = min(set(range(len(used) + 1)) - used)
+            used.add(controller.index)
     for controller in controllers:
         if controller.master_startport is not None:
             if controller.type != "usb":

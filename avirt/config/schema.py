@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, cast
 
 from lxml import etree
 
@@ -38,7 +38,7 @@ from avirt.errors import InvalidXMLError
 
 __all__ = [
     "ANY", "Choice", "CpuSet", "Ctx", "Field", "Flag", "Int", "Kind", "Many", "Spec", "Sub", "Text", "child",
-    "cpus_of", "kib", "line_of", "text_of", "unique",
+    "children_by_tag", "cpus_of", "first", "kib", "line_of", "text_of", "unique",
 ]
 
 El = etree._Element
@@ -112,9 +112,13 @@ class Text(Value):
 
     pattern: str | None = None
     what: str = ""
+    regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)  # ``pattern``, compiled once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex", None if self.pattern is None else re.compile(self.pattern))
 
     def read(self, ctx: Ctx, el: El, attr: str | None, raw: str) -> object:
-        if self.pattern is not None and not re.fullmatch(self.pattern, raw):
+        if self.regex is not None and not self.regex.fullmatch(raw):
             ctx.invalid(el, f"{raw!r} is not {self.what or 'valid here'}", attr)
         return raw
 
@@ -153,9 +157,12 @@ class CpuSet(Value):
         return raw
 
 
+_CPU_LIST = re.compile(r"\^?[0-9]+(-[0-9]+)?(,\^?[0-9]+(-[0-9]+)?)*")
+
+
 def cpus_of(text: str) -> set[int]:
     """The CPUs a libvirt cpuset names (empty when the text is not one)."""
-    if not re.fullmatch(r"\^?[0-9]+(-[0-9]+)?(,\^?[0-9]+(-[0-9]+)?)*", text.replace(" ", "")):
+    if not _CPU_LIST.fullmatch(text.replace(" ", "")):
         return set()
     cpus: set[int] = set()
     excluded: set[int] = set()
@@ -174,13 +181,43 @@ class Flag(Value):
 
 # -- tables -------------------------------------------------------------------------------------------------
 
+# Where a Field's value sits, from the last step of its path: an attribute, the element's own text, the text
+# of a child, or a child whose presence is the value.
+_ATTR, _TEXT, _CHILD, _FLAG = "attribute", "text", "child", "flag"
+
+
+def _steps(at: str) -> tuple[tuple[str, ...], str]:
+    *parents, last = at.split("/")
+    return tuple(parents), last
+
 
 @dataclass(frozen=True)
 class Field:
+    """One value at ``at``; the rest is derived from ``at`` once, here, not on every read and write."""
+
     name: str
     at: str
     value: Value
     required: bool = False
+    parents: tuple[str, ...] = field(init=False, repr=False, compare=False)  # the elements on the way
+    last: str = field(init=False, repr=False, compare=False)  # "@attr", ".", or a child's tag
+    how: str = field(init=False, repr=False, compare=False)  # _ATTR, _TEXT, _CHILD or _FLAG
+    attr: str | None = field(init=False, repr=False, compare=False)  # the attribute's name, for _ATTR
+    holder: tuple[str, ...] = field(init=False, repr=False, compare=False)  # the element holding the value
+
+    def __post_init__(self) -> None:
+        parents, last = _steps(self.at)
+        attr = None
+        if last.startswith("@"):
+            how, attr, holder = _ATTR, last[1:], parents
+        elif last == ".":
+            how, holder = _TEXT, parents
+        else:
+            how, holder = (_FLAG if isinstance(self.value, Flag) else _CHILD), (*parents, last)
+        # Tables are frozen constants; these are computed once, as part of constructing the Field.
+        for name, derived in (("parents", parents), ("last", last), ("how", how), ("attr", attr),
+                              ("holder", holder)):
+            object.__setattr__(self, name, derived)
 
 
 @dataclass(frozen=True)
@@ -190,6 +227,10 @@ class Sub:
     name: str
     at: str
     kind: Kind[Any]
+    path: tuple[str, ...] = field(init=False, repr=False, compare=False)  # ``at``, split once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", tuple(self.at.split("/")))
 
 
 @dataclass(frozen=True)
@@ -199,9 +240,34 @@ class Many:
     name: str
     at: str
     kind: Kind[Any]
+    path: tuple[str, ...] = field(init=False, repr=False, compare=False)  # ``at``, split once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", tuple(self.at.split("/")))
 
 
 Entry = Field | Sub | Many
+
+
+def _element_path(entry: Entry) -> tuple[str, ...]:
+    return entry.holder if isinstance(entry, Field) else entry.path
+
+
+def _overlapping(entries: tuple[Entry, ...]) -> bool:
+    """Whether an entry reaches into the element of a Sub or the items of a Many.
+
+    No table does today. If one did, an element could gain children that one fill does not see being made
+    (the Sub's own table writes them), so writing falls back to looking each path up in the tree.
+    """
+    for outer in entries:
+        if isinstance(outer, Field):
+            continue
+        for inner in entries:
+            path = _element_path(inner)
+            if inner is not outer and path[:len(outer.path)] == outer.path and (
+                    len(path) > len(outer.path) or isinstance(outer, Many) or not isinstance(inner, Field)):
+                return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -218,29 +284,37 @@ class Kind(Generic[T]):
     ignore: dict[str, Spec] = field(default_factory=dict)
     build: Callable[[Ctx, El, dict[str, Any]], T | None] | None = None
     unbuild: Callable[[T], dict[str, Any]] | None = None
+    # Derived from the entries once (see __post_init__):
+    plan: _ReadPlan = field(init=False, repr=False, compare=False)
+    overlapping: bool = field(init=False, repr=False, compare=False)  # see _overlapping
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plan", _ReadPlan.of(self.entries))
+        object.__setattr__(self, "overlapping", _overlapping(self.entries))
 
     def spec(self) -> Spec:
         root = Spec()
         for entry in self.entries:
-            *parents, last = entry.at.split("/")
             spec = root
-            for tag in parents:
-                spec = spec.child(tag)
             if isinstance(entry, Field):
-                if last.startswith("@"):
-                    spec.attrs.add(last[1:])
-                elif last == ".":
+                for tag in entry.parents:
+                    spec = spec.child(tag)
+                if entry.how is _ATTR:
+                    spec.attrs.add(entry.last[1:])
+                elif entry.how is _TEXT:
                     spec.text = True
-                elif isinstance(entry.value, Flag):
-                    spec.child(last)
+                elif entry.how is _FLAG:
+                    spec.child(entry.last)
                 else:
-                    spec.child(last).text = True
+                    spec.child(entry.last).text = True
             else:
+                for tag in entry.path[:-1]:
+                    spec = spec.child(tag)
                 child = entry.kind.spec()
                 child.multiple = isinstance(entry, Many)
-                spec.child(last).merge(child)
+                spec.child(entry.path[-1]).merge(child)
         for path, ignored in self.ignore.items():
-            *parents, last = path.split("/")
+            parents, last = _steps(path)
             spec = root
             for tag in parents:
                 spec = spec.child(tag)
@@ -253,16 +327,21 @@ class Kind(Generic[T]):
     def read(self, ctx: Ctx, el: El) -> T | None:
         """The object for ``el`` (None once an unsupported value made it meaningless)."""
         values: dict[str, Any] = {}
+        unsupported = ctx.unsupported
         broken = False
-        for entry in self.entries:
+        # el's children by tag, gathered in one pass (lxml's find() parses its path on every call).
+        kids = children_by_tag(el) if self.plan.nested else _NO_CHILDREN
+        for index in self.plan.candidates(el, kids):
+            entry = self.entries[index]
+            before = len(unsupported)
             if isinstance(entry, Field):
-                value = ctx.field(el, entry)
-                broken |= value is None and ctx.last_was_unsupported
+                value = _read_field(ctx, el, kids, entry)
+                broken |= value is None and len(unsupported) > before  # the value is known but unsupported
             elif isinstance(entry, Sub):
-                child = _find(el, entry.at)
+                child = _first(el, kids, entry.path)
                 value = None if child is None else entry.kind.read(ctx, child)
             else:
-                value = [obj for c in _findall(el, entry.at) if (obj := entry.kind.read(ctx, c)) is not None]
+                value = [obj for c in _all(kids, entry.path) if (obj := entry.kind.read(ctx, c)) is not None]
             if value is not None:
                 values[entry.name] = value
         if broken:
@@ -271,47 +350,174 @@ class Kind(Generic[T]):
 
     def write(self, parent: El, tag: str, obj: T) -> El:
         el = etree.SubElement(parent, tag)
-        self.fill(el, obj)
+        self._fill(el, obj, fresh=True)
         return el
 
     def fill(self, el: El, obj: T) -> None:
+        """Write ``obj`` into ``el``, which may already have children (they are found, not repeated)."""
+        self._fill(el, obj, fresh=False)
+
+    def _fill(self, el: El, obj: T, fresh: bool) -> None:
         values = self.unbuild(obj) if self.unbuild is not None else vars(obj)
+        # The elements made during this fill, by path. When ``el`` was made just now, and no entry reaches
+        # into a Sub's element or a Many's items, a path that is not here does not exist yet: it is made
+        # without a search. Otherwise (None) every path is looked up in the tree, as the table is written.
+        made: dict[tuple[str, ...], El] | None = {(): el} if fresh and not self.overlapping else None
         for entry in self.entries:
             value = values.get(entry.name)
             if value is None or value is False or value == []:
                 continue
-            *parents, last = entry.at.split("/")
-            target = el
-            for tag in parents:
-                target = _ensure(target, tag)
             if isinstance(entry, Field):
-                if last.startswith("@"):
-                    target.set(last[1:], entry.value.write(value))
-                elif last == ".":
-                    target.text = entry.value.write(value)
-                elif isinstance(entry.value, Flag):
-                    _ensure(target, last)
-                else:
-                    _ensure(target, last).text = entry.value.write(value)
+                how = entry.how
+                if how is _ATTR:
+                    _ensure(el, entry.parents, made).set(entry.last[1:], entry.value.write(value))
+                elif how is _FLAG:
+                    _ensure(el, entry.holder, made)
+                else:  # _TEXT or _CHILD: the text of the element at ``holder``
+                    _ensure(el, entry.holder, made).text = entry.value.write(value)
             elif isinstance(entry, Sub):
-                entry.kind.fill(_ensure(target, last), value)
+                entry.kind._fill(_ensure(el, entry.path, made), value, fresh=made is not None)
             else:
+                target = _ensure(el, entry.path[:-1], made)
                 for item in value:
-                    entry.kind.write(target, last, item)
+                    entry.kind.write(target, entry.path[-1], item)
 
 
-def _find(el: El, path: str) -> El | None:
-    return el.find(path)
+@dataclass(frozen=True)
+class _ReadPlan:
+    """Which entries of a table may have a value in one element, asked of the element.
+
+    A table names every place where its values may sit, and one element fills few of them: reading looks
+    at the attributes and children the element has and judges only the entries that these can feed, in
+    table order, with those judged whatever the element holds (a required field is missing, a Many with no
+    items is an empty list, the element's own text). The others would be None, with nothing to report.
+    """
+
+    always: tuple[int, ...]
+    attrs: dict[str, int]  # an attribute of the element -> the entry reading it
+    child_attrs: dict[str, dict[str, int]]  # a child's tag -> its attribute -> the entry reading it
+    inside: dict[str, tuple[int, ...]]  # a child's tag -> the other entries within that child
+    nested: bool  # whether any entry lies below the element (else its children need no look)
+
+    @staticmethod
+    def of(entries: tuple[Entry, ...]) -> _ReadPlan:
+        always: list[int] = []
+        attrs: dict[str, int] = {}
+        child_attrs: dict[str, dict[str, int]] = {}
+        inside: dict[str, list[int]] = {}
+        for index, entry in enumerate(entries):
+            path = _element_path(entry)
+            optional = not isinstance(entry, Many) and not (isinstance(entry, Field) and entry.required)
+            if optional and isinstance(entry, Field) and entry.attr is not None and len(path) <= 1:
+                by_name = child_attrs.setdefault(path[0], {}) if path else attrs
+                if entry.attr not in by_name:
+                    by_name[entry.attr] = index
+                    continue
+            elif optional and path:
+                inside.setdefault(path[0], []).append(index)
+                continue
+            always.append(index)  # required, a Many, the element's text, or a second reader of an attribute
+        return _ReadPlan(tuple(always), attrs, child_attrs, {tag: tuple(i) for tag, i in inside.items()},
+                         any(_element_path(entry) for entry in entries))
+
+    def candidates(self, el: El, kids: dict[str, list[El]]) -> list[int]:
+        """The indexes of the entries to judge for ``el``, in table order."""
+        todo = set(self.always)
+        if self.attrs:
+            for name in cast("list[str]", el.keys()):  # lxml's stubs allow bytes; names read are str
+                index = self.attrs.get(name)
+                if index is not None:
+                    todo.add(index)
+        for tag, found in kids.items():
+            inside = self.inside.get(tag)
+            if inside is not None:
+                todo.update(inside)
+            by_name = self.child_attrs.get(tag)
+            if by_name is not None:
+                for name in cast("list[str]", found[0].keys()):
+                    index = by_name.get(name)
+                    if index is not None:
+                        todo.add(index)
+        return sorted(todo)
 
 
-def _findall(el: El, path: str) -> list[El]:
-    return list(el.findall(path))
+_NO_CHILDREN: dict[str, list[El]] = {}
 
 
-def _ensure(parent: El, tag: str) -> El:
-    """The last child ``tag`` of ``parent``, created at the end when there is none."""
-    found = parent.findall(tag)
-    return found[-1] if found else etree.SubElement(parent, tag)
+def children_by_tag(el: El) -> dict[str, list[El]]:
+    """The child elements of ``el`` by tag, each list in document order (one pass over the children).
+
+    ``kids[tag][0]`` is what ``el.find(tag)`` returns and ``kids[tag]`` what ``el.findall(tag)`` does.
+    """
+    kids: dict[str, list[El]] = {}
+    for item in el:
+        tag = item.tag
+        if isinstance(tag, str):  # not a comment or processing instruction
+            found = kids.get(tag)
+            if found is None:
+                kids[tag] = [item]
+            else:
+                found.append(item)
+    return kids
+
+
+def first(kids: dict[str, list[El]], tag: str) -> El | None:
+    """The first child ``tag`` in ``kids`` (from :func:`children_by_tag`), as ``el.find(tag)``."""
+    found = kids.get(tag)
+    return None if found is None else found[0]
+
+
+def _first(el: El, kids: dict[str, list[El]], path: tuple[str, ...]) -> El | None:
+    """The element at ``path`` below ``el``, taking the first child at each step (as ``find`` does)."""
+    if not path:
+        return el
+    found = kids.get(path[0])
+    if found is None:
+        return None
+    target = found[0]
+    for tag in path[1:]:
+        below = next(target.iterchildren(tag), None)
+        if below is None:
+            return None
+        target = below
+    return target
+
+
+def _all(kids: dict[str, list[El]], path: tuple[str, ...]) -> list[El]:
+    """Every element at ``path`` (as ``findall`` returns them: through every element on the way)."""
+    found = kids.get(path[0], [])
+    for tag in path[1:]:
+        found = [item for parent in found for item in parent.iterchildren(tag)]
+    return found
+
+
+def _read_field(ctx: Ctx, el: El, kids: dict[str, list[El]], entry: Field) -> object:
+    """The value of one field of ``el``, or None; the common cases here, the rest in :meth:`Ctx.field`."""
+    target = _first(el, kids, entry.holder)
+    if target is None:
+        return ctx.field(el, entry) if entry.required else None
+    if entry.how is _FLAG:
+        return True
+    raw = target.get(entry.attr) if entry.attr is not None else text_of(target)
+    if raw is None:
+        return ctx.field(el, entry) if entry.required else None
+    if not raw.strip():
+        return ctx.field(el, entry)  # blank: required, kept as "", or refused, by the rules there
+    return entry.value.read(ctx, target, entry.attr, raw)
+
+
+def _ensure(el: El, path: tuple[str, ...], made: dict[tuple[str, ...], El] | None) -> El:
+    """The element at ``path`` below ``el`` (the last child of each tag), made where there is none."""
+    if made is not None:
+        found = made.get(path)
+        if found is None:
+            parent = _ensure(el, path[:-1], made)
+            made[path] = found = etree.SubElement(parent, path[-1])
+        return found
+    for tag in path:
+        last = next(el.iterchildren(tag, reversed=True), None)
+        el = etree.SubElement(el, tag) if last is None else last
+    return el
 
 
 # -- reading ------------------------------------------------------------------------------------------------
@@ -323,7 +529,6 @@ class Ctx:
     def __init__(self, tree: etree._ElementTree) -> None:
         self.tree = tree
         self.unsupported: list[str] = []
-        self.last_was_unsupported = False
 
     def path(self, el: El, attr: str | None = None) -> str:
         base = self.tree.getpath(el)
@@ -344,47 +549,53 @@ class Ctx:
         """Record every attribute and child of ``el`` that ``spec`` does not allow (recursively)."""
         if spec.anything:
             return
-        for attr in el.attrib:
-            if str(attr) not in spec.attrs:
+        attrs, children = spec.attrs, spec.children
+        for attr in el.keys():
+            if attr not in attrs:
                 self.unsupported_at(el, str(attr))
-        stray_text = [el.text] if not spec.text else []
+        # Text where none belongs (around the children too) is reported once for the element.
+        stray = not spec.text and bool((text := el.text) and not text.isspace())
         seen: set[str] = set()
-        for child in el:
-            stray_text.append(child.tail)
-            tag = child.tag
+        for item in el:
+            if not stray and (tail := item.tail) and not tail.isspace():
+                stray = True
+            tag = item.tag
             if not isinstance(tag, str):
                 continue
-            spec_child = spec.children.get(tag)
+            spec_child = children.get(tag)
             if spec_child is None:
-                self.unsupported_at(child)
+                self.unsupported_at(item)
                 continue
             if tag in seen and not spec_child.multiple:
-                self.invalid(child, f"<{tag}> may appear only once here")
+                self.invalid(item, f"<{tag}> may appear only once here")
             seen.add(tag)
-            self.check_structure(child, spec_child)
-        if any(t and t.strip() for t in stray_text):
+            self.check_structure(item, spec_child)
+        if stray:
             self.unsupported.append(f"{self.path(el)}/text()")
 
     def field(self, el: El, entry: Field) -> object:
-        """The value of one table field of ``el``: None when absent or unsupported."""
-        self.last_was_unsupported = False
-        *parents, last = entry.at.split("/")
+        """The value of one table field of ``el``: None when absent or unsupported.
+
+        All the rules, and the messages of what is missing or blank; :meth:`Kind.read` takes the common
+        cases (absent, or a plain value) itself and comes here for the rest.
+        """
         target: El | None = el
-        for tag in parents:
+        for tag in entry.parents:
             target = None if target is None else target.find(tag)
         if target is None:
             if entry.required:
-                self.invalid(el, f"<{'/'.join(parents)}> is required")
+                self.invalid(el, f"<{'/'.join(entry.parents)}> is required")
             return None
+        last = entry.last
         attr: str | None = None
-        if last.startswith("@"):
-            attr = last[1:]
-            raw = target.get(attr)
-        elif last == ".":
+        if entry.how is _ATTR:
+            attr = entry.attr
+            raw = target.get(last[1:])
+        elif entry.how is _TEXT:
             raw = text_of(target)
         else:
             child = target.find(last)
-            if isinstance(entry.value, Flag):
+            if entry.how is _FLAG:
                 return child is not None or None
             if child is None:
                 if entry.required:
@@ -399,10 +610,7 @@ class Ctx:
             if raw is not None and raw != "":
                 self.invalid(target, "must not be blank", attr)
             return None
-        before = len(self.unsupported)
-        value = entry.value.read(self, target, attr, raw)
-        self.last_was_unsupported = len(self.unsupported) > before
-        return value
+        return entry.value.read(self, target, attr, raw)
 
     def choose(self, el: El, attr: str | None, supported: tuple[str, ...], known: Collection[str] | None,
                default: str | None = None) -> str | None:
@@ -457,7 +665,7 @@ def kib(ctx: Ctx, el: El, amount: int, unit: str | None) -> int:
 
 def child(el: El, tag: str) -> El:
     """The child ``tag`` of ``el`` that a reported value came from (``el`` itself if it has none)."""
-    found = el.find(tag)
+    found = next(el.iterchildren(tag), None)  # as el.find(tag), without parsing a path
     return el if found is None else found
 
 
@@ -467,6 +675,9 @@ def line_of(el: El) -> int | None:
 
 
 def text_of(el: El) -> str:
+    """All the text inside ``el``, its children's included."""
+    if len(el) == 0:
+        return el.text or ""  # the usual case, without itertext's iterator
     return "".join(str(part) for part in el.itertext())
 
 

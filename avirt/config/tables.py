@@ -58,7 +58,11 @@ def _address_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Address | None
     for name in values:
         if name != "type" and name not in _ADDRESS_FIELDS[kind]:
             ctx.invalid(el, f"{name}= is not part of a type='{kind}' address", name)
-    if kind == "pci" and any(name in values for name in _PCI_NUMBERS):
+    if kind == "pci":
+        if not any(name in values for name in _PCI_NUMBERS):
+            # libvirt's "somewhere on PCI": avirt places a device itself when it has no <address> at all.
+            ctx.unsupported_at(el)
+            return None
         for name in _PCI_NUMBERS:
             values.setdefault(name, 0)  # as libvirt: a PCI address with numbers defaults the others to 0
         if values["bus"] == 0 and values["slot"] == 0:
@@ -111,7 +115,7 @@ _SMBIOS_FIELDS = {
     "base_board": {"manufacturer", "product", "version", "serial", "asset", "location"},
     "chassis": {"manufacturer", "version", "serial", "asset", "sku"},
 }
-_SMBIOS_VALUE = Text(r"[^\n]*", "a value on one line")
+_SMBIOS_VALUE = Text(r"[^\n,]*", "a value without commas or newlines")
 SYSINFO_ENTRY = Kind(m.SysInfoEntry, (
     Field("name", "@name", Text(r"[a-z_]+", "an SMBIOS field name"), required=True),
     Field("value", ".", _SMBIOS_VALUE),
@@ -454,7 +458,7 @@ CONTROLLER = Kind(d.Controller, (
     Field("master_startport", "master/@startport", Int(0)),
     Field("model_name", "model/@name", Text(r"[a-z0-9-]+", "a controller device name")),
     Field("target_chassis", "target/@chassis", Int(0, 255)),
-    Field("target_port", "target/@port", Int(0, 255)),
+    Field("target_port", "target/@port", Int(0, 255, hex_width=2)),
     Field("target_busnr", "target/@busNr", Int(0, 255)),
     Field("driver_queues", "driver/@queues", Int(1)),
     Field("driver_iothread", "driver/@iothread", Int(1)),
@@ -531,7 +535,7 @@ _CHAR_ENTRIES = (
     _ADDR,
 )
 _CHAR_IGNORED: dict[str, Spec] = {
-    **ALIAS_IGNORED, "target/@state": ANY, "source/seclabel": ANY, "log": ANY, "@tty": ANY,
+    **ALIAS_IGNORED, "target/@state": ANY, "source/seclabel": ANY, "@tty": ANY,
 }
 _CHAR_SOCKET = {"unix": ("mode", "path"), "tcp": ("mode", "host", "service", "protocol")}
 
@@ -717,6 +721,8 @@ TPM = Kind(d.TPM, (
 
 def _filesystem_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Filesystem | None:
     if values.get("driver_type") == "virtiofs":
+        if len(values["target_dir"]) > 36:
+            ctx.invalid(child(el, "target"), "a virtiofs tag has at most 36 characters", "dir")
         if values.get("accessmode", "passthrough") != "passthrough":
             ctx.invalid(el, "virtiofs supports only accessmode='passthrough'", "accessmode")
         if values.get("readonly"):
@@ -736,8 +742,7 @@ FILESYSTEM = Kind(d.Filesystem, (
     Field("queue", "driver/@queue", Int(1)),
     Field("binary_path", "binary/@path", Text(PATH, "a path")),
     Field("source_dir", "source/@dir", Text(PATH, "a path"), required=True),
-    Field("target_dir", "target/@dir", Text(r"[A-Za-z0-9_.:/+-]{1,36}",
-                                            "a mount tag of at most 36 characters"), required=True),
+    Field("target_dir", "target/@dir", Text(r"[A-Za-z0-9_.:/+-]+", "a mount tag"), required=True),
     Field("readonly", "readonly", Flag()),
     _ADDR,
 ), ignore=ALIAS_IGNORED, build=_filesystem_build)

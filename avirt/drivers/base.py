@@ -79,6 +79,35 @@ class DomainRecord:
             raise OperationInvalidError(
                 f"cannot {call} domain '{self.name}': it is {self.state.value} ({self.reason})")
 
+    def readable(self, *, inactive: bool) -> DomainConfig:
+        """The definition a read with libvirt's flags reads: the persistent one with ``inactive``, else
+        the live one while the domain runs (the persistent one while it is shut off)."""
+        if not inactive:
+            return self.config
+        if self.definition is None:
+            raise OperationInvalidError(
+                f"domain '{self.name}' is transient: it has no persistent definition to read")
+        return self.definition
+
+    def affected(self, *, live: bool, config: bool) -> tuple[bool, bool]:
+        """Which definitions a change with libvirt's ``live``/``config`` flags changes: (live, persistent).
+
+        ``config`` on a transient domain is refused, and so is ``live`` alone on a shut-off domain; ``live``
+        with ``config`` on a shut-off domain changes the persistent definition only (libvirt's "current").
+        """
+        if not live and not config:
+            raise ValueError("nothing to change: live and config are both False")
+        if config and self.definition is None:
+            raise OperationInvalidError(
+                f"domain '{self.name}' is transient: it has no persistent definition to change "
+                "(change the running domain only)")
+        running = self.live is not None
+        if live and not config and not running:
+            raise OperationInvalidError(
+                f"domain '{self.name}' is not running: it has no live definition to change "
+                "(change the persistent definition only)")
+        return live and running, config
+
 
 async def wait_shut_off(name: str, stopped: anyio.Event, wait: float) -> None:
     """After the power button: until the domain's run ends (``stopped``), for at most ``wait`` seconds."""
@@ -202,6 +231,19 @@ class Driver(ABC):
 
     @abstractmethod
     async def xml(self, name: str, *, inactive: bool) -> str: ...
+
+    # -- metadata --------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
+        """The metadata element in namespace ``uri`` (``config.metadata.find``'s form), or None."""
+
+    @abstractmethod
+    async def set_metadata(self, name: str, uri: str, element: str | None, *, live: bool,
+                           config: bool) -> None:
+        """Put ``element`` (``config.metadata.element``'s result; None removes) in place of the domain's
+        element in namespace ``uri``, in the definitions :meth:`DomainRecord.affected` names, and announce
+        a :class:`~avirt.events.model.MetadataChangeEvent`."""
 
 
 def assign_macs(cfg: DomainConfig) -> DomainConfig:

@@ -28,6 +28,7 @@ class EventKind(enum.IntEnum):
     BALLOON_CHANGE = 13
     DEVICE_REMOVED = 15
     BLOCK_JOB = 16  # libvirt's BLOCK_JOB_2, which names disks by target ("vda")
+    METADATA_CHANGE = 23
     BLOCK_THRESHOLD = 24
     #: Every QMP event, raw (avirt's own: libvirt has it only in libvirt-qemu).
     QMP = 1000
@@ -147,6 +148,15 @@ class BalloonChangeEvent(Event):
 class DeviceRemovedEvent(Event):
     kind: ClassVar[EventKind] = EventKind.DEVICE_REMOVED
     alias: str
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataChangeEvent(Event):
+    """A ``set_metadata()`` call changed the domain's metadata (live, persistent or both)."""
+
+    kind: ClassVar[EventKind] = EventKind.METADATA_CHANGE
+    type: str  # libvirt's virDomainMetadataType in lower case: "element" (avirt changes nothing else)
+    uri: str | None  # the element's namespace; None for a title or description
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,14 @@ class Host(ABC):
         except (IndexError, ValueError):
             raise HostError(f"cannot tell the free space of {path}: {result.stderr.strip()}") from None
 
+    async def set_affinity(self, tid: int, cpuset: str, *, all_threads: bool = False) -> None:
+        """Let thread ``tid`` (with ``all_threads``: every thread of process ``tid``) run only on the
+        host CPUs of ``cpuset``, libvirt's syntax ('0-3,^2,6')."""
+        cpus = ",".join(str(c) for c in sorted(expand_cpuset(cpuset)))
+        result = await self.run(["taskset", *(["-a"] if all_threads else []), "-p", "-c", cpus, str(tid)])
+        if result.returncode != 0:
+            raise HostError(f"cannot pin thread {tid} to CPUs {cpuset}: {result.stderr.strip()}")
+
     async def free_port(self, address: str) -> int:
         """A TCP port on ``address`` that nothing listens on now, for a server QEMU will open (SPICE)."""
         raise HostError(f"cannot pick a free port on {self}: give the port in the definition")
@@ -156,3 +164,14 @@ class Host(ABC):
 
     async def aclose(self) -> None:
         """Release whatever the host holds open (connections, locks)."""
+
+
+def expand_cpuset(cpuset: str) -> set[int]:
+    """libvirt's cpuset syntax ('0-3,^2,6') as a set of CPU numbers."""
+    cpus: set[int] = set()
+    excluded: set[int] = set()
+    for part in cpuset.replace(" ", "").split(","):
+        target = excluded if part.startswith("^") else cpus
+        first, _, last = part.lstrip("^").partition("-")
+        target.update(range(int(first), int(last or first) + 1))
+    return cpus - excluded

@@ -195,6 +195,8 @@ def _pci_devices(cfg: DomainConfig) -> Iterator[tuple[str, str, Any]]:
             yield f"controller[@type='scsi'][@index='{c.index}']", "virtio-scsi", c
         elif c.type == "sata" and (c.index or 0) > 0:
             yield f"controller[@type='sata'][@index='{c.index}']", "ahci", c
+    for i, fs in enumerate(cfg.filesystems, 1):
+        yield f"filesystem[{i}]", "virtio", fs
     for i, n in enumerate(cfg.interfaces, 1):
         yield f"interface[{i}]", "virtio" if (n.model or "virtio") == "virtio" else n.model or "", n
     for i, v in enumerate(cfg.videos, 1):
@@ -218,6 +220,8 @@ def _pci_devices(cfg: DomainConfig) -> Iterator[tuple[str, str, Any]]:
     for i, p in enumerate(cfg.panics, 1):
         if p.model == "pvpanic":
             yield f"panic[{i}]", "pvpanic", p
+    if cfg.vsock is not None:
+        yield "vsock", "virtio", cfg.vsock
 
 
 def _pci_addresses(cfg: DomainConfig, q35: bool) -> None:

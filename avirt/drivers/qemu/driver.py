@@ -11,7 +11,9 @@ guest's state machine decide and carries out any follow-up it asks for.
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import secrets
 from collections.abc import Awaitable
 from dataclasses import replace
@@ -20,6 +22,8 @@ from typing import Any
 import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
+from avirt.config.metadata import find as find_metadata
+from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
@@ -48,6 +52,7 @@ from avirt.events.model import (
     JobKind,
     LifecycleEvent,
     LifecycleType,
+    MetadataChangeEvent,
     QMPEvent,
 )
 from avirt.events.translate import timestamp_of, translate
@@ -68,6 +73,8 @@ log = logging.getLogger(__name__)
 MONITOR_EOF_GRACE = 5.0
 #: Pause between attempts to re-attach to a guest after its host's connection came back and broke again.
 RESYNC_RETRY = 0.5
+#: How long a crash dump (on_crash='coredump-*') may take: about the time to write the guest's RAM.
+DUMP_TIMEOUT = 300.0
 
 
 class QemuDriver(Driver):
@@ -217,6 +224,14 @@ class QemuDriver(Driver):
         chains = await self._disk_chains(cfg)
         accel = await self._accelerator(cfg)
         await firmware.prepare(self.host, cfg)
+        if cfg.vsock is not None:
+            if not await self.host.exists("/dev/vhost-vsock"):
+                raise DomainStartError(f"cannot start domain '{cfg.name}': <vsock> needs /dev/vhost-vsock "
+                                       "on the host (modprobe vhost_vsock)")
+            if cfg.vsock.cid is None:  # cid auto='yes': a random CID; QEMU refuses one that is taken
+                cfg = copy.deepcopy(cfg)
+                assert cfg.vsock is not None
+                cfg.vsock.cid = 3 + secrets.randbelow(2**31)
         spice = next((g for g in cfg.graphics if g.type == "spice" and g.port in (None, -1)), None)
         spice_port = None if spice is None else await self.host.free_port(spice.listen)
         name = cfg.name
@@ -246,6 +261,8 @@ class QemuDriver(Driver):
                 for target, layers in chains.items()})
             guest.set_state(DomainState.PAUSED, "user", announce=False)
             self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
+        if cfg.cputune is not None:
+            await self._pin(guest, process, cfg)
         for command, arguments in startup_commands(cfg):
             try:
                 await process.monitor.execute(command, arguments)
@@ -265,6 +282,27 @@ class QemuDriver(Driver):
         finally:
             guest.starting = False
         guest.set_state(DomainState.RUNNING, "booted")
+
+    async def _pin(self, guest: Guest, process: QemuProcess, cfg: DomainConfig) -> None:
+        """``<cputune>``: the affinity of QEMU's threads, set before the guest runs an instruction."""
+        tune = cfg.cputune
+        assert tune is not None
+        monitor = process.monitor
+        try:
+            if tune.emulatorpin is not None:  # first, so that the vCPU and iothread pins below win
+                await self.host.set_affinity(process.pid, tune.emulatorpin, all_threads=True)
+            if tune.vcpupins:
+                threads = {c["cpu-index"]: c["thread-id"] for c in await monitor.execute("query-cpus-fast")}
+                for pin in tune.vcpupins:
+                    if pin.vcpu in threads:
+                        await self.host.set_affinity(threads[pin.vcpu], pin.cpuset)
+            if tune.iothreadpins:
+                threads = {t["id"]: t["thread-id"] for t in await monitor.execute("query-iothreads")}
+                for io in tune.iothreadpins:
+                    await self.host.set_affinity(threads[f"iothread{io.iothread}"], io.cpuset)
+        except (QMPError, HostError, KeyError) as e:
+            await self._terminate(guest, "failed")
+            raise DomainStartError(f"domain '{cfg.name}': its CPU pinning (<cputune>) failed: {e}") from e
 
     async def _disk_chains(self, cfg: DomainConfig) -> dict[str, list[Layer]]:
         """Each disk's layers, bottom first; a missing image is named before QEMU is ever spawned."""
@@ -562,6 +600,33 @@ class QemuDriver(Driver):
         return domain_to_xml(guest.live, live_id=guest.process.pid if guest.process else None,
                              backing_chains=chains, mirrors=mirrors)
 
+    # -- metadata ----------------------------------------------------------------------------------------
+
+    async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
+        return find_metadata(self._find(name).readable(inactive=inactive).metadata, uri)
+
+    async def set_metadata(self, name: str, uri: str, element: str | None, *, live: bool,
+                           config: bool) -> None:
+        """Each file is written (atomically) before memory changes: domain.xml first, the durable one, then
+        live.xml, which is what a new controller re-reads of a running guest."""
+        guest = self._find(name)
+        async with guest.lock:
+            to_live, to_config = guest.affected(live=live, config=config)
+            if guest.live is not None and guest.live is guest.definition:
+                guest.live = copy.deepcopy(guest.live)  # from now on the two may differ
+            if to_config:
+                assert guest.definition is not None
+                changed = replace(guest.definition,
+                                  metadata=replace_metadata(guest.definition.metadata, uri, element))
+                await self.files.write_definition(guest.name, domain_to_xml(changed))
+                guest.definition.metadata = changed.metadata
+            if to_live:
+                assert guest.live is not None
+                changed = replace(guest.live, metadata=replace_metadata(guest.live.metadata, uri, element))
+                await self.files.write_live(guest.name, domain_to_xml(changed))
+                guest.live.metadata = changed.metadata
+        self.bus.emit(MetadataChangeEvent, guest.name, guest.uuid, type="element", uri=uri)
+
     # -- supervision -------------------------------------------------------------------------------------
 
     async def _supervise(self, guest: Guest, process: QemuProcess) -> None:
@@ -681,6 +746,15 @@ class QemuDriver(Driver):
             return
         monitor = guest.process.monitor
         try:
+            if reaction in (Reaction.DUMP_QUIT, Reaction.DUMP_RESTART):
+                path = self.files.dump_path(guest.name)
+                await self.host.make_dirs(os.path.dirname(path))
+                try:  # the guest is paused by the panic: its memory holds still while QEMU writes it
+                    await monitor.execute("dump-guest-memory", {"paging": False, "protocol": f"file:{path}"},
+                                          timeout=DUMP_TIMEOUT)
+                except QMPError as e:
+                    log.warning("domain %s: the crash dump to %s failed: %s", guest.name, path, e)
+                reaction = Reaction.QUIT if reaction is Reaction.DUMP_QUIT else Reaction.RESTART
             if reaction is Reaction.QUIT:
                 await monitor.execute("quit")
             elif reaction is Reaction.RESTART:
@@ -767,6 +841,9 @@ def startable(cfg: DomainConfig) -> str | None:
     if cfg.hypervisor == "qemu" and hyperv is not None and hyperv.vpindex == "on":
         return ("the Hyper-V enlightenment <vpindex> needs KVM (<domain type='kvm'>); TCG cannot give it, "
                 "remove it for type='qemu'")
+    if any(fs.driver_type == "virtiofs" for fs in cfg.filesystems):
+        return ("virtiofs needs a virtiofsd beside QEMU, which avirt does not start yet; "
+                "use <driver type='path'> (9p)")
     if len(cfg.tpms) > 1:
         return "a guest has at most one TPM"
     spice = any(g.type == "spice" for g in cfg.graphics)

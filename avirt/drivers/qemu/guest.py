@@ -58,6 +58,8 @@ class Reaction(enum.Enum):
     QUIT = "quit"  # the guest is done (powered off, or on_poweroff/on_crash say destroy)
     RESTART = "restart"  # system_reset then cont: a reboot
     REFINE = "refine"  # ask query-status why the guest stopped
+    DUMP_QUIT = "dump-quit"  # on_crash coredump-destroy: write the guest's memory to a file, then quit
+    DUMP_RESTART = "dump-restart"  # on_crash coredump-restart: the dump, then a reboot
 
 
 @dataclass
@@ -156,10 +158,11 @@ class Guest(DomainRecord):
         elif name == "GUEST_PANICKED":
             self.set_state(S.CRASHED, "panicked")
             action = self.config.on_crash
-            if action == "destroy":
+            if action in ("destroy", "coredump-destroy"):
                 self.exit_reason = "crashed"
-                return Reaction.QUIT
-            return Reaction.RESTART if action == "restart" else Reaction.NONE
+                return Reaction.QUIT if action == "destroy" else Reaction.DUMP_QUIT
+            return {"restart": Reaction.RESTART, "coredump-restart": Reaction.DUMP_RESTART}.get(
+                action, Reaction.NONE)
         elif name == "SUSPEND":
             self.set_state(S.PMSUSPENDED, "unknown")
         elif name == "WAKEUP" and self.state is S.PMSUSPENDED:

@@ -18,6 +18,7 @@ is written atomically (temp file, fsync, rename) through the host, so a crash ne
 from __future__ import annotations
 
 import os
+import time
 
 from avirt.errors import ConnectionLockedError
 from avirt.hosts.base import Host
@@ -66,6 +67,10 @@ class StateDir:
     def nvram_path(self, name: str) -> str:
         """A UEFI domain's own variables; kept apart from the definition, which undefine removes."""
         return os.path.join(self.root, "nvram", f"{name}_VARS.fd")
+
+    def dump_path(self, name: str) -> str:
+        """Where on_crash='coredump-*' writes a crashed guest's memory (one file per crash)."""
+        return os.path.join(self.root, "dump", f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.core")
 
     def tpm_dir(self, uuid: str) -> str:
         """A guest's TPM state (swtpm's), by UUID as libvirt keeps it: it outlives every run."""

@@ -24,6 +24,8 @@ from typing import Any
 import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
+from avirt.config.metadata import find as find_metadata
+from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record, wait_shut_off
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
@@ -35,7 +37,7 @@ from avirt.errors import (
     UnsupportedError,
 )
 from avirt.events.bus import EventBus
-from avirt.events.model import LifecycleEvent, LifecycleType, RebootEvent
+from avirt.events.model import LifecycleEvent, LifecycleType, MetadataChangeEvent, RebootEvent
 from avirt.events.translate import lifecycle_for
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -317,3 +319,19 @@ class TestDriver(Driver):
             return domain_to_xml(dom.config)
         return domain_to_xml(dom.live, live_id=dom.id, backing_chains=self.disks.live_chains(dom),
                              mirrors=self.disks.mirrors(dom))
+
+    # -- metadata ----------------------------------------------------------------------------------------
+
+    async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
+        dom = await self.find(name)
+        return find_metadata(dom.readable(inactive=inactive).metadata, uri)
+
+    async def set_metadata(self, name: str, uri: str, element: str | None, *, live: bool,
+                           config: bool) -> None:
+        dom = await self.find(name)
+        to_live, to_config = dom.affected(live=live, config=config)
+        for cfg, wanted in ((dom.definition, to_config), (dom.live, to_live)):
+            if wanted:
+                assert cfg is not None
+                cfg.metadata = replace_metadata(cfg.metadata, uri, element)
+        self.bus.emit(MetadataChangeEvent, dom.name, dom.uuid, type="element", uri=uri)

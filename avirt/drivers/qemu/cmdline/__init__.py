@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from avirt.config.devices import IoTune
 from avirt.config.model import DomainConfig
 from avirt.drivers.qemu.cmdline.buses import controller_args
 from avirt.drivers.qemu.cmdline.chardevs import channel_path, chardev_args
@@ -117,12 +118,37 @@ def startup_commands(cfg: DomainConfig) -> list[tuple[str, dict[str, Any]]]:
     for i, nic in enumerate(cfg.interfaces):
         if nic.link_state == "down":
             commands.append(("set_link", {"name": f"net{i}", "up": False}))
+    for graphics in cfg.graphics:
+        if graphics.passwd:
+            commands.append(("set_password", {"protocol": graphics.type, "password": graphics.passwd}))
+    for disk in cfg.disks:
+        if disk.iotune is not None and disk.source is not None:
+            # A virtio disk's block backend sits on its inner virtio device, an IDE/SCSI disk's on itself.
+            qdev = f"/machine/peripheral/{disk.target}/virtio-backend" if disk.bus == "virtio" else disk.target
+            commands.append(("block_set_io_throttle", _throttle(qdev, disk.iotune)))
     balloon = cfg.memballoon
     if balloon is not None and balloon.model == "virtio" and balloon.stats_period:
         commands.append(("qom-set", {"path": "/machine/peripheral/balloon0",
                                      "property": "guest-stats-polling-interval",
                                      "value": balloon.stats_period}))
     return commands
+
+
+def _throttle(target: str, tune: IoTune) -> dict[str, Any]:
+    """``<iotune>`` as QMP's block_set_io_throttle: libvirt's names, QEMU's spelling."""
+    args: dict[str, Any] = {"id": target}
+    for kind, qemu in (("bytes", "bps"), ("iops", "iops")):
+        for scope, suffix in (("total", ""), ("read", "_rd"), ("write", "_wr")):
+            args[f"{qemu}{suffix}"] = getattr(tune, f"{scope}_{kind}_sec") or 0
+            for extra in ("_max", "_max_length"):
+                value = getattr(tune, f"{scope}_{kind}_sec{extra}")
+                if value is not None:
+                    args[f"{qemu}{suffix}{extra}"] = value
+    if tune.size_iops_sec is not None:
+        args["iops_size"] = tune.size_iops_sec
+    if tune.group_name is not None:
+        args["group"] = tune.group_name
+    return args
 
 
 def _json(value: dict[str, object]) -> str:

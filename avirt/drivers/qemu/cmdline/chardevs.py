@@ -29,6 +29,10 @@ def _backend(char: CharDevice, chardev_id: str, run_dir: str, index: int) -> str
         path = char.path or channel_path(run_dir, index)
         server = "server=on,wait=off" if (char.mode or "bind") == "bind" else "server=off"
         return f"socket,id={chardev_id},path={_escape(path)},{server}"
+    if char.type == "tcp":
+        server = "server=on,wait=off" if (char.mode or "bind") == "bind" else "server=off"
+        telnet = ",telnet=on" if char.protocol == "telnet" else ""
+        return f"socket,id={chardev_id},host={char.host or '127.0.0.1'},port={char.service},{server}{telnet}"
     if char.type == "spicevmc":
         return f"spicevmc,id={chardev_id},name=vdagent"
     return f"{char.type},id={chardev_id}"  # pty, null

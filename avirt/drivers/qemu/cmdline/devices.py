@@ -98,6 +98,18 @@ def device_args(cfg: DomainConfig, run_dir: str) -> tuple[list[str], list[dict[s
             devices.append(dev)
         elif panic.model == "pvpanic":
             devices.append({"driver": "pvpanic-pci"} | pci_props(cfg, panic.address))
+    for i, fs in enumerate(cfg.filesystems):
+        if fs.driver_type == "virtiofs":
+            continue  # refused before start (driver.startable): it needs a virtiofsd
+        model = {"mapped": "mapped-xattr", "squash": "none"}.get(fs.accessmode or "", "passthrough")
+        ro = ",readonly=on" if fs.readonly else ""
+        argv += ["-fsdev", f"local,id=fsdev-fs{i},path={fs.source_dir.replace(',', ',,')},"
+                           f"security_model={model}{ro}"]
+        devices.append({"driver": "virtio-9p-pci", "id": f"fs{i}", "fsdev": f"fsdev-fs{i}",
+                        "mount_tag": fs.target_dir} | pci_props(cfg, fs.address))
+    if cfg.vsock is not None and cfg.vsock.cid is not None:
+        devices.append({"driver": "vhost-vsock-pci", "id": "vsock0", "guest-cid": cfg.vsock.cid}
+                       | pci_props(cfg, cfg.vsock.address))
     for i, tpm in enumerate(cfg.tpms):
         argv += ["-chardev", f"socket,id=chrtpm{i},path={tpm_socket(run_dir)}",
                  "-tpmdev", f"emulator,id=tpm-tpm{i},chardev=chrtpm{i}"]
@@ -137,12 +149,17 @@ def display_args(cfg: DomainConfig, spice_port: int | None) -> list[str]:
         if graphics.type == "vnc":
             display = "0,to=99" if graphics.port is None or graphics.port < 0 else str(graphics.port - 5900)
             host = f"[{graphics.listen}]" if ":" in graphics.listen else graphics.listen
-            argv += ["-vnc", f"{host}:{display}"]
+            # The password itself goes over QMP (startup_commands), never on the command line.
+            argv += ["-vnc", f"{host}:{display}" + (",password=on" if graphics.passwd else "")]
         elif graphics.type == "spice":
             port = graphics.port if graphics.port not in (None, -1) else spice_port
-            spice = [f"port={port}", f"addr={graphics.listen}", "disable-ticketing=on",
-                     "seamless-migration=on"]
+            spice = [f"port={port}", f"addr={graphics.listen}", "seamless-migration=on"]
+            if not graphics.passwd:
+                spice.append("disable-ticketing=on")
             if graphics.image_compression is not None:
                 spice.append(f"image-compression={graphics.image_compression}")
             argv += ["-spice", ",".join(spice)]
+    keymap = next((g.keymap for g in cfg.graphics if g.keymap), None)
+    if keymap is not None:
+        argv += ["-k", keymap]
     return argv

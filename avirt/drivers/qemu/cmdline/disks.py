@@ -62,6 +62,8 @@ def disk_args(cfg: DomainConfig, chains: dict[str, list[Layer]]) -> tuple[list[d
             device["wwn"] = int(disk.wwn, 16)
         if disk.boot_order is not None:
             device["bootindex"] = disk.boot_order
+        if disk.removable is not None:
+            device["removable"] = disk.removable == "on"
         if disk.shareable and disk.device == "disk":
             device["share-rw"] = True
         if disk.cache in _CACHE and disk.device == "disk" and disk.bus != "fdc":
@@ -137,7 +139,9 @@ def _format_node(disk: Disk, layer: Layer, index: int, *, top: bool) -> dict[str
     if disk.discard is not None:
         node["discard"] = disk.discard
     if disk.detect_zeroes is not None:
-        node["detect-zeroes"] = disk.detect_zeroes
+        # "unmap" needs a node that discards; libvirt turns it into "on" otherwise, and so does avirt.
+        unmap_ok = (disk.discard or "unmap") == "unmap"
+        node["detect-zeroes"] = "on" if disk.detect_zeroes == "unmap" and not unmap_ok else disk.detect_zeroes
     if layer.format == "qcow2":
         # The chain is spelt out node by node; QEMU must not open backing files from the headers on its own.
         node["backing"] = node_name(disk.target, index - 1) if index > 1 else None

@@ -36,8 +36,17 @@ def machine_args(cfg: DomainConfig, accel: str, firmware_nodes: list[str]) -> li
             machine.append(f"{timer.name}={'on' if timer.present == 'yes' else 'off'}")
     for i, node in enumerate(firmware_nodes):
         machine.append(f"pflash{i}={node}")
-    argv = ["-machine", ",".join(machine), "-accel", accel, "-cpu", cpu_arg(cfg, accel),
-            "-m", f"size={cfg.memory_kib}k", "-smp", _smp(cfg), "-rtc", _rtc(cfg)]
+    backing = cfg.memory_backing
+    if backing is not None and backing.nosharepages:
+        machine.append("mem-merge=off")
+    memory_args = _memory_args(cfg)
+    if memory_args and not (cfg.cpu and cfg.cpu.numa):
+        machine.append("memory-backend=pc.ram")
+    accel_opts = accel
+    if accel == "kvm" and cfg.features.kvm_dirty_ring == "on":
+        accel_opts += f",dirty-ring-size={cfg.features.kvm_dirty_ring_size or 4096}"
+    argv = ["-machine", ",".join(machine), "-accel", accel_opts, "-cpu", cpu_arg(cfg, accel),
+            "-m", f"size={cfg.memory_kib}k", *memory_args, "-smp", _smp(cfg), "-rtc", _rtc(cfg)]
     chipset = "ICH9-LPC" if is_q35(cfg) else "PIIX4_PM"
     for value, prop in ((cfg.suspend_to_mem, "disable_s3"), (cfg.suspend_to_disk, "disable_s4")):
         if value is not None:
@@ -53,6 +62,42 @@ def machine_args(cfg: DomainConfig, accel: str, firmware_nodes: list[str]) -> li
             argv += ["-object", f"iothread,id=iothread{i}"]
     argv += _boot_args(cfg)
     return argv
+
+
+def _memory_args(cfg: DomainConfig) -> list[str]:
+    """Guest RAM as explicit memory backends when the definition says how it is backed or split.
+
+    ``<memoryBacking>`` picks the backend (memfd, which virtiofs needs shared, or anonymous memory) and
+    its options; ``<numa>`` splits RAM into one backend per node. Otherwise QEMU's default RAM is used.
+    """
+    backing = cfg.memory_backing
+    cells = cfg.cpu.numa if cfg.cpu is not None else []
+    if backing is None and not cells:
+        return []
+    memfd = backing is not None and backing.source_type == "memfd"
+    props = []
+    if backing is not None:
+        if backing.access_mode == "shared" or memfd:
+            props.append(f"share={'on' if backing.access_mode == 'shared' else 'off'}")
+        if backing.allocation_mode == "immediate":
+            props.append("prealloc=on")
+        if backing.discard:
+            props.append("discard-data=on")
+    kind = "memory-backend-memfd" if memfd else "memory-backend-ram"
+    if not cells:
+        return ["-object", ",".join([f"{kind},id=pc.ram,size={cfg.memory_kib}k", *props])]
+    argv = []
+    for cell in cells:
+        share = [f"share={'on' if cell.mem_access == 'shared' else 'off'}"] if cell.mem_access else []
+        own = [p for p in props if not (share and p.startswith("share="))] + share
+        argv += ["-object", ",".join([f"{kind},id=ram-node{cell.id},size={cell.memory_kib}k", *own]),
+                 "-numa", f"node,nodeid={cell.id},{_cpus(cell.cpus)}memdev=ram-node{cell.id}"]
+    return argv
+
+
+def _cpus(cpuset: str) -> str:
+    """libvirt's cpuset ('0-1,4') as QEMU's repeated cpus= options."""
+    return "".join(f"cpus={part}," for part in cpuset.split(",") if part)
 
 
 def _secure_boot(cfg: DomainConfig) -> bool:
@@ -107,8 +152,13 @@ def cpu_arg(cfg: DomainConfig, accel: str) -> str:
         else:
             props.append(f"-{feature.name}")
     props += _hyperv(cfg.features.hyperv, cfg)
-    if cfg.features.kvm_hidden == "on":
+    features = cfg.features
+    if features.kvm_hidden == "on":
         props.append("kvm=off")
+    for value, prop in ((features.kvm_hint_dedicated, "kvm-hint-dedicated"),
+                        (features.kvm_poll_control, "kvm-poll-control"), (features.kvm_pv_ipi, "kvm-pv-ipi")):
+        if value is not None:
+            props.append(f"{prop}={value}")
     if cfg.features.pmu is not None:
         props.append(f"pmu={cfg.features.pmu}")
     for timer in cfg.timers:
