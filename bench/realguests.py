@@ -44,12 +44,12 @@ from rawqemu import kill_leftovers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import avirt  # noqa: E402
-from avirt.config import domain_to_xml, parse_domain_xml  # noqa: E402
-from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise  # noqa: E402
-from avirt.drivers.qemu.cmdline import Layer, build_argv  # noqa: E402
-from avirt.errors import AvirtError  # noqa: E402
-from tests.corpus.localise import localise  # noqa: E402
+import avirt
+from avirt.config import domain_to_xml, parse_domain_xml
+from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
+from avirt.drivers.qemu.cmdline import Layer, build_argv
+from avirt.errors import AvirtError
+from tests.corpus.localise import localise
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "corpus"
 TARGETS = {"per_definition_ms": 2.0, "ratio": 1.2}
@@ -71,8 +71,8 @@ def per_definition(reps: int) -> dict[str, Any]:
             cfg = stabilise(parse_domain_xml(text), MACHINE_ALIASES)
             domain_to_xml(cfg)
             chains = {d.target: [Layer(d.source, d.format)] for d in cfg.disks if d.source}
-            build_argv(cfg, chains=chains, accel="tcg", monitor="fd=3", pidfile="/run/x.pid", run_dir="/run/x",
-                       spice_port=5900)
+            build_argv(cfg, chains=chains, accel="tcg", monitor="fd=3", pidfile="/run/x.pid",
+                       run_dir="/run/x", spice_port=5900)
             times.append(time.perf_counter() - t0)
         medians[path.name] = statistics.median(times) * 1000
     slowest = max(medians, key=lambda k: medians[k])
@@ -108,9 +108,10 @@ async def cycle(guest: str, runs: int) -> dict[str, Any]:
             async def raw_cycle(i: int, record: bool) -> None:
                 t0 = time.perf_counter()
                 port = await _free_port()
-                guest_ = await shielded(rawqemu.spawn, f"r{i}", tmp / "raw" / f"r{i}", lambda fd, pidfile: build_argv(
+                run_dir = tmp / "raw" / f"r{i}"
+                guest_ = await shielded(rawqemu.spawn, f"r{i}", run_dir, lambda fd, pidfile: build_argv(
                     cfg, chains=chains, accel="tcg", monitor=f"fd={fd}", pidfile=pidfile,
-                    run_dir=str(tmp / "raw" / f"r{i}"), spice_port=port), cont=True)
+                    run_dir=str(run_dir), spice_port=port), cont=True)
                 await rawqemu.stop(guest_)
                 if record:
                     raw_s.append(time.perf_counter() - t0)
@@ -145,13 +146,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--runs", type=int, default=20, help="full-guest cycles per side (default 20)")
-    parser.add_argument("--reps", type=int, default=20, help="repetitions per corpus definition (default 20)")
-    parser.add_argument("--guest", default="fedora37-q35-cdrom-spice.xml", help="the corpus file of part (b)")
+    parser.add_argument("--reps", type=int, default=20,
+                        help="repetitions per corpus definition (default 20)")
+    parser.add_argument("--guest", default="fedora37-q35-cdrom-spice.xml",
+                        help="the corpus file of part (b)")
     args = parser.parse_args(argv)
     corpus = per_definition(args.reps)
     full = anyio.run(cycle, args.guest, args.runs)
     targets = [
-        {"name": "parse+ABI+serialise+argv per definition, slowest median", "value": corpus["slowest"]["median_ms"],
+        {"name": "parse+ABI+serialise+argv per definition, slowest median",
+         "value": corpus["slowest"]["median_ms"],
          "limit": TARGETS["per_definition_ms"], "unit": "ms",
          "ok": corpus["slowest"]["median_ms"] <= TARGETS["per_definition_ms"]},
         {"name": "full guest define+start+destroy+undefine, avirt/raw", "value": full["ratio"],
@@ -171,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"  {side:5}  median {s['median']:8.1f} ms   p10 {s['p10']:8.1f}   p90 {s['p90']:8.1f}")
     print(f"  ratio avirt/raw {full['ratio']:.3f}")
     for t in targets:
-        print(f"target {t['name']}: {t['value']} {t['unit']} (limit {t['limit']}) {'PASS' if t['ok'] else 'MISS'}")
+        verdict = "PASS" if t["ok"] else "MISS"
+        print(f"target {t['name']}: {t['value']} {t['unit']} (limit {t['limit']}) {verdict}")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ def startup_commands(cfg: DomainConfig) -> list[tuple[str, dict[str, Any]]]:
     for disk in cfg.disks:
         if disk.iotune is not None and disk.source is not None:
             # A virtio disk's block backend sits on its inner virtio device, an IDE/SCSI disk's on itself.
-            qdev = f"/machine/peripheral/{disk.target}/virtio-backend" if disk.bus == "virtio" else disk.target
+            inner = f"/machine/peripheral/{disk.target}/virtio-backend"
+            qdev = inner if disk.bus == "virtio" else disk.target
             commands.append(("block_set_io_throttle", _throttle(qdev, disk.iotune)))
     balloon = cfg.memballoon
     if balloon is not None and balloon.model == "virtio" and balloon.stats_period:
