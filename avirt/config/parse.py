@@ -273,8 +273,8 @@ def _metadata(ctx: Ctx, el: El | None) -> list[str]:
         if namespace in namespaces:
             ctx.invalid(item, f"a second metadata element in namespace {namespace!r}")
         namespaces.add(namespace)
-        copy = etree.fromstring(etree.tostring(item))  # detached, so it carries its own namespaces
-        copy.tail = None
+        # Detached, so that it carries its own namespaces; UTF-8, so that any name survives the copy.
+        copy = etree.fromstring(etree.tostring(item, encoding="utf-8", with_tail=False))
         etree.cleanup_namespaces(copy)
         items.append(etree.tostring(copy, encoding="unicode"))
     return items
@@ -438,7 +438,10 @@ def _number_controllers(ctx: Ctx, controllers: list[Controller], where: dict[int
     for controller in masters:
         if controller.index is None:
             used = taken.setdefault(controller.type, set())
-            controller.index = min(set(range(len(used) + 1)) - used)
+            # PCI index 0 is the machine's root bus: a bridge or root port written without an index
+            # gets the next one, whether or not the root itself is written (as libvirt numbers them).
+            first = 1 if controller.type == "pci" and controller.model not in ("pci-root", "pcie-root") else 0
+            controller.index = min(set(range(first, len(used) + first + 1)) - used)
             used.add(controller.index)
     for controller in controllers:
         if controller.master_startport is not None:

@@ -23,6 +23,15 @@ libvirt knows (``known``) but avirt does not implement is recorded as unsupporte
 Paths are small XPath-like strings relative to the element: ``"@model"`` (an attribute), ``"driver/@cache"``
 (an attribute of a child, created on write), ``"serial"`` (the text of a child), ``"."`` (the element's
 own text). A :class:`Flag` field is a child whose presence is the value (``<readonly/>``).
+
+Speed: a definition has a few hundred elements and attributes and each table names many more places than
+one element fills, so what the engine would otherwise work out on every call is worked out once, when a
+table is made: each path is split into its steps (``Field.holder``...), and each :class:`Kind` gets a
+:class:`_ReadPlan` saying which entries an attribute or a child can feed. Reading then asks each element
+once for its children (:func:`children_by_tag`, not one ``find()`` per field: lxml parses its path argument
+on every call) and for its attributes, and judges only the entries those feed. XPaths are computed only
+for what is reported. Writing builds plain :class:`Node` objects and renders them as text once
+(:func:`render`), as lxml would, instead of paying an lxml call per element and per attribute.
 """
 
 from __future__ import annotations
@@ -37,8 +46,8 @@ from lxml import etree
 from avirt.errors import InvalidXMLError
 
 __all__ = [
-    "ANY", "Choice", "CpuSet", "Ctx", "Field", "Flag", "Int", "Kind", "Many", "Spec", "Sub", "Text", "child",
-    "children_by_tag", "cpus_of", "first", "kib", "line_of", "text_of", "unique",
+    "ANY", "Choice", "CpuSet", "Ctx", "Field", "Flag", "Int", "Kind", "Many", "Node", "Spec", "Sub", "Text",
+    "child", "children_by_tag", "cpus_of", "first", "kib", "line_of", "render", "text_of", "unique",
 ]
 
 El = etree._Element
@@ -253,23 +262,6 @@ def _element_path(entry: Entry) -> tuple[str, ...]:
     return entry.holder if isinstance(entry, Field) else entry.path
 
 
-def _overlapping(entries: tuple[Entry, ...]) -> bool:
-    """Whether an entry reaches into the element of a Sub or the items of a Many.
-
-    No table does today. If one did, an element could gain children that one fill does not see being made
-    (the Sub's own table writes them), so writing falls back to looking each path up in the tree.
-    """
-    for outer in entries:
-        if isinstance(outer, Field):
-            continue
-        for inner in entries:
-            path = _element_path(inner)
-            if inner is not outer and path[:len(outer.path)] == outer.path and (
-                    len(path) > len(outer.path) or isinstance(outer, Many) or not isinstance(inner, Field)):
-                return True
-    return False
-
-
 @dataclass(frozen=True)
 class Kind(Generic[T]):
     """One element kind: its dataclass and where each field lives.
@@ -286,13 +278,36 @@ class Kind(Generic[T]):
     unbuild: Callable[[T], dict[str, Any]] | None = None
     # Derived from the entries once (see __post_init__):
     plan: _ReadPlan = field(init=False, repr=False, compare=False)
-    overlapping: bool = field(init=False, repr=False, compare=False)  # see _overlapping
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plan", _ReadPlan.of(self.entries))
-        object.__setattr__(self, "overlapping", _overlapping(self.entries))
+        if mixed := self._texts() & self._parents():
+            # Neither libvirt's schema nor render() has an element with both: it would be mixed content.
+            raise ValueError(f"{self.cls}: <{'/'.join(min(mixed)) or '.'}> would hold both text and children")
+
+    def _texts(self) -> set[tuple[str, ...]]:
+        """The paths of the elements whose text this table writes."""
+        paths: set[tuple[str, ...]] = set()
+        for entry in self.entries:
+            if isinstance(entry, Field) and entry.how in (_TEXT, _CHILD):
+                paths.add(entry.holder)
+            elif isinstance(entry, Sub):
+                paths |= {entry.path + path for path in entry.kind._texts()}
+        return paths
+
+    def _parents(self) -> set[tuple[str, ...]]:
+        """The paths of the elements that this table gives children."""
+        paths: set[tuple[str, ...]] = set()
+        for entry in self.entries:
+            path = _element_path(entry)
+            paths |= {path[:depth] for depth in range(len(path))}
+            if isinstance(entry, Sub):
+                paths |= {entry.path + path for path in entry.kind._parents()}
+        return paths
 
     def spec(self) -> Spec:
+        """What this kind's element may hold: a new Spec on each call, which the caller may adjust (parse.py
+        builds the document's once, at import)."""
         root = Spec()
         for entry in self.entries:
             spec = root
@@ -331,11 +346,16 @@ class Kind(Generic[T]):
         broken = False
         # el's children by tag, gathered in one pass (lxml's find() parses its path on every call).
         kids = children_by_tag(el) if self.plan.nested else _NO_CHILDREN
-        for index in self.plan.candidates(el, kids):
+        todo, attrs = self.plan.candidates(el, kids)
+        for index in todo:
             entry = self.entries[index]
             before = len(unsupported)
             if isinstance(entry, Field):
-                value = _read_field(ctx, el, kids, entry)
+                found = attrs.get(index)
+                if found is not None and found[1].strip():  # an attribute with a value: the common case
+                    value = entry.value.read(ctx, found[0], entry.attr, found[1])
+                else:
+                    value = _read_field(ctx, el, kids, entry)
                 broken |= value is None and len(unsupported) > before  # the value is known but unsupported
             elif isinstance(entry, Sub):
                 child = _first(el, kids, entry.path)
@@ -348,37 +368,29 @@ class Kind(Generic[T]):
             return None  # the element means something avirt does not implement: judge nothing more
         return self.build(ctx, el, values) if self.build is not None else self.cls(**values)
 
-    def write(self, parent: El, tag: str, obj: T) -> El:
-        el = etree.SubElement(parent, tag)
-        self._fill(el, obj, fresh=True)
-        return el
+    def write(self, parent: Node, tag: str, obj: T) -> Node:
+        """``obj`` as a new last child ``tag`` of ``parent``."""
+        node = parent.add(tag)
+        self.fill(node, obj)
+        return node
 
-    def fill(self, el: El, obj: T) -> None:
-        """Write ``obj`` into ``el``, which may already have children (they are found, not repeated)."""
-        self._fill(el, obj, fresh=False)
-
-    def _fill(self, el: El, obj: T, fresh: bool) -> None:
+    def fill(self, node: Node, obj: T) -> None:
+        """Write the fields of ``obj`` into ``node`` (children it already has are found, not repeated)."""
         values = self.unbuild(obj) if self.unbuild is not None else vars(obj)
-        # The elements made during this fill, by path. When ``el`` was made just now, and no entry reaches
-        # into a Sub's element or a Many's items, a path that is not here does not exist yet: it is made
-        # without a search. Otherwise (None) every path is looked up in the tree, as the table is written.
-        made: dict[tuple[str, ...], El] | None = {(): el} if fresh and not self.overlapping else None
         for entry in self.entries:
             value = values.get(entry.name)
             if value is None or value is False or value == []:
                 continue
             if isinstance(entry, Field):
-                how = entry.how
-                if how is _ATTR:
-                    _ensure(el, entry.parents, made).set(entry.last[1:], entry.value.write(value))
-                elif how is _FLAG:
-                    _ensure(el, entry.holder, made)
-                else:  # _TEXT or _CHILD: the text of the element at ``holder``
-                    _ensure(el, entry.holder, made).text = entry.value.write(value)
+                target = node.at(entry.holder) if entry.holder else node  # made where absent
+                if entry.attr is not None:
+                    target.set(entry.attr, entry.value.write(value))
+                elif entry.how is not _FLAG:  # a Flag is its element, made above
+                    target.set_text(entry.value.write(value))
             elif isinstance(entry, Sub):
-                entry.kind._fill(_ensure(el, entry.path, made), value, fresh=made is not None)
+                entry.kind.fill(node.at(entry.path), value)
             else:
-                target = _ensure(el, entry.path[:-1], made)
+                target = node.at(entry.path[:-1])
                 for item in value:
                     entry.kind.write(target, entry.path[-1], item)
 
@@ -407,38 +419,44 @@ class _ReadPlan:
         inside: dict[str, list[int]] = {}
         for index, entry in enumerate(entries):
             path = _element_path(entry)
-            optional = not isinstance(entry, Many) and not (isinstance(entry, Field) and entry.required)
-            if optional and isinstance(entry, Field) and entry.attr is not None and len(path) <= 1:
+            judged = isinstance(entry, Many) or (isinstance(entry, Field) and entry.required)
+            if isinstance(entry, Field) and entry.attr is not None and len(path) <= 1:
                 by_name = child_attrs.setdefault(path[0], {}) if path else attrs
                 if entry.attr not in by_name:
-                    by_name[entry.attr] = index
-                    continue
-            elif optional and path:
+                    by_name[entry.attr] = index  # its value is gathered with the element's other attributes
+                    if not judged:
+                        continue
+            elif path and not judged:
                 inside.setdefault(path[0], []).append(index)
                 continue
             always.append(index)  # required, a Many, the element's text, or a second reader of an attribute
         return _ReadPlan(tuple(always), attrs, child_attrs, {tag: tuple(i) for tag, i in inside.items()},
                          any(_element_path(entry) for entry in entries))
 
-    def candidates(self, el: El, kids: dict[str, list[El]]) -> list[int]:
-        """The indexes of the entries to judge for ``el``, in table order."""
+    def candidates(self, el: El, kids: dict[str, list[El]]) -> tuple[list[int], dict[int, tuple[El, str]]]:
+        """The indexes of the entries to judge for ``el``, in table order, and the attribute values found
+        for them on the way (entry index -> the element and the value)."""
         todo = set(self.always)
+        attrs: dict[int, tuple[El, str]] = {}
         if self.attrs:
-            for name in cast("list[str]", el.keys()):  # lxml's stubs allow bytes; names read are str
-                index = self.attrs.get(name)
-                if index is not None:
-                    todo.add(index)
+            _attributes(el, self.attrs, attrs)
         for tag, found in kids.items():
             inside = self.inside.get(tag)
             if inside is not None:
                 todo.update(inside)
             by_name = self.child_attrs.get(tag)
             if by_name is not None:
-                for name in cast("list[str]", found[0].keys()):
-                    index = by_name.get(name)
-                    if index is not None:
-                        todo.add(index)
-        return sorted(todo)
+                _attributes(found[0], by_name, attrs)
+        todo.update(attrs)
+        return sorted(todo), attrs
+
+
+def _attributes(el: El, wanted: dict[str, int], into: dict[int, tuple[El, str]]) -> None:
+    """Add the attributes of ``el`` that ``wanted`` names to ``into``, by entry index."""
+    for name, value in cast("list[tuple[str, str]]", el.items()):  # lxml's stubs allow bytes; read are str
+        index = wanted.get(name)
+        if index is not None:
+            into[index] = (el, value)
 
 
 _NO_CHILDREN: dict[str, list[El]] = {}
@@ -506,18 +524,139 @@ def _read_field(ctx: Ctx, el: El, kids: dict[str, list[El]], entry: Field) -> ob
     return entry.value.read(ctx, target, entry.attr, raw)
 
 
-def _ensure(el: El, path: tuple[str, ...], made: dict[tuple[str, ...], El] | None) -> El:
-    """The element at ``path`` below ``el`` (the last child of each tag), made where there is none."""
-    if made is not None:
-        found = made.get(path)
-        if found is None:
-            parent = _ensure(el, path[:-1], made)
-            made[path] = found = etree.SubElement(parent, path[-1])
-        return found
-    for tag in path:
-        last = next(el.iterchildren(tag, reversed=True), None)
-        el = etree.SubElement(el, tag) if last is None else last
-    return el
+# -- writing ------------------------------------------------------------------------------------------------
+
+
+class Node:
+    """An element being written: its tag, attributes in the order they were set, and text or children.
+
+    Writing builds these rather than lxml elements because each lxml call crosses into C and checks its
+    arguments (a microsecond or so per element and per attribute), which plain objects rendered in one pass
+    undercut. :func:`render` writes the tree out character for character as lxml's pretty printer does.
+    Each value is held to lxml's rules and escaped as it is set, so a value lxml refuses (a control
+    character, a lone surrogate, not a string) fails here with lxml's own error, at the same point.
+    """
+
+    __slots__ = ("_last", "attrs", "children", "content", "raw", "tag")
+
+    def __init__(self, tag: str, attrs: dict[str, str] | None = None, text: str | None = None) -> None:
+        if tag not in _TAGS:
+            _check_name(tag, _TAGS, lambda: etree.Element(tag))
+        self.tag = tag
+        self.attrs: dict[str, str] = {}  # name -> the value as written out (escaped)
+        self.children: list[Node] = []
+        self.content: str | None = None  # the text as written out (escaped); None: no text
+        self.raw: str | None = None  # the whole element, already serialised by lxml: written as it is
+        self._last: dict[str, Node] = {}  # the last child of each tag, where a path continues
+        if attrs:
+            for name, value in attrs.items():
+                self.set(name, value)
+        if text is not None:
+            self.set_text(text)
+
+    def set(self, name: str, value: str) -> None:
+        if name not in _ATTRS:
+            _check_name(name, _ATTRS, lambda: etree.Element("probe").set(name, ""))
+        if type(value) is not str or _ATTR_SPECIAL.search(value):
+            value = _ATTR_SPECIAL.sub(_escape, _as_lxml_stores(value, "value"))
+        self.attrs[name] = value
+
+    def set_text(self, value: str) -> None:
+        if type(value) is not str or _TEXT_SPECIAL.search(value):
+            value = _TEXT_SPECIAL.sub(_escape, _as_lxml_stores(value, None))
+        self.content = value
+
+    def add(self, tag: str, attrs: dict[str, str] | None = None, text: str | None = None) -> Node:
+        """A new last child."""
+        child = Node(tag, attrs, text)
+        self.children.append(child)
+        self._last[tag] = child
+        return child
+
+    def at(self, path: tuple[str, ...]) -> Node:
+        """The element at ``path`` (the last child of each tag on the way), made where there is none."""
+        node = self
+        for tag in path:
+            found = node._last.get(tag)
+            node = node.add(tag) if found is None else found
+        return node
+
+    def find(self, tag: str) -> Node | None:
+        """The first child ``tag``."""
+        return next((child for child in self.children if child.tag == tag), None)
+
+    def insert(self, index: int, child: Node) -> None:
+        """``child`` at ``index`` among the children (as lxml's ``insert``)."""
+        self.children.insert(index, child)
+        self._last[child.tag] = [c for c in self.children if c.tag == child.tag][-1]
+
+
+#: Names lxml accepted as element tags / attribute names: each is checked with lxml once per process.
+_TAGS: set[str] = set()
+_ATTRS: set[str] = set()
+
+
+def _check_name(name: str, known: set[str], check: Callable[[], object]) -> None:
+    check()  # raises lxml's error for a name that is not an XML name
+    if name.startswith("{"):
+        raise ValueError(f"{name!r}: namespaced names are not written here")  # rendering writes plain names
+    known.add(name)
+
+
+# What needs a second look in a value: what libxml2 escapes (in attribute values also quotes and the
+# whitespace that parsing would normalise away), and what lxml refuses (control characters, surrogates...).
+_NOT_XML = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
+_ATTR_SPECIAL = re.compile(f'[&<>"\n\r\t{_NOT_XML}]')
+_TEXT_SPECIAL = re.compile(f"[&<>\r{_NOT_XML}]")
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    return _ESCAPES[match[0]]
+
+
+def _as_lxml_stores(value: str, attr: str | None) -> str:
+    """``value`` as lxml stores it (bytes, say, decoded), or the error lxml raises for it."""
+    probe = etree.Element("probe")
+    if attr is not None:
+        probe.set(attr, value)
+        return probe.get(attr, "")
+    probe.text = value
+    return probe.text or ""
+
+
+def render(root: Node) -> str:
+    """``root`` as ``etree.tostring(el, encoding="unicode", pretty_print=True)`` writes its lxml twin after
+    ``etree.indent(el, space="  ")``: each child on a line of its own, two spaces deeper than its parent,
+    attributes in double quotes. No element has both text and children (a table that would write one is
+    refused when it is made); a ``raw`` element is written as it is.
+    """
+    out: list[str] = []
+    _render(root, "\n", out)
+    out.append("\n")
+    return "".join(out)
+
+
+def _render(node: Node, indent: str, out: list[str]) -> None:
+    if node.raw is not None:
+        out.append(node.raw)
+        return
+    out.append("<" + node.tag)
+    for name, value in node.attrs.items():
+        out.append(f' {name}="{value}"')
+    if node.children:
+        if node.content is not None:
+            raise ValueError(f"<{node.tag}> has both text and children")  # see render()
+        out.append(">")
+        inner = indent + "  "
+        for child in node.children:
+            out.append(inner)
+            _render(child, inner, out)
+        out.append(f"{indent}</{node.tag}>")
+    elif node.content is None:
+        out.append("/>")
+    else:
+        out.append(f">{node.content}</{node.tag}>")
 
 
 # -- reading ------------------------------------------------------------------------------------------------

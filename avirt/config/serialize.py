@@ -4,8 +4,11 @@ The output is exactly what :func:`avirt.config.parse.parse_domain_xml` accepts, 
 ``define_xml(dumpxml())`` unchanged: for any configuration the parser produced,
 ``parse_domain_xml(domain_to_xml(cfg)) == cfg``, and serialising a parsed document is stable. Elements
 follow libvirt's order and spelling (``<memory unit='KiB'>``, ``<vcpu placement='static'>``,
-``<driver name='qemu' .../>``), so tools that read libvirt XML can read ours. lxml writes attribute values
-in double quotes where libvirt uses single ones; XML does not care.
+``<driver name='qemu' .../>``), so tools that read libvirt XML can read ours. Attribute values are in
+double quotes where libvirt uses single ones; XML does not care. The document is built as
+:class:`~avirt.config.schema.Node` objects and rendered as text once, exactly as lxml would write it
+(cheaper than an lxml call per element and attribute); only ``<metadata>``'s items, which are XML of
+their own, go through lxml.
 
 Live-only information is passed in rather than stored in the configuration, because it describes the
 running guest and the image files, not the definition: ``live_id`` becomes ``<domain id=...>`` and
@@ -26,10 +29,9 @@ from lxml import etree
 from avirt.config import tables as t
 from avirt.config.devices import CharDevice
 from avirt.config.model import DomainConfig, Features
+from avirt.config.schema import Node, render
 
 __all__ = ["domain_to_xml"]
-
-_El = etree._Element
 
 
 def domain_to_xml(
@@ -64,26 +66,26 @@ def domain_to_xml(
     ``mirrors``: disk target -> the two-phase job running on it, rendered as libvirt does,
     ``<mirror type='file' job='active-commit' ready='yes'><format .../><source file=.../></mirror>``.
     """
-    root = etree.Element("domain", type=cfg.hypervisor)
+    root = Node("domain", {"type": cfg.hypervisor})
     if live_id is not None:
         root.set("id", str(live_id))
-    _leaf(root, "name", cfg.name)
-    _leaf(root, "uuid", cfg.uuid)
+    root.add("name", text=cfg.name)
+    root.add("uuid", text=cfg.uuid)
     if cfg.title is not None:
-        _leaf(root, "title", cfg.title)
+        root.add("title", text=cfg.title)
     if cfg.description is not None:
-        _leaf(root, "description", cfg.description)
-    metadata = etree.SubElement(root, "metadata") if cfg.metadata else None
-    _leaf(root, "memory", str(cfg.memory_kib), unit="KiB")
+        root.add("description", text=cfg.description)
+    metadata = root.add("metadata") if cfg.metadata else None
+    root.add("memory", {"unit": "KiB"}, str(cfg.memory_kib))
     if cfg.current_memory_kib is not None:
-        _leaf(root, "currentMemory", str(cfg.current_memory_kib), unit="KiB")
+        root.add("currentMemory", {"unit": "KiB"}, str(cfg.current_memory_kib))
     if cfg.memory_backing is not None:
         t.MEMORY_BACKING.write(root, "memoryBacking", cfg.memory_backing)
-    vcpu = _leaf(root, "vcpu", str(cfg.vcpus), placement="static")
+    vcpu = root.add("vcpu", {"placement": "static"}, str(cfg.vcpus))
     if cfg.vcpus_current is not None:
         vcpu.set("current", str(cfg.vcpus_current))
     if cfg.iothreads is not None:
-        _leaf(root, "iothreads", str(cfg.iothreads))
+        root.add("iothreads", text=str(cfg.iothreads))
     if cfg.cputune is not None:
         t.CPUTUNE.write(root, "cputune", cfg.cputune)
     if cfg.sysinfo is not None:
@@ -93,21 +95,21 @@ def domain_to_xml(
         t.FEATURES.write(root, "features", cfg.features)
     if cfg.cpu is not None:
         t.CPU.write(root, "cpu", cfg.cpu)
-    clock = etree.SubElement(root, "clock", offset=cfg.clock_offset)
+    clock = root.add("clock", {"offset": cfg.clock_offset})
     for timer in cfg.timers:
         t.TIMER.write(clock, "timer", timer)
-    _leaf(root, "on_poweroff", cfg.on_poweroff)
-    _leaf(root, "on_reboot", cfg.on_reboot)
-    _leaf(root, "on_crash", cfg.on_crash)
+    root.add("on_poweroff", text=cfg.on_poweroff)
+    root.add("on_reboot", text=cfg.on_reboot)
+    root.add("on_crash", text=cfg.on_crash)
     if cfg.suspend_to_mem is not None or cfg.suspend_to_disk is not None:
-        pm = etree.SubElement(root, "pm")
+        pm = root.add("pm")
         for tag, value in (("suspend-to-mem", cfg.suspend_to_mem), ("suspend-to-disk", cfg.suspend_to_disk)):
             if value is not None:
-                etree.SubElement(pm, tag, enabled=value)
+                pm.add(tag, {"enabled": value})
 
-    devices = etree.SubElement(root, "devices")
+    devices = root.add("devices")
     if cfg.emulator is not None:
-        _leaf(devices, "emulator", cfg.emulator)
+        devices.add("emulator", text=cfg.emulator)
     for disk in cfg.disks:
         chain = None if backing_chains is None else backing_chains.get(disk.target)
         _disk(t.DISK.write(devices, "disk", disk), chain, (mirrors or {}).get(disk.target))
@@ -120,23 +122,29 @@ def domain_to_xml(
                 continue
             kind.write(devices, item.kind if isinstance(item, CharDevice) else tag, item)
 
-    etree.indent(root, space="  ")
-    if metadata is not None:  # after indenting, which would change the whitespace of mixed content
-        metadata.text = "\n    "
-        for item in cfg.metadata:
-            metadata.append(etree.fromstring(item))
-            metadata[-1].tail = "\n    "
-        metadata[-1].tail = "\n  "
-    return etree.tostring(root, encoding="unicode", pretty_print=True)
+    if metadata is not None:
+        metadata.raw = _metadata(cfg.metadata)
+    return render(root)
 
 
-def _os(root: _El, cfg: DomainConfig) -> None:
-    os_el = etree.SubElement(root, "os")
+def _metadata(items: list[str]) -> str:
+    """<metadata> with each item verbatim (lxml's serialisation), one per line at the items' depth."""
+    metadata = etree.Element("metadata")
+    metadata.text = "\n    "
+    for item in items:
+        metadata.append(etree.fromstring(item))
+        metadata[-1].tail = "\n    "
+    metadata[-1].tail = "\n  "
+    return etree.tostring(metadata, encoding="unicode")
+
+
+def _os(root: Node, cfg: DomainConfig) -> None:
+    os_el = root.add("os")
     if cfg.os.firmware is not None:
         os_el.set("firmware", cfg.os.firmware)
-    _leaf(os_el, "type", cfg.os.type, arch=cfg.os.arch, machine=cfg.os.machine)
+    os_el.add("type", {"arch": cfg.os.arch, "machine": cfg.os.machine}, cfg.os.type)
     if cfg.os.firmware_features:
-        firmware = etree.SubElement(os_el, "firmware")
+        firmware = os_el.add("firmware")
         for feature in cfg.os.firmware_features:
             t.FIRMWARE_FEATURE.write(firmware, "feature", feature)
     if cfg.os.loader is not None:
@@ -145,21 +153,15 @@ def _os(root: _El, cfg: DomainConfig) -> None:
         t.NVRAM.write(os_el, "nvram", cfg.os.nvram)
     for tag, value in (("kernel", cfg.os.kernel), ("initrd", cfg.os.initrd), ("cmdline", cfg.os.cmdline)):
         if value is not None:
-            _leaf(os_el, tag, value)
+            os_el.add(tag, text=value)
     for dev in cfg.os.boot_devs:
-        etree.SubElement(os_el, "boot", dev=dev)
+        os_el.add("boot", {"dev": dev})
     if cfg.os.bootmenu is not None:
-        menu = etree.SubElement(os_el, "bootmenu", enable=cfg.os.bootmenu)
+        menu = os_el.add("bootmenu", {"enable": cfg.os.bootmenu})
         if cfg.os.bootmenu_timeout is not None:
             menu.set("timeout", str(cfg.os.bootmenu_timeout))
     if cfg.os.smbios_mode is not None:
-        etree.SubElement(os_el, "smbios", mode=cfg.os.smbios_mode)
-
-
-def _leaf(parent: _El, tag: str, text: str, **attrs: str) -> _El:
-    el = etree.SubElement(parent, tag, attrs)
-    el.text = text
-    return el
+        os_el.add("smbios", {"mode": cfg.os.smbios_mode})
 
 
 @dataclass(frozen=True)
@@ -172,27 +174,27 @@ class Mirror:
     ready: bool
 
 
-def _disk(el: _El, chain: list[tuple[str, str]] | None, mirror: Mirror | None) -> None:
+def _disk(el: Node, chain: list[tuple[str, str]] | None, mirror: Mirror | None) -> None:
     """Add the live-only parts of a written disk where libvirt puts them: right after <source>."""
     anchor = el.find("source")
     if anchor is None:
         anchor = el.find("driver")
-    position = 0 if anchor is None else el.index(anchor) + 1
-    extra: list[_El] = []
+    position = 0 if anchor is None else el.children.index(anchor) + 1
+    extra: list[Node] = []
     if chain is not None:
-        top = parent = etree.Element("backingStore")
+        top = parent = Node("backingStore")
         for index, (path, fmt) in enumerate(chain, start=1):
             parent.set("type", "file")
             parent.set("index", str(index))
-            etree.SubElement(parent, "format", type=fmt)
-            etree.SubElement(parent, "source", file=path)
-            parent = etree.SubElement(parent, "backingStore")
+            parent.add("format", {"type": fmt})
+            parent.add("source", {"file": path})
+            parent = parent.add("backingStore")
         extra.append(top)
     if mirror is not None:
         ready = "yes" if mirror.ready else "no"
-        el_mirror = etree.Element("mirror", type="file", job=mirror.job, ready=ready)
-        etree.SubElement(el_mirror, "format", type=mirror.format)
-        etree.SubElement(el_mirror, "source", file=mirror.path)
+        el_mirror = Node("mirror", {"type": "file", "job": mirror.job, "ready": ready})
+        el_mirror.add("format", {"type": mirror.format})
+        el_mirror.add("source", {"file": mirror.path})
         extra.append(el_mirror)
     for offset, item in enumerate(extra):
         el.insert(position + offset, item)

@@ -423,15 +423,14 @@ _PCI_MODEL_NAMES = {
 }
 _KNOWN_MODEL_NAMES = {"x3130-upstream", "xio3130-downstream", "pxb", "pxb-pcie", "spapr-pci-host-bridge"}
 _MAX_PORTS = {"usb": 15, "virtio-serial": 31}
+_CONTROLLER_MODEL_CHOICES = {ctype: Choice(*models) for ctype, models in CONTROLLER_MODELS.items()}
 
 
 def _controller_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Controller | None:
     ctype = values["type"]
     model = values.get("model")
-    if model is not None:
-        supported, known = CONTROLLER_MODELS[ctype]
-        if Choice(supported, known).read(ctx, el, "model", model) is None:
-            return None
+    if model is not None and _CONTROLLER_MODEL_CHOICES[ctype].read(ctx, el, "model", model) is None:
+        return None
     name = values.get("model_name")
     if name is not None:
         allowed = _PCI_MODEL_NAMES.get(model or "", ())
