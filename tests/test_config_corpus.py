@@ -29,13 +29,6 @@ EXPECTED_UNSUPPORTED: dict[str, list[str]] = {
         "/domain/devices/disk[2]/source/host",
         "/domain/devices/disk[2]/@type",
     ],
-    # A host SCSI LUN passed through with rawio='yes': QEMU would need CAP_SYS_RAWIO, and avirt runs it as
-    # the calling user.
-    "disks-lvm-block-lun.xml": ["/domain/devices/disk[3]/@rawio", "/domain/devices/disk[3]/@device"],
-    "dumpxml-ubuntu22.04-virtio-scsi-running.xml": [
-        "/domain/devices/disk[3]/@rawio",
-        "/domain/devices/disk[3]/@device",
-    ],
     # SPICE with OpenGL on the host's render node and a 3D virtio-gpu: the host's GPU. (listen type='none'
     # only makes sense with local OpenGL clients.)
     "graphics-spice-gl-audio.xml": [
@@ -43,8 +36,6 @@ EXPECTED_UNSUPPORTED: dict[str, list[str]] = {
         "/domain/devices/graphics/listen/@type",
         "/domain/devices/video/model/acceleration/@accel3d",
     ],
-    # Guest RAM from the host's reserved huge pages (a hugetlbfs mount and pages set aside by the admin).
-    "memory-hugepages-max.xml": ["/domain/memoryBacking/hugepages"],
 }
 
 _PARSER = etree.XMLParser(remove_comments=True, remove_pis=True, resolve_entities=False, no_network=True)

@@ -216,7 +216,7 @@ def test_empty_document_is_invalid() -> None:
 
 def test_every_unsupported_item_is_listed() -> None:
     xml = minimal(
-        extra="  <memoryBacking><hugepages/></memoryBacking>\n"
+        extra="  <memoryBacking><locked/></memoryBacking>\n"
               "  <cpu mode='host-model'><cache level='3'/></cpu>",
         devices="""\
     <disk type='file' device='disk'>
@@ -237,7 +237,7 @@ def test_every_unsupported_item_is_listed() -> None:
     with pytest.raises(UnsupportedError) as info:
         parse_domain_xml(xml)
     assert sorted(info.value.items) == sorted([
-        "/domain/memoryBacking/hugepages",
+        "/domain/memoryBacking/locked",
         "/domain/cpu/cache/@level",
         "/domain/os/type/@machine",
         "/domain/devices/disk[2]/driver/@copy_on_read",
@@ -259,8 +259,8 @@ def test_every_unsupported_item_is_listed() -> None:
          ["/domain/devices/serial/target/@type"]),
         ("<serial type='udp'/>", ["/domain/devices/serial/@type"]),
         ("<serial type='null'><source path='/x'/></serial>", ["/domain/devices/serial/source"]),
-        ("<disk type='block' device='lun'><source dev='/dev/sdb'/><target dev='sda' bus='scsi'/></disk>",
-         ["/domain/devices/disk/@device"]),
+        ("<disk type='block' device='lun' sgio='unfiltered'><source dev='/dev/sdb'/>"
+         "<target dev='sda' bus='scsi'/></disk>", ["/domain/devices/disk/@sgio"]),
         ("<disk type='network'><source protocol='nbd' name='x'/><target dev='vda'/></disk>",
          ["/domain/devices/disk/source/@protocol", "/domain/devices/disk/source/@name",
           "/domain/devices/disk/@type"]),

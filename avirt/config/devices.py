@@ -78,7 +78,7 @@ class Disk:
     target: str  # 'vda', 'sda'
     source: str | None  # the active image (file) or block device (block); None: an empty cdrom/floppy
     type: DiskType = "file"
-    device: Literal["disk", "cdrom", "floppy"] = "disk"
+    device: Literal["disk", "cdrom", "floppy", "lun"] = "disk"
     format: DiskFormat = "raw"
     bus: DiskBus = "virtio"
     readonly: bool = False
@@ -94,6 +94,8 @@ class Disk:
     detect_zeroes: str | None = None
     iothread: int | None = None
     tray: str | None = None
+    rawio: str | None = None  # device='lun': the guest may send any SCSI command (QEMU needs CAP_SYS_RAWIO)
+    sgio: str | None = None  # 'filtered': the kernel's filter of SCSI commands, its default
     removable: str | None = None  # <target removable='on'/>: usb and scsi disks
     boot_order: int | None = None
     iotune: IoTune | None = None

@@ -196,11 +196,12 @@ class CPU:
 
 @dataclass
 class MemoryBacking:
-    """``<memoryBacking>``: how guest RAM is allocated on the host (huge pages, a host resource, are not)."""
+    """``<memoryBacking>``: how guest RAM is allocated on the host."""
 
     source_type: str | None = None  # memfd, anonymous
     access_mode: str | None = None  # shared (needed by virtiofs), private
     allocation_mode: str | None = None  # immediate (preallocated), ondemand
+    hugepages: bool = False  # guest RAM on the host's huge pages (hugetlbfs at /dev/hugepages)
     nosharepages: bool = False  # no KSM merging
     discard: bool = False  # give freed RAM back to the host when the guest stops
 

@@ -153,6 +153,7 @@ MEMORY_BACKING = Kind(m.MemoryBacking, (
     Field("source_type", "source/@type", Choice(("memfd", "anonymous"), {"file"})),
     Field("access_mode", "access/@mode", Choice(("shared", "private"))),
     Field("allocation_mode", "allocation/@mode", Choice(("immediate", "ondemand"))),
+    Field("hugepages", "hugepages", Flag()),
     Field("nosharepages", "nosharepages", Flag()),
     Field("discard", "discard", Flag()),
 ))
@@ -347,6 +348,10 @@ def _disk_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Disk | None:
     if values.get("io") == "native" and values.get("cache") not in ("none", "directsync"):
         ctx.invalid(child(el, "driver"), "io='native' needs cache='none' or 'directsync' (QEMU refuses it "
                                          "on the host's page cache)", "io")
+    if device == "lun" and (bus != "scsi" or dtype != "block" or values.get("format", "raw") != "raw"):
+        ctx.invalid(el, "a LUN is a host block device (type='block', format raw) on bus 'scsi'", "device")
+    if device != "lun" and ("rawio" in values or "sgio" in values):
+        ctx.invalid(el, "rawio and sgio are for device='lun' only", "rawio" if "rawio" in values else "sgio")
     if values.get("readonly") and device == "disk" and bus in ("sata", "ide"):
         # QEMU's ide-hd cannot be read-only (libvirt refuses it too).
         ctx.unsupported_at(child(el, "readonly"))
@@ -364,7 +369,9 @@ def _disk_unbuild(disk: d.Disk) -> dict[str, Any]:
 
 DISK = Kind(d.Disk, (
     Field("type", "@type", Choice(("file", "block"), _KNOWN_DISK_TYPES)),
-    Field("device", "@device", Choice(("disk", "cdrom", "floppy"), {"lun"})),
+    Field("device", "@device", Choice(("disk", "cdrom", "floppy", "lun"))),
+    Field("rawio", "@rawio", YES_NO),
+    Field("sgio", "@sgio", Choice(("filtered",), {"unfiltered"})),
     Field("driver_name", "driver/@name", Choice(("qemu",), None)),
     Field("format", "driver/@type", Choice(("qcow2", "raw"), _KNOWN_FORMATS)),
     Field("cache", "driver/@cache", Choice(("default", "none", "writethrough", "writeback", "directsync",

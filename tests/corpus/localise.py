@@ -35,6 +35,10 @@ def localise(text: bytes, tmp: Path) -> str:
             source.attrib.pop(attr, None)
         source.set("file", str(image))
         disk.set("type", "file")
+        if disk.get("device") == "lun":  # a host SCSI LUN: the machine that wrote it had one
+            disk.set("device", "disk")
+            for attr in ("rawio", "sgio"):
+                disk.attrib.pop(attr, None)
         for store in disk.findall("backingStore"):
             disk.remove(store)
     for nic in root.iterfind("devices/interface"):

@@ -224,6 +224,10 @@ class QemuDriver(Driver):
         chains = await self._disk_chains(cfg)
         accel = await self._accelerator(cfg)
         await firmware.prepare(self.host, cfg)
+        backing = cfg.memory_backing
+        if backing is not None and backing.hugepages and not await self.host.exists("/dev/hugepages"):
+            raise DomainStartError(f"cannot start domain '{cfg.name}': <hugepages/> needs hugetlbfs mounted "
+                                   "at /dev/hugepages, with pages reserved (vm.nr_hugepages)")
         if cfg.vsock is not None:
             if not await self.host.exists("/dev/vhost-vsock"):
                 raise DomainStartError(f"cannot start domain '{cfg.name}': <vsock> needs /dev/vhost-vsock "

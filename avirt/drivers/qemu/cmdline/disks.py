@@ -87,7 +87,7 @@ def _device(cfg: DomainConfig, disk: Disk) -> dict[str, object]:
             device["iothread"] = f"iothread{disk.iothread}"
         return device
     if disk.bus == "scsi":
-        device = {"driver": "scsi-cd" if cd else "scsi-hd"}
+        device = {"driver": "scsi-cd" if cd else "scsi-block" if disk.device == "lun" else "scsi-hd"}
         if address is not None and address.type == "drive":
             device.update(bus=f"scsi{address.controller or 0}.0", channel=address.bus or 0,
                           **{"scsi-id": address.target or 0, "lun": address.unit or 0})

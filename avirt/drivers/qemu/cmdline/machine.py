@@ -75,7 +75,8 @@ def _memory_args(cfg: DomainConfig) -> list[str]:
     if backing is None and not cells:
         return []
     memfd = backing is not None and backing.source_type == "memfd"
-    props = []
+    hugepages = backing is not None and backing.hugepages
+    props = ["mem-path=/dev/hugepages"] if hugepages else []
     if backing is not None:
         if backing.access_mode == "shared" or memfd:
             props.append(f"share={'on' if backing.access_mode == 'shared' else 'off'}")
@@ -83,7 +84,7 @@ def _memory_args(cfg: DomainConfig) -> list[str]:
             props.append("prealloc=on")
         if backing.discard:
             props.append("discard-data=on")
-    kind = "memory-backend-memfd" if memfd else "memory-backend-ram"
+    kind = "memory-backend-file" if hugepages else "memory-backend-memfd" if memfd else "memory-backend-ram"
     if not cells:
         return ["-object", ",".join([f"{kind},id=pc.ram,size={cfg.memory_kib}k", *props])]
     argv = []
