@@ -54,6 +54,7 @@ _PCI_NUMBERS = ("domain", "bus", "slot", "function")
 
 
 def _address_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Address | None:
+    values.pop("bus_decimal", None)  # the same attribute as "bus", read a second time (see ADDRESS)
     kind = values["type"]
     for name in values:
         if name != "type" and name not in _ADDRESS_FIELDS[kind]:
@@ -73,6 +74,13 @@ def _address_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Address | None
     return d.Address(**values)
 
 
+def _address_unbuild(address: d.Address) -> dict[str, Any]:
+    values = dict(vars(address))
+    if address.type != "pci":  # libvirt writes a PCI bus in hex, a drive's or USB bus in decimal
+        values["bus_decimal"] = values.pop("bus")
+    return values
+
+
 ADDRESS = Kind(d.Address, (
     Field("type", "@type", Choice(tuple(_ADDRESS_FIELDS),
                                   {"ccw", "ccid", "spapr-vio", "virtio-mmio", "dimm", "unassigned"}),
@@ -83,12 +91,13 @@ ADDRESS = Kind(d.Address, (
     Field("function", "@function", Int(0, 7, hex_width=1)),
     Field("multifunction", "@multifunction", ON_OFF),
     Field("controller", "@controller", Int(0)),
+    Field("bus_decimal", "@bus", Int(0, 0xFF)),
     Field("target", "@target", Int(0)),
     Field("unit", "@unit", Int(0)),
     Field("port", "@port", Text(r"[0-9]+(\.[0-9]+)*", "a port number")),
     Field("iobase", "@iobase", Int(0, 0xFFFF, hex_width=3)),
     Field("irq", "@irq", Int(0, 15, hex_width=1)),
-), build=_address_build)
+), build=_address_build, unbuild=_address_unbuild)
 _ADDR = Sub("address", "address", ADDRESS)
 
 # -- domain-level -------------------------------------------------------------------------------------------
