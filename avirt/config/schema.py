@@ -230,9 +230,7 @@ class Field:
 
 
 @dataclass(frozen=True)
-class Sub:
-    """A nested object in a child element (``<address .../>``); None when the child is absent."""
-
+class _Nested:
     name: str
     at: str
     kind: Kind[Any]
@@ -243,16 +241,13 @@ class Sub:
 
 
 @dataclass(frozen=True)
-class Many:
+class Sub(_Nested):
+    """A nested object in a child element (``<address .../>``); None when the child is absent."""
+
+
+@dataclass(frozen=True)
+class Many(_Nested):
     """Repeated nested objects (``<timer>`` under ``<clock>``, ``bios/entry`` under ``<sysinfo>``)."""
-
-    name: str
-    at: str
-    kind: Kind[Any]
-    path: tuple[str, ...] = field(init=False, repr=False, compare=False)  # ``at``, split once
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", tuple(self.at.split("/")))
 
 
 Entry = Field | Sub | Many
