@@ -89,19 +89,12 @@ def controller_args(cfg: DomainConfig) -> list[dict[str, object]]:
                 dev.update(p2=c.ports, p3=c.ports)
             devices.append(dev | props)
         elif c.type == "virtio-serial":
-            dev = {"driver": "virtio-serial-pci", "id": f"virtio-serial{index}"}
-            if c.ports is not None:
-                dev["max_ports"] = c.ports
-            if c.vectors is not None:
-                dev["vectors"] = c.vectors
-            devices.append(dev | props)
+            devices.append({"driver": "virtio-serial-pci", "id": f"virtio-serial{index}"}
+                           | _given(max_ports=c.ports, vectors=c.vectors) | props)
         elif c.type == "scsi":
-            dev = {"driver": "virtio-scsi-pci", "id": f"scsi{index}"}
-            if c.driver_queues is not None:
-                dev["num_queues"] = c.driver_queues
-            if c.driver_iothread is not None:
-                dev["iothread"] = f"iothread{c.driver_iothread}"
-            devices.append(dev | props)
+            iothread = None if c.driver_iothread is None else f"iothread{c.driver_iothread}"
+            devices.append({"driver": "virtio-scsi-pci", "id": f"scsi{index}"}
+                           | _given(num_queues=c.driver_queues, iothread=iothread) | props)
         elif c.type == "sata" and sata_bus(cfg, index) != "ide":
             devices.append({"driver": "ich9-ahci", "id": f"sata{index}"} | props)
         elif c.type == "fdc" and is_q35(cfg):
@@ -109,3 +102,8 @@ def controller_args(cfg: DomainConfig) -> list[dict[str, object]]:
         # pci-root/pcie-root, the pc machine's IDE and floppy controller and q35's first AHCI are
         # built into the machine: they need no -device.
     return devices
+
+
+def _given(**props: object) -> dict[str, object]:
+    """The device properties the definition sets; QEMU's defaults stand for the others."""
+    return {name: value for name, value in props.items() if value is not None}
