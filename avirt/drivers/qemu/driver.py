@@ -27,7 +27,7 @@ from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
-from avirt.drivers.qemu import firmware, tpm
+from avirt.drivers.qemu import firmware, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
@@ -218,7 +218,7 @@ class QemuDriver(Driver):
             await self._start(guest, guest.definition, paused=paused)
 
     async def _start(self, guest: Guest, cfg: DomainConfig, *, paused: bool) -> None:
-        refusal = startable(cfg)
+        refusal = startable(cfg) or await virtiofs.refusal(self.host, cfg)
         if refusal is not None:
             raise DomainStartError(f"cannot start domain '{cfg.name}': {refusal}")
         chains = await self._disk_chains(cfg)
@@ -247,6 +247,7 @@ class QemuDriver(Driver):
                 if cfg.tpms:
                     await tpm.start(self.host, cfg, state_dir=self.files.tpm_dir(cfg.uuid),
                                     run_dir=self.files.run_dir(name))
+                await virtiofs.start(self.host, cfg, self.files.run_dir(name))
                 process = await QemuProcess.spawn(
                     self.host, name,
                     lambda socket: build_argv(cfg, chains=chains, accel=accel, monitor=socket,
@@ -255,10 +256,13 @@ class QemuDriver(Driver):
                     qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
                     log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
                 )
-            except DomainStartError:
+            except DomainStartError as e:
                 if cfg.tpms:
                     await tpm.stop(self.host, self.files.run_dir(name))
+                servers = await virtiofs.stop(self.host, cfg, self.files.run_dir(name))
                 await self.files.clear_run(name)
+                if servers:  # the run directory is gone: say now what the file servers said
+                    raise DomainStartError(str(e), servers) from None
                 raise
             guest.began(process, cfg, {
                 target: [replace(layer, node=node_name(target, i)) for i, layer in enumerate(layers, 1)]
@@ -845,9 +849,6 @@ def startable(cfg: DomainConfig) -> str | None:
     if cfg.hypervisor == "qemu" and hyperv is not None and hyperv.vpindex == "on":
         return ("the Hyper-V enlightenment <vpindex> needs KVM (<domain type='kvm'>); TCG cannot give it, "
                 "remove it for type='qemu'")
-    if any(fs.driver_type == "virtiofs" for fs in cfg.filesystems):
-        return ("virtiofs needs a virtiofsd beside QEMU, which avirt does not start yet; "
-                "use <driver type='path'> (9p)")
     if len(cfg.tpms) > 1:
         return "a guest has at most one TPM"
     spice = any(g.type == "spice" for g in cfg.graphics)
