@@ -79,6 +79,7 @@ class BlockJob:
         self.plan: dict[str, Any] = {}
         self._ready = anyio.Event()
         self._ended = anyio.Event()
+        self._changed = anyio.Event()
 
     def __repr__(self) -> str:
         return f"<BlockJob {self.id} {self.kind.value} on {self.disk}: {self.status or self.phase.value}>"
@@ -91,12 +92,14 @@ class BlockJob:
         self.phase = phase
         if phase is JobPhase.READY:
             self._ready.set()
+        self._announce()
 
     def unready(self) -> None:
         """READY flapped back (QEMU refused to complete): wait_ready() waits again."""
         if self.phase is not JobPhase.CONCLUDED:
             self.phase = JobPhase.STANDBY
             self._ready = anyio.Event()
+            self._announce()
 
     def conclude(self, status: BlockJobStatus, error: str | None = None) -> None:
         if self.phase is JobPhase.CONCLUDED:
@@ -104,6 +107,11 @@ class BlockJob:
         self.phase, self.status, self.error = JobPhase.CONCLUDED, status, error
         self._ready.set()  # wake wait_ready() callers: it is over
         self._ended.set()
+        self._announce()
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
     # -- what callers do -----------------------------------------------------------------------------------
 
@@ -166,6 +174,16 @@ class BlockJob:
                 yield sample
             with anyio.move_on_after(PROGRESS_INTERVAL):
                 await self._ended.wait()
+
+    async def phases(self) -> AsyncIterator[JobPhase]:
+        """The phase now and after each change, until the job has concluded (what a served client's copy
+        of the job follows)."""
+        while True:
+            changed = self._changed
+            yield self.phase
+            if self.ended:
+                return
+            await changed.wait()
 
     def _require_running(self, what: str) -> None:
         if self.ended:

@@ -76,7 +76,8 @@ class Lost:
 class _Pending:
     """A call or stream of ours, waiting for its response (and, for a stream, collecting items)."""
 
-    def __init__(self, max_items: int | None) -> None:
+    def __init__(self, max_items: int | None, on_item: Callable[[Any], None] | None = None) -> None:
+        self.on_item = on_item
         self.done = anyio.Event()
         self.error: Any = None
         self.result: Any = None
@@ -88,7 +89,12 @@ class _Pending:
     def add(self, item: Any) -> None:
         if self.items is None:
             raise ProtocolError("an item for a request that is not a stream")
-        if isinstance(item, Lost):
+        if self.on_item is not None:
+            try:
+                self.on_item(item)
+            except Exception as e:  # what the other side sent cannot be used: as if it were malformed
+                raise ProtocolError(f"an unusable stream item: {e}") from None
+        elif isinstance(item, Lost):
             self.lost += item.count
         elif len(self.items) >= self.max_items:
             self.items.popleft()
@@ -139,7 +145,8 @@ class Peer:
         # Closing the stream first lets the reader end by itself: cancelling a receive that is waiting on
         # a unix socket races with its readiness callback in anyio's asyncio backend.
         self._close("closed")
-        await self._stream.aclose()
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
         self._group.cancel_scope.cancel()
         await self._group.__aexit__(exc_type, exc, tb)
 
@@ -163,10 +170,14 @@ class Peer:
         return _outcome(pending)
 
     @asynccontextmanager
-    async def stream(self, method: str, *params: Any) -> AsyncIterator[AsyncIterator[Any]]:
+    async def stream(self, method: str, *params: Any,
+                     on_item: Callable[[Any], None] | None = None) -> AsyncIterator[AsyncIterator[Any]]:
         """``async with peer.stream(m) as items: async for item in items``; leaving the block early cancels
-        the stream on the other side. Items may include :class:`Lost` markers."""
-        pending = await self._request(method, params, self._max_items)
+        the stream on the other side. Items may include :class:`Lost` markers.
+
+        With ``on_item``, each item is handed to it as it arrives, in the reader's task and in order with
+        the responses to other calls (it must not block), and the iterator only waits for the end."""
+        pending = await self._request(method, params, self._max_items, on_item)
 
         async def items() -> AsyncIterator[Any]:
             assert pending.items is not None
@@ -194,11 +205,12 @@ class Peer:
     async def notify(self, method: str, *params: Any) -> None:
         await self._send(Notification(method, list(params)))
 
-    async def _request(self, method: str, params: tuple[Any, ...], max_items: int | None) -> _Pending:
+    async def _request(self, method: str, params: tuple[Any, ...], max_items: int | None,
+                       on_item: Callable[[Any], None] | None = None) -> _Pending:
         if self.is_closed:
             raise PeerClosedError(f"{self.name}: connection closed ({self.closed_because})")
         request_id = next(self._ids) % 2**32
-        pending = self._pending[request_id] = _Pending(max_items)
+        pending = self._pending[request_id] = _Pending(max_items, on_item)
         try:
             await self._send(Request(request_id, method, list(params)))
         except BaseException:
