@@ -27,7 +27,8 @@ import anyio.to_thread
 from anyio.abc import Process
 
 from avirt.errors import HostError
-from avirt.hosts.base import Host, RunResult
+from avirt.hosts.base import FileStamp, FileWatch, Host, RunResult
+from avirt.hosts.inotify import InotifyWatch
 
 
 class LocalHost(Host):
@@ -159,6 +160,15 @@ class LocalHost(Host):
     async def exists(self, path: str) -> bool:
         return await anyio.Path(path).exists()
 
+    async def stat_files(self, paths: Sequence[str]) -> dict[str, FileStamp]:
+        return await anyio.to_thread.run_sync(_stat_files, list(paths))
+
+    def file_watch(self) -> FileWatch | None:
+        try:
+            return InotifyWatch()
+        except OSError:  # out of inotify instances (fs.inotify.max_user_instances): stamps will do
+            return None
+
     async def make_dirs(self, path: str, *, mode: int = 0o700) -> None:
         await anyio.Path(path).mkdir(mode=mode, parents=True, exist_ok=True)
 
@@ -218,6 +228,17 @@ def _write_atomic(path: str, data: bytes, mode: int, durable: bool) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _stat_files(paths: list[str]) -> dict[str, FileStamp]:
+    stamps = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        stamps[path] = FileStamp(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+    return stamps
 
 
 def _remove_tree(path: str) -> None:

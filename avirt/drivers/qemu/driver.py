@@ -60,9 +60,10 @@ from avirt.hosts.base import Host
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo
 from avirt.offline.imagejob import ImageJobRunner
+from avirt.offline.index import ImageIndex
 from avirt.offline.plan import OfflinePlan, commit_plan, pull_plan
 from avirt.offline.qemu_img import ChainEntry, backing_chain, create_overlay, image_chain
-from avirt.offline.safety import chain_users, check_commit_space, unlocked_chain
+from avirt.offline.safety import check_commit_space, unlocked_chain
 from avirt.qmp.monitor import Monitor, MonitorClosedError
 from avirt.tasks import TaskOwner
 
@@ -87,6 +88,7 @@ class QemuDriver(Driver):
         self.bus = EventBus(self._tasks)
         self.jobs = OnlineJobs(self)
         self.offline = ImageJobRunner(host)
+        self.images = ImageIndex(host, self.files.chains_path)
         self._offline_jobs: dict[tuple[str, str], BlockJob] = {}
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
@@ -103,6 +105,7 @@ class QemuDriver(Driver):
             if xml is not None:
                 cfg = parse_domain_xml(xml)
                 self._guests[name] = self._new_guest(name, cfg.uuid, cfg)
+        await self.images.load({name: _disks(guest.config) for name, guest in self._guests.items()})
         for name in await self.files.run_names():
             await self._reattach(name)
 
@@ -110,6 +113,7 @@ class QemuDriver(Driver):
         self._closing = True  # events that still arrive start no follow-up work
         self.bus.close()
         await self._tasks.aclose()
+        self.images.close()
         for guest in self._guests.values():
             if guest.process is not None:
                 await guest.process.monitor.aclose()
@@ -161,6 +165,7 @@ class QemuDriver(Driver):
         if guest is None:
             guest = self._guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, cfg)
         guest.definition = cfg
+        self.images.define(cfg.name, _disks(cfg))  # ignored while it runs: its QEMU's chains count
         self._announce(guest, LifecycleType.DEFINED, detail)
         return DomainRef(guest.name, guest.uuid)
 
@@ -200,6 +205,7 @@ class QemuDriver(Driver):
             self._announce(guest, LifecycleType.UNDEFINED, "removed")
             if not guest.active:
                 del self._guests[name]
+                self.images.forget(name)
 
     def _find(self, name_or_uuid: str) -> Guest:
         return find_record(self._guests, name_or_uuid)
@@ -267,6 +273,7 @@ class QemuDriver(Driver):
             guest.began(process, cfg, {
                 target: [replace(layer, node=node_name(target, i)) for i, layer in enumerate(layers, 1)]
                 for target, layers in chains.items()})
+            self.images.running(name, lambda: guest.chains)
             guest.set_state(DomainState.PAUSED, "user", announce=False)
             self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if cfg.cputune is not None:
@@ -473,9 +480,7 @@ class QemuDriver(Driver):
         """A commit must not change what other domains' disks read, unless the caller allows it."""
         if allow:
             return
-        disks = [(other.name, disk.source, disk.format) for other in self._guests.values()
-                 if other is not guest for disk in other.config.disks if disk.source]
-        users = await chain_users(self.host, base, disks)
+        users = await self.images.users(base, besides=guest.name)
         if users:
             raise SharedImageError(base, users)
 
@@ -501,6 +506,8 @@ class QemuDriver(Driver):
                 await self.offline.run(job, plan.steps, plan.size, on_success)
             finally:
                 del self._offline_jobs[(guest.name, disk)]
+                if guest.definition is not None:  # the disk's image may be another one now
+                    self.images.define(guest.name, _disks(guest.definition))
                 self.announce_job(guest, job)
 
         self._tasks.start_soon(run, name=f"offline-{job.id}")
@@ -542,6 +549,7 @@ class QemuDriver(Driver):
                         disk.source, disk.format = overlays[disk.target], "qcow2"
                     if guest.definition is not None:
                         await self.files.write_definition(guest.name, domain_to_xml(guest.definition))
+                        self.images.define(guest.name, _disks(guest.definition))
             except BaseException:
                 for path in created:
                     await self.host.remove_tree(path)
@@ -652,8 +660,12 @@ class QemuDriver(Driver):
         await self._quietly(self.files.clear_run(guest.name))
         self.jobs.forget(guest)
         guest.ended()
-        if not guest.persistent:
+        self.images.stopped(guest.name)
+        if guest.definition is not None:
+            self.images.define(guest.name, _disks(guest.definition))
+        else:
             self._guests.pop(guest.name, None)
+            self.images.forget(guest.name)
 
     async def _watch(self, guest: Guest, process: QemuProcess) -> bool:
         """True once QEMU has exited; False if the connection to its host was lost first."""
@@ -808,6 +820,7 @@ class QemuDriver(Driver):
             return
         self._guests[name] = guest
         guest.began(process, live, {})
+        self.images.running(name, lambda: guest.chains)
         guest.set_state(DomainState.RUNNING, "unknown", announce=False)
         self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if process.monitor.connected:
@@ -833,6 +846,11 @@ def _machines(help_text: str) -> tuple[dict[str, str], list[str]]:
         if "(alias of " in description:
             aliases[name] = description.split("(alias of ", 1)[1].split(")", 1)[0]
     return aliases, machines
+
+
+def _disks(cfg: DomainConfig) -> list[tuple[str, str, str]]:
+    """What the image index needs of a definition: each disk with an image, ``(target, image, format)``."""
+    return [(disk.target, disk.source, disk.format) for disk in cfg.disks if disk.source]
 
 
 def startable(cfg: DomainConfig) -> str | None:
