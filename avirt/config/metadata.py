@@ -43,7 +43,7 @@ def check_uri(uri: str) -> None:
 
 
 def check_prefix(prefix: str) -> None:
-    """A namespace prefix: an XML name without a colon, and not ``xml``/``xmlns`` (``InvalidArgumentError``)."""
+    """A namespace prefix: an XML name without a colon, not ``xml``/``xmlns`` (``InvalidArgumentError``)."""
     if not isinstance(prefix, str) or prefix.lower() in ("xml", "xmlns"):
         raise InvalidArgumentError(f"{prefix!r} cannot be a namespace prefix")
     if not prefix.isascii():
