@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,9 +208,13 @@ def test_global_options(tmp_path_factory: pytest.TempPathFactory, option: str, v
     if "ssh" in value or "tcp" in value:
         return  # no host but this one is ever contacted
     where = tmp_path_factory.mktemp("global")
-    with contextlib.chdir(where):  # a relative state directory lands here
-        run = run_cli([option, value, "list"] if option != "-c" else
-                      [option, value, "--state-dir", str(where / "state"), "list"])
+    if option == "--state-dir":
+        # Kept below a private directory, whatever the value: "/" or ".." must not land on this machine's
+        # own directories, and the nested levels hold the ".." of NASTY.
+        value = os.path.join(where, "a", "b", "c", value.lstrip("/") or ".")
+        run = run_cli([option, value, "list"])
+    else:
+        run = run_cli([option, value, "--state-dir", str(where / "state"), "list"])
     check(run, [option, value])
 
 
