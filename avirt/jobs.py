@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from avirt.errors import BlockJobError, OperationInvalidError
+from avirt.errors import BlockJobError, InvalidArgumentError, OperationInvalidError
 from avirt.events.model import BlockJobStatus, JobKind
 
 #: How often progress() samples a running job (it is the only thing avirt polls, and only on demand).
@@ -125,7 +125,7 @@ class BlockJob:
 
     async def set_speed(self, bytes_per_second: int) -> None:
         if bytes_per_second < 0:
-            raise ValueError("bandwidth must be >= 0 bytes/s (0 = unlimited)")
+            raise InvalidArgumentError("bandwidth must be >= 0 bytes/s (0 = unlimited)")
         self._require_running("set the speed of")
         await self._backend.job_set_speed(self, bytes_per_second)
         self.bandwidth = bytes_per_second

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from avirt.errors import EventsLostError
+from avirt.errors import EventsLostError, InvalidArgumentError
 from avirt.events.model import Event, EventKind
 from avirt.tasks import TaskOwner
 
@@ -41,7 +41,7 @@ class _Queue:
 
     def __init__(self, kinds: frozenset[EventKind] | None, domain: str | None, max_queue: int) -> None:
         if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
+            raise InvalidArgumentError("max_queue must be at least 1")
         self.kinds = kinds
         self.domain = domain
         self.items: deque[Event] = deque(maxlen=max_queue)

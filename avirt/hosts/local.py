@@ -170,7 +170,11 @@ class LocalHost(Host):
             return None
 
     async def make_dirs(self, path: str, *, mode: int = 0o700) -> None:
-        await anyio.Path(path).mkdir(mode=mode, parents=True, exist_ok=True)
+        try:
+            await anyio.Path(path).mkdir(mode=mode, parents=True, exist_ok=True)
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte, which no path can hold
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise HostError(f"{self.name}: cannot create {path}: {reason}") from e
 
     async def list_dir(self, path: str) -> list[str]:
         try:
