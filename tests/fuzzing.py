@@ -179,7 +179,7 @@ async def guarded(call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
 
 
 def picture(root: Path) -> dict[str, bytes | None]:
-    """Every entry under ``root``: a file's bytes, a directory (None), a link's target, with modes."""
+    """Every entry under ``root``: a file's bytes, a link's target, a directory or socket (None), with modes."""
     seen: dict[str, bytes | None] = {}
     if not os.path.lexists(root):
         return seen
@@ -188,5 +188,5 @@ def picture(root: Path) -> dict[str, bytes | None]:
             path = Path(dirpath) / name
             key = f"{path.relative_to(root)} {path.lstat().st_mode:o}"
             seen[key] = (os.readlink(path).encode() if path.is_symlink() else
-                         None if path.is_dir() else path.read_bytes())
+                         path.read_bytes() if path.is_file() else None)
     return seen
