@@ -6,7 +6,6 @@ context manager; closing it leaves running guests running (they outlive the cont
 
 from __future__ import annotations
 
-import logging
 import os
 import posixpath
 from collections.abc import Generator, Iterable
@@ -17,37 +16,30 @@ from avirt.domain import Domain
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
 from avirt.drivers.test import TestDriver
-from avirt.errors import ConnectionLockedError, UnsupportedError
+from avirt.errors import UnsupportedError
 from avirt.events.bus import Callback, EventStream, Subscription
 from avirt.events.model import EventKind
 from avirt.hosts.base import Host
-from avirt.hosts.local import LocalHost
 from avirt.models import DomainState
-from avirt.served.client import ClientDriver
-from avirt.served.server import Server
+from avirt.served.shared import SharedDriver
 from avirt.uri import ConnectionURI
-
-log = logging.getLogger(__name__)
 
 D = TypeVar("D", bound=Driver)
 
 
 class Connection:
-    def __init__(self, uri: str, driver: Driver, server: Server | None = None) -> None:
+    def __init__(self, uri: str, driver: Driver) -> None:
         self.uri = uri
         self._driver = driver
-        self._server = server
 
     @property
     def serving(self) -> bool:
-        """Whether this connection holds its state directory and serves other programs' connections to it
-        (False for a client of the program that does, and for ``test://``)."""
-        return self._server is not None
+        """Whether this program holds the connection's state directory now and serves it to the others
+        (False while it is a client of the program that does, over SSH, and for ``test://``)."""
+        return isinstance(self._driver, SharedDriver) and self._driver.serving
 
     async def close(self) -> None:
         """Detach from the hypervisor. Running guests keep running; a later connection finds them."""
-        if self._server is not None:
-            await self._server.aclose()
         await self._driver.close()
 
     async def __aenter__(self) -> Connection:
@@ -119,28 +111,15 @@ class _Connecting:
     async def _open(self) -> Connection:
         parsed = ConnectionURI.parse(self._uri)
         parsed.check_supported()
-        driver: Driver
-        host: Host
         if parsed.scheme == "test":
-            driver = TestDriver(self._uri)  # in memory: a fresh world per connection, no state directory
-            await _opened(driver)
-            return Connection(self._uri, driver)
+            # In memory: a fresh world per connection, no state directory.
+            return Connection(self._uri, await _opened(TestDriver(self._uri)))
         if parsed.transport == "ssh":
             host, state_dir = await _open_ssh_host(parsed, self._state_dir)
             return Connection(self._uri, await _opened(QemuDriver(self._uri, host, state_dir)))
+        # A local state directory: this program holds it, or is a client of the one that does.
         state_dir = self._local_state_dir or parsed.default_state_dir()
-        try:
-            driver = await _opened(QemuDriver(self._uri, LocalHost(), state_dir))
-        except ConnectionLockedError:
-            # Another program holds the state directory: it serves it, and this connection is its client.
-            return Connection(self._uri, await _opened(ClientDriver(self._uri, state_dir)))
-        server = Server(driver, state_dir)
-        try:
-            await server.open()
-        except OSError as e:  # the guests are this controller's all the same; other programs cannot join
-            log.warning("cannot serve the state directory to other programs on %s: %s", server.path, e)
-            return Connection(self._uri, driver)
-        return Connection(self._uri, driver, server)
+        return Connection(self._uri, await _opened(SharedDriver(self._uri, state_dir)))
 
     def __await__(self) -> Generator[Any, None, Connection]:
         return self._open().__await__()

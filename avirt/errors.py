@@ -120,10 +120,20 @@ class HostError(AvirtError):
 
 
 class EventsLostError(AvirtError):
-    """An event subscriber fell behind and ``count`` events were dropped for it."""
+    """An event subscriber fell behind and ``count`` events were dropped for it; ``count`` is None when
+    the number is unknown (events emitted while a client's controller was changing)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int | None) -> None:
         self.count = count
         #: Which connection lost them, when the stream merges several (``avirt.fleet.merge``).
         self.connection: object | None = None
-        super().__init__(f"{count} events lost: the subscriber did not keep up; re-read state")
+        if count is None:
+            super().__init__("events may have been lost while the controller changed; re-read state")
+        else:
+            super().__init__(f"{count} events lost: the subscriber did not keep up; re-read state")
+
+
+class ControllerGoneError(AvirtError):
+    """The controller serving this connection went away during the call (the program holding the state
+    directory ended). The call may or may not have taken effect: re-read state, then retry; the
+    connection finds the next controller by itself."""

@@ -139,7 +139,8 @@ async def watch(args: argparse.Namespace) -> None:
                         conn, event = await anext(stream)
                     except EventsLostError as e:
                         await fleet.reread()
-                        print(f"-- {e.count} events lost; states re-read  [{fleet.tally()}]", flush=True)
+                        lost = "some" if e.count is None else e.count
+                        print(f"-- {lost} events lost; states re-read  [{fleet.tally()}]", flush=True)
                         continue
                     except StopAsyncIteration:
                         break

@@ -179,7 +179,7 @@ async def guarded(call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
 
 
 def picture(root: Path) -> dict[str, bytes | None]:
-    """Every entry under ``root``: a file's bytes, a link's target, a directory or socket (None), with modes."""
+    """Every entry under ``root``: a file's bytes, a link's target, a directory or socket (None); modes."""
     seen: dict[str, bytes | None] = {}
     if not os.path.lexists(root):
         return seen

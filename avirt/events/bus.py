@@ -46,6 +46,7 @@ class _Queue:
         self.domain = domain
         self.items: deque[Event] = deque(maxlen=max_queue)
         self.lost = 0
+        self.gap = False  # events were lost upstream, how many is not known
         self.closed = False
         self._wakeup: anyio.Event | None = None
 
@@ -71,6 +72,9 @@ class _Queue:
     async def get(self) -> Event:
         """The next event; EventsLostError first if some were dropped; StopAsyncIteration at the end."""
         while True:
+            if self.gap:
+                self.gap, self.lost = False, 0
+                raise EventsLostError(None)
             if self.lost:
                 lost, self.lost = self.lost, 0
                 raise EventsLostError(lost)
@@ -121,10 +125,14 @@ class EventBus:
                 if queue.matches(event):
                     queue.put(event)
 
-    def lose(self, count: int) -> None:
-        """Tell every subscriber that ``count`` events were lost before they reached this bus."""
+    def lose(self, count: int | None) -> None:
+        """Tell every subscriber that ``count`` events (None: an unknown number) were lost before they
+        reached this bus."""
         for queue in self._queues:
-            queue.lost += count
+            if count is None:
+                queue.gap = True
+            else:
+                queue.lost += count
             queue._wake()
 
     # -- subscribing ----------------------------------------------------------------------------------
@@ -215,6 +223,9 @@ class Subscription:
             try:
                 event = await self._queue.get()
             except EventsLostError as e:
+                if e.count is None:
+                    log.warning("event subscription %r: %s", self._callback, e)
+                    continue
                 if not self.lost:
                     log.warning("event subscription %r is too slow: %d events dropped (counting on in "
                                 "Subscription.lost)", self._callback, e.count)

@@ -40,7 +40,7 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup
 
 from avirt import errors
-from avirt.errors import AvirtError
+from avirt.errors import AvirtError, ControllerGoneError
 from avirt.rpc.messages import (
     MAX_MESSAGE,
     Decoder,
@@ -62,13 +62,14 @@ Handler = Callable[[str, list[Any]], Awaitable[Any] | AsyncIterator[Any]]
 CANCEL, ITEM, LOST = "$cancel", "$item", "$lost"
 
 
-class PeerClosedError(AvirtError):
+class PeerClosedError(ControllerGoneError):
     """The connection ended while a call was waiting for its answer (or before it was sent)."""
 
 
 @dataclass(frozen=True)
 class Lost:
-    """In a stream, in place of ``count`` items that were dropped because their consumer fell behind."""
+    """In a stream, in place of ``count`` items that were dropped because their consumer fell behind
+    (0: an unknown number)."""
 
     count: int
 
@@ -284,8 +285,8 @@ class Peer:
                 raise ProtocolError(f"{message.method} for request {message.params[0]}, not in flight")
             value = message.params[1]
             if message.method == LOST:
-                if not isinstance(value, int) or value < 1:
-                    raise ProtocolError("$lost takes a positive count")
+                if not isinstance(value, int) or value < 0:
+                    raise ProtocolError("$lost takes a count (0: unknown)")
                 value = Lost(value)
             pending.add(value)
         else:

@@ -1,9 +1,9 @@
 """A client's side: a :class:`~avirt.drivers.base.Driver` whose every call goes to the controller that
 holds the state directory (:mod:`.server`), so that ``Connection`` and ``Domain`` work unchanged.
 
-``connect()`` makes one when the state directory's lock is taken: the program that holds it serves, every
-other program is a client. A :class:`ClientDriver` owns one :class:`~avirt.rpc.Peer` on the server's
-socket for its lifetime and two kinds of background work, both in its own task owner:
+:mod:`.shared` makes one when the state directory's lock is taken: the program that holds it serves,
+every other program is a client. A :class:`ClientDriver` owns one :class:`~avirt.rpc.Peer` on the
+server's socket for its lifetime and two kinds of background work, both in its own task owner:
 
 * the controller's events, streamed once per connection and forwarded into this connection's own bus,
   so subscriptions and streams behave as on the controller (events the controller dropped for this
@@ -12,19 +12,20 @@ socket for its lifetime and two kinds of background work, both in its own task o
   through the phases the controller reports: ``await job``, ``wait_ready()`` and ``pivot()`` work as on
   the controller.
 
-When the controller goes away, calls fail with :class:`~avirt.rpc.PeerClosedError` and the event
-streams end.
+When the controller goes away, calls in flight fail with :class:`~avirt.rpc.PeerClosedError` (a
+:class:`~avirt.errors.ControllerGoneError`) and ``on_lost`` is called, for :mod:`.shared` to find the next
+controller.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
 from avirt.drivers.base import DomainRef, Driver
-from avirt.errors import ConnectionLockedError
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -37,56 +38,43 @@ __all__ = ["ClientDriver"]
 
 log = logging.getLogger(__name__)
 
-#: How long a client waits for a controller that holds the lock but does not listen yet (it is starting).
-STARTUP_WAIT = 10.0
-
-
 class ClientDriver(Driver):
-    def __init__(self, uri: str, state_dir: str) -> None:
+    def __init__(self, uri: str, state_dir: str, *, bus: EventBus | None = None,
+                 on_lost: Callable[[], None] | None = None) -> None:
         self.uri = uri
         self.path = socket_path(state_dir)
         self._tasks = TaskOwner()
-        self.bus = EventBus(self._tasks)
+        self._own_bus = bus is None
+        self.bus = EventBus(self._tasks) if bus is None else bus
+        self._on_lost = on_lost
         self._peer: Peer | None = None
-        self._closing = anyio.Event()
+        self._closing = False
         self._jobs: dict[str, BlockJob] = {}
 
     async def open(self) -> None:
+        """Connect and greet the controller; OSError if nobody listens, PeerClosedError if it hung up."""
         await self._tasks.open()
-        stream = await self._connect()
+        stream = await anyio.connect_unix(self.path)
         ready = anyio.Event()
         self._tasks.start_soon(self._run, stream, ready, name="served-client")
         await ready.wait()
-        try:
-            await self._call("hello", protocol=PROTOCOL)
-        except PeerClosedError as e:
-            raise ConnectionLockedError(f"the controller holding the state directory closed the connection: "
-                                        f"{e}") from None
+        await self._call("hello", protocol=PROTOCOL)
         self._tasks.start_soon(self._forward_events, name="served-events")
-
-    async def _connect(self) -> Any:
-        # The lock is taken a moment before the socket listens: a controller that is starting up is waited
-        # for, briefly, with growing pauses.
-        delay = 0.01
-        with anyio.move_on_after(STARTUP_WAIT):
-            while True:
-                try:
-                    return await anyio.connect_unix(self.path)
-                except (FileNotFoundError, ConnectionRefusedError):
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-        raise ConnectionLockedError(f"another avirt controller holds the state directory but does not serve "
-                                    f"it on {self.path}")
 
     async def _run(self, stream: Any, ready: anyio.Event) -> None:
         async with Peer(stream, name="controller") as peer:
             self._peer = peer
             ready.set()
             await peer.wait_closed()
-        self.bus.close()
+        if not self._closing:
+            log.info("the controller of %s went away: %s", self.path, peer.closed_because)
+            if self._on_lost is not None:
+                self._on_lost()
 
     async def close(self) -> None:
-        self.bus.close()
+        self._closing = True
+        if self._own_bus:
+            self.bus.close()
         await self._tasks.aclose()
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
@@ -104,11 +92,10 @@ class ClientDriver(Driver):
                     pass
         except PeerClosedError:
             pass
-        self.bus.close()
 
     def _forward(self, item: Any) -> None:
         if isinstance(item, Lost):
-            self.bus.lose(item.count)
+            self.bus.lose(item.count or None)
         else:
             self.bus.forward(wire.event_from(item))
 

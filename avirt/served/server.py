@@ -236,7 +236,7 @@ class _Session:
                     except StopAsyncIteration:
                         return
                     except EventsLostError as e:
-                        item: Any = Lost(e.count)
+                        item: Any = Lost(e.count or 0)  # 0: an unknown number
                     else:
                         item = wire.event_to(event)
                     self._in_flight = True

@@ -87,7 +87,7 @@ async def _print(ctx: Context, stream: EventStream, as_json: bool) -> None:
         except StopAsyncIteration:
             return
         except EventsLostError as e:
-            ctx.note(f"warning: {e.count} events lost (this reader fell behind)")
+            ctx.note(f"warning: {e}")
             continue
         ctx.say(event_json(event) if as_json else event_line(event))
 

@@ -79,13 +79,15 @@ DUMP_TIMEOUT = 300.0
 
 
 class QemuDriver(Driver):
-    def __init__(self, uri: str, host: Host, state_dir: str) -> None:
+    def __init__(self, uri: str, host: Host, state_dir: str, *, bus: EventBus | None = None) -> None:
         self.uri = uri
         self.host = host
         self.files = StateDir(host, state_dir)
         self._guests: dict[str, Guest] = {}
         self._tasks = TaskOwner()
-        self.bus = EventBus(self._tasks)
+        # A bus given by the caller outlives this driver (a connection that changes its driver keeps it).
+        self._own_bus = bus is None
+        self.bus = EventBus(self._tasks) if bus is None else bus
         self.jobs = OnlineJobs(self)
         self.offline = ImageJobRunner(host)
         self.images = ImageIndex(host, self.files.chains_path)
@@ -111,7 +113,8 @@ class QemuDriver(Driver):
 
     async def close(self) -> None:
         self._closing = True  # events that still arrive start no follow-up work
-        self.bus.close()
+        if self._own_bus:
+            self.bus.close()
         await self._tasks.aclose()
         self.images.close()
         for guest in self._guests.values():
