@@ -305,6 +305,13 @@ def test_malformed_xml_names_file_and_line(cli: CLI, tmp_path: Path) -> None:
     assert line.startswith(f"error: {bad}: line 4: ")
 
 
+def test_a_file_that_is_not_utf8_is_invalid_xml(cli: CLI, tmp_path: Path, xml: XMLFactory) -> None:
+    bad = tmp_path / "latin1.xml"
+    bad.write_bytes(xml("caf\xe9").encode("latin-1"))  # what a file from another locale may hold
+    assert cli.fails("define", str(bad)) == (
+        f"error: {bad}: the document is not valid Unicode: surrogates not allowed")
+
+
 def test_unreadable_file(cli: CLI, tmp_path: Path) -> None:
     missing = tmp_path / "missing.xml"
     assert cli.fails("define", str(missing)) == f"error: {missing}: No such file or directory"

@@ -18,11 +18,13 @@ async def _define(ctx: Context, args: argparse.Namespace) -> None:
     from avirt.errors import InvalidXMLError, UnsupportedError
 
     if args.file == "-":
-        xml = await anyio.to_thread.run_sync(sys.stdin.read)
+        data = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
         source = "standard input"
     else:
-        xml = await anyio.Path(args.file).read_text()
+        data = await anyio.Path(args.file).read_bytes()
         source = args.file
+    # Bytes that are not UTF-8 become lone surrogates, which the XML layer refuses as invalid XML.
+    xml = data.decode("utf-8", errors="surrogateescape")
     async with ctx.connect() as conn:
         try:
             dom = await conn.define_xml(xml)
