@@ -27,6 +27,7 @@ S = DomainState
 
 NAME = "long-" + "n" * 59
 AGENT = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+TPM = "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>"  # swtpm binds one more
 
 
 @pytest.fixture
@@ -51,13 +52,14 @@ async def test_a_deep_state_directory_and_a_long_name_start_reconnect_and_stop(
     run = state_dir / "run" / NAME
     assert len(os.fsencode(run / "qmp.sock")) > SOCKET_PATH_MAX
     async with _connect(uri, state_dir) as conn:
-        dom = await conn.define_xml(xml(NAME, extra_devices=AGENT))
+        dom = await conn.define_xml(xml(NAME, extra_devices=AGENT + TPM))
         await dom.start()
         assert await dom.state() == (S.RUNNING, "booted")
         pid = (run / "qemu.pid").read_text()
         # The sockets live in the run directory; the short link only names it.
         assert stat.S_ISSOCK((run / "qmp.sock").stat().st_mode)
         assert stat.S_ISSOCK((run / "ch0.sock").stat().st_mode)
+        assert stat.S_ISSOCK((run / "tpm.sock").stat().st_mode)
         link = _short_link(state_dir)
         assert os.readlink(link) == str(run)
         assert stat.S_IMODE(link.parent.lstat().st_mode) == 0o700
@@ -86,6 +88,19 @@ async def test_a_link_removed_while_the_guest_runs_is_made_again(uri: str, state
         await dom.suspend()  # the monitor answers: the controller reached it through the new link
         assert await dom.state() == (S.PAUSED, "user")
         await dom.destroy()
+
+
+async def test_a_socket_path_the_definition_gives_too_long_is_refused_by_name(
+        state_dir: Path, xml: XMLFactory) -> None:
+    path = str(state_dir / "agent.sock")
+    channel = (f"<channel type='unix'><source mode='bind' path='{path}'/>"
+               "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>")
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        dom = await conn.define_xml(xml("given", extra_devices=channel))
+        with pytest.raises(DomainStartError, match=f"{path} is {len(os.fsencode(path))} bytes, over the "
+                                                   f"kernel's limit of {SOCKET_PATH_MAX}"):
+            await dom.start()
+        assert not (state_dir / "run/given").exists()
 
 
 async def test_a_short_directory_owned_by_someone_else_is_refused_by_name(

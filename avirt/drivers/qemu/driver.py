@@ -33,7 +33,7 @@ from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.process import QemuProcess
-from avirt.drivers.qemu.state import StateDir
+from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
 from avirt.errors import (
     DomainExistsError,
     DomainStartError,
@@ -894,6 +894,11 @@ def startable(cfg: DomainConfig) -> str | None:
     spice = any(g.type == "spice" for g in cfg.graphics)
     if not spice and (cfg.redirdevs or any(c.type == "spicevmc" for c in cfg.chardevs)):
         return "spicevmc channels and USB redirection need <graphics type='spice'>"
+    for char in cfg.chardevs:  # a path the definition gives cannot be shortened behind its owner's back
+        if char.type == "unix" and char.path and len(os.fsencode(char.path)) > SOCKET_PATH_MAX:
+            return (f"the {char.kind} socket path {char.path} is {len(os.fsencode(char.path))} bytes, over "
+                    f"the kernel's limit of {SOCKET_PATH_MAX} for a unix socket; give a shorter one, or none "
+                    "(avirt then picks one in the run directory)")
     if any(v.accel3d == "yes" for v in cfg.videos):
         return "3D acceleration (accel3d='yes') needs an OpenGL display, which avirt does not provide"
     return None
