@@ -6,32 +6,48 @@ context manager; closing it leaves running guests running (they outlive the cont
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 from collections.abc import Generator, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from avirt.domain import Domain
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
 from avirt.drivers.test import TestDriver
-from avirt.errors import UnsupportedError
+from avirt.errors import ConnectionLockedError, UnsupportedError
 from avirt.events.bus import Callback, EventStream, Subscription
 from avirt.events.model import EventKind
 from avirt.hosts.base import Host
 from avirt.hosts.local import LocalHost
 from avirt.models import DomainState
+from avirt.served.client import ClientDriver
+from avirt.served.server import Server
 from avirt.uri import ConnectionURI
+
+log = logging.getLogger(__name__)
+
+D = TypeVar("D", bound=Driver)
 
 
 class Connection:
-    def __init__(self, uri: str, driver: Driver) -> None:
+    def __init__(self, uri: str, driver: Driver, server: Server | None = None) -> None:
         self.uri = uri
         self._driver = driver
+        self._server = server
+
+    @property
+    def serving(self) -> bool:
+        """Whether this connection holds its state directory and serves other programs' connections to it
+        (False for a client of the program that does, and for ``test://``)."""
+        return self._server is not None
 
     async def close(self) -> None:
         """Detach from the hypervisor. Running guests keep running; a later connection finds them."""
+        if self._server is not None:
+            await self._server.aclose()
         await self._driver.close()
 
     async def __aenter__(self) -> Connection:
@@ -107,18 +123,24 @@ class _Connecting:
         host: Host
         if parsed.scheme == "test":
             driver = TestDriver(self._uri)  # in memory: a fresh world per connection, no state directory
-        else:
-            if parsed.transport == "ssh":
-                host, state_dir = await _open_ssh_host(parsed, self._state_dir)
-            else:
-                host, state_dir = LocalHost(), self._local_state_dir or parsed.default_state_dir()
-            driver = QemuDriver(self._uri, host, state_dir)
+            await _opened(driver)
+            return Connection(self._uri, driver)
+        if parsed.transport == "ssh":
+            host, state_dir = await _open_ssh_host(parsed, self._state_dir)
+            return Connection(self._uri, await _opened(QemuDriver(self._uri, host, state_dir)))
+        state_dir = self._local_state_dir or parsed.default_state_dir()
         try:
-            await driver.open()
-        except BaseException:
-            await driver.close()
-            raise
-        return Connection(self._uri, driver)
+            driver = await _opened(QemuDriver(self._uri, LocalHost(), state_dir))
+        except ConnectionLockedError:
+            # Another program holds the state directory: it serves it, and this connection is its client.
+            return Connection(self._uri, await _opened(ClientDriver(self._uri, state_dir)))
+        server = Server(driver, state_dir)
+        try:
+            await server.open()
+        except OSError as e:  # the guests are this controller's all the same; other programs cannot join
+            log.warning("cannot serve the state directory to other programs on %s: %s", server.path, e)
+            return Connection(self._uri, driver)
+        return Connection(self._uri, driver, server)
 
     def __await__(self) -> Generator[Any, None, Connection]:
         return self._open().__await__()
@@ -131,6 +153,15 @@ class _Connecting:
                         tb: TracebackType | None) -> None:
         if self._conn is not None:
             await self._conn.close()
+
+
+async def _opened(driver: D) -> D:
+    try:
+        await driver.open()
+    except BaseException:
+        await driver.close()
+        raise
+    return driver
 
 
 async def _open_ssh_host(uri: ConnectionURI, state_dir: str | None) -> tuple[Host, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from avirt.errors import InvalidArgumentError
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
 
@@ -38,7 +39,7 @@ class Domain:
         """Press the ACPI power button. With ``wait``, return once the domain is shut off, or raise
         :class:`~avirt.errors.OperationTimeoutError` after that many seconds (the guest keeps running)."""
         if wait is not None and wait < 0:
-            raise ValueError("wait must be >= 0 seconds")
+            raise InvalidArgumentError("wait must be >= 0 seconds")
         await self._driver.shutdown(self.name, wait=wait)
 
     async def destroy(self) -> None:
@@ -93,7 +94,7 @@ class Domain:
         space of the base's filesystem is refused with :class:`~avirt.errors.InsufficientSpaceError`.
         """
         if bandwidth is not None and bandwidth < 0:
-            raise ValueError("bandwidth must be >= 0 bytes/s")
+            raise InvalidArgumentError("bandwidth must be >= 0 bytes/s")
         return await self._driver.block_commit(self.name, disk, base=base, top=top, shallow=shallow,
                                                delete=delete, relative=relative, bandwidth=bandwidth,
                                                pivot=pivot, allow_shared_base=allow_shared_base)
@@ -103,7 +104,7 @@ class Domain:
         """Copy into the active image the data of every layer above ``base`` (all layers if None), which
         then becomes its backing file (none if None) (virDomainBlockRebase / virsh blockpull)."""
         if bandwidth is not None and bandwidth < 0:
-            raise ValueError("bandwidth must be >= 0 bytes/s")
+            raise InvalidArgumentError("bandwidth must be >= 0 bytes/s")
         return await self._driver.block_pull(self.name, disk, base=base, bandwidth=bandwidth)
 
     async def block_copy(self, disk: str, dest: str, *, format: str = "qcow2", shallow: bool = False,
@@ -114,11 +115,11 @@ class Domain:
         ``pivot()`` switches the disk to the copy, ``abort()`` keeps the original. ``reuse_external``
         uses an existing ``dest`` instead of creating it."""
         if format not in ("qcow2", "raw"):
-            raise ValueError(f"format must be qcow2 or raw, not {format!r}")
+            raise InvalidArgumentError(f"format must be qcow2 or raw, not {format!r}")
         if shallow and format != "qcow2":
-            raise ValueError("a shallow copy needs a qcow2 destination (it has a backing file)")
+            raise InvalidArgumentError("a shallow copy needs a qcow2 destination (it has a backing file)")
         if bandwidth is not None and bandwidth < 0:
-            raise ValueError("bandwidth must be >= 0 bytes/s")
+            raise InvalidArgumentError("bandwidth must be >= 0 bytes/s")
         return await self._driver.block_copy(self.name, disk, dest, format=format, shallow=shallow,
                                              reuse_external=reuse_external, bandwidth=bandwidth,
                                              pivot=pivot)
@@ -134,7 +135,7 @@ class Domain:
         overlay path (beside the image it covers, named ``<image>.<name>.qcow2``).
         """
         if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"bad snapshot name {name!r}")
+            raise InvalidArgumentError(f"bad snapshot name {name!r}")
         return await self._driver.snapshot_disks(self.name, name, disks)
 
     async def block_job(self, disk: str) -> BlockJob | None:
@@ -191,16 +192,17 @@ class Domain:
 
         Bad ``xml`` (malformed, empty, more than one element) raises
         :class:`~avirt.errors.InvalidXMLError`; a bad ``uri`` or ``prefix``, or neither ``live`` nor
-        ``config``, raises ``ValueError``.
+        ``config``, raises ``InvalidArgumentError``.
         """
         from avirt.config.metadata import check_uri, element
 
         check_uri(uri)
         if not live and not config:
-            raise ValueError("nothing to change: live and config are both False")
+            raise InvalidArgumentError("nothing to change: live and config are both False")
         stored = None
         if xml is not None:
             if prefix is None:
-                raise ValueError("a namespace prefix is needed to store a metadata element (prefix=...)")
+                raise InvalidArgumentError(
+                    "a namespace prefix is needed to store a metadata element (prefix=...)")
             stored = element(uri, xml, prefix)
         await self._driver.set_metadata(self.name, uri, stored, live=live, config=config)

@@ -31,6 +31,11 @@ class UnsupportedError(AvirtError):
         super().__init__(f"{message}: " + ", ".join(self.items))
 
 
+class InvalidArgumentError(AvirtError, ValueError):
+    """An argument's value is outside what the call accepts (a negative wait or bandwidth, a bad snapshot
+    name or metadata namespace). Also a ``ValueError``, as Python's own argument errors are."""
+
+
 class DomainNotFoundError(AvirtError):
     """No domain has that name or UUID."""
 

@@ -25,7 +25,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from avirt.errors import EventsLostError
+from avirt.errors import EventsLostError, InvalidArgumentError
 from avirt.events.model import Event, EventKind
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class FleetStream:
                  domain: str | None, max_queue: int) -> None:
         self._connections = list(connections)
         if not self._connections:
-            raise ValueError("merge() needs at least one connection")
+            raise InvalidArgumentError("merge() needs at least one connection")
         self._kinds = set(kinds) if kinds is not None else None
         self._domain = domain
         self._max_queue = max_queue

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from avirt.errors import BlockJobError, OperationInvalidError
+from avirt.errors import BlockJobError, InvalidArgumentError, OperationInvalidError
 from avirt.events.model import BlockJobStatus, JobKind
 
 #: How often progress() samples a running job (it is the only thing avirt polls, and only on demand).
@@ -80,6 +80,7 @@ class BlockJob:
         self._ready = anyio.Event()
         self._ended = anyio.Event()
         self._final: tuple[int, int] | None = None
+        self._changed = anyio.Event()
 
     def __repr__(self) -> str:
         return f"<BlockJob {self.id} {self.kind.value} on {self.disk}: {self.status or self.phase.value}>"
@@ -92,12 +93,14 @@ class BlockJob:
         self.phase = phase
         if phase is JobPhase.READY:
             self._ready.set()
+        self._announce()
 
     def unready(self) -> None:
         """READY flapped back (QEMU refused to complete): wait_ready() waits again."""
         if self.phase is not JobPhase.CONCLUDED:
             self.phase = JobPhase.STANDBY
             self._ready = anyio.Event()
+            self._announce()
 
     def conclude(self, status: BlockJobStatus, error: str | None = None, *,
                  progress: tuple[int, int] | None = None) -> None:
@@ -108,6 +111,11 @@ class BlockJob:
         self._final = progress
         self._ready.set()  # wake wait_ready() callers: it is over
         self._ended.set()
+        self._announce()
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
     # -- what callers do -----------------------------------------------------------------------------------
 
@@ -121,7 +129,7 @@ class BlockJob:
 
     async def set_speed(self, bytes_per_second: int) -> None:
         if bytes_per_second < 0:
-            raise ValueError("bandwidth must be >= 0 bytes/s (0 = unlimited)")
+            raise InvalidArgumentError("bandwidth must be >= 0 bytes/s (0 = unlimited)")
         self._require_running("set the speed of")
         await self._backend.job_set_speed(self, bytes_per_second)
         self.bandwidth = bytes_per_second
@@ -173,6 +181,16 @@ class BlockJob:
                 await self._ended.wait()
         if self._final is not None and self._final != last:
             yield self._final
+
+    async def phases(self) -> AsyncIterator[JobPhase]:
+        """The phase now and after each change, until the job has concluded (what a served client's copy
+        of the job follows)."""
+        while True:
+            changed = self._changed
+            yield self.phase
+            if self.ended:
+                return
+            await changed.wait()
 
     def _require_running(self, what: str) -> None:
         if self.ended:

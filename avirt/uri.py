@@ -34,7 +34,10 @@ class ConnectionURI:
 
     @classmethod
     def parse(cls, uri: str) -> ConnectionURI:
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError as e:  # an unclosed IPv6 bracket: "qemu+ssh://[::1/session"
+            raise InvalidURIError(f"not a connection URI: '{uri}' ({e})") from e
         scheme, _, transport = parts.scheme.partition("+")
         if not scheme or not parts.path:
             raise InvalidURIError(f"not a connection URI: '{uri}' (try qemu:///session)")

@@ -27,9 +27,9 @@ What to know, in the order you will need it:
 * The callback runs in a task of its own. A callback that cannot keep up loses the *oldest* waiting
   events, never silently: they are counted in ``Subscription.lost`` (printed at the end here).
 * avirt has no daemon. While this program runs, *it* is the controller of the state directory (it
-  holds the directory's lock), and any other ``avirt.connect()`` or ``avirt`` command on the same
-  directory fails with ``ConnectionLockedError`` until it ends. So the events you see are those that
-  guests and QEMU cause by themselves: a guest powering off or rebooting, a QEMU that dies, an I/O error.
+  holds the directory's lock) and serves it: any other ``avirt.connect()`` or ``avirt`` command on the
+  same directory goes through it, so the events you see include what those commands do (``avirt start
+  web1`` in another terminal shows here), besides what guests and QEMU cause by themselves.
 * Ending it is always safe: Ctrl-C closes the connection and exits 0, and even a SIGKILL loses
   nothing, because guests run on without a controller and the lock dies with the process.
 """

@@ -41,9 +41,10 @@ Four ideas worth taking away:
 5. Many hosts are one stream too: ``avirt.fleet.merge(*connections)`` yields ``(connection, event)``
    pairs from every connection (give ``-c`` several times; domains are then shown as ``host/name``).
 
-As with every avirt program, this one is the controller of its state directory while it runs: other
-``avirt`` commands and ``avirt.connect()`` calls on the same directory wait for it to end
-(``ConnectionLockedError``). It therefore sees what guests and QEMU do by themselves.
+As with every avirt program, this one is the controller of its state directory while it runs, unless
+another program already is: then it is that program's client. Either way, other ``avirt`` commands and
+``avirt.connect()`` calls on the same directory go through the controller, so what they do shows here
+too.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     python examples/testing_your_code.py              # runs the checks below, in well under a second
     python -m pytest examples/testing_your_code.py    # the same checks as pytest tests (anyio's plugin)
+    AVIRT_EXAMPLE_MARK=asyncio python -m pytest examples/testing_your_code.py   # under pytest-asyncio
 
 The code under test is :func:`flatten`, the kind of maintenance task you would write yourself: commit
 every layer of a domain's disks into the base image, online with a pivot while the domain runs and with
@@ -14,13 +15,19 @@ every layer of a domain's disks into the base image, online with a pivot while t
   suite runs the same tests against both); block jobs are simulated, finish in milliseconds, and
   change the chains exactly as the real ones do;
 * nothing touches a file or starts a process, so tests can run in parallel and leave nothing behind.
+
+Under pytest the tests ask for ``avirt_test_conn``, the fixture of the pytest plugin installed with
+avirt: an open ``test:///default`` connection, fresh for each test and closed after it. It works under
+anyio's pytest plugin (``@pytest.mark.anyio``) and under pytest-asyncio (``@pytest.mark.asyncio``);
+the mark is the only difference, so this file takes it from ``AVIRT_EXAMPLE_MARK``.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from xml.etree import ElementTree
 
 import anyio
@@ -78,21 +85,18 @@ WEB1 = """<domain type='kvm'>
 </domain>"""
 
 
+#: ``pytest.mark.anyio`` (anyio's plugin) or ``pytest.mark.asyncio`` (pytest-asyncio) on every test.
+pytestmark = getattr(pytest.mark, os.environ.get("AVIRT_EXAMPLE_MARK", "anyio"))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
-    return "asyncio"
+    return "asyncio"  # avirt runs on asyncio
 
 
-@pytest.fixture
-async def conn() -> AsyncIterator[avirt.Connection]:
-    async with avirt.connect("test:///default") as connection:
-        yield connection
-
-
-@pytest.mark.anyio
-async def test_flatten_a_running_domain(conn: avirt.Connection) -> None:
-    dom = await conn.lookup("test")  # running, vda on four layers
-    async with conn.events(kinds={EventKind.BLOCK_JOB}) as events:
+async def test_flatten_a_running_domain(avirt_test_conn: avirt.Connection) -> None:
+    dom = await avirt_test_conn.lookup("test")  # running, vda on four layers
+    async with avirt_test_conn.events(kinds={EventKind.BLOCK_JOB}) as events:
         assert await flatten(dom) == {"vda": "/var/lib/avirt/images/test-base.qcow2"}
         seen = []
         async for event in events:  # the job's events were queued while flatten() ran
@@ -105,25 +109,24 @@ async def test_flatten_a_running_domain(conn: avirt.Connection) -> None:
     assert await dom.state() == (DomainState.RUNNING, "booted")
 
 
-@pytest.mark.anyio
-async def test_flatten_a_shut_off_domain_rewrites_its_definition(conn: avirt.Connection) -> None:
-    dom = await conn.lookup("test")
+async def test_flatten_a_shut_off_domain_rewrites_its_definition(
+        avirt_test_conn: avirt.Connection) -> None:
+    dom = await avirt_test_conn.lookup("test")
     await dom.destroy()
     assert await flatten(dom) == {"vda": "/var/lib/avirt/images/test-base.qcow2"}
     assert "<source file=\"/var/lib/avirt/images/test-base.qcow2\"/>" in await dom.xml(inactive=True)
 
 
-@pytest.mark.anyio
-async def test_flatten_takes_every_disk_and_leaves_single_images_alone(conn: avirt.Connection) -> None:
-    dom = await conn.define_xml(WEB1)  # shut off: the commit runs offline
+async def test_flatten_takes_every_disk_and_leaves_single_images_alone(
+        avirt_test_conn: avirt.Connection) -> None:
+    dom = await avirt_test_conn.define_xml(WEB1)  # shut off: the commit runs offline
     assert await flatten(dom) == {"vda": "/vm/web1/root-base.qcow2"}
     assert [i.path for i in await dom.block_chain("vda")] == ["/vm/web1/root-base.qcow2"]
     assert await flatten(dom) == {}  # flat already: nothing to do
 
 
-@pytest.mark.anyio
-async def test_flatten_reports_a_busy_disk(conn: avirt.Connection) -> None:
-    dom = await conn.lookup("test")
+async def test_flatten_reports_a_busy_disk(avirt_test_conn: avirt.Connection) -> None:
+    dom = await avirt_test_conn.lookup("test")
     job = await dom.block_pull("vda", bandwidth=1)  # someone else's job, held back by its bandwidth
     with pytest.raises(avirt.errors.OperationInvalidError, match="already has a block job"):
         await flatten(dom)

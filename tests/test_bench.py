@@ -68,3 +68,19 @@ def test_remote_benchmark_reports_its_figures_as_json() -> None:
         assert report["fleet"][side]["guests"] == 3
         assert {r["received"] for r in report["fleet"][side]["rounds"].values()} == {3}
     assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
+def test_fleet_benchmark_reports_its_figures_as_json() -> None:
+    bench = BENCH.with_name("fleet.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--domains", "4", "--running", "1",
+                             "--runs", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["config"] == {"domains": 4, "running": 1, "runs": 2}
+    for world in ("small", "large"):
+        assert report[world]["rss_kib"] > 0 and report[world]["first_commit_ms"] > 0
+        assert all(report[world][call]["median"] > 0 for call in ("connect", "define_xml", "commit_offline",
+                                                                    "commit_online"))
+    assert {t["name"].split(":")[0] for t in report["targets"]} == {"lookup", "define_xml", "commit_offline",
+                                                                     "commit_online"}
+    assert all(isinstance(t["ok"], bool) for t in report["targets"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from avirt.config import parse_domain_xml
+from avirt.drivers.qemu import virtiofs
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
 from avirt.drivers.qemu.cmdline import Layer, build_argv, startup_commands
 
@@ -37,6 +38,22 @@ def test_huge_pages_back_guest_ram_with_hugetlbfs() -> None:
     argv, _ = _argv(extra="<memoryBacking><hugepages/></memoryBacking>")
     assert "memory-backend-file,id=pc.ram,size=65536k,mem-path=/dev/hugepages" in argv
     assert any(a.startswith("pc-q35-7.2,") and "memory-backend=pc.ram" in a for a in argv)
+
+
+def test_a_virtiofs_share_is_a_vhost_user_device_served_by_its_own_virtiofsd() -> None:
+    share = ("<filesystem><driver type='virtiofs' queue='512'/><binary xattr='off'><cache mode='none'/>"
+             "</binary><source dir='/srv/a,b'/><target dir='tag'/></filesystem>")
+    shared = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
+    argv, devices = _argv(share, shared)
+    assert "socket,id=chr-vu-fs0,path=/r/fs0.sock" in argv
+    (fs,) = [d for d in devices if d["driver"] == "vhost-user-fs-pci"]
+    assert (fs["chardev"], fs["tag"], fs["queue-size"]) == ("chr-vu-fs0", "tag", 512)
+    assert "memory-backend-memfd,id=pc.ram,size=65536k,share=on" in argv
+    cfg = parse_domain_xml(f"<domain type='qemu'><name>p</name><memory>65536</memory>{shared}"
+                           f"<os><type>hvm</type></os><devices>{share}</devices></domain>")
+    # The listening socket is handed down (fd=N); fuse's option syntax keeps the comma in the path.
+    assert virtiofs._argv(cfg.filesystems[0], "fd=7") == [
+        virtiofs.DEFAULT_VIRTIOFSD, "--fd=7", "-o", "source=/srv/a\\,b,cache=none,no_xattr"]
 
 
 def test_display_passwords_go_over_qmp_never_on_the_command_line() -> None:

@@ -671,7 +671,8 @@ DEVICE_SNIPPETS: dict[str, tuple[str, str]] = {  # name: (devices, extra domain-
     </filesystem>""", ""),
     "filesystem-virtiofs": ("""
     <filesystem type='mount' accessmode='passthrough'>
-      <driver type='virtiofs' queue='1024'/><binary path='/usr/libexec/virtiofsd'/>
+      <driver type='virtiofs' queue='1024'/>
+      <binary path='/usr/libexec/virtiofsd' xattr='on'><cache mode='always'/><sandbox mode='chroot'/></binary>
       <source dir='/srv/share'/><target dir='hostshare'/>
     </filesystem>""", SHARED_RAM),
     "vsock": ("""
@@ -727,7 +728,8 @@ def test_device_snippets_fill_the_model() -> None:
                                                          free_page_reporting="on", stats_period=10)
     assert parsed("filesystem-virtiofs").filesystems == [
         Filesystem(source_dir="/srv/share", target_dir="hostshare", accessmode="passthrough",
-                   driver_type="virtiofs", queue=1024, binary_path="/usr/libexec/virtiofsd")]
+                   driver_type="virtiofs", queue=1024, binary_path="/usr/libexec/virtiofsd",
+                   binary_xattr="on", binary_cache="always", binary_sandbox="chroot")]
     assert parsed("vsock").vsock == Vsock(cid_auto="no", cid=7)
 
 
@@ -949,6 +951,9 @@ ROOT_PORT = "<controller type='pci' model='pcie-root-port'>{}</controller>"
         ("<filesystem accessmode='mapped'><driver type='virtiofs'/><source dir='/s'/><target dir='t'/>"
          "</filesystem>", SHARED_RAM, "<filesystem",
          "/domain/devices/filesystem/@accessmode: virtiofs supports only accessmode='passthrough'"),
+        ("<filesystem><binary><cache mode='always'/></binary><source dir='/s'/><target dir='t'/>"
+         "</filesystem>", "", "<filesystem",
+         "/domain/devices/filesystem/binary: is only for driver type='virtiofs'"),
         ("<vsock model='virtio'><cid auto='no'/></vsock>", "", "<vsock",
          "/domain/devices/vsock/cid: needs address= unless auto='yes'"),
         ("", "<vcpu>4</vcpu><cpu><topology sockets='1' cores='2' threads='1'/></cpu>", "<vcpu",

@@ -20,6 +20,7 @@ import pytest
 from tests.images import reads, write
 from tests.sshd import SSHServer
 from tests.test_cli import CLI, Lines, clean_env, define_and_start, kill_qemu, write_xml
+from tests.test_pytest_plugin import plugin_args
 from tests.xmls import XMLFactory
 
 #: ``run_example(script, *args)`` -> (the process, its stdout lines, its stderr lines)
@@ -165,12 +166,15 @@ def test_image_advisor_applies_its_advice(tmp_path: Path, percent: int, directio
     assert lines[-1] == expected
 
 
-@pytest.mark.parametrize("runner", [[], ["-m", "pytest", "-q", "-p", "no:cacheprovider"]],
-                         ids=["script", "pytest"])
-def test_testing_your_code_runs_its_checks_on_the_test_driver(runner: list[str]) -> None:
+@pytest.mark.parametrize("runner", ["script", "anyio", "asyncio"])
+def test_testing_your_code_runs_its_checks_on_the_test_driver(runner: str) -> None:
     script = str(EXAMPLES / "testing_your_code.py")
-    result = subprocess.run([sys.executable, *runner, script], capture_output=True, text=True, timeout=60,
-                            env=clean_env(), cwd=EXAMPLES.parent)
+    command = [sys.executable, script]
+    env = clean_env()
+    if runner != "script":  # as pytest tests, marked for anyio's plugin or for pytest-asyncio
+        command[1:1] = ["-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin_args()]
+        env["AVIRT_EXAMPLE_MARK"] = runner
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd=EXAMPLES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     last = result.stdout.strip().splitlines()[-1]
-    assert (last.startswith("4 passed") if runner else last == "4 checks passed"), result.stdout
+    assert (last == "4 checks passed" if runner == "script" else last.startswith("4 passed")), result.stdout

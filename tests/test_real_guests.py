@@ -15,6 +15,7 @@ built from Debian's generic kernel (``linux-image-amd64``, fetched once into the
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -22,11 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from lxml import etree
 
 from avirt import Domain, DomainState
 from avirt.connection import Connection
+from avirt.errors import DomainStartError
 from tests.guest import BASE_CMDLINE, GuestImages, build_guest
 from tests.waiting import wait_for_serial
 
@@ -68,11 +71,12 @@ def cdrom_media(tmp_path: Path) -> tuple[Path, str]:
 
 
 def guest_xml(name: str, images: GuestImages, serial: Path, devices: str, *, blocks: str = "",
-              os_attrs: str = "", os_extra: str = "") -> str:
-    cmdline = f"{BASE_CMDLINE} avirt.blocks={blocks}" if blocks else BASE_CMDLINE
+              shares: str = "", os_attrs: str = "", os_extra: str = "", memory_extra: str = "") -> str:
+    cmdline = BASE_CMDLINE + "".join(f" avirt.{knob}={value}" for knob, value in
+                                     (("blocks", blocks), ("shares", shares)) if value)
     return f"""<domain type='qemu'>
   <name>{name}</name>
-  <memory unit='MiB'>256</memory>
+  <memory unit='MiB'>256</memory>{memory_extra}
   <vcpu>1</vcpu>
   <os{os_attrs}><type arch='x86_64' machine='q35'>hvm</type>{os_extra}<kernel>{images.kernel}</kernel>
     <initrd>{images.initrd}</initrd><cmdline>{cmdline}</cmdline></os>
@@ -345,3 +349,80 @@ async def test_secure_boot_definition_gets_the_secboot_firmware_with_smm_and_sta
     assert Path(nvram.text).read_bytes() == Path(nvram.get("template", "")).read_bytes()  # never ran
     assert layouts[0] == layouts[1]
     assert await dom.xml(inactive=True) == stable
+
+
+SHARED_MEMORY = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
+VIRTIOFSD_NEEDS_ROOT = "QEMU 7.2's virtiofsd sandboxes itself with namespaces, which needs root"
+
+
+def virtiofs_share(source: Path, tag: str) -> str:
+    return f"""
+    <filesystem type='mount' accessmode='passthrough'><driver type='virtiofs' queue='1024'/>
+      <binary><cache mode='always'/></binary><source dir='{source}'/><target dir='{tag}'/></filesystem>"""
+
+
+async def all_ended(pids: list[int], timeout: float = 10) -> None:
+    """Until every process of ``pids`` has exited (pidfds turn readable then)."""
+    with anyio.fail_after(timeout):
+        for pid in pids:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                await anyio.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+
+
+def virtiofsds_serving(source: Path) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", f"source={source}"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+@pytest.mark.guest
+@pytest.mark.skipif(os.geteuid() != 0, reason=VIRTIOFSD_NEEDS_ROOT)
+async def test_guest_reads_and_writes_a_host_directory_over_virtiofs(
+        conn: Connection, tmp_path: Path, guest_images: GuestImages) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "host.txt").write_text("written by the host\n")
+    serial = tmp_path / "serial.log"
+    dom, stable = await defined_stably(conn, guest_xml(
+        "virtiofs", guest_images, serial, virtiofs_share(share, "hostshare"), shares="hostshare",
+        memory_extra=SHARED_MEMORY))
+    fs = one(etree.fromstring(stable), "devices/filesystem")
+    assert one(fs, "address").get("type") == "pci"  # a PCI device like any other, placed at define time
+
+    await boot(dom, serial, "avirt-guest: share hostshare ")
+    assert "avirt-guest: share hostshare read=written by the host wrote=ok" in serial.read_text()
+    assert (share / "guest.txt").read_text() == "written by the guest\n"
+    servers = virtiofsds_serving(share)
+    assert servers  # virtiofsd runs beside QEMU...
+    await power_off(dom)
+    await all_ended(servers)  # ...and ends with it, with no one to stop it
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason=VIRTIOFSD_NEEDS_ROOT)
+async def test_a_failed_start_ends_the_virtiofsd_it_started(
+        conn: Connection, tmp_path: Path, guest_images: GuestImages) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    devices = f"<emulator>/bin/false</emulator>{virtiofs_share(share, 'hostshare')}"
+    dom = await conn.define_xml(guest_xml("virtiofs-fails", guest_images, tmp_path / "serial.log", devices,
+                                          memory_extra=SHARED_MEMORY))
+    with pytest.raises(DomainStartError) as failure:
+        await dom.start()
+    assert "virtiofsd of filesystem 1:" in str(failure.value)  # what the file server said, kept
+    assert (await dom.state())[0] is DomainState.SHUTOFF
+    await all_ended(virtiofsds_serving(share))
+
+
+async def test_virtiofs_without_its_shared_directory_is_refused_before_anything_starts(
+        conn: Connection, tmp_path: Path, guest_images: GuestImages) -> None:
+    missing = tmp_path / "no-such-dir"
+    dom = await conn.define_xml(guest_xml("virtiofs-missing", guest_images, tmp_path / "serial.log",
+                                          virtiofs_share(missing, "hostshare"), memory_extra=SHARED_MEMORY))
+    with pytest.raises(DomainStartError, match=r"does not exist|needs root"):
+        await dom.start()
+    assert not virtiofsds_serving(missing)

@@ -94,11 +94,21 @@ async def test_guest_that_died_meanwhile_ends_up_shut_off(state_dir: Path, xml: 
         await dom.destroy()
 
 
-async def test_second_controller_on_the_same_state_directory_is_refused(state_dir: Path) -> None:
-    async with avirt.connect("qemu:///session", state_dir=state_dir):
-        with pytest.raises(ConnectionLockedError, match=str(state_dir)):
+async def test_a_second_connection_to_a_held_state_directory_is_served_by_the_holder(
+        state_dir: Path, xml: XMLFactory) -> None:
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as holder:
+        assert holder.serving
+        async with avirt.connect("qemu:///session", state_dir=state_dir) as client:
+            assert not client.serving
+            dom = await client.define_xml(xml("shared1"))
+            assert [d.name for d in await holder.list_domains()] == ["shared1"]  # one set of domains
+            await dom.undefine()
+        # A holder that cannot be reached (its socket gone) is named, not waited for forever.
+        (state_dir / "avirt.sock").unlink()
+        with pytest.raises(ConnectionLockedError, match="does not serve"):
             await avirt.connect("qemu:///session", state_dir=state_dir)
     conn = await avirt.connect("qemu:///session", state_dir=state_dir)  # free again once closed
+    assert conn.serving
     await conn.close()
 
 

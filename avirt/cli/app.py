@@ -22,9 +22,13 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from avirt.cli.command import GROUPS, Command, CommandError, Context
 from avirt.cli.commands import discover
+
+if TYPE_CHECKING:
+    import logging
 
 DEFAULT_URI = "qemu:///session"
 URI_ENV = "AVIRT_DEFAULT_URI"
@@ -166,6 +170,10 @@ def _failure(error: BaseException) -> str | None:
     return None
 
 
+#: The handler main() installed last (see _configure_logging).
+_log_handler: logging.Handler | None = None
+
+
 def _configure_logging(debug: bool) -> None:
     """Library warnings (a guest whose monitor does not answer...) as ``avirt: warning: ...`` lines."""
     import logging
@@ -174,10 +182,16 @@ def _configure_logging(debug: bool) -> None:
         def format(self, record: logging.LogRecord) -> str:
             return f"avirt: {record.levelname.lower()}: {record.getMessage()}"
 
+    global _log_handler
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s") if debug
                          else Brief())
     root = logging.getLogger()
+    # main() may run many times in one process (tests, scripts): one handler, or each line comes out
+    # once per earlier run, on the streams of that run.
+    if _log_handler is not None:
+        root.removeHandler(_log_handler)
+    _log_handler = handler
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:

@@ -256,8 +256,9 @@ class TPM:
 class Filesystem:
     """``<filesystem type='mount'>``: a host directory shared with the guest, found there by ``target_dir``.
 
-    ``driver_type`` ``virtiofs`` runs virtiofsd (``binary_path``, or the host's default) and needs shared
-    guest memory; ``path`` (or None, libvirt's default) is QEMU's own 9p server.
+    ``driver_type`` ``virtiofs`` runs virtiofsd (``binary_path``, or the host's default, with the
+    ``binary_*`` options) and needs shared guest memory; ``path`` (or None, libvirt's default) is QEMU's
+    own 9p server.
     """
 
     source_dir: str
@@ -267,6 +268,9 @@ class Filesystem:
     driver_type: str | None = None  # path (9p), virtiofs
     queue: int | None = None  # virtiofs request queue size
     binary_path: str | None = None
+    binary_xattr: str | None = None  # on, off
+    binary_cache: str | None = None  # none, auto, always
+    binary_sandbox: str | None = None  # namespace, chroot
     readonly: bool = False
     address: Address | None = None
 

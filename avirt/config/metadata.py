@@ -13,7 +13,8 @@ the namespace ``uri`` under ``prefix``, and :func:`find` gives it back the same 
 taken off again (so what is set is what is read). Elements the caller put in a third namespace stay in it.
 
 Errors: :class:`~avirt.errors.InvalidXMLError` for text that is not one well-formed element,
-``ValueError`` for a bad ``uri`` or ``prefix``. Nothing here raises lxml's own exceptions.
+``InvalidArgumentError`` (a ``ValueError``) for a bad ``uri`` or ``prefix``. Nothing here raises lxml's
+own exceptions.
 """
 
 from __future__ import annotations
@@ -23,34 +24,35 @@ from typing import Any
 
 from lxml import etree
 
-from avirt.errors import InvalidXMLError
+from avirt.errors import InvalidArgumentError, InvalidXMLError
 
 #: Namespaces that XML itself owns: no application's metadata can live in them.
 _RESERVED = frozenset({"http://www.w3.org/XML/1998/namespace", "http://www.w3.org/2000/xmlns/"})
 
 
 def check_uri(uri: str) -> None:
-    """A namespace URI that can name a metadata element (``ValueError`` otherwise)."""
+    """A namespace URI that can name a metadata element (``InvalidArgumentError`` otherwise)."""
     if not isinstance(uri, str) or not uri.strip():
-        raise ValueError("a metadata namespace URI must be a non-empty string")
+        raise InvalidArgumentError("a metadata namespace URI must be a non-empty string")
     if uri in _RESERVED:
-        raise ValueError(f"{uri!r} is reserved by XML and cannot hold metadata")
+        raise InvalidArgumentError(f"{uri!r} is reserved by XML and cannot hold metadata")
     try:
         etree.Element(f"{{{uri}}}x")
     except ValueError:
-        raise ValueError(f"{uri!r} is not a valid XML namespace URI") from None
+        raise InvalidArgumentError(f"{uri!r} is not a valid XML namespace URI") from None
 
 
 def check_prefix(prefix: str) -> None:
-    """A namespace prefix: an XML name without a colon, and not ``xml``/``xmlns`` (``ValueError``)."""
+    """A namespace prefix: an XML name without a colon, not ``xml``/``xmlns`` (``InvalidArgumentError``)."""
     if not isinstance(prefix, str) or prefix.lower() in ("xml", "xmlns"):
-        raise ValueError(f"{prefix!r} cannot be a namespace prefix")
+        raise InvalidArgumentError(f"{prefix!r} cannot be a namespace prefix")
     if not prefix.isascii():
-        raise ValueError(f"{prefix!r}: a metadata namespace prefix must be ASCII")
+        raise InvalidArgumentError(f"{prefix!r}: a metadata namespace prefix must be ASCII")
     try:
         etree.Element("x", nsmap={prefix: "urn:avirt:prefix-check"})
     except ValueError:
-        raise ValueError(f"{prefix!r} is not an XML name, so it cannot be a namespace prefix") from None
+        raise InvalidArgumentError(
+            f"{prefix!r} is not an XML name, so it cannot be a namespace prefix") from None
 
 
 def namespace_of(item: str) -> str | None:
@@ -91,7 +93,7 @@ def replace(items: Sequence[str], uri: str, new: str | None) -> list[str]:
     its place, or added at the end; with ``new=None``, removed. The input list is left as it was."""
     check_uri(uri)
     if new is not None and namespace_of(new) != uri:
-        raise ValueError(f"the new element is not in namespace {uri!r}")
+        raise InvalidArgumentError(f"the new element is not in namespace {uri!r}")
     kept: list[str] = []
     placed = False
     for item in items:

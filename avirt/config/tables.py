@@ -745,7 +745,7 @@ def _filesystem_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Filesystem 
             return None
     elif "queue" in values:
         ctx.invalid(child(el, "driver"), "is only for driver type='virtiofs'", "queue")
-    elif "binary_path" in values:
+    elif any(name.startswith("binary_") for name in values):
         ctx.invalid(child(el, "binary"), "is only for driver type='virtiofs'")
     return d.Filesystem(**values)
 
@@ -756,6 +756,9 @@ FILESYSTEM = Kind(d.Filesystem, (
     Field("driver_type", "driver/@type", Choice(("path", "virtiofs"), {"handle", "loop", "nbd", "ploop"})),
     Field("queue", "driver/@queue", Int(1)),
     Field("binary_path", "binary/@path", Text(PATH, "a path")),
+    Field("binary_xattr", "binary/@xattr", ON_OFF),
+    Field("binary_cache", "binary/cache/@mode", Choice(("none", "auto", "always"))),
+    Field("binary_sandbox", "binary/sandbox/@mode", Choice(("namespace", "chroot"))),
     Field("source_dir", "source/@dir", Text(PATH, "a path"), required=True),
     Field("target_dir", "target/@dir", Text(r"[A-Za-z0-9_.:/+-]+", "a mount tag"), required=True),
     Field("readonly", "readonly", Flag()),

@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 import anyio
 
 from avirt.config.model import DomainConfig
-from avirt.errors import DomainNotFoundError, OperationInvalidError, OperationTimeoutError
+from avirt.errors import (
+    DomainNotFoundError,
+    InvalidArgumentError,
+    OperationInvalidError,
+    OperationTimeoutError,
+)
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -96,7 +101,7 @@ class DomainRecord:
         with ``config`` on a shut-off domain changes the persistent definition only (libvirt's "current").
         """
         if not live and not config:
-            raise ValueError("nothing to change: live and config are both False")
+            raise InvalidArgumentError("nothing to change: live and config are both False")
         if config and self.definition is None:
             raise OperationInvalidError(
                 f"domain '{self.name}' is transient: it has no persistent definition to change "

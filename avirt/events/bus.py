@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from avirt.errors import EventsLostError
+from avirt.errors import EventsLostError, InvalidArgumentError
 from avirt.events.model import Event, EventKind
 from avirt.tasks import TaskOwner
 
@@ -41,7 +41,7 @@ class _Queue:
 
     def __init__(self, kinds: frozenset[EventKind] | None, domain: str | None, max_queue: int) -> None:
         if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
+            raise InvalidArgumentError("max_queue must be at least 1")
         self.kinds = kinds
         self.domain = domain
         self.items: deque[Event] = deque(maxlen=max_queue)
@@ -114,6 +114,19 @@ class EventBus:
                 queue.put(event)
         return event
 
+    def forward(self, event: Event) -> None:
+        """Queue an event another controller built (a served client's copy of its controller's events)."""
+        if self.wants(event.kind):
+            for queue in self._queues:
+                if queue.matches(event):
+                    queue.put(event)
+
+    def lose(self, count: int) -> None:
+        """Tell every subscriber that ``count`` events were lost before they reached this bus."""
+        for queue in self._queues:
+            queue.lost += count
+            queue._wake()
+
     # -- subscribing ----------------------------------------------------------------------------------
 
     def _add(self, kinds: Iterable[EventKind] | None, domain: str | None, max_queue: int) -> _Queue:
@@ -158,6 +171,11 @@ class EventStream:
     def __init__(self, bus: EventBus, queue: _Queue) -> None:
         self._bus = bus
         self._queue = queue
+
+    @property
+    def pending(self) -> int:
+        """Events queued for this stream and not read yet."""
+        return len(self._queue.items)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self

@@ -29,6 +29,56 @@ class RunResult:
     stderr: str
 
 
+@dataclass(frozen=True)
+class FileStamp:
+    """Who a file is and when it last changed, as ``stat`` says (symbolic links followed).
+
+    ``identity`` (device, inode) is the same for every name of one file: a symbolic link, a hard link or
+    a path through ``..``. ``changed`` moves whenever the file's bytes or metadata change (the kernel sets
+    ctime on every write, and mtime only where the writer says so): a cheap question whose answer says
+    whether a file must be read again.
+    """
+
+    dev: int
+    ino: int
+    mtime_ns: int
+    ctime_ns: int
+    size: int
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+    @property
+    def changed(self) -> tuple[int, int, int]:
+        return (self.mtime_ns, self.ctime_ns, self.size)
+
+
+class FileWatch(ABC):
+    """Change notification for a set of files (inotify on this machine), so that knowing whether any of
+    thousands of files changed costs what the changes cost, not a ``stat`` of each.
+
+    A watch is on a file, not a name: every name of one file gives the same key.
+    """
+
+    @abstractmethod
+    async def add(self, paths: Sequence[str]) -> dict[str, int]:
+        """Watch these files; their keys by path (a path that cannot be watched is left out)."""
+
+    @abstractmethod
+    def remove(self, key: int) -> None:
+        """Stop watching the file of ``key``."""
+
+    @abstractmethod
+    def changed(self) -> set[int] | None:
+        """Keys of the files whose bytes or metadata changed (or that were renamed or removed) since the
+        last call; None when the kernel dropped notifications, so that any file may have changed. Never
+        waits."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
 class Host(ABC):
     """The interface the drivers use to touch a machine. Every call that can block is async."""
 
@@ -145,6 +195,16 @@ class Host(ABC):
 
     @abstractmethod
     async def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    async def stat_files(self, paths: Sequence[str]) -> dict[str, FileStamp]:
+        """The stamp of each path that exists (symbolic links followed), in one round trip; paths that do
+        not exist are left out."""
+
+    def file_watch(self) -> FileWatch | None:
+        """A new change watch on this host's files, or None if the host cannot notify (the caller then
+        compares stamps)."""
+        return None
 
     @abstractmethod
     async def make_dirs(self, path: str, *, mode: int = 0o700) -> None: ...

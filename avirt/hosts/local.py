@@ -27,7 +27,8 @@ import anyio.to_thread
 from anyio.abc import Process
 
 from avirt.errors import HostError
-from avirt.hosts.base import Host, RunResult, private_dir_problem
+from avirt.hosts.base import FileStamp, FileWatch, Host, RunResult, private_dir_problem
+from avirt.hosts.inotify import InotifyWatch
 
 
 class LocalHost(Host):
@@ -167,8 +168,21 @@ class LocalHost(Host):
     async def exists(self, path: str) -> bool:
         return await anyio.Path(path).exists()
 
+    async def stat_files(self, paths: Sequence[str]) -> dict[str, FileStamp]:
+        return await anyio.to_thread.run_sync(_stat_files, list(paths))
+
+    def file_watch(self) -> FileWatch | None:
+        try:
+            return InotifyWatch()
+        except OSError:  # out of inotify instances (fs.inotify.max_user_instances): stamps will do
+            return None
+
     async def make_dirs(self, path: str, *, mode: int = 0o700) -> None:
-        await anyio.Path(path).mkdir(mode=mode, parents=True, exist_ok=True)
+        try:
+            await anyio.Path(path).mkdir(mode=mode, parents=True, exist_ok=True)
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte, which no path can hold
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise HostError(f"{self.name}: cannot create {path}: {reason}") from e
 
     async def list_dir(self, path: str) -> list[str]:
         try:
@@ -247,6 +261,17 @@ def _symlink(target: str, link: str) -> None:
     tmp = f"{link}.{os.urandom(4).hex()}~"
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+def _stat_files(paths: list[str]) -> dict[str, FileStamp]:
+    stamps = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        stamps[path] = FileStamp(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+    return stamps
 
 
 def _remove_tree(path: str) -> None:

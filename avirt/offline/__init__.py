@@ -16,7 +16,8 @@ The public part is the images API, for files that no domain has to own::
 ``allocation`` are coroutines; ``advise_reduce`` is plain arithmetic on a chain. Inside, the same
 modules serve shut-off domains: ``qemu_img`` (qemu-img's answers as data), ``plan`` (the steps of a
 domain's offline block job), ``imagejob`` (steps run as one awaitable job), ``safety`` (locks, free
-space, shared bases). The images API is loaded on first use, so ``import avirt`` does not pay for it.
+space), ``index`` (which domain reads which image, by file identity). The images API is loaded on
+first use, so ``import avirt`` does not pay for it.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from avirt.errors import InvalidArgumentError
 from avirt.models import ImageInfo
 
 
@@ -47,7 +48,7 @@ def advise_reduce(chain: Sequence[ImageInfo], layer: int = 0) -> Advice:
     overlay's own data where it is written once).
     """
     if not 0 <= layer < len(chain) - 1:
-        raise ValueError(f"layer {layer} has no backing file in a chain of {len(chain)} images")
+        raise InvalidArgumentError(f"layer {layer} has no backing file in a chain of {len(chain)} images")
     overlay, backing = chain[layer], chain[layer + 1]
     size = overlay.virtual_size
     commit_bytes = overlay.allocated

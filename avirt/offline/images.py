@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from avirt.errors import OperationInvalidError
+from avirt.errors import InvalidArgumentError, OperationInvalidError
 from avirt.events.model import JobKind
 from avirt.hosts.base import Host
 from avirt.models import ImageInfo
@@ -61,9 +61,9 @@ def create(path: str, fmt: str = "qcow2", *, size: int | None = None, backing: s
     """A new image: ``size`` bytes, or an overlay on ``backing`` (whose format must be given; the size
     defaults to the backing file's). An existing file is never overwritten."""
     if backing is not None and backing_format is None:
-        raise ValueError("a backing file needs backing_format: avirt never lets qemu-img probe one")
+        raise InvalidArgumentError("a backing file needs backing_format: avirt never lets qemu-img probe one")
     if backing is None and size is None:
-        raise ValueError("an image without a backing file needs a size")
+        raise InvalidArgumentError("an image without a backing file needs a size")
     path = _absolute(path)
     argv = [QEMU_IMG, "create", "-q", "-f", fmt]
     if backing is not None:
@@ -96,7 +96,7 @@ def commit(top: str, *, base: str | None = None, keep_top: bool = False, fmt: st
     only where the layers above hide it.
     """
     if bandwidth is not None and bandwidth <= 0:
-        raise ValueError("bandwidth must be > 0 bytes/s (None = unlimited)")
+        raise InvalidArgumentError("bandwidth must be > 0 bytes/s (None = unlimited)")
     top = _absolute(top)
     wanted = _absolute(base) if base is not None else None
 
@@ -152,7 +152,7 @@ def convert(src: str, dest: str, fmt: str, *, src_fmt: str = "qcow2",
     """A new image ``dest`` in format ``fmt`` with the data ``src`` shows through its whole chain (the
     copy has no backing file). An existing ``dest`` is never overwritten."""
     if bandwidth is not None and bandwidth <= 0:
-        raise ValueError("bandwidth must be > 0 bytes/s (None = unlimited)")
+        raise InvalidArgumentError("bandwidth must be > 0 bytes/s (None = unlimited)")
     src, dest = _absolute(src), _absolute(dest)
     rate = ["-r", str(bandwidth)] if bandwidth else []
 

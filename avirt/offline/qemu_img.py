@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from avirt.errors import ImageError, ImageLockedError
+from avirt.errors import ImageError, ImageLockedError, InvalidArgumentError
 from avirt.hosts.base import Host
 from avirt.models import ImageInfo
 
@@ -90,7 +90,7 @@ async def create_image(host: Host, path: str, fmt: str, *, size: int | None = No
     argv = [QEMU_IMG, "create", "-q", "-f", fmt]
     if backing is not None:
         if backing_format is None:
-            raise ValueError("a backing file needs its format: avirt never lets qemu-img probe one")
+            raise InvalidArgumentError("a backing file needs its format: avirt never lets qemu-img probe one")
         argv += ["-F", backing_format, "-b", backing]
     argv.append(path)
     if size is not None:

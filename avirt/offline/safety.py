@@ -9,16 +9,16 @@
   that the base does not already hold: those clusters are overwritten in place) and, if that does not
   fit either, the commit is refused with :class:`~avirt.errors.InsufficientSpaceError`. An allowance
   for qcow2 metadata (L2 and refcount tables) is added to both figures.
-* **Sharing**: which other disks read an image through their backing chains (:func:`chain_users`);
-  the driver refuses to commit into a base that other domains use unless the caller allows it.
+* **Sharing**: which other domains read an image through their backing chains is the image index's
+  question (:mod:`avirt.offline.index`, by file identity); the driver refuses to commit into a base that
+  other domains use unless the caller allows it.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from avirt.errors import ImageError, ImageLockedError, InsufficientSpaceError
+from avirt.errors import ImageLockedError, InsufficientSpaceError
 from avirt.hosts.base import Host
 from avirt.offline.qemu_img import ChainEntry, backing_chain, data_extents
 
@@ -51,28 +51,6 @@ async def check_commit_space(host: Host, chain: Sequence[ChainEntry], top: int, 
     needed = _with_metadata(_length(above) - _overlap(above, held))
     if needed > available:
         raise InsufficientSpaceError(base_image.path, needed, available)
-
-
-async def chain_users(host: Host, path: str, disks: Iterable[tuple[str, str, str]]) -> list[str]:
-    """The labels of ``disks`` (``(label, top image, format)``) whose backing chain includes ``path``.
-
-    Paths are compared as written (normalised), so an image reached through a symbolic link under
-    another name is not recognised. A disk whose chain cannot be read is skipped.
-    """
-    wanted = _normal(path)
-    users = []
-    for label, image, fmt in disks:
-        try:
-            chain = await backing_chain(host, image, fmt)
-        except ImageError:
-            continue
-        if any(_normal(entry.path) == wanted for entry in chain) and label not in users:
-            users.append(label)
-    return users
-
-
-def _normal(path: str) -> str:
-    return os.path.normpath(path)  # string work only
 
 
 def _with_metadata(data: int) -> int:

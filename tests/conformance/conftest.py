@@ -1,5 +1,6 @@
-"""One world per driver: every conformance test runs on real QEMU (on this machine, and on a host reached
-over SSH, tests/sshd.py) and on ``test:///default``.
+"""One world per driver: every conformance test runs on real QEMU (on this machine, on a host reached over
+SSH, tests/sshd.py, and through a second program's connection to a state directory another one holds:
+the "client" world, served by avirt/served/) and on ``test:///default``.
 
 A test receives a :class:`World`: a connection and the few things that must differ between the drivers,
 kept here so that the tests themselves are the same code for both:
@@ -33,7 +34,7 @@ from tests.sshd import SSHServer
 from tests.waiting import wait_for_serial
 from tests.xmls import XMLFactory
 
-DRIVERS = ("qemu", "ssh", "test")
+DRIVERS = ("qemu", "ssh", "client", "test")
 
 
 @dataclass
@@ -103,8 +104,15 @@ async def world(request: pytest.FixtureRequest, state_dir: Path, xml: XMLFactory
         server: SSHServer = request.getfixturevalue("sshd")
         uri, local_state = server.uri(state_dir), None
     else:
-        uri = "qemu:///session" if request.param == "qemu" else "test:///default"
+        uri = "test:///default" if request.param == "test" else "qemu:///session"
         local_state = state_dir
+    if request.param == "client":
+        # The holder serves; the world's connection is a second one to the same state directory.
+        async with avirt.connect(uri, state_dir=local_state) as holder, \
+                avirt.connect(uri, state_dir=local_state) as conn:
+            assert holder.serving and not conn.serving
+            yield World(request.param, conn, xml, tmp_path)
+        return
     async with avirt.connect(uri, state_dir=local_state) as conn:
         if request.param == "test":
             builtin = await conn.lookup("test")

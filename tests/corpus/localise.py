@@ -1,4 +1,5 @@
-"""A corpus definition made runnable here: fresh images, user-mode NICs, TCG, this machine's firmware.
+"""A corpus definition made runnable here: fresh images and shared directories, user-mode NICs, TCG, this
+machine's firmware.
 
 The corpus records what other machines wrote, with their paths: images under /var/lib/libvirt, channel
 sockets under /run/libvirt, their own networks. :func:`localise` keeps every device and setting and
@@ -46,6 +47,10 @@ def localise(text: bytes, tmp: Path) -> str:
         for tag in ("source", "target", "driver"):
             for child in nic.findall(tag):
                 nic.remove(child)
+    for i, source in enumerate(root.iterfind("devices/filesystem/source")):
+        shared = tmp / f"share{i}"
+        shared.mkdir(exist_ok=True)
+        source.set("dir", str(shared))
     for source in root.iterfind("devices/channel/source"):
         source.attrib.pop("path", None)  # the corpus's machine's runtime directory: avirt picks its own
     vpindex = root.find("features/hyperv/vpindex")

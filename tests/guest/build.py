@@ -37,12 +37,14 @@ Serial markers printed by the guest's /init (console=ttyS0; the tty sends ``\\r\
 - ``avirt-guest: power button`` then ``avirt-guest: poweroff``: shutting down.
 - ``avirt-guest: block NAME sectors=N ro=R md5=M path=P`` (or ``block NAME missing``) for each name
   in ``avirt.blocks``, then ``avirt-guest: blocks done: `` and every entry of /sys/block.
+- ``avirt-guest: share TAG read=TEXT wrote=ok`` (or ``share TAG error ...``) for each virtiofs tag in
+  ``avirt.shares``: mounted at /mnt/TAG, the first line of its host.txt read, its guest.txt written.
 
 Kernel command line knobs: ``avirt.workload=none|write`` (default none), ``avirt.slots=N`` (default
 4), ``avirt.count=N`` (0 = forever, the default), ``avirt.sleep=S`` (seconds between writes,
 fractions allowed, default 0), ``avirt.actions=rtc,suspend,panic`` (see ``init.sh``),
 ``avirt.blocks=sda,sr0`` (block devices to wait for and report: size, read-only flag, the MD5 of
-their whole content, their sysfs path).
+their whole content, their sysfs path), ``avirt.shares=TAG,...`` (virtiofs tags to mount and use).
 
 Run ``python -m tests.guest.build`` from the repository root to build and print the paths.
 """
@@ -95,6 +97,7 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_scsi",  # disks and cdroms on <controller type='scsi' model='virtio-scsi'/>
     "sd_mod",  # SCSI and ATA disks: /dev/sdX
     "sr_mod",  # SCSI and ATA cdroms: /dev/srN
+    "virtiofs",  # host directories shared through <filesystem><driver type='virtiofs'/>
 )
 
 #: Modules loaded after :data:`GUEST_MODULES` when the kernel has them: the cloud kernel builds no AHCI

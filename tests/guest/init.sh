@@ -42,6 +42,7 @@ slots=4
 count=0
 sleep_s=0
 blocks=
+shares=
 # avirt.* parameters are not passed to init by the kernel (dotted names look like module
 # parameters), so read them from /proc/cmdline.
 for arg in $(cat /proc/cmdline); do
@@ -52,6 +53,7 @@ for arg in $(cat /proc/cmdline); do
         avirt.sleep=*) sleep_s=${arg#*=} ;;
         avirt.actions=*) actions=${arg#*=} ;;
         avirt.blocks=*) blocks=${arg#*=} ;;
+        avirt.shares=*) shares=${arg#*=} ;;
     esac
 done
 
@@ -99,6 +101,26 @@ report_blocks() {
         say "block $name sectors=$sectors ro=$ro md5=${sum%% *} path=${path#/sys}"
     done
     say "blocks done: $(ls /sys/block | tr '\n' ' ')"
+}
+
+# Host directories shared over virtiofs, once after "ready" (avirt.shares=TAG,...): each is mounted at
+# /mnt/TAG, its host.txt read and guest.txt written (and synced), reported as
+#   avirt-guest: share TAG read=<first line of host.txt> wrote=ok
+# or "avirt-guest: share TAG error <what failed>".
+report_shares() {
+    for tag in $(echo "$shares" | tr ',' ' '); do
+        mkdir -p "/mnt/$tag"
+        if ! mount -t virtiofs "$tag" "/mnt/$tag" 2>/tmp/avirt-mount.err; then
+            say "share $tag error mount: $(tail -n 1 /tmp/avirt-mount.err)"
+            continue
+        fi
+        read -r text <"/mnt/$tag/host.txt" || text=
+        if echo "written by the guest" >"/mnt/$tag/guest.txt" && sync; then
+            say "share $tag read=$text wrote=ok"
+        else
+            say "share $tag error write"
+        fi
+    done
 }
 
 # Write loop. Iteration i writes 64 KiB of byte (i % 254) + 1 at slot K = i % slots (offset K MiB)
@@ -188,6 +210,9 @@ if [ -n "$actions" ]; then
 fi
 if [ -n "$blocks" ]; then
     (exec 3<&-; report_blocks) &
+fi
+if [ -n "$shares" ]; then
+    (exec 3<&-; report_shares) &
 fi
 
 if [ -z "$pb" ]; then

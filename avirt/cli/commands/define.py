@@ -21,10 +21,15 @@ async def _define(ctx: Context, args: argparse.Namespace) -> None:
         data = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
         source = "standard input"
     else:
-        data = await anyio.Path(args.file).read_bytes()
         source = args.file
-    # Bytes that are not UTF-8 become lone surrogates, which the XML layer refuses as invalid XML.
-    xml = data.decode("utf-8", errors="surrogateescape")
+        try:
+            data = await anyio.Path(args.file).read_bytes()
+        except ValueError:  # os.open's complaint about a NUL byte, said about the file
+            raise CommandError(f"{source!r}: a file name cannot hold a NUL byte") from None
+    try:
+        xml = data.decode("utf-8")  # as libvirt writes definitions, whatever the locale
+    except UnicodeDecodeError as e:
+        raise CommandError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     async with ctx.connect() as conn:
         try:
             dom = await conn.define_xml(xml)

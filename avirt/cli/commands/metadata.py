@@ -28,16 +28,13 @@ async def _metadata(ctx: Context, args: argparse.Namespace) -> None:
     found: str | None = None
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
-        try:
-            if changing:
-                live, config = (args.live, args.config) if args.live or args.config else (True, True)
-                await dom.set_metadata(args.namespace, args.set, prefix=args.key, live=live, config=config)
-            else:
-                if args.live and (await dom.state())[0].value == "shutoff":
-                    raise CommandError(f"domain '{dom.name}' is not running: it has no live metadata")
-                found = await dom.metadata(args.namespace, inactive=args.config)
-        except ValueError as e:  # a bad URI or prefix: the API's argument errors
-            raise CommandError(str(e)) from e
+        if changing:
+            live, config = (args.live, args.config) if args.live or args.config else (True, True)
+            await dom.set_metadata(args.namespace, args.set, prefix=args.key, live=live, config=config)
+        else:
+            if args.live and (await dom.state())[0].value == "shutoff":
+                raise CommandError(f"domain '{dom.name}' is not running: it has no live metadata")
+            found = await dom.metadata(args.namespace, inactive=args.config)
     if changing:
         ctx.say("Metadata removed" if args.remove else "Metadata modified")
         return

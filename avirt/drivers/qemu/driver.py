@@ -27,7 +27,7 @@ from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
-from avirt.drivers.qemu import firmware, tpm
+from avirt.drivers.qemu import firmware, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
@@ -60,9 +60,10 @@ from avirt.hosts.base import Host
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo
 from avirt.offline.imagejob import ImageJobRunner
+from avirt.offline.index import ImageIndex
 from avirt.offline.plan import OfflinePlan, commit_plan, pull_plan
 from avirt.offline.qemu_img import ChainEntry, backing_chain, create_overlay, image_chain
-from avirt.offline.safety import chain_users, check_commit_space, unlocked_chain
+from avirt.offline.safety import check_commit_space, unlocked_chain
 from avirt.qmp.monitor import Monitor, MonitorClosedError
 from avirt.tasks import TaskOwner
 
@@ -87,6 +88,7 @@ class QemuDriver(Driver):
         self.bus = EventBus(self._tasks)
         self.jobs = OnlineJobs(self)
         self.offline = ImageJobRunner(host)
+        self.images = ImageIndex(host, self.files.chains_path)
         self._offline_jobs: dict[tuple[str, str], BlockJob] = {}
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
@@ -103,6 +105,7 @@ class QemuDriver(Driver):
             if xml is not None:
                 cfg = parse_domain_xml(xml)
                 self._guests[name] = self._new_guest(name, cfg.uuid, cfg)
+        await self.images.load({name: _disks(guest.config) for name, guest in self._guests.items()})
         for name in await self.files.run_names():
             await self._reattach(name)
 
@@ -112,6 +115,7 @@ class QemuDriver(Driver):
         for guest in self._guests.values():  # the next controller reads what this one last knew
             await self._save(guest)
         await self._tasks.aclose()
+        self.images.close()
         for guest in self._guests.values():
             if guest.process is not None:
                 await guest.process.monitor.aclose()
@@ -163,6 +167,7 @@ class QemuDriver(Driver):
         if guest is None:
             guest = self._guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, cfg)
         guest.definition = cfg
+        self.images.define(cfg.name, _disks(cfg))  # ignored while it runs: its QEMU's chains count
         self._announce(guest, LifecycleType.DEFINED, detail)
         return DomainRef(guest.name, guest.uuid)
 
@@ -202,6 +207,7 @@ class QemuDriver(Driver):
             self._announce(guest, LifecycleType.UNDEFINED, "removed")
             if not guest.active:
                 del self._guests[name]
+                self.images.forget(name)
 
     def _find(self, name_or_uuid: str) -> Guest:
         return find_record(self._guests, name_or_uuid)
@@ -220,7 +226,7 @@ class QemuDriver(Driver):
             await self._start(guest, guest.definition, paused=paused)
 
     async def _start(self, guest: Guest, cfg: DomainConfig, *, paused: bool) -> None:
-        refusal = startable(cfg)
+        refusal = startable(cfg) or await virtiofs.refusal(self.host, cfg)
         if refusal is not None:
             raise DomainStartError(f"cannot start domain '{cfg.name}': {refusal}")
         chains = await self._disk_chains(cfg)
@@ -245,6 +251,7 @@ class QemuDriver(Driver):
         # would leave a QEMU that nothing tracks. (Every step in the shield has its own timeout.)
         with anyio.CancelScope(shield=True):
             await self.files.prepare_run(name, domain_to_xml(cfg))
+            sockets = self.files.run_dir(name)  # until its short link is known (see state.py)
             try:
                 try:
                     sockets = await self.files.socket_dir(name)
@@ -253,6 +260,7 @@ class QemuDriver(Driver):
                 if cfg.tpms:
                     await tpm.start(self.host, cfg, state_dir=self.files.tpm_dir(cfg.uuid),
                                     run_dir=self.files.run_dir(name), sockets=sockets)
+                await virtiofs.start(self.host, cfg, sockets)
                 process = await QemuProcess.spawn(
                     self.host, name,
                     lambda socket: build_argv(cfg, chains=chains, accel=accel, monitor=socket,
@@ -261,14 +269,18 @@ class QemuDriver(Driver):
                     qmp_socket=await self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
                     log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
                 )
-            except DomainStartError:
+            except DomainStartError as e:
                 if cfg.tpms:
                     await tpm.stop(self.host, self.files.run_dir(name))
+                servers = await virtiofs.stop(self.host, cfg, sockets)
                 await self.files.clear_run(name)
+                if servers:  # the run directory is gone: say now what the file servers said
+                    raise DomainStartError(str(e), servers) from None
                 raise
             guest.began(process, cfg, {
                 target: [replace(layer, node=node_name(target, i)) for i, layer in enumerate(layers, 1)]
                 for target, layers in chains.items()})
+            self.images.running(name, lambda: guest.chains)
             guest.set_state(DomainState.PAUSED, "user", announce=False)
             self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if cfg.cputune is not None:
@@ -476,9 +488,7 @@ class QemuDriver(Driver):
         """A commit must not change what other domains' disks read, unless the caller allows it."""
         if allow:
             return
-        disks = [(other.name, disk.source, disk.format) for other in self._guests.values()
-                 if other is not guest for disk in other.config.disks if disk.source]
-        users = await chain_users(self.host, base, disks)
+        users = await self.images.users(base, besides=guest.name)
         if users:
             raise SharedImageError(base, users)
 
@@ -504,6 +514,8 @@ class QemuDriver(Driver):
                 await self.offline.run(job, plan.steps, plan.size, on_success)
             finally:
                 del self._offline_jobs[(guest.name, disk)]
+                if guest.definition is not None:  # the disk's image may be another one now
+                    self.images.define(guest.name, _disks(guest.definition))
                 self.announce_job(guest, job)
 
         self._tasks.start_soon(run, name=f"offline-{job.id}")
@@ -545,6 +557,7 @@ class QemuDriver(Driver):
                         disk.source, disk.format = overlays[disk.target], "qcow2"
                     if guest.definition is not None:
                         await self.files.write_definition(guest.name, domain_to_xml(guest.definition))
+                        self.images.define(guest.name, _disks(guest.definition))
             except BaseException:
                 for path in created:
                     await self.host.remove_tree(path)
@@ -655,8 +668,12 @@ class QemuDriver(Driver):
         await self._quietly(self.files.clear_run(guest.name))
         self.jobs.forget(guest)
         guest.ended()
-        if not guest.persistent:
+        self.images.stopped(guest.name)
+        if guest.definition is not None:
+            self.images.define(guest.name, _disks(guest.definition))
+        else:
             self._guests.pop(guest.name, None)
+            self.images.forget(guest.name)
 
     async def _watch(self, guest: Guest, process: QemuProcess) -> bool:
         """True once QEMU has exited; False if the connection to its host was lost first."""
@@ -839,6 +856,7 @@ class QemuDriver(Driver):
         self._guests[name] = guest
         saved = await self.files.read_state(name)
         guest.began(process, live, {})
+        self.images.running(name, lambda: guest.chains)
         guest.saving = True  # nothing to write until the state is known again
         guest.set_state(DomainState.RUNNING, "unknown", announce=False)
         self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
@@ -872,6 +890,11 @@ def _machines(help_text: str) -> tuple[dict[str, str], list[str]]:
     return aliases, machines
 
 
+def _disks(cfg: DomainConfig) -> list[tuple[str, str, str]]:
+    """What the image index needs of a definition: each disk with an image, ``(target, image, format)``."""
+    return [(disk.target, disk.source, disk.format) for disk in cfg.disks if disk.source]
+
+
 def startable(cfg: DomainConfig) -> str | None:
     """Why a definition cannot start on this avirt yet, before anything is spawned (None: it can)."""
     for i, nic in enumerate(cfg.interfaces, 1):
@@ -886,9 +909,6 @@ def startable(cfg: DomainConfig) -> str | None:
     if cfg.hypervisor == "qemu" and hyperv is not None and hyperv.vpindex == "on":
         return ("the Hyper-V enlightenment <vpindex> needs KVM (<domain type='kvm'>); TCG cannot give it, "
                 "remove it for type='qemu'")
-    if any(fs.driver_type == "virtiofs" for fs in cfg.filesystems):
-        return ("virtiofs needs a virtiofsd beside QEMU, which avirt does not start yet; "
-                "use <driver type='path'> (9p)")
     if len(cfg.tpms) > 1:
         return "a guest has at most one TPM"
     spice = any(g.type == "spice" for g in cfg.graphics)

@@ -5,6 +5,7 @@ Layout (see ``ARCHITECTURE.md``)::
     <state_dir>/
       lock                        held (flock) by the one controller that manages this directory
       domains/<name>/domain.xml   persistent definition; absent for a transient domain
+      domains/<name>/chains.json  its disks' backing chains as the image index last read them
       run/<name>/                 exists exactly while QEMU may be running; mode 0700
         live.xml                  the definition the running QEMU was started with
         state.json                the state's reason and the pending intents (see below)
@@ -118,6 +119,10 @@ class StateDir:
 
     async def remove_definition(self, name: str) -> None:
         await self.host.remove_tree(os.path.join(self._domains, name))
+
+    def chains_path(self, name: str) -> str:
+        """The image index's record of the domain's chains (``offline/index.py``); goes with undefine."""
+        return os.path.join(self._domains, name, "chains.json")
 
     def _definition_path(self, name: str) -> str:
         return os.path.join(self._domains, name, "domain.xml")

@@ -29,12 +29,12 @@ from avirt.config.devices import IoTune
 from avirt.config.model import DomainConfig
 from avirt.drivers.qemu.cmdline.buses import controller_args
 from avirt.drivers.qemu.cmdline.chardevs import channel_path, chardev_args
-from avirt.drivers.qemu.cmdline.devices import device_args, display_args, tpm_socket
+from avirt.drivers.qemu.cmdline.devices import device_args, display_args, fs_socket, tpm_socket
 from avirt.drivers.qemu.cmdline.disks import Layer, disk_args, node_name
 from avirt.drivers.qemu.cmdline.machine import machine_args, smbios_args
 
-__all__ = ["DEFAULT_EMULATOR", "Layer", "build_argv", "channel_path", "node_name", "startup_commands",
-           "tpm_socket"]
+__all__ = ["DEFAULT_EMULATOR", "Layer", "build_argv", "channel_path", "fs_socket", "node_name",
+           "startup_commands", "tpm_socket"]
 
 DEFAULT_EMULATOR = "qemu-system-x86_64"
 

@@ -1,4 +1,5 @@
-"""Every other device: NICs, input, display and video, sound, RNG, watchdog, balloon, panic, TPM.
+"""Every other device: NICs, input, display and video, sound, RNG, watchdog, balloon, panic, shared
+directories (9p, virtiofs), vsock, TPM.
 
 Each function turns one kind of ``<devices>`` child into QEMU options, using ``buses.py`` for where it
 plugs in. Devices the machine already has need no option and are documented as such in
@@ -16,7 +17,7 @@ from avirt.config.devices import Video
 from avirt.config.model import DomainConfig
 from avirt.drivers.qemu.cmdline.buses import pci_props, usb_bus
 
-__all__ = ["device_args", "display_args", "tpm_socket"]
+__all__ = ["device_args", "display_args", "fs_socket", "tpm_socket"]
 
 _NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139"}
 _INPUTS = {("tablet", "usb"): "usb-tablet", ("mouse", "usb"): "usb-mouse", ("keyboard", "usb"): "usb-kbd",
@@ -28,6 +29,11 @@ _WATCHDOG = {"i6300esb": "i6300esb", "ib700": "ib700"}
 
 def tpm_socket(run_dir: str) -> str:
     return f"{run_dir}/tpm.sock"
+
+
+def fs_socket(run_dir: str, index: int) -> str:
+    """The vhost-user socket between QEMU and the virtiofsd of the ``index``-th ``<filesystem>``."""
+    return f"{run_dir}/fs{index}.sock"
 
 
 def device_args(cfg: DomainConfig, run_dir: str) -> tuple[list[str], list[dict[str, object]]]:
@@ -100,7 +106,14 @@ def device_args(cfg: DomainConfig, run_dir: str) -> tuple[list[str], list[dict[s
             devices.append({"driver": "pvpanic-pci"} | pci_props(cfg, panic.address))
     for i, fs in enumerate(cfg.filesystems):
         if fs.driver_type == "virtiofs":
-            continue  # refused before start (driver.startable): it needs a virtiofsd
+            # virtiofsd (drivers/qemu/virtiofs.py) already listens there when QEMU starts.
+            argv += ["-chardev", f"socket,id=chr-vu-fs{i},path={fs_socket(run_dir, i)}"]
+            dev = {"driver": "vhost-user-fs-pci", "id": f"fs{i}", "chardev": f"chr-vu-fs{i}",
+                   "tag": fs.target_dir}
+            if fs.queue is not None:
+                dev["queue-size"] = fs.queue
+            devices.append(dev | pci_props(cfg, fs.address))
+            continue
         model = {"mapped": "mapped-xattr", "squash": "none"}.get(fs.accessmode or "", "passthrough")
         ro = ",readonly=on" if fs.readonly else ""
         argv += ["-fsdev", f"local,id=fsdev-fs{i},path={fs.source_dir.replace(',', ',,')},"

@@ -1,0 +1,246 @@
+"""A client's side: a :class:`~avirt.drivers.base.Driver` whose every call goes to the controller that
+holds the state directory (:mod:`.server`), so that ``Connection`` and ``Domain`` work unchanged.
+
+``connect()`` makes one when the state directory's lock is taken: the program that holds it serves, every
+other program is a client. A :class:`ClientDriver` owns one :class:`~avirt.rpc.Peer` on the server's
+socket for its lifetime and two kinds of background work, both in its own task owner:
+
+* the controller's events, streamed once per connection and forwarded into this connection's own bus,
+  so subscriptions and streams behave as on the controller (events the controller dropped for this
+  client arrive as ``EventsLostError``);
+* one watch per block job the client holds, which moves the client's :class:`~avirt.jobs.BlockJob`
+  through the phases the controller reports: ``await job``, ``wait_ready()`` and ``pivot()`` work as on
+  the controller.
+
+When the controller goes away, calls fail with :class:`~avirt.rpc.PeerClosedError` and the event
+streams end.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+
+from avirt.drivers.base import DomainRef, Driver
+from avirt.errors import ConnectionLockedError
+from avirt.events.bus import EventBus
+from avirt.jobs import BlockJob
+from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.rpc import Lost, Peer, PeerClosedError
+from avirt.served import wire
+from avirt.served.server import PROTOCOL, socket_path
+from avirt.tasks import TaskOwner
+
+__all__ = ["ClientDriver"]
+
+log = logging.getLogger(__name__)
+
+#: How long a client waits for a controller that holds the lock but does not listen yet (it is starting).
+STARTUP_WAIT = 10.0
+
+
+class ClientDriver(Driver):
+    def __init__(self, uri: str, state_dir: str) -> None:
+        self.uri = uri
+        self.path = socket_path(state_dir)
+        self._tasks = TaskOwner()
+        self.bus = EventBus(self._tasks)
+        self._peer: Peer | None = None
+        self._closing = anyio.Event()
+        self._jobs: dict[str, BlockJob] = {}
+
+    async def open(self) -> None:
+        await self._tasks.open()
+        stream = await self._connect()
+        ready = anyio.Event()
+        self._tasks.start_soon(self._run, stream, ready, name="served-client")
+        await ready.wait()
+        try:
+            await self._call("hello", protocol=PROTOCOL)
+        except PeerClosedError as e:
+            raise ConnectionLockedError(f"the controller holding the state directory closed the connection: "
+                                        f"{e}") from None
+        self._tasks.start_soon(self._forward_events, name="served-events")
+
+    async def _connect(self) -> Any:
+        # The lock is taken a moment before the socket listens: a controller that is starting up is waited
+        # for, briefly, with growing pauses.
+        delay = 0.01
+        with anyio.move_on_after(STARTUP_WAIT):
+            while True:
+                try:
+                    return await anyio.connect_unix(self.path)
+                except (FileNotFoundError, ConnectionRefusedError):
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+        raise ConnectionLockedError(f"another avirt controller holds the state directory but does not serve "
+                                    f"it on {self.path}")
+
+    async def _run(self, stream: Any, ready: anyio.Event) -> None:
+        async with Peer(stream, name="controller") as peer:
+            self._peer = peer
+            ready.set()
+            await peer.wait_closed()
+        self.bus.close()
+
+    async def close(self) -> None:
+        self.bus.close()
+        await self._tasks.aclose()
+
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        if self._peer is None:
+            raise PeerClosedError("not connected")
+        return await self._peer.call(method, kwargs)
+
+    async def _forward_events(self) -> None:
+        assert self._peer is not None
+        try:
+            # Forwarded by the connection's reader itself, so that an event the controller emitted before
+            # answering a call is on this bus before the caller sees the answer, as on the controller.
+            async with self._peer.stream("events", {}, on_item=self._forward) as items:
+                async for _ in items:
+                    pass
+        except PeerClosedError:
+            pass
+        self.bus.close()
+
+    def _forward(self, item: Any) -> None:
+        if isinstance(item, Lost):
+            self.bus.lose(item.count)
+        else:
+            self.bus.forward(wire.event_from(item))
+
+    # -- block jobs: the client's copies ------------------------------------------------------------------
+
+    def _job(self, data: Any) -> BlockJob | None:
+        if data is None:
+            return None
+        known = self._jobs.get(str(data.get("id")))
+        if known is not None:
+            wire.apply_phase(known, data)
+            return known
+        job = wire.job_from(self, data)
+        if not job.ended:
+            self._jobs[job.id] = job
+            self._tasks.start_soon(self._watch, job, name=f"served-job-{job.id}")
+        return job
+
+    async def _watch(self, job: BlockJob) -> None:
+        assert self._peer is not None
+        try:
+            async with self._peer.stream("job_watch", {"id": job.id}) as phases:
+                async for data in phases:
+                    wire.apply_phase(job, data)
+        except PeerClosedError as e:
+            log.warning("block job %s: its controller went away (%s)", job.id, e)
+        finally:
+            self._jobs.pop(job.id, None)
+
+    async def job_progress(self, job: BlockJob) -> tuple[int, int]:
+        cur, end = await self._call("job_progress", id=job.id)
+        return int(cur), int(end)
+
+    async def job_set_speed(self, job: BlockJob, bandwidth: int) -> None:
+        await self._call("job_set_speed", id=job.id, bandwidth=bandwidth)
+
+    async def job_complete(self, job: BlockJob) -> None:
+        await self._call("job_complete", id=job.id)
+
+    async def job_cancel(self, job: BlockJob) -> None:
+        await self._call("job_cancel", id=job.id)
+
+    # -- the Driver interface ------------------------------------------------------------------------------
+
+    async def capabilities(self) -> dict[str, Any]:
+        return dict(await self._call("capabilities"))
+
+    async def define_xml(self, xml: str) -> DomainRef:
+        return wire.ref_from(await self._call("define_xml", xml=xml))
+
+    async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
+        return wire.ref_from(await self._call("create_xml", xml=xml, paused=paused))
+
+    async def lookup(self, name_or_uuid: str) -> DomainRef:
+        return wire.ref_from(await self._call("lookup", name_or_uuid=name_or_uuid))
+
+    async def list_domains(self) -> list[DomainRef]:
+        return [wire.ref_from(r) for r in await self._call("list_domains")]
+
+    async def undefine(self, name: str) -> None:
+        await self._call("undefine", name=name)
+
+    async def start(self, name: str, *, paused: bool) -> None:
+        await self._call("start", name=name, paused=paused)
+
+    async def shutdown(self, name: str, *, wait: float | None) -> None:
+        await self._call("shutdown", name=name, wait=wait)
+
+    async def destroy(self, name: str) -> None:
+        await self._call("destroy", name=name)
+
+    async def reboot(self, name: str) -> None:
+        await self._call("reboot", name=name)
+
+    async def reset(self, name: str) -> None:
+        await self._call("reset", name=name)
+
+    async def suspend(self, name: str) -> None:
+        await self._call("suspend", name=name)
+
+    async def resume(self, name: str) -> None:
+        await self._call("resume", name=name)
+
+    async def qemu_monitor_command(self, name: str, command: str, arguments: dict[str, Any] | None) -> Any:
+        return await self._call("qemu_monitor_command", name=name, command=command, arguments=arguments)
+
+    async def block_commit(self, name: str, disk: str, *, base: str | None, top: str | None,
+                           shallow: bool, delete: bool, relative: bool, bandwidth: int | None,
+                           pivot: bool, allow_shared_base: bool = False) -> BlockJob:
+        job = self._job(await self._call(
+            "block_commit", name=name, disk=disk, base=base, top=top, shallow=shallow, delete=delete,
+            relative=relative, bandwidth=bandwidth, pivot=pivot, allow_shared_base=allow_shared_base))
+        assert job is not None
+        return job
+
+    async def block_pull(self, name: str, disk: str, *, base: str | None, bandwidth: int | None) -> BlockJob:
+        job = self._job(await self._call("block_pull", name=name, disk=disk, base=base, bandwidth=bandwidth))
+        assert job is not None
+        return job
+
+    async def block_copy(self, name: str, disk: str, dest: str, *, format: str, shallow: bool,
+                         reuse_external: bool, bandwidth: int | None, pivot: bool) -> BlockJob:
+        job = self._job(await self._call(
+            "block_copy", name=name, disk=disk, dest=dest, format=format, shallow=shallow,
+            reuse_external=reuse_external, bandwidth=bandwidth, pivot=pivot))
+        assert job is not None
+        return job
+
+    async def block_job(self, name: str, disk: str) -> BlockJob | None:
+        return self._job(await self._call("block_job", name=name, disk=disk))
+
+    async def block_chain(self, name: str, disk: str) -> list[ImageInfo]:
+        return [wire.info_from(ImageInfo, i) for i in await self._call("block_chain", name=name, disk=disk)]
+
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
+        return dict(await self._call("snapshot_disks", name=name, snapshot=snapshot, disks=disks))
+
+    async def state(self, name: str) -> tuple[DomainState, str]:
+        state, reason = await self._call("state", name=name)
+        return DomainState(state), str(reason)
+
+    async def info(self, name: str) -> DomainInfo:
+        info: DomainInfo = wire.info_from(DomainInfo, await self._call("info", name=name))
+        return info
+
+    async def xml(self, name: str, *, inactive: bool) -> str:
+        return str(await self._call("xml", name=name, inactive=inactive))
+
+    async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
+        text = await self._call("metadata", name=name, uri=uri, inactive=inactive)
+        return None if text is None else str(text)
+
+    async def set_metadata(self, name: str, uri: str, element: str | None, *, live: bool,
+                           config: bool) -> None:
+        await self._call("set_metadata", name=name, uri=uri, element=element, live=live, config=config)
