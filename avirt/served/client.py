@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from avirt.drivers.base import DomainRef, Driver
-from avirt.errors import ConnectionLockedError
+from avirt.errors import ConnectionLockedError, InvalidXMLError
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -157,10 +157,10 @@ class ClientDriver(Driver):
         return dict(await self._call("capabilities"))
 
     async def define_xml(self, xml: str) -> DomainRef:
-        return wire.ref_from(await self._call("define_xml", xml=xml))
+        return wire.ref_from(await self._call("define_xml", xml=_sendable(xml)))
 
     async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
-        return wire.ref_from(await self._call("create_xml", xml=xml, paused=paused))
+        return wire.ref_from(await self._call("create_xml", xml=_sendable(xml), paused=paused))
 
     async def lookup(self, name_or_uuid: str) -> DomainRef:
         return wire.ref_from(await self._call("lookup", name_or_uuid=name_or_uuid))
@@ -244,3 +244,14 @@ class ClientDriver(Driver):
     async def set_metadata(self, name: str, uri: str, element: str | None, *, live: bool,
                            config: bool) -> None:
         await self._call("set_metadata", name=name, uri=uri, element=element, live=live, config=config)
+
+
+def _sendable(xml: str) -> str:
+    """A document the wire can carry: lone surrogates (os.fsdecode's undecodable bytes) are refused here,
+    with the error the controller's parser would give, since msgpack cannot encode them."""
+    if isinstance(xml, str):
+        try:
+            xml.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidXMLError(f"the document is not valid Unicode: {e.reason}", None) from None
+    return xml
