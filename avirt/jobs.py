@@ -79,6 +79,7 @@ class BlockJob:
         self.plan: dict[str, Any] = {}
         self._ready = anyio.Event()
         self._ended = anyio.Event()
+        self._final: tuple[int, int] | None = None
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
@@ -101,10 +102,13 @@ class BlockJob:
             self._ready = anyio.Event()
             self._announce()
 
-    def conclude(self, status: BlockJobStatus, error: str | None = None) -> None:
+    def conclude(self, status: BlockJobStatus, error: str | None = None, *,
+                 progress: tuple[int, int] | None = None) -> None:
+        """The job is over; ``progress`` is its last ``(cur, end)``, which progress() reports last."""
         if self.phase is JobPhase.CONCLUDED:
             return
         self.phase, self.status, self.error = JobPhase.CONCLUDED, status, error
+        self._final = progress
         self._ready.set()  # wake wait_ready() callers: it is over
         self._ended.set()
         self._announce()
@@ -165,7 +169,8 @@ class BlockJob:
         return self.wait().__await__()
 
     async def progress(self) -> AsyncIterator[tuple[int, int]]:
-        """``(cur, end)`` as the job advances, sampled while iterating; ends when the job ends."""
+        """``(cur, end)`` as the job advances, sampled while iterating; ends when the job ends, with the
+        figures it ended at (``cur == end`` for a completed job), however fast it was."""
         last: tuple[int, int] | None = None
         while not self.ended:
             sample = await self._backend.job_progress(self)
@@ -174,6 +179,8 @@ class BlockJob:
                 yield sample
             with anyio.move_on_after(PROGRESS_INTERVAL):
                 await self._ended.wait()
+        if self._final is not None and self._final != last:
+            yield self._final
 
     async def phases(self) -> AsyncIterator[JobPhase]:
         """The phase now and after each change, until the job has concluded (what a served client's copy

@@ -114,8 +114,9 @@ async def main() -> None:
             step(f"intermediate commit of snap2 into snap1: {await job}")
 
             job = await dom.block_commit("vda", pivot=True)
-            async for cur, end in job.progress():
-                print(f"   active commit: {cur >> 10} of {end >> 10} KiB")
+            async for cur, end in job.progress():  # the last sample is where the job ended
+                if end:  # (0, 0): QEMU has not counted the work to do yet
+                    print(f"   active commit: {cur >> 10} of {end >> 10} KiB")
             step(f"active commit of everything into base, pivoted: {await job}")
             chain = [Path(image.path).name for image in await dom.block_chain("vda")]
             step(f"chain now {chain}; every byte still there: {verify(paths['base'])}")

@@ -83,6 +83,30 @@ async def test_guest_that_powers_off_unwatched_is_shut_off_on_reconnect(
         assert await dom.state() == (S.SHUTOFF, "shutdown")
 
 
+async def test_a_reboot_asked_of_one_controller_is_carried_out_by_the_next(
+        xml: XMLFactory, tmp_path: Path, guest_images: GuestImages, state_dir: Path) -> None:
+    import avirt
+
+    serial = tmp_path / "serial.log"
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        dom = await _boot(conn, xml, guest_images, serial, "reboot2")
+        pid = (state_dir / "run/reboot2/qemu.pid").read_text()
+        await dom.reboot()  # press the button, and leave at once
+    # The guest powers off while no controller watches: QEMU waits in runstate 'shutdown'.
+    await wait_for_serial(serial, "avirt-guest: poweroff")
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        dom = await conn.lookup("reboot2")
+        await wait_for_serial(serial, READY, count=2)  # booted again, as the reboot() asked
+        await wait_for_state(dom, S.RUNNING)
+        assert await dom.state() == (S.RUNNING, "booted")
+        assert (state_dir / "run/reboot2/qemu.pid").read_text() == pid
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:  # the reboot is done
+        dom = await conn.lookup("reboot2")
+        assert await dom.state() == (S.RUNNING, "booted")
+        await dom.shutdown(wait=60)  # a plain power-off now: no reboot is pending any more
+        assert await dom.state() == (S.SHUTOFF, "shutdown")
+
+
 async def test_on_poweroff_preserve_keeps_qemu_until_destroy(conn: Connection, xml: XMLFactory,
                                                              tmp_path: Path, guest_images: GuestImages,
                                                              state_dir: Path) -> None:

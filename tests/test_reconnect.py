@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,6 +110,48 @@ async def test_a_second_connection_to_a_held_state_directory_is_served_by_the_ho
     conn = await avirt.connect("qemu:///session", state_dir=state_dir)  # free again once closed
     assert conn.serving
     await conn.close()
+
+
+async def test_a_new_controller_reports_the_reasons_the_old_one_knew(state_dir: Path,
+                                                                    xml: XMLFactory) -> None:
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        booted = await conn.define_xml(xml("why-booted"))
+        await booted.start()
+        resumed = await conn.define_xml(xml("why-resumed"))
+        await resumed.start()
+        await resumed.suspend()
+        await resumed.resume()
+        paused = await conn.create_xml(xml("why-paused"), paused=True)
+        before = {d.name: await d.state() for d in (booted, resumed, paused)}
+    assert before == {"why-booted": (S.RUNNING, "booted"), "why-resumed": (S.RUNNING, "unpaused"),
+                      "why-paused": (S.PAUSED, "user")}
+    assert json.loads((state_dir / "run/why-resumed/state.json").read_text()) == {
+        "state": "running", "reason": "unpaused", "reboot": False}
+
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        after = {name: await (await conn.lookup(name)).state() for name in before}
+        assert after == before
+        dom = await conn.lookup("why-booted")
+        await dom.suspend()  # a change made by this controller is what the next one reads
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        assert await (await conn.lookup("why-booted")).state() == (S.PAUSED, "user")
+        for name in before:
+            await (await conn.lookup(name)).destroy()
+
+
+async def test_a_state_that_changed_unwatched_takes_qemus_word(state_dir: Path, xml: XMLFactory) -> None:
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        await (await conn.define_xml(xml("unwatched"))).start()
+    # The saved reason belongs to the saved state: a guest paused since then is not "booted" any more.
+    (state_dir / "run/unwatched/state.json").write_text('{"state": "paused", "reason": "ioerror"}')
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        dom = await conn.lookup("unwatched")
+        assert await dom.state() == (S.RUNNING, "unknown")
+    (state_dir / "run/unwatched/state.json").write_text("{not json")  # unreadable: QEMU's word alone
+    async with avirt.connect("qemu:///session", state_dir=state_dir) as conn:
+        dom = await conn.lookup("unwatched")
+        assert await dom.state() == (S.RUNNING, "unknown")
+        await dom.destroy()
 
 
 def _pid(state_dir: Path, name: str) -> int:

@@ -17,7 +17,7 @@ import msgpack
 import pytest
 from anyio.abc import UNIXSocketStream
 
-from avirt.errors import AvirtError, SharedImageError
+from avirt.errors import AvirtError, InvalidArgumentError, SharedImageError
 from avirt.rpc import Lost, Peer, PeerClosedError
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +62,9 @@ class Server:
 
     async def broken(self) -> None:
         raise KeyError("an internal slip")
+
+    async def huge(self) -> int:
+        return 2**70
 
     async def count(self, n: int, key: str) -> AsyncIterator[Any]:
         try:
@@ -196,3 +199,12 @@ async def test_a_peer_that_breaks_the_protocol_loses_its_own_connection_only(dat
             assert victim.closed_because is not None and why in victim.closed_because
             a.close()
         assert await client.call("echo", "unaffected") == ["unaffected"]
+
+
+async def test_what_the_wire_cannot_carry_is_an_argument_error_and_the_connection_goes_on() -> None:
+    async with connected(Server()) as (client, _):
+        with pytest.raises(InvalidArgumentError, match="echo's arguments"):
+            await client.call("echo", "bad \udcff bytes")
+        with pytest.raises(InvalidArgumentError, match="the answer to request"):
+            await client.call("huge")
+        assert await client.call("echo", "fine") == ["fine"]

@@ -12,6 +12,7 @@ A remote host can become unreachable: its operations then raise :class:`~avirt.e
 from __future__ import annotations
 
 import socket
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,19 @@ class Host(ABC):
         raise HostError(f"cannot pick a free port on {self}: give the port in the definition")
 
     @abstractmethod
+    async def short_dir(self) -> str:
+        """A short directory of this host's user, for paths that must be short (unix socket addresses).
+
+        It is ``/tmp/avirt-<uid>``, made (mode 0700) if missing. An existing one is used only if it is a
+        real directory owned by the user and closed to everyone else, since whoever can write into it could
+        redirect the links kept there; anything else is a :class:`~avirt.errors.HostError` naming it.
+        """
+
+    @abstractmethod
+    async def symlink(self, target: str, link: str) -> None:
+        """Make ``link`` a symbolic link to ``target``, atomically replacing whatever ``link`` was."""
+
+    @abstractmethod
     async def exists(self, path: str) -> bool: ...
 
     @abstractmethod
@@ -224,6 +238,18 @@ class Host(ABC):
 
     async def aclose(self) -> None:
         """Release whatever the host holds open (connections, locks)."""
+
+
+def private_dir_problem(mode: int, owner: int, uid: int) -> str | None:
+    """What makes a directory unfit to be a user's private one (None: it is fit); see
+    :meth:`Host.short_dir`."""
+    if not stat.S_ISDIR(mode):
+        return "is not a directory"
+    if owner != uid:
+        return f"belongs to uid {owner}, not to uid {uid}"
+    if stat.S_IMODE(mode) & 0o077:
+        return f"is open to others (mode {stat.S_IMODE(mode):04o}, not 0700)"
+    return None
 
 
 def expand_cpuset(cpuset: str) -> set[int]:

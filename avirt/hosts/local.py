@@ -27,7 +27,7 @@ import anyio.to_thread
 from anyio.abc import Process
 
 from avirt.errors import HostError
-from avirt.hosts.base import FileStamp, FileWatch, Host, RunResult
+from avirt.hosts.base import FileStamp, FileWatch, Host, RunResult, private_dir_problem
 from avirt.hosts.inotify import InotifyWatch
 
 
@@ -157,6 +157,14 @@ class LocalHost(Host):
             port: int = probe.getsockname()[1]
         return port
 
+    async def short_dir(self) -> str:
+        path = f"/tmp/avirt-{os.getuid()}"  # not $TMPDIR: that may be as long as the paths this shortens
+        await anyio.to_thread.run_sync(_private_dir, path)
+        return path
+
+    async def symlink(self, target: str, link: str) -> None:
+        await anyio.to_thread.run_sync(_symlink, target, link)
+
     async def exists(self, path: str) -> bool:
         return await anyio.Path(path).exists()
 
@@ -232,6 +240,27 @@ def _write_atomic(path: str, data: bytes, mode: int, durable: bool) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _private_dir(path: str) -> None:
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        st = os.lstat(path)
+    except OSError as e:
+        raise HostError(f"cannot create {path}: {e.strerror}") from None
+    problem = private_dir_problem(st.st_mode, st.st_uid, os.getuid())
+    if problem:
+        raise HostError(f"{path} {problem}: it cannot hold avirt's short socket links")
+
+
+def _symlink(target: str, link: str) -> None:
+    with contextlib.suppress(OSError):
+        if os.readlink(link) == target:
+            return
+    tmp = f"{link}.{os.urandom(4).hex()}~"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
 
 
 def _stat_files(paths: list[str]) -> dict[str, FileStamp]:

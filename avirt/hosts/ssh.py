@@ -41,7 +41,7 @@ import anyio
 import asyncssh
 
 from avirt.errors import HostError
-from avirt.hosts.base import FileStamp, Host, RunResult
+from avirt.hosts.base import FileStamp, Host, RunResult, private_dir_problem
 from avirt.hosts.sshio import RemoteProcess, bridge
 from avirt.tasks import TaskOwner
 
@@ -105,6 +105,7 @@ class SSHHost(Host):
         self._tasks = TaskOwner()
         self._closing = False
         self.clock_ticks = 100
+        self._uid: int | None = None
 
     # -- the connection ----------------------------------------------------------------------------------
 
@@ -387,6 +388,41 @@ class SSHHost(Host):
                 with contextlib.suppress(asyncssh.Error):
                     await sftp.remove(tmp)
                 raise HostError(f"{self.name}: cannot write {path}: {e.reason}") from None
+
+    async def short_dir(self) -> str:
+        if self._uid is None:
+            result = await self.run(["id", "-u"])
+            if result.returncode != 0 or not result.stdout.strip().isdigit():
+                raise HostError(f"{self.name}: cannot tell the user's uid: {result.stderr.strip()}")
+            self._uid = int(result.stdout)
+        path = f"/tmp/avirt-{self._uid}"
+        async with self._remote(f"creating {path}"):
+            sftp = self._files()
+            with contextlib.suppress(asyncssh.SFTPFailure):  # it exists (OpenSSH says no more than that)
+                await sftp.mkdir(path, asyncssh.SFTPAttrs(permissions=0o700))
+            try:
+                attrs = await sftp.lstat(path)
+            except asyncssh.SFTPError as e:
+                raise HostError(f"{self.name}: cannot create {path}: {e.reason}") from None
+        problem = private_dir_problem(attrs.permissions or 0, attrs.uid or 0, self._uid)
+        if problem:
+            raise HostError(f"{self.name}: {path} {problem}: it cannot hold avirt's short socket links")
+        return path
+
+    async def symlink(self, target: str, link: str) -> None:
+        tmp = f"{link}.{secrets.token_hex(4)}~"
+        async with self._remote(f"linking {link}"):
+            sftp = self._files()
+            with contextlib.suppress(asyncssh.SFTPError):
+                if await sftp.readlink(link) == target:
+                    return
+            try:
+                await sftp.symlink(target, tmp)
+                await sftp.posix_rename(tmp, link)
+            except asyncssh.SFTPError as e:
+                with contextlib.suppress(asyncssh.Error):
+                    await sftp.remove(tmp)
+                raise HostError(f"{self.name}: cannot link {link} to {target}: {e.reason}") from None
 
     async def exists(self, path: str) -> bool:
         async with self._remote(f"looking at {path}"):

@@ -87,7 +87,7 @@ class ImageJobRunner:
                     return None
             await on_success()
             self._progress[job.id] = (size, size)
-            job.conclude(BlockJobStatus.COMPLETED)
+            job.conclude(BlockJobStatus.COMPLETED, progress=(size, size))
             return None
         except AvirtError as e:
             if job.id in self._cancelled:

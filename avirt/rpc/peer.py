@@ -40,7 +40,7 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup
 
 from avirt import errors
-from avirt.errors import AvirtError, ControllerGoneError
+from avirt.errors import AvirtError, ControllerGoneError, InvalidArgumentError
 from avirt.rpc.messages import (
     MAX_MESSAGE,
     Decoder,
@@ -233,7 +233,11 @@ class Peer:
     # -- the connection -----------------------------------------------------------------------------------
 
     async def _send(self, message: Message) -> None:
-        data = encode(message)
+        try:
+            data = encode(message)
+        except (UnicodeEncodeError, TypeError, ValueError, OverflowError) as e:
+            # A value msgpack cannot carry: lone surrogates (os.fsdecode's), an integer past 64 bits...
+            raise InvalidArgumentError(f"cannot send {_what(message)}: {e}") from None
         async with self._send_lock:
             try:
                 await self._stream.send(data)
@@ -332,7 +336,10 @@ class Peer:
             return
         with anyio.CancelScope(shield=True):
             try:
-                await self._send(Response(request.id, error, result))
+                try:
+                    await self._send(Response(request.id, error, result))
+                except InvalidArgumentError as e:  # a result the wire cannot carry: the caller learns why
+                    await self._send(Response(request.id, error_to_wire(e), None))
             except PeerClosedError:
                 pass
 
@@ -358,6 +365,12 @@ def error_from_wire(error: Any) -> AvirtError:
     if isinstance(attrs, dict):
         instance.__dict__.update({k: v for k, v in attrs.items() if isinstance(k, str)})
     return instance
+
+
+def _what(message: Message) -> str:
+    if isinstance(message, Response):
+        return f"the answer to request {message.id}"
+    return f"{message.method}'s arguments"
 
 
 def _request_id(message: Notification) -> int:

@@ -20,18 +20,22 @@ controller.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 
 from avirt.drivers.base import DomainRef, Driver
+from avirt.drivers.qemu.state import served_socket
+from avirt.errors import InvalidXMLError
 from avirt.events.bus import EventBus
+from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
 from avirt.rpc import Lost, Peer, PeerClosedError
 from avirt.served import wire
-from avirt.served.server import PROTOCOL, socket_path
+from avirt.served.server import PROTOCOL
 from avirt.tasks import TaskOwner
 
 __all__ = ["ClientDriver"]
@@ -42,7 +46,8 @@ class ClientDriver(Driver):
     def __init__(self, uri: str, state_dir: str, *, bus: EventBus | None = None,
                  on_lost: Callable[[], None] | None = None) -> None:
         self.uri = uri
-        self.path = socket_path(state_dir)
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, "avirt.sock")
         self._tasks = TaskOwner()
         self._own_bus = bus is None
         self.bus = EventBus(self._tasks) if bus is None else bus
@@ -54,6 +59,7 @@ class ClientDriver(Driver):
     async def open(self) -> None:
         """Connect and greet the controller; OSError if nobody listens, PeerClosedError if it hung up."""
         await self._tasks.open()
+        self.path = await served_socket(LocalHost(), self.state_dir)
         stream = await anyio.connect_unix(self.path)
         ready = anyio.Event()
         self._tasks.start_soon(self._run, stream, ready, name="served-client")
@@ -144,10 +150,10 @@ class ClientDriver(Driver):
         return dict(await self._call("capabilities"))
 
     async def define_xml(self, xml: str) -> DomainRef:
-        return wire.ref_from(await self._call("define_xml", xml=xml))
+        return wire.ref_from(await self._call("define_xml", xml=_sendable(xml)))
 
     async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
-        return wire.ref_from(await self._call("create_xml", xml=xml, paused=paused))
+        return wire.ref_from(await self._call("create_xml", xml=_sendable(xml), paused=paused))
 
     async def lookup(self, name_or_uuid: str) -> DomainRef:
         return wire.ref_from(await self._call("lookup", name_or_uuid=name_or_uuid))
@@ -231,3 +237,14 @@ class ClientDriver(Driver):
     async def set_metadata(self, name: str, uri: str, element: str | None, *, live: bool,
                            config: bool) -> None:
         await self._call("set_metadata", name=name, uri=uri, element=element, live=live, config=config)
+
+
+def _sendable(xml: str) -> str:
+    """A document the wire can carry: lone surrogates (os.fsdecode's undecodable bytes) are refused here,
+    with the error the controller's parser would give, since msgpack cannot encode them."""
+    if isinstance(xml, str):
+        try:
+            xml.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidXMLError(f"the document is not valid Unicode: {e.reason}", None) from None
+    return xml

@@ -32,14 +32,16 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
 from avirt.drivers.base import Driver
+from avirt.drivers.qemu.state import served_socket
 from avirt.errors import EventsLostError, OperationInvalidError
 from avirt.events.bus import EventStream
+from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob
 from avirt.rpc import Lost, Peer
 from avirt.served import wire
 from avirt.tasks import TaskOwner
 
-__all__ = ["PROTOCOL", "Server", "socket_path"]
+__all__ = ["PROTOCOL", "Server"]
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,6 @@ PROTOCOL = 1
 
 #: How many events a client may fall behind before it loses the oldest (the bus's queue for it).
 CLIENT_EVENT_QUEUE = 4096
-
-
-def socket_path(state_dir: str) -> str:
-    return os.path.join(state_dir, "avirt.sock")
 
 
 def _ref(value: Any) -> Any:
@@ -79,13 +77,15 @@ _JOB_CALLS = ("block_commit", "block_pull", "block_copy", "block_job")
 class Server:
     def __init__(self, driver: Driver, state_dir: str) -> None:
         self.driver = driver
-        self.path = socket_path(state_dir)
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, "avirt.sock")
         self._tasks = TaskOwner()
         self._listener: Any = None
         self._clients = 0
 
     async def open(self) -> None:
         """Listen (replacing the socket of a controller that ended without removing it)."""
+        self.path = await served_socket(LocalHost(), self.state_dir)
         try:
             os.unlink(self.path)
         except FileNotFoundError:

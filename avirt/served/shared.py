@@ -38,7 +38,7 @@ import anyio
 
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
-from avirt.errors import ConnectionLockedError, ControllerGoneError
+from avirt.errors import ConnectionLockedError, ControllerGoneError, HostError
 from avirt.events.bus import EventBus
 from avirt.events.model import BlockJobStatus
 from avirt.hosts.local import LocalHost
@@ -140,7 +140,7 @@ class SharedDriver(Driver):
         server = Server(holder, self.state_dir)
         try:
             await server.open()
-        except OSError as e:  # the guests are this program's all the same; the others cannot join
+        except (OSError, HostError) as e:  # the guests are this program's all the same; others cannot join
             log.warning("cannot serve the state directory to other programs on %s: %s", server.path, e)
         else:
             self._server = server

@@ -70,6 +70,10 @@ async def test_bad_xml_is_refused_and_defines_nothing(world: World) -> None:
     assert unsupported.value.items == ["/domain/devices/smartcard"]
     with pytest.raises(UnsupportedError):
         await world.conn.create_xml(world.xml("x2", extra_devices="<smartcard mode='host'/>"))
+    undecodable = world.xml("x4").replace("</name>", "\udce9</name>")  # os.fsdecode's bad bytes
+    for call in (world.conn.define_xml, world.conn.create_xml):
+        with pytest.raises(InvalidXMLError, match="not valid Unicode"):
+            await call(undecodable)
     assert await world.conn.list_domains() == []
 
 

@@ -123,6 +123,7 @@ async def test_which_definitions_a_call_may_change(world: World) -> None:
     (APP, "<a/><b/>", "app", InvalidXMLError, "one element, not 2"),
     (APP, "", "app", InvalidXMLError, "empty"),
     (APP, "just text", "app", InvalidXMLError, "malformed"),
+    (APP, "<app>caf\udce9</app>", "app", InvalidXMLError, "not valid Unicode"),  # os.fsdecode's bad bytes
     (APP, "<app/>", None, ValueError, "prefix"),
     (APP, "<app/>", "1st", ValueError, "not an XML name"),
     (APP, "<app/>", "a:b", ValueError, "not an XML name"),

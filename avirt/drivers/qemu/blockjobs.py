@@ -253,12 +253,13 @@ class OnlineJobs:
                     self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
         elif name == "JOB_STATUS_CHANGE" and data.get("status") == "standby":
             job.set_phase(JobPhase.STANDBY)
-        elif name == "BLOCK_JOB_COMPLETED":
-            job.plan["outcome"] = (BlockJobStatus.FAILED if data.get("error") else BlockJobStatus.COMPLETED,
-                                   data.get("error"))
-            self._ended_at[job.id] = timestamp_of(msg)
-        elif name == "BLOCK_JOB_CANCELLED":
-            job.plan["outcome"] = (BlockJobStatus.CANCELED, None)
+        elif name in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
+            if name == "BLOCK_JOB_CANCELLED":
+                job.plan["outcome"] = (BlockJobStatus.CANCELED, None)
+            else:
+                error = data.get("error")
+                job.plan["outcome"] = (BlockJobStatus.FAILED if error else BlockJobStatus.COMPLETED, error)
+            job.plan["final"] = (int(data.get("offset", 0)), int(data.get("len", 0)))  # progress() ends there
             self._ended_at[job.id] = timestamp_of(msg)
         elif name == "JOB_STATUS_CHANGE" and data.get("status") == "concluded":
             self._driver._tasks.start_soon(self._finish, guest, job, name=f"finish-{job.id}")
@@ -431,7 +432,7 @@ class OnlineJobs:
     def _end(self, guest: Guest, job: BlockJob, status: BlockJobStatus, error: str | None) -> None:
         """Conclude the handle, then announce it: a BlockJobEvent with a final status means that the
         chain, the XML and jobs.json already say what the job did. It carries QEMU's time of the end."""
-        job.conclude(status, error)
+        job.conclude(status, error, progress=job.plan.get("final"))
         self._driver.announce_job(guest, job, self._ended_at.pop(job.id, None))
 
     # -- JobBackend --------------------------------------------------------------------------------------

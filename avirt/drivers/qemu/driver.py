@@ -33,7 +33,7 @@ from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.process import QemuProcess
-from avirt.drivers.qemu.state import StateDir
+from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
 from avirt.errors import (
     DomainExistsError,
     DomainStartError,
@@ -115,6 +115,8 @@ class QemuDriver(Driver):
         self._closing = True  # events that still arrive start no follow-up work
         if self._own_bus:
             self.bus.close()
+        for guest in self._guests.values():  # the next controller reads what this one last knew
+            await self._save(guest)
         await self._tasks.aclose()
         self.images.close()
         for guest in self._guests.values():
@@ -252,23 +254,28 @@ class QemuDriver(Driver):
         # would leave a QEMU that nothing tracks. (Every step in the shield has its own timeout.)
         with anyio.CancelScope(shield=True):
             await self.files.prepare_run(name, domain_to_xml(cfg))
+            sockets = self.files.run_dir(name)  # until its short link is known (see state.py)
             try:
+                try:
+                    sockets = await self.files.socket_dir(name)
+                except HostError as e:
+                    raise DomainStartError(f"cannot start domain '{name}': {e}") from None
                 if cfg.tpms:
                     await tpm.start(self.host, cfg, state_dir=self.files.tpm_dir(cfg.uuid),
-                                    run_dir=self.files.run_dir(name))
-                await virtiofs.start(self.host, cfg, self.files.run_dir(name))
+                                    run_dir=self.files.run_dir(name), sockets=sockets)
+                await virtiofs.start(self.host, cfg, sockets)
                 process = await QemuProcess.spawn(
                     self.host, name,
                     lambda socket: build_argv(cfg, chains=chains, accel=accel, monitor=socket,
                                               pidfile=self.files.pidfile(name),
-                                              run_dir=self.files.run_dir(name), spice_port=spice_port),
-                    qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
+                                              run_dir=sockets, spice_port=spice_port),
+                    qmp_socket=await self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
                     log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
                 )
             except DomainStartError as e:
                 if cfg.tpms:
                     await tpm.stop(self.host, self.files.run_dir(name))
-                servers = await virtiofs.stop(self.host, cfg, self.files.run_dir(name))
+                servers = await virtiofs.stop(self.host, cfg, sockets)
                 await self.files.clear_run(name)
                 if servers:  # the run directory is gone: say now what the file servers said
                     raise DomainStartError(str(e), servers) from None
@@ -380,6 +387,7 @@ class QemuDriver(Driver):
         async with guest.lock:
             guest.require("reboot")
             guest.reboot_pending = True
+            await self._save(guest)  # the intent is on disk before the guest can act on it
             await self._monitor(guest).execute("system_powerdown")
 
     async def reset(self, name: str) -> None:
@@ -693,7 +701,7 @@ class QemuDriver(Driver):
             await self.host.wait_reconnected()
             try:
                 resumed = await QemuProcess.attach(
-                    self.host, guest.name, qmp_socket=self.files.qmp_socket(guest.name),
+                    self.host, guest.name, qmp_socket=await self.files.qmp_socket(guest.name),
                     pidfile=self.files.pidfile(guest.name),
                     on_event=lambda msg: self._on_qmp_event(guest, msg))
                 if resumed is None:
@@ -759,7 +767,33 @@ class QemuDriver(Driver):
     def _new_guest(self, name: str, uuid: str, definition: DomainConfig | None) -> Guest:
         guest = Guest(name, uuid, definition)
         guest.on_lifecycle = lambda type, detail: self._announce(guest, type, detail)
+        guest.on_change = lambda: self._save_soon(guest)
         return guest
+
+    def _save_soon(self, guest: Guest) -> None:
+        """Persist the guest's state in the background; a write already queued takes this change too."""
+        if guest.process is None or guest.saving or self._closing:
+            return
+        guest.saving = True
+        self._tasks.start_soon(self._save, guest, name=f"save-{guest.name}")
+
+    async def _save(self, guest: Guest) -> None:
+        """Write state.json until it holds what the guest is now. One writer at a time per guest, and
+        each writes the newest state: writes never land out of order, and a burst of changes costs one
+        or two writes."""
+        async with guest.save_lock:
+            guest.saving = False  # from here on, a change queues another round
+            try:
+                while guest.process is not None:
+                    wanted = guest.to_save()
+                    if wanted == guest.saved:
+                        return
+                    await self.files.write_state(guest.name, wanted)
+                    guest.saved = wanted
+            except (OSError, HostError) as e:
+                # Its QEMU ended and took the run directory along, or the host is unreachable (the next
+                # controller then reads the last state written, and QEMU's runstate corrects it).
+                log.info("domain %s: state.json not written: %s", guest.name, e)
 
     def _announce(self, guest: Guest, type: LifecycleType, detail: str) -> None:
         self.bus.emit(LifecycleEvent, guest.name, guest.uuid, self._event_time, type=type, detail=detail)
@@ -813,7 +847,8 @@ class QemuDriver(Driver):
         process = None
         if live is not None and guest is not None:
             process = await QemuProcess.attach(
-                self.host, name, qmp_socket=self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
+                self.host, name, qmp_socket=await self.files.qmp_socket(name),
+                pidfile=self.files.pidfile(name),
                 on_event=lambda msg: self._on_qmp_event(guest, msg))
         if process is None or live is None or guest is None:
             log.info("domain %s: its QEMU is gone; cleaning its run directory", name)
@@ -822,19 +857,26 @@ class QemuDriver(Driver):
                 known.set_state(DomainState.SHUTOFF, "unknown", announce=False)
             return
         self._guests[name] = guest
+        saved = await self.files.read_state(name)
         guest.began(process, live, {})
         self.images.running(name, lambda: guest.chains)
+        guest.saving = True  # nothing to write until the state is known again
         guest.set_state(DomainState.RUNNING, "unknown", announce=False)
         self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
-        if process.monitor.connected:
+        if not process.monitor.connected:
+            guest.saving = False
+            return
+        try:
             await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with node names
             await self.jobs.reattach(guest)
             status = await process.monitor.execute("query-status")
-            guest.set_state(*STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown")),
-                            announce=False)
-            if guest.state is DomainState.SHUTDOWN:  # it powered off while nobody watched
-                guest.exit_reason = "shutdown"
-                await process.monitor.execute("quit")
+            guest.restore(saved, status["status"])
+        finally:
+            guest.saving = False
+        self._save_soon(guest)
+        if guest.state is DomainState.SHUTDOWN and (saved is None or saved.state != "shutdown"):
+            # It powered off while nobody watched: do now what the controller that watched would have.
+            self._tasks.start_soon(self._react, guest, guest.missed_shutdown(), name=f"react-{name}")
 
 
 def _machines(help_text: str) -> tuple[dict[str, str], list[str]]:
@@ -875,6 +917,11 @@ def startable(cfg: DomainConfig) -> str | None:
     spice = any(g.type == "spice" for g in cfg.graphics)
     if not spice and (cfg.redirdevs or any(c.type == "spicevmc" for c in cfg.chardevs)):
         return "spicevmc channels and USB redirection need <graphics type='spice'>"
+    for char in cfg.chardevs:  # a path the definition gives cannot be shortened behind its owner's back
+        if char.type == "unix" and char.path and len(os.fsencode(char.path)) > SOCKET_PATH_MAX:
+            return (f"the {char.kind} socket path {char.path} is {len(os.fsencode(char.path))} bytes, over "
+                    f"the kernel's limit of {SOCKET_PATH_MAX} for a unix socket; give a shorter one, or none "
+                    "(avirt then picks one in the run directory)")
     if any(v.accel3d == "yes" for v in cfg.videos):
         return "3D acceleration (accel3d='yes') needs an OpenGL display, which avirt does not provide"
     return None

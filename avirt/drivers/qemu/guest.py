@@ -31,6 +31,7 @@ from avirt.config.model import DomainConfig
 from avirt.drivers.base import DomainRecord
 from avirt.drivers.qemu.cmdline import Layer
 from avirt.drivers.qemu.process import QemuProcess
+from avirt.drivers.qemu.state import SavedState
 from avirt.events.model import JobKind, LifecycleType
 from avirt.events.translate import Names, lifecycle_for
 from avirt.models import DomainState
@@ -84,6 +85,13 @@ class Guest(DomainRecord):
     refine_again: bool = False
     #: Receives each lifecycle event this guest's state changes stand for.
     on_lifecycle: Callable[[LifecycleType, str], None] | None = None
+    #: Called after every change of the state or its reason (the driver persists them in state.json).
+    on_change: Callable[[], None] | None = None
+    #: What the run directory's state.json holds now (None: nothing written yet).
+    saved: SavedState | None = None
+    #: A write of state.json is queued (QemuDriver._save_soon), and the one writer at a time.
+    saving: bool = False
+    save_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
     #: How QEMU's node names and job ids map to this guest's disks (for the event translation).
     names: Names = field(init=False)
 
@@ -110,6 +118,8 @@ class Guest(DomainRecord):
         """
         changed = (state, reason) != (self.state, self.reason)
         self.state, self.reason = state, reason
+        if changed and self.on_change is not None:
+            self.on_change()
         if announce and changed and self.on_lifecycle is not None:
             event = lifecycle_for(state, reason)
             if event is not None:
@@ -122,6 +132,32 @@ class Guest(DomainRecord):
         self.exit_reason = None
         self.expect_stop = self.reboot_pending = False
         self.pause_cause = None
+        self.saved = None
+
+    def to_save(self) -> SavedState:
+        """What state.json must hold now: the state, its reason, and the intents QEMU does not keep."""
+        return SavedState(self.state.value, self.reason, self.reboot_pending)
+
+    def restore(self, saved: SavedState | None, status: str) -> None:
+        """After a re-attach: the state from QEMU's runstate ``status``, with the reason (and the pending
+        reboot) a controller saved, as long as the state is still the one it saved."""
+        state, reason = STATUS_TO_STATE.get(status, (S.PAUSED, "unknown"))
+        if saved is not None:
+            self.reboot_pending = saved.reboot
+            if saved.state == state.value:
+                reason = saved.reason
+        self.saved = saved
+        self.set_state(state, reason, announce=False)
+
+    def missed_shutdown(self) -> Reaction:
+        """QEMU waits in runstate shutdown and no controller saw it get there: what the one that watched
+        would have done then. A pending reboot is carried out; otherwise the guest is done (a guest that
+        on_poweroff='preserve' kept there was saved as SHUTDOWN, which ``restore`` keeps)."""
+        if self.reboot_pending:
+            self.reboot_pending = False
+            return Reaction.RESTART
+        self.exit_reason = "shutdown"
+        return Reaction.QUIT
 
     def ended(self) -> None:
         """The QEMU is gone: SHUTOFF with the reason its end was given; nobody gave one -> it failed."""

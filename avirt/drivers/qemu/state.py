@@ -8,21 +8,100 @@ Layout (see ``ARCHITECTURE.md``)::
       domains/<name>/chains.json  its disks' backing chains as the image index last read them
       run/<name>/                 exists exactly while QEMU may be running; mode 0700
         live.xml                  the definition the running QEMU was started with
+        state.json                the state's reason and the pending intents (see below)
         qmp.sock                  the QMP monitor socket, mode 0600
         qemu.pid, qemu.log
+
+    /tmp/avirt-<uid>/<hash>       a short link to run/<name>/, only while its socket paths would be too long
 
 Because a guest outlives the controller that started it, a new controller learns everything from here: the
 names under ``run/`` are the guests that may still run, their ``live.xml`` says what they are. Every file
 is written atomically (temp file, fsync, rename) through the host, so a crash never leaves half a file.
+
+**state.json** keeps what QEMU cannot tell a new controller: ``query-status`` says "running" but not
+whether the guest booted, was resumed or woke up, and nothing in QEMU remembers that a ``reboot()`` was
+asked for. It is small JSON, ``{"state": "running", "reason": "booted", "reboot": false}``, rewritten
+whenever one of them changes (atomically, not fsynced: like live.xml it describes a QEMU that a host
+crash ends anyway).
+
+**Socket paths of any length.** A unix socket's address holds at most 107 bytes (``sun_path`` is 108
+with its NUL), and QEMU, swtpm and sshd's socket forwarding all bind or connect by path. A state directory
+deep in a CI workspace, plus a domain name of up to 64 characters, passes that easily. When a run
+directory's socket paths would not fit, its sockets are bound and reached through a short symbolic link
+to it instead, ``/tmp/avirt-<uid>/<hash>`` (the first 16 hex digits of the SHA-256 of the run directory's
+absolute path): the kernel follows the link while it resolves the path, so the socket files still live in
+the run directory. The link works the same for every binder (avirt's pre-bound monitor socket, QEMU's own
+channel sockets, swtpm) and on every host (the remote one over SSH too), which binding through a directory
+descriptor would not. It is made with the run directory, made again by a controller that finds it gone
+(a /tmp cleaner), and removed with the run directory; its name is a pure function of the path, so a new
+controller computes it again. The directory is in /tmp, not $TMPDIR (which may itself be long) nor
+$XDG_RUNTIME_DIR (which systemd empties when the user's last session ends, while guests run on), and is
+used only if it is the user's own, mode 0700: whoever could write there could point a link elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
+from dataclasses import asdict, dataclass
 
-from avirt.errors import ConnectionLockedError
+from avirt.errors import ConnectionLockedError, HostError
 from avirt.hosts.base import Host
+
+#: The longest address a unix socket can have, in bytes (``sun_path`` is 108 bytes with its NUL).
+SOCKET_PATH_MAX = 107
+#: Room kept after a run directory for a socket's own name (the longest, ``ch<N>.sock``, takes about 11).
+SOCKET_NAME_ROOM = 16
+
+
+def sockets_fit(directory: str) -> bool:
+    """Whether every socket avirt puts in ``directory`` has a path the kernel accepts."""
+    return len(os.fsencode(directory)) + 1 + SOCKET_NAME_ROOM <= SOCKET_PATH_MAX
+
+
+def link_name(run_dir: str) -> str:
+    """The short link's name for a run directory: stable, so that any controller computes it again."""
+    return hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """What ``state.json`` holds: the state and its reason as the controller last knew them, and whether a
+    reboot it asked for is still to be carried out."""
+
+    state: str
+    reason: str
+    reboot: bool = False
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, text: str | None) -> SavedState | None:
+        """None for a missing or unreadable file (an older controller's run directory): QEMU's word then."""
+        try:
+            data = json.loads(text or "")
+            return cls(str(data["state"]), str(data["reason"]), bool(data.get("reboot", False)))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+async def served_socket(host: Host, state_dir: str) -> str:
+    """Where the holder of ``state_dir`` serves it to other programs (``avirt.served``): ``avirt.sock`` in
+    it, reached through a short link to the state directory when that path would be too long. The link
+    stays: it names the state directory, which outlives every controller, and any of them may need it."""
+    if sockets_fit(state_dir):
+        return os.path.join(state_dir, "avirt.sock")
+    try:
+        link = os.path.join(await host.short_dir(), link_name(state_dir))
+        await host.symlink(state_dir, link)
+    except (HostError, OSError) as e:
+        raise HostError(f"the state directory {state_dir} ({len(os.fsencode(state_dir))} bytes) is too deep "
+                        f"for a socket path (at most {SOCKET_PATH_MAX} bytes), and no short link to it can "
+                        f"be made: {getattr(e, 'strerror', None) or e}") from None
+    return os.path.join(link, "avirt.sock")
 
 
 class StateDir:
@@ -84,8 +163,23 @@ class StateDir:
     def run_dir(self, name: str) -> str:
         return os.path.join(self._run, name)
 
-    def qmp_socket(self, name: str) -> str:
-        return os.path.join(self._run, name, "qmp.sock")
+    async def socket_dir(self, name: str) -> str:
+        """Where the sockets of ``name``'s run directory are bound and reached: the run directory when
+        their paths fit, else its short link (made here, or made again if it went missing)."""
+        run = self.run_dir(name)
+        if sockets_fit(run):
+            return run
+        try:
+            link = os.path.join(await self.host.short_dir(), link_name(run))
+            await self.host.symlink(run, link)
+        except (HostError, OSError) as e:
+            raise HostError(f"the socket paths under {run} ({len(os.fsencode(run))} bytes) pass the kernel's "
+                            f"limit of {SOCKET_PATH_MAX} bytes, and no short link to it can be made: "
+                            f"{getattr(e, 'strerror', None) or e}") from None
+        return link
+
+    async def qmp_socket(self, name: str) -> str:
+        return os.path.join(await self.socket_dir(name), "qmp.sock")
 
     def pidfile(self, name: str) -> str:
         return os.path.join(self._run, name, "qemu.pid")
@@ -112,5 +206,19 @@ class StateDir:
     async def write_jobs(self, name: str, text: str) -> None:
         await self.host.write_atomic(os.path.join(self._run, name, "jobs.json"), text, durable=False)
 
+    async def read_state(self, name: str) -> SavedState | None:
+        return SavedState.loads(await self.host.read_text(os.path.join(self._run, name, "state.json")))
+
+    async def write_state(self, name: str, saved: SavedState) -> None:
+        await self.host.write_atomic(os.path.join(self._run, name, "state.json"), saved.dumps(),
+                                     durable=False)
+
     async def clear_run(self, name: str) -> None:
-        await self.host.remove_tree(self.run_dir(name))
+        run = self.run_dir(name)
+        await self.host.remove_tree(run)
+        if not sockets_fit(run):
+            try:
+                short = await self.host.short_dir()
+            except HostError:
+                return  # a short directory that cannot be used holds no link of ours
+            await self.host.remove_tree(os.path.join(short, link_name(run)))

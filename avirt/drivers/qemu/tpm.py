@@ -26,8 +26,9 @@ def _pidfile(run_dir: str) -> str:
     return os.path.join(run_dir, "swtpm.pid")
 
 
-async def start(host: Host, cfg: DomainConfig, *, state_dir: str, run_dir: str) -> None:
-    """Make the TPM's state if it has none, then start swtpm listening on the run directory's socket."""
+async def start(host: Host, cfg: DomainConfig, *, state_dir: str, run_dir: str, sockets: str) -> None:
+    """Make the TPM's state if it has none, then start swtpm listening on the run directory's socket
+    (reached through ``sockets``, the run directory or its short link: see ``state.py``)."""
     tpm = cfg.tpms[0]
     version = ["--tpm2"] if (tpm.backend_version or "2.0") == "2.0" else []
     if not await host.exists(state_dir):
@@ -40,7 +41,7 @@ async def start(host: Host, cfg: DomainConfig, *, state_dir: str, run_dir: str) 
                                    f"(Debian: apt-get install swtpm-tools): {setup.stderr.strip()[-500:]}")
     result = await host.run([
         "swtpm", "socket", *version, "--daemon", "--terminate",
-        "--ctrl", f"type=unixio,path={tpm_socket(run_dir)},mode=0600",
+        "--ctrl", f"type=unixio,path={tpm_socket(sockets)},mode=0600",
         "--tpmstate", f"dir={state_dir},mode=0600",
         "--pid", f"file={_pidfile(run_dir)}",
         "--log", f"file={os.path.join(run_dir, 'swtpm.log')}",

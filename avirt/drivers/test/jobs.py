@@ -89,7 +89,7 @@ class SimulatedJobs:
         finally:
             del self._runs[job.id]
             on_end(job, status, error)
-            job.conclude(status, error)
+            job.conclude(status, error, progress=(run.cur, run.end))
 
     async def _advance(self, run: _Run) -> None:
         chunk = max(1, math.ceil(run.end / STEPS))
