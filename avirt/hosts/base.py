@@ -96,7 +96,10 @@ class Host(ABC):
         """Start a command (never through a shell) whose output is read as it runs, e.g. qemu-img -p.
 
         The caller owns the process: it reads ``stdout``/``stderr``, may ``send_signal``, and must
-        ``wait()`` for it (an async context manager closes its streams).
+        ``wait()`` for it (an async context manager closes its streams). The process does not outlive the
+        controller that spawned it: a controller that is killed takes it along (locally the kernel's
+        parent-death signal, on a remote host the loss of its channel), so no orphan goes on writing
+        images that nobody watches.
         """
 
     @abstractmethod

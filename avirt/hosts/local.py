@@ -5,6 +5,8 @@ loop polls, and file I/O that must fsync runs in a worker thread.
 
 Guests are started with ``setsid -f`` so that QEMU runs in its own session and is re-parented to init at
 once: it survives the controller, it never becomes our zombie, and no child watcher thread is spent on it.
+Commands whose output is read as they run (qemu-img of offline jobs) are the opposite: ``setpriv
+--pdeathsig`` ties them to the controller, so that they never outlive it.
 """
 
 from __future__ import annotations
@@ -47,10 +49,16 @@ class LocalHost(Host):
                          proc.stderr.decode(errors="replace"))
 
     async def spawn(self, argv: Sequence[str]) -> Process:
+        # setpriv asks the kernel for SIGKILL when the thread that forked it (the event loop's) ends, then
+        # becomes the command: a controller killed mid-job leaves no qemu-img behind, writing and holding
+        # locks. (A controller killed in the microsecond before setpriv's prctl would miss it: the job's
+        # record names the pid, and the next controller ends such a survivor.) A missing command is setpriv's
+        # exit status 127, with its message on stderr.
         try:
-            return await anyio.open_process(list(argv), stdin=DEVNULL, start_new_session=True)
+            return await anyio.open_process(["setpriv", "--pdeathsig", "KILL", "--", *argv], stdin=DEVNULL,
+                                            start_new_session=True)
         except OSError as e:
-            raise HostError(f"cannot run {argv[0]}: {e.strerror}") from e
+            raise HostError(f"cannot run setpriv (util-linux) for {argv[0]}: {e.strerror}") from e
 
     async def start_detached(
         self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str

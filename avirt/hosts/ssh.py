@@ -263,8 +263,11 @@ class SSHHost(Host):
         try:
             async with self._remote(f"{argv[0]}") as conn:
                 # The shell says its pid, then becomes the command: that pid is the command's, to signal.
-                process = await conn.create_process("echo $$; exec " + shlex.join(argv) + " </dev/null",
-                                                    encoding=None)
+                # setpriv ties the command to its sshd session, which ends with the connection: a lost or
+                # killed controller leaves no command running on (Host.spawn's promise).
+                process = await conn.create_process(
+                    "echo $$; exec setpriv --pdeathsig KILL -- " + shlex.join(argv) + " </dev/null",
+                    encoding=None)
                 pid = int((await process.stdout.readline()).strip() or -1)
         except BaseException:
             self._commands.release()

@@ -67,9 +67,11 @@ class ImageJobRunner:
         self._progress[job.id] = (0, size)
 
     async def run(self, job: BlockJob, steps: Sequence[Step], size: int,
-                  on_success: Callable[[], Awaitable[None]]) -> AvirtError | None:
+                  on_success: Callable[[], Awaitable[None]], *,
+                  on_spawn: Callable[[int, int], Awaitable[None]] | None = None) -> AvirtError | None:
         """Run ``steps`` for ``job`` (meant to be started as a task) and conclude the job; returns the
-        error that made it fail, if one did."""
+        error that made it fail, if one did. ``on_spawn(index, pid)`` hears of each step's process as
+        soon as it exists (a caller that records its jobs notes the pid)."""
         total = sum(step.weight for step in steps) or 1.0
         done = 0.0
         self._progress[job.id] = (0, size)
@@ -78,7 +80,7 @@ class ImageJobRunner:
                 def report(percent: float, before: float = done, weight: float = step.weight) -> None:
                     self._progress[job.id] = (int((before + weight * percent / 100) / total * size), size)
 
-                finished = await self._run_step(job, step, report)
+                finished = await self._run_step(job, step, report, number - 1, on_spawn)
                 done += step.weight
                 if job.id in self._cancelled and not (finished and number == len(steps)):
                     # A cancel that came after the last step had finished is too late: the work is done,
@@ -102,10 +104,19 @@ class ImageJobRunner:
             self._progress.pop(job.id, None)
             self._cancelled.discard(job.id)
 
-    async def _run_step(self, job: BlockJob, step: Step, report: Callable[[float], None]) -> bool:
+    async def _run_step(self, job: BlockJob, step: Step, report: Callable[[float], None], index: int,
+                        on_spawn: Callable[[int, int], Awaitable[None]] | None) -> bool:
         """Run one step; True if it ran to its end (status 0), False if a cancel stopped it."""
         process = await self.host.spawn(step.argv)
         self._processes[job.id] = process
+        if on_spawn is not None:
+            try:
+                await on_spawn(index, process.pid)
+            except BaseException:
+                process.kill()  # a step nobody may know of must not run on
+                with anyio.CancelScope(shield=True):
+                    await process.aclose()
+                raise
         if job.id in self._cancelled:  # abort() came before the process existed
             process.send_signal(signal.SIGTERM)
         stderr = bytearray()

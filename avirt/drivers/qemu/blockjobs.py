@@ -289,6 +289,11 @@ class OnlineJobs:
                         error = info.get("error")
                         status = (BlockJobStatus.CANCELED if error == "Operation canceled"
                                   else BlockJobStatus.FAILED if error else BlockJobStatus.COMPLETED)
+            # The result goes into jobs.json before QEMU forgets the job: a controller killed from here on
+            # leaves its successor the outcome (reattach), not a job that vanished.
+            job.plan["outcome"] = (status, error)
+            await self._record(guest, None)
+
             async def dismiss() -> None:
                 try:
                     await monitor.execute("job-dismiss", {"id": job.id})
@@ -349,6 +354,9 @@ class OnlineJobs:
     async def reattach(self, guest: Guest) -> None:
         """After a controller restart: rebuild the handles of the jobs recorded for this guest from what
         QEMU says of them now. A job that concluded while nobody watched is settled with its real result."""
+        # A controller killed between a job's end (or a snapshot) and its XML writes left live.xml and
+        # domain.xml behind QEMU: they follow the chains QEMU has open, as _finish would have made them.
+        await self._driver._chains_changed(guest)
         text = await self._driver.files.read_jobs(guest.name)
         records: dict[str, Any] = json.loads(text) if text else {}
         if not records:
@@ -365,16 +373,37 @@ class OnlineJobs:
             job = BlockJob(self, id=job_id, disk=record["disk"], kind=kind, offline=False,
                            two_phase=kind in (JobKind.ACTIVE_COMMIT, JobKind.COPY))
             job.plan.update(record.get("plan", {}))
+            if "outcome" in job.plan:  # jobs.json keeps it as text
+                job.plan["outcome"] = (BlockJobStatus(job.plan["outcome"][0]), job.plan["outcome"][1])
             job.bandwidth = speeds.get(job_id, 0)
             info = running.get(job_id)
-            if info is None:  # avirt dismisses only after recording: QEMU lost it (it restarted?)
-                job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
+            if info is None:
+                await self._settle_forgotten(guest, job)
                 continue
             self._jobs[job_id] = (guest, job)
             found.append((job, info))
         for job, info in found:
             await self._catch_up(guest, job, info)
+            if job.phase is JobPhase.READY and job.plan.get("auto_pivot"):
+                # Its caller asked for the pivot; the controller that would have sent it is gone.
+                self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
         await self._record(guest, None)
+
+    async def _settle_forgotten(self, guest: Guest, job: BlockJob) -> None:
+        """A recorded job that QEMU does not list: either the last controller dismissed it after writing
+        its outcome into jobs.json (and died before removing it: the outcome stands, the chains were
+        reconciled already, and what the job deletes is deleted now), or QEMU never ran it (that
+        controller died between recording it and sending the command) or lost it."""
+        outcome = job.plan.pop("outcome", None)
+        if outcome is None:
+            job.conclude(BlockJobStatus.FAILED, "QEMU no longer knows the job")
+        else:
+            status = outcome[0]
+            if status is BlockJobStatus.COMPLETED:
+                for path in job.plan.get("delete", []):
+                    await self._driver.host.remove_tree(path)
+            job.conclude(status, outcome[1])
+        self._settled[(guest.name, job.disk)] = job
 
     async def resync(self, guest: Guest) -> None:
         """The monitor is back after a lost host connection: bring the handles this controller holds up to
@@ -471,12 +500,19 @@ class OnlineJobs:
 
     async def _record(self, guest: Guest, job: BlockJob | None) -> None:
         """jobs.json in the run directory: the jobs QEMU may be running for this guest."""
-        jobs = {j.id: {"disk": j.disk, "kind": j.kind.value, "plan": {k: v for k, v in j.plan.items()
-                                                                        if k != "outcome"}}
+        jobs = {j.id: {"disk": j.disk, "kind": j.kind.value, "plan": _plan_text(j.plan)}
                 for g, j in self._jobs.values() if g is guest}
         if job is not None:
-            jobs[job.id] = {"disk": job.disk, "kind": job.kind.value, "plan": job.plan}
+            jobs[job.id] = {"disk": job.disk, "kind": job.kind.value, "plan": _plan_text(job.plan)}
         await self._driver.files.write_jobs(guest.name, json.dumps(jobs, indent=2))
+
+
+def _plan_text(plan: dict[str, Any]) -> dict[str, Any]:
+    """A job's plan as jobs.json keeps it: the outcome, once known, as ``[status, error]``."""
+    if "outcome" not in plan:
+        return plan
+    status, error = plan["outcome"]
+    return {**plan, "outcome": [status.value, error]}
 
 
 

@@ -32,6 +32,7 @@ from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
+from avirt.drivers.qemu.offlinejobs import OfflineJobs
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
 from avirt.errors import (
@@ -59,9 +60,8 @@ from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo
-from avirt.offline.imagejob import ImageJobRunner
 from avirt.offline.index import ImageIndex
-from avirt.offline.plan import OfflinePlan, commit_plan, pull_plan
+from avirt.offline.plan import commit_plan, pull_plan
 from avirt.offline.qemu_img import ChainEntry, backing_chain, create_overlay, image_chain
 from avirt.offline.safety import check_commit_space, unlocked_chain
 from avirt.qmp.monitor import Monitor, MonitorClosedError
@@ -89,9 +89,8 @@ class QemuDriver(Driver):
         self._own_bus = bus is None
         self.bus = EventBus(self._tasks) if bus is None else bus
         self.jobs = OnlineJobs(self)
-        self.offline = ImageJobRunner(host)
         self.images = ImageIndex(host, self.files.chains_path)
-        self._offline_jobs: dict[tuple[str, str], BlockJob] = {}
+        self.offline_jobs = OfflineJobs(self)
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
@@ -110,6 +109,7 @@ class QemuDriver(Driver):
         await self.images.load({name: _disks(guest.config) for name, guest in self._guests.items()})
         for name in await self.files.run_names():
             await self._reattach(name)
+        await self.offline_jobs.recover()
 
     async def close(self) -> None:
         self._closing = True  # events that still arrive start no follow-up work
@@ -221,7 +221,7 @@ class QemuDriver(Driver):
         guest = self._find(name)
         async with guest.lock:
             guest.require("start")
-            busy = [disk for (owner, disk) in self._offline_jobs if owner == name]
+            busy = self.offline_jobs.busy_disks(name)
             if busy:
                 raise OperationInvalidError(
                     f"cannot start domain '{name}': an offline block job runs on {', '.join(busy)}")
@@ -438,7 +438,7 @@ class QemuDriver(Driver):
                 where = plan_commit([e.path for e in chain], disk, base=base, top=top, shallow=shallow)
                 await self._refuse_shared_base(guest, chain[where.base].path, allow_shared_base)
                 await check_commit_space(self.host, chain, where.top, where.base)
-                return await self._start_offline(
+                return await self.offline_jobs.start(
                     guest, disk, JobKind.ACTIVE_COMMIT if where.active else JobKind.COMMIT,
                     commit_plan(chain, where.top, where.base, relative=relative), delete=delete)
             plan = self.jobs.plan_commit(guest, disk, base=base, top=top, shallow=shallow)
@@ -458,7 +458,7 @@ class QemuDriver(Driver):
                 if index == 0:
                     raise OperationInvalidError(f"base {base} is the active image of {disk}: nothing to pull")
                 plan = pull_plan(chain, index if index < len(chain) else None)
-                return await self._start_offline(guest, disk, JobKind.PULL, plan, delete=False)
+                return await self.offline_jobs.start(guest, disk, JobKind.PULL, plan, delete=False)
             return await self.jobs.pull(guest, disk, base=base, bandwidth=bandwidth)
 
     async def block_copy(self, name: str, disk: str, dest: str, *, format: str, shallow: bool,
@@ -475,14 +475,14 @@ class QemuDriver(Driver):
         guest = self._find(name)
         if guest.config.disk(disk) is None:
             raise OperationInvalidError(f"domain '{name}' has no disk {disk}")
-        return (self.jobs.job_on(guest, disk) or self._offline_jobs.get((guest.name, disk))
-                or self.jobs.take_settled(guest, disk))
+        return (self.jobs.job_on(guest, disk) or self.offline_jobs.running.get((guest.name, disk))
+                or self.jobs.take_settled(guest, disk) or self.offline_jobs.take_settled(guest.name, disk))
 
     async def _offline_chain(self, guest: Guest, disk: str) -> list[ChainEntry]:
         target = guest.config.disk(disk)
         if target is None or target.source is None:
             raise OperationInvalidError(f"domain '{guest.name}' has no disk {disk}")
-        if (guest.name, disk) in self._offline_jobs:
+        if (guest.name, disk) in self.offline_jobs.running:
             raise OperationInvalidError(f"disk {disk} of '{guest.name}' already has a block job")
         # Touch no byte of an image that another process holds: qemu-img's own lock probe, up front.
         return await unlocked_chain(self.host, target.source, target.format)
@@ -494,35 +494,6 @@ class QemuDriver(Driver):
         users = await self.images.users(base, besides=guest.name)
         if users:
             raise SharedImageError(base, users)
-
-    async def _start_offline(self, guest: Guest, disk: str, kind: JobKind, plan: OfflinePlan, *,
-                             delete: bool) -> BlockJob:
-        job = BlockJob(self.offline, id=f"{kind.value}-{disk}-offline-{secrets.token_hex(3)}", disk=disk,
-                       kind=kind, offline=True)
-        self._offline_jobs[(guest.name, disk)] = job
-        self.offline.expect(job, plan.size)
-
-        async def on_success() -> None:
-            if plan.new_source is not None and guest.definition is not None:
-                target = guest.definition.disk(disk)
-                assert target is not None
-                target.source, target.format = plan.new_source  # type: ignore[assignment]
-                await self.files.write_definition(guest.name, domain_to_xml(guest.definition))
-            if delete:
-                for path in plan.obsolete:
-                    await self.host.remove_tree(path)
-
-        async def run() -> None:
-            try:
-                await self.offline.run(job, plan.steps, plan.size, on_success)
-            finally:
-                del self._offline_jobs[(guest.name, disk)]
-                if guest.definition is not None:  # the disk's image may be another one now
-                    self.images.define(guest.name, _disks(guest.definition))
-                self.announce_job(guest, job)
-
-        self._tasks.start_soon(run, name=f"offline-{job.id}")
-        return job
 
     async def block_chain(self, name: str, disk: str) -> list[ImageInfo]:
         guest = self._find(name)
@@ -541,7 +512,7 @@ class QemuDriver(Driver):
             if unknown:
                 raise OperationInvalidError(f"domain '{name}' has no disk {', '.join(sorted(unknown))}")
             for disk in chosen:  # an offline job too: it rewrites the definition when it ends
-                if self.jobs.job_on(guest, disk.target) or (name, disk.target) in self._offline_jobs:
+                if self.jobs.job_on(guest, disk.target) or (name, disk.target) in self.offline_jobs.running:
                     raise OperationInvalidError(f"disk {disk.target} of '{name}' has a block job running")
             overlays = {d.target: overlay_path(d.source or "", snapshot) for d in chosen}
             for path in overlays.values():
@@ -566,6 +537,11 @@ class QemuDriver(Driver):
                     await self.host.remove_tree(path)
                 raise
             return overlays
+
+    def disk_images_changed(self, guest: Guest) -> None:
+        """A job off line may have given a disk another image: the index reads its chains again."""
+        if guest.definition is not None:
+            self.images.define(guest.name, _disks(guest.definition))
 
     async def _chains_changed(self, guest: Guest) -> None:
         """A job changed the disks' chains: the live and the persistent XML follow (each written only
