@@ -22,6 +22,7 @@ typed :class:`~avirt.errors.ImageError` of the step that failed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -117,8 +118,9 @@ class ImageJobRunner:
                 with anyio.CancelScope(shield=True):
                     await process.aclose()
                 raise
-        if job.id in self._cancelled:  # abort() came before the process existed
-            process.send_signal(signal.SIGTERM)
+        if job.id in self._cancelled:  # abort() came while the step was being recorded
+            with contextlib.suppress(ProcessLookupError):  # abort() may have stopped it already
+                process.send_signal(signal.SIGTERM)
         stderr = bytearray()
         async with process:
             async with anyio.create_task_group() as group:
@@ -152,7 +154,8 @@ class ImageJobRunner:
         process = self._processes.get(job.id)
         if process is None:
             return
-        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it has just ended by itself
+            process.send_signal(signal.SIGTERM)
         with anyio.move_on_after(KILL_GRACE):
             await process.wait()
             return

@@ -42,6 +42,10 @@ __all__ = ["ClientDriver"]
 
 log = logging.getLogger(__name__)
 
+#: How long the controller may take to confirm the event subscription of a new client.
+SUBSCRIBE_TIMEOUT = 30.0
+
+
 class ClientDriver(Driver):
     def __init__(self, uri: str, state_dir: str, *, bus: EventBus | None = None,
                  on_lost: Callable[[], None] | None = None) -> None:
@@ -55,6 +59,7 @@ class ClientDriver(Driver):
         self._peer: Peer | None = None
         self._closing = False
         self._jobs: dict[str, BlockJob] = {}
+        self._subscribed = anyio.Event()
 
     async def open(self) -> None:
         """Connect and greet the controller; OSError if nobody listens, PeerClosedError if it hung up."""
@@ -65,7 +70,10 @@ class ClientDriver(Driver):
         self._tasks.start_soon(self._run, stream, ready, name="served-client")
         await ready.wait()
         await self._call("hello", protocol=PROTOCOL)
+        self._subscribed = anyio.Event()
         self._tasks.start_soon(self._forward_events, name="served-events")
+        with anyio.fail_after(SUBSCRIBE_TIMEOUT):
+            await self._subscribed.wait()
 
     async def _run(self, stream: Any, ready: anyio.Event) -> None:
         async with Peer(stream, name="controller") as peer:
@@ -100,7 +108,9 @@ class ClientDriver(Driver):
             pass
 
     def _forward(self, item: Any) -> None:
-        if isinstance(item, Lost):
+        if item == {"subscribed": True}:
+            self._subscribed.set()
+        elif isinstance(item, Lost):
             self.bus.lose(item.count or None)
         else:
             self.bus.forward(wire.event_from(item))

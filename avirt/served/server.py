@@ -230,6 +230,9 @@ class _Session:
         async with self.driver.bus.stream(None, None, CLIENT_EVENT_QUEUE) as stream:
             self._event_stream = stream
             try:
+                # First, word that the subscription exists: the client's connect() returns only then, so
+                # no event emitted after it returned can miss this client.
+                yield {"subscribed": True}
                 while True:
                     try:
                         event = await stream.__anext__()
