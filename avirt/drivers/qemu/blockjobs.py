@@ -241,13 +241,17 @@ class OnlineJobs:
         if bandwidth:
             args["speed"] = bandwidth
         job.plan.setdefault("nodes", []).extend(layer.node for layer in guest.chains[job.disk])
-        await self._record(guest, job)  # before QEMU can finish it
-        self._jobs[job.id] = (guest, job)
+        self._jobs[job.id] = (guest, job)  # registered first: every write of jobs.json from now holds it
+        try:
+            await self._record(guest)  # before QEMU can finish it
+        except BaseException:
+            del self._jobs[job.id]  # never sent
+            raise
         try:
             await self._driver._monitor(guest).execute(command, args)
         except QMPError as e:
             del self._jobs[job.id]
-            await self._record(guest, None)
+            await self._record(guest)
             raise BlockJobError(f"{command} on {job.disk} refused by QEMU: {e.desc}") from e
         return job
 
@@ -306,7 +310,7 @@ class OnlineJobs:
             # The result goes into jobs.json before QEMU forgets the job: a controller killed from here on
             # leaves its successor the outcome (reattach), not a job that vanished.
             job.plan["outcome"] = (status, error)
-            await self._record(guest, None)
+            await self._record(guest)
 
             async def dismiss() -> None:
                 try:
@@ -321,7 +325,7 @@ class OnlineJobs:
             recorded = True
             async with anyio.create_task_group() as group:  # QMP and file writes overlap
                 group.start_soon(self._close_dropped_nodes, guest, job)
-                group.start_soon(self._record, guest, None)
+                group.start_soon(self._record, guest)
                 if status is BlockJobStatus.COMPLETED:
                     group.start_soon(self._driver._chains_changed, guest)
             if status is BlockJobStatus.COMPLETED:
@@ -332,7 +336,7 @@ class OnlineJobs:
         finally:
             if not recorded:
                 self._jobs.pop(job.id, None)
-                await self._record(guest, None)
+                await self._record(guest)
             self._end(guest, job, status, error)
 
     async def _refresh_quietly(self, guest: Guest, job: BlockJob) -> None:
@@ -422,7 +426,7 @@ class OnlineJobs:
             if job.phase is JobPhase.READY and job.plan.get("auto_pivot"):
                 # Its caller asked for the pivot; the controller that would have sent it is gone.
                 self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
-        await self._record(guest, None)
+        await self._record(guest)
         await self._close_leftovers(guest)
 
     async def _settle_forgotten(self, guest: Guest, job: BlockJob) -> None:
@@ -460,7 +464,7 @@ class OnlineJobs:
                 self._driver.announce_job(guest, job)  # what the lost BLOCK_JOB_READY would have said
                 if job.plan.get("auto_pivot"):
                     self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
-        await self._record(guest, None)
+        await self._record(guest)
 
     async def _catch_up(self, guest: Guest, job: BlockJob, info: dict[str, Any]) -> None:
         """Set a job's phase from QEMU's ``query-jobs`` entry; one that concluded is settled now."""
@@ -544,13 +548,14 @@ class OnlineJobs:
     async def job_cancel(self, job: BlockJob) -> None:
         await self._job_command(job, "block-job-cancel", {"device": job.id, "force": True})
 
-    async def _record(self, guest: Guest, job: BlockJob | None) -> None:
-        """jobs.json in the run directory: the jobs QEMU may be running for this guest."""
-        jobs = {j.id: {"disk": j.disk, "kind": j.kind.value, "plan": _plan_text(j.plan)}
-                for g, j in self._jobs.values() if g is guest}
-        if job is not None:
-            jobs[job.id] = {"disk": job.disk, "kind": job.kind.value, "plan": _plan_text(job.plan)}
-        await self._driver.files.write_jobs(guest.name, json.dumps(jobs, indent=2))
+    async def _record(self, guest: Guest) -> None:
+        """jobs.json in the run directory: the jobs QEMU may be running for this guest. Writes of one guest
+        take turns and each writes the table as it is when its turn comes: concurrent jobs' writes land in
+        any order, and one computed earlier must not land last and drop a job that started since."""
+        async with guest.jobs_lock:
+            jobs = {j.id: {"disk": j.disk, "kind": j.kind.value, "plan": _plan_text(j.plan)}
+                    for g, j in self._jobs.values() if g is guest}
+            await self._driver.files.write_jobs(guest.name, json.dumps(jobs, indent=2))
 
 
 def _plan_text(plan: dict[str, Any]) -> dict[str, Any]:

@@ -72,6 +72,8 @@ class Guest(DomainRecord):
     nodes: dict[str, str] = field(default_factory=dict)
     #: One writer of nodes.json at a time, each writing the newest ``nodes``.
     nodes_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
+    #: One writer of jobs.json at a time, each writing the newest job table.
+    jobs_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
     process: QemuProcess | None = None
     #: Serialises state-changing calls; queries never take it.
     lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
