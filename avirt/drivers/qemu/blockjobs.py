@@ -399,6 +399,7 @@ class OnlineJobs:
         text = await self._driver.files.read_jobs(guest.name)
         records: dict[str, Any] = json.loads(text) if text else {}
         if not records:
+            await self._close_leftovers(guest)
             return
         monitor = self._driver._monitor(guest)
         speeds = {info["device"]: int(info.get("speed", 0))
