@@ -1,8 +1,18 @@
 """Block jobs on a running guest, over QMP: disk snapshots and block commit.
 
 Where the chain lives: ``Guest.chains[disk]`` is the disk's chain as QEMU has it open, bottom first, each
-layer with its format node name. It is read back from QEMU (``query-block`` for the files,
-``query-named-block-nodes`` for the node names) after every change, never inferred.
+layer with its format node name. The files are read back from QEMU (``query-block``) after every change,
+never inferred. The node names are avirt's own: ``<disk>-<n>``, given at start (``cmdline.node_name``)
+and to each snapshot overlay and copy target, one past every name the disk has had in this QEMU. They are
+written to the run directory (``nodes.json``, ``Guest.nodes``) before QEMU opens them, so a new controller
+reads them there. It must not ask QEMU for them: ``query-named-block-nodes`` visits every node, and QEMU
+7.2 dereferences NULL (SIGSEGV) on the filter node of a concluded ``block-stream`` job that is not yet
+dismissed, the very state a controller killed at a job's end leaves. ``query-block`` walks only the
+disks' chains and is safe then (both checked on QEMU 7.2 with a concluded stream, commit and mirror).
+
+Nodes a job drops (and a copy target it abandons) stay open in QEMU until ``blockdev-del``: ``_finish``
+closes them; a controller killed before that leaves them to its successor, which closes every recorded
+node that no chain and no running job uses (``_close_leftovers``).
 
 How a job runs (see ``jobs.py`` for the handle's states):
 
@@ -42,6 +52,7 @@ from avirt.offline.qemu_img import create_image, virtual_size
 if TYPE_CHECKING:
     from avirt.drivers.qemu.driver import QemuDriver
     from avirt.drivers.qemu.guest import Guest
+    from avirt.qmp import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +89,24 @@ class OnlineJobs:
     # -- chains ------------------------------------------------------------------------------------------
 
     async def refresh_chains(self, guest: Guest) -> None:
-        """Read every disk's chain back from QEMU: files top-down (``query-block``), then each layer's
-        format node name. Layers the driver already knows keep their node names (node names never change
-        under a file); only a file it has not seen yet (a copy's target after a pivot, or any file after a
-        re-attach) costs a ``query-named-block-nodes``, whose answer is large and slow to produce."""
+        """Read every disk's chain back from QEMU: files top-down (``query-block``, which names the top's
+        node), each lower layer's node from the names avirt gave (``Guest.nodes``; the newest name of a
+        file wins: a file is open once)."""
         if not guest.config.disks:
             guest.chains = {}
             return
-        monitor = self._driver._monitor(guest)
-        blocks = await monitor.execute("query-block")
-        known = {layer.path: layer.node for layers in guest.chains.values() for layer in layers if layer.node}
-        chains = _chains_from(guest, blocks, known)
-        if chains is None:
-            nodes = await monitor.execute("query-named-block-nodes", {"flat": True})
-            known = {_plain_filename(n["file"]): n["node-name"] for n in nodes
-                     if n.get("drv") not in ("file", "host_device") and not n["node-name"].endswith("-file")}
-            chains = _chains_from(guest, blocks, known, complete=False)
-            assert chains is not None
-        guest.chains = chains
+        blocks = await self._driver._monitor(guest).execute("query-block")
+        known = {path: node for node, path in guest.nodes.items()}
+        guest.chains = _chains_from(guest, blocks, known)
+
+    async def _note_nodes(self, guest: Guest, *, add: dict[str, str] | None = None,
+                          drop: list[str] | None = None) -> None:
+        """Change ``Guest.nodes`` and write it to nodes.json (before a blockdev-add, after a blockdev-del)."""
+        guest.nodes.update(add or {})
+        for node in drop or []:
+            guest.nodes.pop(node, None)
+        async with guest.nodes_lock:  # each write takes the newest names, so the last one written wins
+            await self._driver.files.write_nodes(guest.name, dict(guest.nodes))
 
     def resolve(self, guest: Guest, disk: str, spec: str | None, default: int) -> int:
         return resolve_index([layer.path for layer in self._top_first(guest, disk)], disk, spec, default)
@@ -113,10 +124,12 @@ class OnlineJobs:
         monitor = self._driver._monitor(guest)
         added: list[str] = []
         actions = []
+        names = {disk: _next_node(disk, guest.nodes) for disk in overlays}
+        await self._note_nodes(guest, add={names[disk]: path for disk, path in overlays.items()})
         try:
             for disk, path in overlays.items():
                 top = guest.chains[disk][-1]
-                node = _next_node(disk, guest.chains[disk])
+                node = names[disk]
                 await monitor.execute("blockdev-add", {
                     "driver": "qcow2", "node-name": node, "backing": None,
                     "file": {"driver": "file", "node-name": f"{node}-file", "filename": path}})
@@ -124,12 +137,11 @@ class OnlineJobs:
                 actions.append({"type": "blockdev-snapshot", "data": {"node": top.node, "overlay": node}})
             await monitor.execute("transaction", {"actions": actions})
         except QMPError as e:
+            closed = [node for node in names.values() if node not in added]  # never opened
             for node in reversed(added):
-                for name in (node, f"{node}-file"):
-                    try:
-                        await monitor.execute("blockdev-del", {"node-name": name})
-                    except QMPError:
-                        log.warning("snapshot rollback: cannot remove node %s", name)
+                if await _close(monitor, node, "snapshot rollback"):
+                    closed.append(node)
+            await self._note_nodes(guest, drop=closed)
             raise BlockJobError(f"disk snapshot of '{guest.name}' failed, no disk was switched: {e.desc}") \
                 from e
         await self.refresh_chains(guest)
@@ -184,8 +196,9 @@ class OnlineJobs:
                                                                            chain[0].format),
                                backing=backing.path if backing else None,
                                backing_format=backing.format if backing else None)
-        node = _next_node(disk, guest.chains[disk])
+        node = _next_node(disk, guest.nodes)
         monitor = self._driver._monitor(guest)
+        await self._note_nodes(guest, add={node: dest})
         target: dict[str, Any] = {"driver": format, "node-name": node,
                                   "file": {"driver": "file", "node-name": f"{node}-file", "filename": dest}}
         if format == "qcow2":
@@ -193,6 +206,7 @@ class OnlineJobs:
         try:
             await monitor.execute("blockdev-add", target)
         except QMPError as e:
+            await self._note_nodes(guest, drop=[node])
             if not reuse_external:
                 await host.remove_tree(dest)
             raise BlockJobError(f"cannot open copy target {dest}: {e.desc}") from e
@@ -227,13 +241,17 @@ class OnlineJobs:
         if bandwidth:
             args["speed"] = bandwidth
         job.plan.setdefault("nodes", []).extend(layer.node for layer in guest.chains[job.disk])
-        await self._record(guest, job)  # before QEMU can finish it
-        self._jobs[job.id] = (guest, job)
+        self._jobs[job.id] = (guest, job)  # registered first: every write of jobs.json from now holds it
+        try:
+            await self._record(guest)  # before QEMU can finish it
+        except BaseException:
+            del self._jobs[job.id]  # never sent
+            raise
         try:
             await self._driver._monitor(guest).execute(command, args)
         except QMPError as e:
             del self._jobs[job.id]
-            await self._record(guest, None)
+            await self._record(guest)
             raise BlockJobError(f"{command} on {job.disk} refused by QEMU: {e.desc}") from e
         return job
 
@@ -273,7 +291,7 @@ class OnlineJobs:
             job.error = str(e)
             try:
                 await self.job_cancel(job)
-            except QMPError as cancel_error:
+            except (QMPError, OperationInvalidError) as cancel_error:
                 log.warning("%s: abort after the failed pivot failed too: %s", job.id, cancel_error)
 
     async def _finish(self, guest: Guest, job: BlockJob) -> None:
@@ -292,7 +310,7 @@ class OnlineJobs:
             # The result goes into jobs.json before QEMU forgets the job: a controller killed from here on
             # leaves its successor the outcome (reattach), not a job that vanished.
             job.plan["outcome"] = (status, error)
-            await self._record(guest, None)
+            await self._record(guest)
 
             async def dismiss() -> None:
                 try:
@@ -307,7 +325,7 @@ class OnlineJobs:
             recorded = True
             async with anyio.create_task_group() as group:  # QMP and file writes overlap
                 group.start_soon(self._close_dropped_nodes, guest, job)
-                group.start_soon(self._record, guest, None)
+                group.start_soon(self._record, guest)
                 if status is BlockJobStatus.COMPLETED:
                     group.start_soon(self._driver._chains_changed, guest)
             if status is BlockJobStatus.COMPLETED:
@@ -318,7 +336,7 @@ class OnlineJobs:
         finally:
             if not recorded:
                 self._jobs.pop(job.id, None)
-                await self._record(guest, None)
+                await self._record(guest)
             self._end(guest, job, status, error)
 
     async def _refresh_quietly(self, guest: Guest, job: BlockJob) -> None:
@@ -336,20 +354,41 @@ class OnlineJobs:
         except OperationInvalidError:
             return  # QEMU is exiting: its nodes go with it
         still = {layer.node for layer in guest.chains.get(job.disk, [])}
-        names = [name for node in reversed(job.plan.get("nodes", []))  # top down: each backs the one above
-                 if node and node not in still for name in (node, f"{node}-file")]
+        nodes = [node for node in reversed(job.plan.get("nodes", []))  # top down: each backs the one above
+                 if node and node not in still]
+        await self._close_nodes(guest, monitor, nodes, job.id)
 
-        async def delete(name: str) -> None:
-            try:
-                await monitor.execute("blockdev-del", {"node-name": name})
-            except QMPError as e:
-                log.debug("%s: blockdev-del %s: %s", job.id, name, e.desc)
+    async def _close_nodes(self, guest: Guest, monitor: Monitor, nodes: list[str], why: str) -> None:
+        """blockdev-del each node (top down) and its protocol node; those closed leave nodes.json."""
+        closed: list[str] = []
 
-        # Pipelined: each task queues its command before it first waits, so they leave in this order,
+        async def delete(node: str) -> None:
+            if await _close(monitor, node, why):
+                closed.append(node)
+
+        # Pipelined: each task queues its commands before it first waits, so they leave in this order,
         # and QEMU runs a monitor's commands one by one in the order received.
         async with anyio.create_task_group() as group:
-            for name in names:
-                group.start_soon(delete, name)
+            for node in nodes:
+                group.start_soon(delete, node)
+        if closed:
+            await self._note_nodes(guest, drop=closed)
+
+    async def _close_leftovers(self, guest: Guest) -> None:
+        """After a re-attach: close the recorded nodes that no chain and no job QEMU still runs uses: those
+        a job dropped (or a copy abandoned) when its controller died before closing them. Left open, they
+        keep their files locked, and QEMU would refuse their names again ("Duplicate nodes")."""
+        used = {layer.node for layers in guest.chains.values() for layer in layers}
+        for g, job in self._jobs.values():
+            if g is guest:
+                used.update(job.plan.get("nodes", []))
+        leftovers = [node for node in guest.nodes if node not in used]
+        if not leftovers:
+            return
+        # A node's backing existed before it, so it has a lower number: the highest first is top down.
+        leftovers.sort(key=lambda node: (node.rpartition("-")[0], -_number(node)))
+        log.info("domain %s: closing nodes left open by an earlier controller: %s", guest.name, leftovers)
+        await self._close_nodes(guest, self._driver._monitor(guest), leftovers, "leftover")
 
     async def reattach(self, guest: Guest) -> None:
         """After a controller restart: rebuild the handles of the jobs recorded for this guest from what
@@ -360,6 +399,7 @@ class OnlineJobs:
         text = await self._driver.files.read_jobs(guest.name)
         records: dict[str, Any] = json.loads(text) if text else {}
         if not records:
+            await self._close_leftovers(guest)
             return
         monitor = self._driver._monitor(guest)
         speeds = {info["device"]: int(info.get("speed", 0))
@@ -387,7 +427,8 @@ class OnlineJobs:
             if job.phase is JobPhase.READY and job.plan.get("auto_pivot"):
                 # Its caller asked for the pivot; the controller that would have sent it is gone.
                 self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
-        await self._record(guest, None)
+        await self._record(guest)
+        await self._close_leftovers(guest)
 
     async def _settle_forgotten(self, guest: Guest, job: BlockJob) -> None:
         """A recorded job that QEMU does not list: either the last controller dismissed it after writing
@@ -424,7 +465,7 @@ class OnlineJobs:
                 self._driver.announce_job(guest, job)  # what the lost BLOCK_JOB_READY would have said
                 if job.plan.get("auto_pivot"):
                     self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
-        await self._record(guest, None)
+        await self._record(guest)
 
     async def _catch_up(self, guest: Guest, job: BlockJob, info: dict[str, Any]) -> None:
         """Set a job's phase from QEMU's ``query-jobs`` entry; one that concluded is settled now."""
@@ -476,9 +517,20 @@ class OnlineJobs:
         return int(cur), int(end)
 
     async def job_set_speed(self, job: BlockJob, bandwidth: int) -> None:
-        guest, _ = self._jobs[job.id]
-        await self._driver._monitor(guest).execute("block-job-set-speed",
-                                                   {"device": job.id, "speed": bandwidth})
+        await self._job_command(job, "block-job-set-speed", {"device": job.id, "speed": bandwidth})
+
+    async def _job_command(self, job: BlockJob, command: str, args: dict[str, Any]) -> None:
+        """A command to a running job. QEMU may have concluded it an instant ago, before avirt settled the
+        handle: that is the caller's race with the job's end, not a failure (OperationInvalidError)."""
+        entry = self._jobs.get(job.id)
+        if entry is None:
+            raise OperationInvalidError(f"{job.id} has ended")
+        try:
+            await self._driver._monitor(entry[0]).execute(command, args)
+        except QMPError as e:
+            if "cannot accept command verb" in e.desc or "not found" in e.desc:
+                raise OperationInvalidError(f"{job.id} is ending: {e.desc}") from e
+            raise
 
     async def job_complete(self, job: BlockJob) -> None:
         guest, _ = self._jobs[job.id]
@@ -495,16 +547,16 @@ class OnlineJobs:
                 job.unready()
 
     async def job_cancel(self, job: BlockJob) -> None:
-        guest, _ = self._jobs[job.id]
-        await self._driver._monitor(guest).execute("block-job-cancel", {"device": job.id, "force": True})
+        await self._job_command(job, "block-job-cancel", {"device": job.id, "force": True})
 
-    async def _record(self, guest: Guest, job: BlockJob | None) -> None:
-        """jobs.json in the run directory: the jobs QEMU may be running for this guest."""
-        jobs = {j.id: {"disk": j.disk, "kind": j.kind.value, "plan": _plan_text(j.plan)}
-                for g, j in self._jobs.values() if g is guest}
-        if job is not None:
-            jobs[job.id] = {"disk": job.disk, "kind": job.kind.value, "plan": _plan_text(job.plan)}
-        await self._driver.files.write_jobs(guest.name, json.dumps(jobs, indent=2))
+    async def _record(self, guest: Guest) -> None:
+        """jobs.json in the run directory: the jobs QEMU may be running for this guest. Writes of one guest
+        take turns and each writes the table as it is when its turn comes: concurrent jobs' writes land in
+        any order, and one computed earlier must not land last and drop a job that started since."""
+        async with guest.jobs_lock:
+            jobs = {j.id: {"disk": j.disk, "kind": j.kind.value, "plan": _plan_text(j.plan)}
+                    for g, j in self._jobs.values() if g is guest}
+            await self._driver.files.write_jobs(guest.name, json.dumps(jobs, indent=2))
 
 
 def _plan_text(plan: dict[str, Any]) -> dict[str, Any]:
@@ -516,10 +568,9 @@ def _plan_text(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 
-def _chains_from(guest: Guest, blocks: list[dict[str, Any]], nodes: dict[str, str], *,
-                 complete: bool = True) -> dict[str, list[Layer]] | None:
+def _chains_from(guest: Guest, blocks: list[dict[str, Any]], nodes: dict[str, str]) -> dict[str, list[Layer]]:
     """Each disk's layers (bottom first) from ``query-block``, with the format node names of ``nodes``
-    (file -> node); None if ``complete`` and some layer's node is not in ``nodes``."""
+    (file -> node); a layer avirt did not open (someone's own QMP command did) has the node name ''."""
     chains: dict[str, list[Layer]] = {}
     for block in blocks:
         qdev = block.get("qdev", "")
@@ -536,8 +587,8 @@ def _chains_from(guest: Guest, blocks: list[dict[str, Any]], nodes: dict[str, st
             path = _plain_filename(image["filename"])
             node = inserted["node-name"] if not layers else nodes.get(path)
             if node is None:
-                if complete:
-                    return None
+                log.warning("domain %s: %s is in the chain of %s under a node avirt did not name",
+                            guest.name, path, target)
                 node = ""
             layers.append(Layer(path, image["format"], node))
             image = image.get("backing-image")
@@ -589,11 +640,29 @@ def _plain_filename(filename: str) -> str:
     return str(inner.get("filename", filename)) if isinstance(inner, dict) else filename
 
 
-def _next_node(disk: str, layers: list[Layer]) -> str:
-    """A node name never used on this disk: one past the highest ``<disk>-<n>`` in the chain."""
-    numbers = [int(n) for layer in layers
-               if (n := layer.node.removeprefix(f"{disk}-")).isdigit()]
+def _next_node(disk: str, nodes: dict[str, str]) -> str:
+    """A node name QEMU does not have: one past the highest ``<disk>-<n>`` that avirt may have open, not
+    just in the chain (nodes a job dropped stay open until closed)."""
+    numbers = [int(n) for node in nodes if (n := node.removeprefix(f"{disk}-")).isdigit()]
     return f"{disk}-{max(numbers, default=0) + 1}"
+
+
+def _number(node: str) -> int:
+    number = node.rpartition("-")[2]
+    return int(number) if number.isdigit() else 0
+
+
+async def _close(monitor: Monitor, node: str, why: str) -> bool:
+    """blockdev-del a format node, then its protocol node: whether QEMU no longer has it."""
+    closed = True
+    for name in (node, f"{node}-file"):
+        try:
+            await monitor.execute("blockdev-del", {"node-name": name})
+        except QMPError as e:
+            if "Failed to find node" not in e.desc and "Cannot find" not in e.desc:
+                log.warning("%s: blockdev-del %s: %s", why, name, e.desc)
+                closed = False
+    return closed
 
 
 def _backing_name(base: str, overlay: str, relative: bool) -> str:

@@ -254,6 +254,9 @@ class QemuDriver(Driver):
         # would leave a QEMU that nothing tracks. (Every step in the shield has its own timeout.)
         with anyio.CancelScope(shield=True):
             await self.files.prepare_run(name, domain_to_xml(cfg))
+            # Before QEMU opens them: a controller that dies from here on leaves its successor the names.
+            await self.files.write_nodes(name, {node_name(target, i): layer.path for target, layers
+                                                in chains.items() for i, layer in enumerate(layers, 1)})
             sockets = self.files.run_dir(name)  # until its short link is known (see state.py)
             try:
                 try:
@@ -843,7 +846,8 @@ class QemuDriver(Driver):
             guest.saving = False
             return
         try:
-            await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with node names
+            guest.nodes = await self.files.read_nodes(name)  # the names avirt gave (see state.py)
+            await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
             await self.jobs.reattach(guest)
             status = await process.monitor.execute("query-status")
             guest.restore(saved, status["status"])

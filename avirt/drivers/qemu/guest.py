@@ -67,6 +67,13 @@ class Reaction(enum.Enum):
 class Guest(DomainRecord):
     #: Each disk's chain in the running QEMU (bottom first).
     chains: dict[str, list[Layer]] = field(default_factory=dict)
+    #: Every format node avirt may have open in this QEMU -> its file: the chains' nodes, and those a job
+    #: dropped or a failed call left until they are closed (mirrored in the run directory's nodes.json).
+    nodes: dict[str, str] = field(default_factory=dict)
+    #: One writer of nodes.json at a time, each writing the newest ``nodes``.
+    nodes_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
+    #: One writer of jobs.json at a time, each writing the newest job table.
+    jobs_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
     process: QemuProcess | None = None
     #: Serialises state-changing calls; queries never take it.
     lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
@@ -128,6 +135,7 @@ class Guest(DomainRecord):
     def began(self, process: QemuProcess, live: DomainConfig, chains: dict[str, list[Layer]]) -> None:
         """A QEMU for this guest now exists (spawned or re-attached)."""
         self.process, self.live, self.chains = process, live, chains
+        self.nodes = {layer.node: layer.path for layers in chains.values() for layer in layers}
         self.stopped = anyio.Event()
         self.exit_reason = None
         self.expect_stop = self.reboot_pending = False
@@ -164,7 +172,7 @@ class Guest(DomainRecord):
         cause = self.exit_reason or "failed"
         reason = "crashed" if cause == "failed" else cause
         self.set_state(S.SHUTOFF, reason, detail=cause)
-        self.process, self.live, self.chains = None, None, {}
+        self.process, self.live, self.chains, self.nodes = None, None, {}, {}
         self.stopped.set()
 
     def on_qmp_event(self, msg: dict[str, Any]) -> Reaction:

@@ -11,6 +11,8 @@ Layout (see ``ARCHITECTURE.md``)::
         state.json                the state's reason and the pending intents (see below)
         qmp.sock                  the QMP monitor socket, mode 0600
         qemu.pid, qemu.log
+        jobs.json                 block jobs QEMU may be running, written before QEMU can finish them
+        nodes.json                every format node avirt may have open in this QEMU -> its file
 
     /tmp/avirt-<uid>/<hash>       a short link to run/<name>/, only while its socket paths would be too long
 
@@ -23,6 +25,14 @@ whether the guest booted, was resumed or woke up, and nothing in QEMU remembers 
 asked for. It is small JSON, ``{"state": "running", "reason": "booted", "reboot": false}``, rewritten
 whenever one of them changes (atomically, not fsynced: like live.xml it describes a QEMU that a host
 crash ends anyway).
+
+**nodes.json** names the nodes avirt opened in this QEMU (``{"vda-3": "/images/vda-snap.qcow2"}``; each
+format node has its protocol node ``<name>-file``). Node names are avirt's own, so a new controller reads
+them here rather than asking QEMU: ``query-named-block-nodes`` crashes QEMU 7.2 (a NULL dereference) while
+a concluded stream job waits to be dismissed, which is exactly when a killed controller leaves one. A name
+is written before ``blockdev-add`` can open it and removed once ``blockdev-del`` closed it, so the file
+holds every node QEMU may have (and maybe one it refused): new names are numbered past all of them, and
+a new controller closes those no chain and no running job uses.
 
 **Socket paths of any length.** A unix socket's address holds at most 107 bytes (``sun_path`` is 108
 with its NUL), and QEMU, swtpm and sshd's socket forwarding all bind or connect by path. A state directory
@@ -205,6 +215,14 @@ class StateDir:
 
     async def write_jobs(self, name: str, text: str) -> None:
         await self.host.write_atomic(os.path.join(self._run, name, "jobs.json"), text, durable=False)
+
+    async def read_nodes(self, name: str) -> dict[str, str]:
+        text = await self.host.read_text(os.path.join(self._run, name, "nodes.json"))
+        return dict(json.loads(text)) if text else {}
+
+    async def write_nodes(self, name: str, nodes: dict[str, str]) -> None:
+        await self.host.write_atomic(os.path.join(self._run, name, "nodes.json"), json.dumps(nodes, indent=2),
+                                     durable=False)
 
     async def read_state(self, name: str) -> SavedState | None:
         return SavedState.loads(await self.host.read_text(os.path.join(self._run, name, "state.json")))
