@@ -84,3 +84,17 @@ def test_fleet_benchmark_reports_its_figures_as_json() -> None:
     assert {t["name"].split(":")[0] for t in report["targets"]} == {"lookup", "define_xml", "commit_offline",
                                                                      "commit_online"}
     assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
+def test_clients_benchmark_reports_its_figures_as_json() -> None:
+    bench = BENCH.with_name("clients.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--calls", "20", "--rounds", "5",
+                             "--guests", "2", "--clients", "3"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["calls"]) == {"state", "list_domains"}
+    assert report["events"]["ratio_p50"] > 0
+    assert report["fanout"]["expected"] == 2 * 2 * 3
+    assert report["fanout"]["delivered"] == report["fanout"]["expected"] and report["fanout"]["lost"] == 0
+    assert all(isinstance(t["ok"], bool) for t in report["targets"])

@@ -346,7 +346,7 @@ def test_event_json_reports_a_killed_guest_and_ends_on_ctrl_c(
         cli: CLI, xml: XMLFactory, tmp_path: Path, state_dir: Path,
         processes: list[subprocess.Popen[str]]) -> None:
     define_and_start(cli, tmp_path, xml, "web1")
-    event = cli.spawn("event", "--timeout", "20", "--json")
+    event = cli.spawn("event", "--loop", "--timeout", "20", "--json")
     processes.append(event)
     assert event.stdout is not None and event.stderr is not None
     out, err = Lines(event.stdout), Lines(event.stderr)
@@ -372,10 +372,11 @@ def test_event_json_reports_a_killed_guest_and_ends_on_ctrl_c(
     assert cli.ok("domstate", "web1") == "shut off\n"
 
 
-def test_event_text_lines_for_one_domain(cli: CLI, xml: XMLFactory, tmp_path: Path, state_dir: Path,
-                                        processes: list[subprocess.Popen[str]]) -> None:
+def test_event_without_loop_ends_after_the_first_event_of_its_domain(
+        cli: CLI, xml: XMLFactory, tmp_path: Path, state_dir: Path,
+        processes: list[subprocess.Popen[str]]) -> None:
     define_and_start(cli, tmp_path, xml, "web1", "web2")
-    event = cli.spawn("event", "--domain", "web2", "--kind", "lifecycle")
+    event = cli.spawn("event", "--domain", "web2", "--event", "lifecycle", "--timestamp")
     processes.append(event)
     assert event.stdout is not None and event.stderr is not None
     out, err = Lines(event.stdout), Lines(event.stderr)
@@ -383,11 +384,24 @@ def test_event_text_lines_for_one_domain(cli: CLI, xml: XMLFactory, tmp_path: Pa
 
     kill_qemu(state_dir, "web1")
     kill_qemu(state_dir, "web2")
-    line = out.expect(lambda line: "web2" in line)
-    assert line.endswith(" web2 lifecycle: stopped (failed)"), line
-    event.send_signal(signal.SIGTERM)
-    assert event.wait(timeout=30) == 0
-    assert not any("web1" in line for line in out.rest())
+    assert event.wait(timeout=30) == 0  # one-shot, as virsh's event without --loop
+    lines = out.rest()
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\+0000: web2 lifecycle: stopped \(failed\)",
+                        lines[0]), lines
+
+
+def test_event_names_as_virsh_has_them(cli: CLI) -> None:
+    names = cli.ok("event", "--list").split()
+    assert names[0] == "lifecycle" and "block-job" in names and names[-1] == "qmp"
+    for which in (["--all"], *(["--event", name] for name in
+                                ("io-error-reason", "block-job-2", "pm-suspend", "metadata-change"))):
+        result = cli("-c", "test:///default", "event", *which, "--loop", "--timeout", "0")
+        assert result.returncode == 0, result.stderr
+    for wrong in (["--event", "graphics"], ["--all", "--event", "lifecycle"]):
+        result = cli("event", *wrong)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "does not report libvirt's 'graphics' events" in cli("event", "--event", "graphics").stderr
 
 
 def test_event_timeout_ends_with_status_0(cli: CLI) -> None:

@@ -25,6 +25,7 @@ library inside ``run`` (and type-only imports under ``TYPE_CHECKING``), so that 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -32,6 +33,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    import anyio
+    import anyio.abc
+
     from avirt.connection import Connection
     from avirt.domain import Domain
 
@@ -117,3 +121,19 @@ def seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"seconds must be a finite number >= 0, not '{text}'")
     return value
+
+
+async def stop_on_signal(scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    """Cancel ``scope`` at the first SIGINT (Ctrl-C) or SIGTERM, for commands whose normal end that is.
+
+    Run it with ``await group.start(stop_on_signal, group.cancel_scope)``: once started, the signals are
+    caught, so that the command's ``async with`` blocks close the connection on the way out (guests keep
+    running) and the exit status is 0 instead of Python's KeyboardInterrupt.
+    """
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            scope.cancel()
+            return

@@ -9,7 +9,8 @@
 
 * :func:`key_values`: ``Key:   value`` lines with the values aligned (``dominfo``).
 * :func:`state_label`: virsh's words for states ("shut off", "in shutdown").
-* :func:`event_record` / :func:`event_line`: an event as a JSON-ready dict or as one line of text.
+* :func:`event_record` / :func:`event_line`: an event as a JSON-ready dict or as one line of text;
+  :func:`timestamp`: virsh's time prefix for such a line (``event --timestamp``).
 
 Nothing here imports the library at module level: events and states are read through their attributes.
 """
@@ -20,7 +21,7 @@ import dataclasses
 import enum
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -94,14 +95,13 @@ def event_json(event: Event) -> str:
 
 
 def event_line(event: Event) -> str:
-    """One line of text: local time, domain, kind, and what the event says.
+    """One line of text: domain, kind, and what the event says (no time, as virsh: see :func:`timestamp`).
 
-    ``2025-06-01T12:00:00.123 web1 lifecycle: stopped (failed)``
-    ``2025-06-01T12:00:01.456 web1 io-error: disk=vda action=stop reason='No space left on device'``
+    ``web1 lifecycle: stopped (failed)``
+    ``web1 io-error: disk=vda action=stop reason='No space left on device'``
     """
     record = event_record(event)
-    when = datetime.fromtimestamp(event.timestamp).isoformat(timespec="milliseconds")
-    head = f"{when} {event.domain} {record['kind']}"
+    head = f"{event.domain} {record['kind']}"
     own = {k: v for k, v in record.items() if k not in ("seq", "timestamp", "kind", "domain", "uuid")}
     if set(own) == {"type", "detail"}:  # lifecycle: the most common line, in the words of the API docs
         return f"{head}: {own['type']} ({own['detail']})"
@@ -110,6 +110,11 @@ def event_line(event: Event) -> str:
     if not own:
         return head
     return f"{head}: " + " ".join(f"{k}={_value(v)}" for k, v in own.items())
+
+
+def timestamp(seconds: float) -> str:
+    """virsh's ``event --timestamp`` prefix: UTC with milliseconds, ``2025-06-01 12:00:03.120+0000``."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "+0000"
 
 
 def _value(value: Any) -> str:

@@ -1,40 +1,57 @@
-"""``avirt event``: print domain events as they happen, one line each, until --timeout or Ctrl-C.
+"""``avirt event``: print domain events as they happen, one line each, with virsh's options.
 
 It is ``Connection.events()`` on a terminal::
 
     async with conn.events(kinds=kinds, domain=name) as stream:
         async for event in stream:
             print(event_line(event))
+            if not args.loop: break
 
-The daemonless design shapes what it can see. This command *is* the controller of its state directory
-while it runs (it holds the directory's lock), so other avirt commands on that directory fail with
-"another avirt controller is using the state directory" until it ends. It therefore reports what guests
-and QEMU do by themselves: a guest powering off or rebooting, a QEMU that dies, I/O errors, watchdogs,
-balloon and RTC changes, block jobs. Events of the commands it runs itself do not apply: it runs none.
+As in virsh, the command is one-shot unless ``--loop`` is given: it ends after the first event, or
+after ``--timeout``, or at Ctrl-C/SIGTERM, all with exit status 0. ``--timestamp`` puts virsh's time
+(UTC, milliseconds) before each text line.
 
-Kinds (``--kind``, repeatable or comma-separated): every :class:`~avirt.events.model.EventKind` by its
-lower-case name with ``-`` for ``_`` (``lifecycle``, ``io-error``, ``block-job``...); virsh's names
-(``io-error-reason``, ``block-job-2``, ``pm-wakeup``...) and libvirt's numbers work too. Without
-``--kind`` every kind is shown except ``qmp`` (every raw QMP event, which would repeat the others).
+Whoever holds the state directory, the command sees every event: if no other program holds it, this
+one does while it runs (and serves every other avirt command meanwhile); otherwise it is a client of the
+holder (``avirt serve``, an application), whose events it receives. Either way what other commands do
+through the holder shows up here, as well as what guests and QEMU do by themselves.
+
+Kinds (``--event``, or its older spelling ``--kind``; repeatable or comma-separated): every
+:class:`~avirt.events.model.EventKind` by its lower-case name with ``-`` for ``_`` (``lifecycle``,
+``io-error``, ``block-job``...); virsh's names (``io-error-reason``, ``block-job-2``, ``pm-wakeup``...)
+and libvirt's numbers work too. ``--all``, or no ``--event``, is every kind but ``qmp`` (every raw QMP
+event, which would repeat the others; libvirt has it only in libvirt-qemu). virsh's names for events
+avirt never reports (``graphics``, ``agent-lifecycle``...) are refused as usage errors, rather than
+waited for in vain.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 from typing import TYPE_CHECKING
 
-from avirt.cli.command import EVENTS, Command, Context, seconds
-from avirt.cli.output import event_json, event_line
+from avirt.cli.command import EVENTS, Command, Context, seconds, stop_on_signal
+from avirt.cli.output import event_json, event_line, timestamp
 
 if TYPE_CHECKING:
-    import anyio.abc
-
     from avirt.events.bus import EventStream
     from avirt.events.model import EventKind
 
 def _key(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
+
+
+#: virsh's event names (``virsh event --list``) that avirt has no kind for: a usage error, with this reason.
+_NOT_REPORTED = {"graphics", "diskchange", "pmsuspenddisk", "tunable", "agentlifecycle", "deviceadded",
+                 "migrationiteration", "jobcompleted", "deviceremovalfailed", "memoryfailure",
+                 "memorydevicesizechange"}
+
+
+def kind_names() -> list[str]:
+    """The names ``--event`` takes and ``event --list`` prints, in libvirt's order (``qmp`` last)."""
+    from avirt.events.model import EventKind
+
+    return [kind.name.lower().replace("_", "-") for kind in EventKind]
 
 
 def parse_kinds(text: str) -> list[EventKind]:
@@ -48,8 +65,10 @@ def parse_kinds(text: str) -> list[EventKind]:
     kinds = []
     for word in filter(None, (w.strip() for w in text.split(","))):
         kind = by_number.get(int(word)) if word.isdigit() else by_name.get(_key(word))
+        if kind is None and _key(word) in _NOT_REPORTED:
+            raise argparse.ArgumentTypeError(f"avirt does not report libvirt's '{word}' events")
         if kind is None:
-            names = ", ".join(k.name.lower().replace("_", "-") for k in EventKind)
+            names = ", ".join(kind_names())
             raise argparse.ArgumentTypeError(f"unknown event kind '{word}' (choose from {names})")
         kinds.append(kind)
     return kinds
@@ -60,6 +79,9 @@ async def _event(ctx: Context, args: argparse.Namespace) -> None:
 
     from avirt.events.model import EventKind
 
+    if args.list:
+        ctx.say("\n".join(kind_names()))
+        return
     if args.kind:
         kinds = {kind for group in args.kind for kind in group}
     else:
@@ -67,18 +89,18 @@ async def _event(ctx: Context, args: argparse.Namespace) -> None:
     async with ctx.connect() as conn:
         domain = (await ctx.domain(conn, args.domain)).name if args.domain else None
         async with conn.events(kinds=kinds, domain=domain) as stream, anyio.create_task_group() as group:
-            await group.start(_stop_on_signal, group.cancel_scope)
+            await group.start(stop_on_signal, group.cancel_scope)
+            until = ("until Ctrl-C" if args.loop else "until the first event or Ctrl-C") + (
+                "" if args.timeout is None else f", at most {args.timeout:g} s")
             ctx.note(f"watching events on {conn.uri}" + (f" for domain '{domain}'" if domain else "")
-                     + ("" if args.timeout is None else f" for {args.timeout:g} s")
-                     + ("" if conn.uri.startswith("test:") else
-                        "; this holds the state directory (other avirt commands on it must wait)")
-                     + "; Ctrl-C stops")
+                     + ("; serving the state directory to other avirt commands" if conn.serving else "")
+                     + f"; {until}")
             with anyio.move_on_after(args.timeout):
-                await _print(ctx, stream, args.json)
+                await _print(ctx, stream, args)
             group.cancel_scope.cancel()
 
 
-async def _print(ctx: Context, stream: EventStream, as_json: bool) -> None:
+async def _print(ctx: Context, stream: EventStream, args: argparse.Namespace) -> None:
     from avirt.errors import EventsLostError
 
     while True:
@@ -89,44 +111,50 @@ async def _print(ctx: Context, stream: EventStream, as_json: bool) -> None:
         except EventsLostError as e:
             ctx.note(f"warning: {e}")
             continue
-        ctx.say(event_json(event) if as_json else event_line(event))
-
-
-async def _stop_on_signal(scope: anyio.CancelScope, *,
-                          task_status: anyio.abc.TaskStatus[None]) -> None:
-    """Ctrl-C (SIGINT) or SIGTERM end the command normally: the connection closes, exit status 0."""
-    import anyio
-
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for _ in signals:
-            scope.cancel()
+        if args.json:
+            ctx.say(event_json(event))
+        else:
+            ctx.say((f"{timestamp(event.timestamp)}: " if args.timestamp else "") + event_line(event))
+        if not args.loop:
             return
 
 
 def _event_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", metavar="DOM", help="only this domain's events (name or UUID)")
-    parser.add_argument("--kind", metavar="K", action="append", type=parse_kinds,
-                        help="only events of this kind (repeatable, or comma-separated): lifecycle, reboot, "
-                             "rtc-change, watchdog, io-error, control-error, tray-change, pmwakeup, "
-                             "pmsuspend, balloon-change, device-removed, block-job, block-threshold, qmp "
-                             "(raw QMP events; not shown unless asked for)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--event", "--kind", metavar="NAME", dest="kind", action="append", type=parse_kinds,
+                       help="only events of this kind (repeatable, or comma-separated): lifecycle, reboot, "
+                            "rtc-change, watchdog, io-error, control-error, tray-change, pmwakeup, "
+                            "pmsuspend, balloon-change, device-removed, block-job, metadata-change, "
+                            "block-threshold, qmp (raw QMP events; not shown unless asked for); virsh's "
+                            "names (io-error-reason, block-job-2, pm-wakeup...) and numbers too")
+    which.add_argument("--all", action="store_true",
+                       help="every kind of event but qmp (the default without --event)")
+    which.add_argument("--list", action="store_true", help="print the event names --event takes, and exit")
+    parser.add_argument("--loop", action="store_true",
+                        help="go on after the first event, until Ctrl-C, SIGTERM or --timeout")
     parser.add_argument("--timeout", metavar="SECONDS", type=seconds,
                         help="stop after SECONDS (exit status 0)")
+    parser.add_argument("--timestamp", action="store_true",
+                        help="begin each text line with the event's time, as virsh: "
+                             "'2025-06-01 12:00:03.120+0000: '")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line: seq, timestamp, kind, domain, uuid, then the "
                              "event's own fields (lifecycle: type, detail)")
 
 
 COMMANDS = (
-    Command("event", "Print domain events as they happen, until --timeout or Ctrl-C", _event, _event_args,
-            details="While it runs this command is the controller of the state directory: other avirt "
-                    "commands on the same directory fail ('another avirt controller is using the state "
-                    "directory') until it ends. It reports what guests and QEMU do by themselves: a guest "
-                    "powering off, a QEMU that dies, I/O errors, watchdogs, block jobs.\n\n"
-                    "Text lines read 'TIME DOMAIN KIND: WHAT', e.g. "
-                    "'2025-06-01T12:00:00.123 web1 lifecycle: stopped (failed)'. A notice on standard "
-                    "error says when it is listening. Ctrl-C, SIGTERM and --timeout end it with status 0.",
-            example="avirt event --kind lifecycle\navirt event --domain web1 --json --timeout 60",
+    Command("event", "Print domain events as they happen: the first one, or with --loop every one",
+            _event, _event_args,
+            details="As virsh's event: without --loop it ends after the first event; --timeout, Ctrl-C "
+                    "and SIGTERM end it too, all with status 0. Other avirt commands work meanwhile: "
+                    "this command is the controller of the state directory while it runs and serves them "
+                    "(or a client of the program that is, such as 'avirt serve'), and what they do shows "
+                    "up here, as well as what guests and QEMU do by themselves.\n\n"
+                    "Text lines read 'DOMAIN KIND: WHAT', e.g. 'web1 lifecycle: stopped (failed)', "
+                    "after the time with --timestamp. A notice on standard error says when it is "
+                    "listening.",
+            example="avirt event --all --loop --timestamp\navirt event --domain web1 --event lifecycle "
+                    "--json --timeout 60",
             group=EVENTS, interrupt_status=0),
 )
