@@ -14,6 +14,7 @@ import pytest
 import avirt
 from avirt import DomainState
 from avirt.errors import ConnectionLockedError, DomainNotFoundError
+from avirt.served import shared
 from tests.xmls import XMLFactory
 
 pytestmark = pytest.mark.anyio
@@ -95,7 +96,7 @@ async def test_guest_that_died_meanwhile_ends_up_shut_off(state_dir: Path, xml: 
 
 
 async def test_a_second_connection_to_a_held_state_directory_is_served_by_the_holder(
-        state_dir: Path, xml: XMLFactory) -> None:
+        state_dir: Path, xml: XMLFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     async with avirt.connect("qemu:///session", state_dir=state_dir) as holder:
         assert holder.serving
         async with avirt.connect("qemu:///session", state_dir=state_dir) as client:
@@ -105,6 +106,7 @@ async def test_a_second_connection_to_a_held_state_directory_is_served_by_the_ho
             await dom.undefine()
         # A holder that cannot be reached (its socket gone) is named, not waited for forever.
         (state_dir / "avirt.sock").unlink()
+        monkeypatch.setattr(shared, "HANDOVER_TIMEOUT", 1.0)
         with pytest.raises(ConnectionLockedError, match="does not serve"):
             await avirt.connect("qemu:///session", state_dir=state_dir)
     conn = await avirt.connect("qemu:///session", state_dir=state_dir)  # free again once closed
