@@ -50,8 +50,8 @@ from avirt.jobs import BlockJob, JobPhase
 from avirt.offline.qemu_img import create_image, virtual_size
 
 if TYPE_CHECKING:
-    from avirt.drivers.qemu.driver import QemuDriver
     from avirt.drivers.qemu.guest import Guest
+    from avirt.drivers.qemu.jobhost import JobHost
     from avirt.qmp import Monitor
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class CommitPlan:
 class OnlineJobs:
     """The job table of one QEMU driver, and the JobBackend of its online jobs."""
 
-    def __init__(self, driver: QemuDriver) -> None:
+    def __init__(self, driver: JobHost) -> None:
         self._driver = driver
         self._jobs: dict[str, tuple[Guest, BlockJob]] = {}
         #: Jobs that ended while no controller watched, settled on reattach, until block_job() hands
@@ -95,7 +95,7 @@ class OnlineJobs:
         if not guest.config.disks:
             guest.chains = {}
             return
-        blocks = await self._driver._monitor(guest).execute("query-block")
+        blocks = await self._driver.monitor(guest).execute("query-block")
         known = {path: node for node, path in guest.nodes.items()}
         guest.chains = _chains_from(guest, blocks, known)
 
@@ -121,7 +121,7 @@ class OnlineJobs:
 
     async def snapshot(self, guest: Guest, overlays: dict[str, str]) -> None:
         """Put each (already created) overlay on top of its disk, all disks or none, as one transaction."""
-        monitor = self._driver._monitor(guest)
+        monitor = self._driver.monitor(guest)
         added: list[str] = []
         actions = []
         names = {disk: _next_node(disk, guest.nodes) for disk in overlays}
@@ -145,7 +145,7 @@ class OnlineJobs:
             raise BlockJobError(f"disk snapshot of '{guest.name}' failed, no disk was switched: {e.desc}") \
                 from e
         await self.refresh_chains(guest)
-        await self._driver._chains_changed(guest)
+        await self._driver.chains_changed(guest)
 
     # -- block commit ------------------------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class OnlineJobs:
                                backing=backing.path if backing else None,
                                backing_format=backing.format if backing else None)
         node = _next_node(disk, guest.nodes)
-        monitor = self._driver._monitor(guest)
+        monitor = self._driver.monitor(guest)
         await self._note_nodes(guest, add={node: dest})
         target: dict[str, Any] = {"driver": format, "node-name": node,
                                   "file": {"driver": "file", "node-name": f"{node}-file", "filename": dest}}
@@ -248,7 +248,7 @@ class OnlineJobs:
             del self._jobs[job.id]  # never sent
             raise
         try:
-            await self._driver._monitor(guest).execute(command, args)
+            await self._driver.monitor(guest).execute(command, args)
         except QMPError as e:
             del self._jobs[job.id]
             await self._record(guest)
@@ -268,7 +268,7 @@ class OnlineJobs:
             if job.phase is not JobPhase.READY:
                 job.set_phase(JobPhase.READY)
                 if job.plan.get("auto_pivot"):
-                    self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
+                    self._driver.tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
         elif name == "JOB_STATUS_CHANGE" and data.get("status") == "standby":
             job.set_phase(JobPhase.STANDBY)
         elif name in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
@@ -280,7 +280,7 @@ class OnlineJobs:
             job.plan["final"] = (int(data.get("offset", 0)), int(data.get("len", 0)))  # progress() ends there
             self._ended_at[job.id] = timestamp_of(msg)
         elif name == "JOB_STATUS_CHANGE" and data.get("status") == "concluded":
-            self._driver._tasks.start_soon(self._finish, guest, job, name=f"finish-{job.id}")
+            self._driver.tasks.start_soon(self._finish, guest, job, name=f"finish-{job.id}")
 
     async def _auto_pivot(self, job: BlockJob) -> None:
         try:
@@ -297,7 +297,7 @@ class OnlineJobs:
     async def _finish(self, guest: Guest, job: BlockJob) -> None:
         """The job concluded in QEMU: read its result, dismiss it, settle the chain and the XML, end it."""
         status, error = job.plan.get("outcome", (BlockJobStatus.FAILED, "QEMU reported no result"))
-        monitor = self._driver._monitor(guest)
+        monitor = self._driver.monitor(guest)
         recorded = False
         try:
             if "outcome" not in job.plan:  # no BLOCK_JOB_* event said how it ended: ask QEMU
@@ -327,7 +327,7 @@ class OnlineJobs:
                 group.start_soon(self._close_dropped_nodes, guest, job)
                 group.start_soon(self._record, guest)
                 if status is BlockJobStatus.COMPLETED:
-                    group.start_soon(self._driver._chains_changed, guest)
+                    group.start_soon(self._driver.chains_changed, guest)
             if status is BlockJobStatus.COMPLETED:
                 for path in job.plan.get("delete", []):
                     await self._driver.host.remove_tree(path)
@@ -350,7 +350,7 @@ class OnlineJobs:
         """Nodes the job took out of the chain (or a copy target that was abandoned) stay open, and their
         files locked, until deleted: close them, format node first, then its protocol node."""
         try:
-            monitor = self._driver._monitor(guest)
+            monitor = self._driver.monitor(guest)
         except OperationInvalidError:
             return  # QEMU is exiting: its nodes go with it
         still = {layer.node for layer in guest.chains.get(job.disk, [])}
@@ -388,20 +388,20 @@ class OnlineJobs:
         # A node's backing existed before it, so it has a lower number: the highest first is top down.
         leftovers.sort(key=lambda node: (node.rpartition("-")[0], -_number(node)))
         log.info("domain %s: closing nodes left open by an earlier controller: %s", guest.name, leftovers)
-        await self._close_nodes(guest, self._driver._monitor(guest), leftovers, "leftover")
+        await self._close_nodes(guest, self._driver.monitor(guest), leftovers, "leftover")
 
     async def reattach(self, guest: Guest) -> None:
         """After a controller restart: rebuild the handles of the jobs recorded for this guest from what
         QEMU says of them now. A job that concluded while nobody watched is settled with its real result."""
         # A controller killed between a job's end (or a snapshot) and its XML writes left live.xml and
         # domain.xml behind QEMU: they follow the chains QEMU has open, as _finish would have made them.
-        await self._driver._chains_changed(guest)
+        await self._driver.chains_changed(guest)
         text = await self._driver.files.read_jobs(guest.name)
         records: dict[str, Any] = json.loads(text) if text else {}
         if not records:
             await self._close_leftovers(guest)
             return
-        monitor = self._driver._monitor(guest)
+        monitor = self._driver.monitor(guest)
         speeds = {info["device"]: int(info.get("speed", 0))
                   for info in await monitor.execute("query-block-jobs")}
         running = {info["id"]: info for info in await monitor.execute("query-jobs")}
@@ -426,7 +426,7 @@ class OnlineJobs:
             await self._catch_up(guest, job, info)
             if job.phase is JobPhase.READY and job.plan.get("auto_pivot"):
                 # Its caller asked for the pivot; the controller that would have sent it is gone.
-                self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
+                self._driver.tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
         await self._record(guest)
         await self._close_leftovers(guest)
 
@@ -452,7 +452,7 @@ class OnlineJobs:
         mine = [job for g, job in self._jobs.values() if g is guest]
         if not mine:
             return
-        running = {info["id"]: info for info in await self._driver._monitor(guest).execute("query-jobs")}
+        running = {info["id"]: info for info in await self._driver.monitor(guest).execute("query-jobs")}
         for job in mine:
             before = job.phase
             info = running.get(job.id)
@@ -464,7 +464,7 @@ class OnlineJobs:
             if job.phase is JobPhase.READY and before is not JobPhase.READY:
                 self._driver.announce_job(guest, job)  # what the lost BLOCK_JOB_READY would have said
                 if job.plan.get("auto_pivot"):
-                    self._driver._tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
+                    self._driver.tasks.start_soon(self._auto_pivot, job, name=f"pivot-{job.id}")
         await self._record(guest)
 
     async def _catch_up(self, guest: Guest, job: BlockJob, info: dict[str, Any]) -> None:
@@ -510,7 +510,7 @@ class OnlineJobs:
     async def job_progress(self, job: BlockJob) -> tuple[int, int]:
         entry = self._jobs.get(job.id)
         if entry is not None:
-            for info in await self._driver._monitor(entry[0]).execute("query-jobs"):
+            for info in await self._driver.monitor(entry[0]).execute("query-jobs"):
                 if info["id"] == job.id:
                     job.plan["progress"] = (int(info["current-progress"]), int(info["total-progress"]))
         cur, end = job.plan.get("progress", (0, 0))
@@ -526,7 +526,7 @@ class OnlineJobs:
         if entry is None:
             raise OperationInvalidError(f"{job.id} has ended")
         try:
-            await self._driver._monitor(entry[0]).execute(command, args)
+            await self._driver.monitor(entry[0]).execute(command, args)
         except QMPError as e:
             if "cannot accept command verb" in e.desc or "not found" in e.desc:
                 raise OperationInvalidError(f"{job.id} is ending: {e.desc}") from e
@@ -534,7 +534,7 @@ class OnlineJobs:
 
     async def job_complete(self, job: BlockJob) -> None:
         guest, _ = self._jobs[job.id]
-        monitor = self._driver._monitor(guest)
+        monitor = self._driver.monitor(guest)
         # READY can flap back to standby; a pivot then waits for READY again rather than failing.
         while True:
             await job.wait_ready()

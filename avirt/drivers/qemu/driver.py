@@ -83,11 +83,11 @@ class QemuDriver(Driver):
         self.uri = uri
         self.host = host
         self.files = StateDir(host, state_dir)
-        self._guests: dict[str, Guest] = {}
-        self._tasks = TaskOwner()
+        self.guests: dict[str, Guest] = {}
+        self.tasks = TaskOwner()
         # A bus given by the caller outlives this driver (a connection that changes its driver keeps it).
         self._own_bus = bus is None
-        self.bus = EventBus(self._tasks) if bus is None else bus
+        self.bus = EventBus(self.tasks) if bus is None else bus
         self.jobs = OnlineJobs(self)
         self.images = ImageIndex(host, self.files.chains_path)
         self.offline_jobs = OfflineJobs(self)
@@ -100,13 +100,13 @@ class QemuDriver(Driver):
 
     async def open(self) -> None:
         await self.files.open()
-        await self._tasks.open()
+        await self.tasks.open()
         for name in await self.files.persistent_names():
             xml = await self.files.read_definition(name)
             if xml is not None:
                 cfg = parse_domain_xml(xml)
-                self._guests[name] = self._new_guest(name, cfg.uuid, cfg)
-        await self.images.load({name: _disks(guest.config) for name, guest in self._guests.items()})
+                self.guests[name] = self._new_guest(name, cfg.uuid, cfg)
+        await self.images.load({name: _disks(guest.config) for name, guest in self.guests.items()})
         for name in await self.files.run_names():
             await self._reattach(name)
         await self.offline_jobs.recover()
@@ -115,11 +115,11 @@ class QemuDriver(Driver):
         self._closing = True  # events that still arrive start no follow-up work
         if self._own_bus:
             self.bus.close()
-        for guest in self._guests.values():  # the next controller reads what this one last knew
+        for guest in self.guests.values():  # the next controller reads what this one last knew
             await self._save(guest)
-        await self._tasks.aclose()
+        await self.tasks.aclose()
         self.images.close()
-        for guest in self._guests.values():
+        for guest in self.guests.values():
             if guest.process is not None:
                 await guest.process.monitor.aclose()
         await self.host.aclose()
@@ -161,14 +161,14 @@ class QemuDriver(Driver):
 
     async def define_xml(self, xml: str) -> DomainRef:
         cfg = await self._stable(xml)
-        guest = self._guests.get(cfg.name)
+        guest = self.guests.get(cfg.name)
         self._check_uuid_free(cfg, guest)
         if guest is not None and guest.uuid != cfg.uuid:
             raise DomainExistsError(f"domain '{cfg.name}' already exists with uuid {guest.uuid}")
         await self.files.write_definition(cfg.name, domain_to_xml(cfg))
         detail = "updated" if guest is not None and guest.persistent else "added"
         if guest is None:
-            guest = self._guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, cfg)
+            guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, cfg)
         guest.definition = cfg
         self.images.define(cfg.name, _disks(cfg))  # ignored while it runs: its QEMU's chains count
         self._announce(guest, LifecycleType.DEFINED, detail)
@@ -176,20 +176,20 @@ class QemuDriver(Driver):
 
     async def create_xml(self, xml: str, *, paused: bool) -> DomainRef:
         cfg = await self._stable(xml)
-        if cfg.name in self._guests:
+        if cfg.name in self.guests:
             raise DomainExistsError(f"domain '{cfg.name}' already exists")
         self._check_uuid_free(cfg, None)
-        guest = self._guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
+        guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
         try:
             async with guest.lock:
                 await self._start(guest, cfg, paused=paused)
         except BaseException:
-            self._guests.pop(cfg.name, None)
+            self.guests.pop(cfg.name, None)
             raise
         return DomainRef(guest.name, guest.uuid)
 
     def _check_uuid_free(self, cfg: DomainConfig, same: Guest | None) -> None:
-        for other in self._guests.values():
+        for other in self.guests.values():
             if other is not same and other.uuid == cfg.uuid:
                 raise DomainExistsError(f"domain '{other.name}' already has uuid {cfg.uuid}")
 
@@ -198,7 +198,7 @@ class QemuDriver(Driver):
         return DomainRef(guest.name, guest.uuid)
 
     async def list_domains(self) -> list[DomainRef]:
-        return [DomainRef(g.name, g.uuid) for g in sorted(self._guests.values(), key=lambda g: g.name)]
+        return [DomainRef(g.name, g.uuid) for g in sorted(self.guests.values(), key=lambda g: g.name)]
 
     async def undefine(self, name: str) -> None:
         guest = self._find(name)
@@ -209,11 +209,11 @@ class QemuDriver(Driver):
             guest.definition = None
             self._announce(guest, LifecycleType.UNDEFINED, "removed")
             if not guest.active:
-                del self._guests[name]
+                del self.guests[name]
                 self.images.forget(name)
 
     def _find(self, name_or_uuid: str) -> Guest:
-        return find_record(self._guests, name_or_uuid)
+        return find_record(self.guests, name_or_uuid)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -288,7 +288,7 @@ class QemuDriver(Driver):
                 for target, layers in chains.items()})
             self.images.running(name, lambda: guest.chains)
             guest.set_state(DomainState.PAUSED, "user", announce=False)
-            self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
+            self.tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if cfg.cputune is not None:
             await self._pin(guest, process, cfg)
         for command, arguments in startup_commands(cfg):
@@ -368,7 +368,7 @@ class QemuDriver(Driver):
         async with guest.lock:
             guest.require("shutdown")
             stopped = guest.stopped
-            await self._monitor(guest).execute("system_powerdown")
+            await self.monitor(guest).execute("system_powerdown")
         if wait is not None:
             await wait_shut_off(name, stopped, wait)
 
@@ -391,13 +391,13 @@ class QemuDriver(Driver):
             guest.require("reboot")
             guest.reboot_pending = True
             await self._save(guest)  # the intent is on disk before the guest can act on it
-            await self._monitor(guest).execute("system_powerdown")
+            await self.monitor(guest).execute("system_powerdown")
 
     async def reset(self, name: str) -> None:
         guest = self._find(name)
         async with guest.lock:
             guest.require("reset")
-            await self._monitor(guest).execute("system_reset")
+            await self.monitor(guest).execute("system_reset")
 
     async def suspend(self, name: str) -> None:
         guest = self._find(name)
@@ -407,7 +407,7 @@ class QemuDriver(Driver):
                 return
             guest.expect_stop = True
             try:
-                await self._monitor(guest).execute("stop")
+                await self.monitor(guest).execute("stop")
             finally:
                 guest.expect_stop = False
             guest.set_state(DomainState.PAUSED, "user")
@@ -416,7 +416,7 @@ class QemuDriver(Driver):
         guest = self._find(name)
         async with guest.lock:
             guest.require("resume")
-            await self._monitor(guest).execute("cont")
+            await self.monitor(guest).execute("cont")
             guest.set_state(DomainState.RUNNING, "unpaused")
 
     async def qemu_monitor_command(self, name: str, command: str,
@@ -424,7 +424,7 @@ class QemuDriver(Driver):
         guest = self._find(name)
         if not guest.active:
             raise OperationInvalidError(f"domain '{name}' is not running")
-        return await self._monitor(guest).execute(command, arguments)
+        return await self.monitor(guest).execute(command, arguments)
 
     # -- block jobs --------------------------------------------------------------------------------------
 
@@ -546,7 +546,7 @@ class QemuDriver(Driver):
         if guest.definition is not None:
             self.images.define(guest.name, _disks(guest.definition))
 
-    async def _chains_changed(self, guest: Guest) -> None:
+    async def chains_changed(self, guest: Guest) -> None:
         """A job changed the disks' chains: the live and the persistent XML follow (each written only
         if the top image of a disk changed, both at once)."""
         changed = set()
@@ -568,7 +568,7 @@ class QemuDriver(Driver):
         self.bus.emit(BlockJobEvent, guest.name, guest.uuid, timestamp, disk=job.disk, job_kind=job.kind,
                       status=job.status or BlockJobStatus.READY, error=job.error)
 
-    def _monitor(self, guest: Guest) -> Monitor:
+    def monitor(self, guest: Guest) -> Monitor:
         lost = self.host.connection_error()
         if lost is not None:
             raise lost
@@ -654,7 +654,7 @@ class QemuDriver(Driver):
         if guest.definition is not None:
             self.images.define(guest.name, _disks(guest.definition))
         else:
-            self._guests.pop(guest.name, None)
+            self.guests.pop(guest.name, None)
             self.images.forget(guest.name)
 
     async def _watch(self, guest: Guest, process: QemuProcess) -> bool:
@@ -741,7 +741,7 @@ class QemuDriver(Driver):
                 guest.refine_again = True
                 return
             guest.refining = True
-        self._tasks.start_soon(self._react, guest, reaction, name=f"react-{guest.name}")
+        self.tasks.start_soon(self._react, guest, reaction, name=f"react-{guest.name}")
 
     def _new_guest(self, name: str, uuid: str, definition: DomainConfig | None) -> Guest:
         guest = Guest(name, uuid, definition)
@@ -754,7 +754,7 @@ class QemuDriver(Driver):
         if guest.process is None or guest.saving or self._closing:
             return
         guest.saving = True
-        self._tasks.start_soon(self._save, guest, name=f"save-{guest.name}")
+        self.tasks.start_soon(self._save, guest, name=f"save-{guest.name}")
 
     async def _save(self, guest: Guest) -> None:
         """Write state.json until it holds what the guest is now. One writer at a time per guest, and
@@ -821,7 +821,7 @@ class QemuDriver(Driver):
         """Pick up a guest that an earlier controller started, or clean up after one that died."""
         live_xml = await self.files.read_live(name)
         live = parse_domain_xml(live_xml) if live_xml is not None else None
-        known = self._guests.get(name)
+        known = self.guests.get(name)
         guest = known or (self._new_guest(name, live.uuid, None) if live else None)
         process = None
         if live is not None and guest is not None:
@@ -835,13 +835,13 @@ class QemuDriver(Driver):
             if known is not None:
                 known.set_state(DomainState.SHUTOFF, "unknown", announce=False)
             return
-        self._guests[name] = guest
+        self.guests[name] = guest
         saved = await self.files.read_state(name)
         guest.began(process, live, {})
         self.images.running(name, lambda: guest.chains)
         guest.saving = True  # nothing to write until the state is known again
         guest.set_state(DomainState.RUNNING, "unknown", announce=False)
-        self._tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
+        self.tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if not process.monitor.connected:
             guest.saving = False
             return
@@ -856,7 +856,7 @@ class QemuDriver(Driver):
         self._save_soon(guest)
         if guest.state is DomainState.SHUTDOWN and (saved is None or saved.state != "shutdown"):
             # It powered off while nobody watched: do now what the controller that watched would have.
-            self._tasks.start_soon(self._react, guest, guest.missed_shutdown(), name=f"react-{name}")
+            self.tasks.start_soon(self._react, guest, guest.missed_shutdown(), name=f"react-{name}")
 
 
 def _machines(help_text: str) -> tuple[dict[str, str], list[str]]:

@@ -49,8 +49,8 @@ from avirt.offline.imagejob import ImageJobRunner, Step
 from avirt.offline.plan import OfflinePlan
 
 if TYPE_CHECKING:
-    from avirt.drivers.qemu.driver import QemuDriver
     from avirt.drivers.qemu.guest import Guest
+    from avirt.drivers.qemu.jobhost import JobHost
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ SURVIVOR_GRACE = 10.0
 class OfflineJobs:
     """The offline jobs of one QEMU driver: their table, their records, and their JobBackend."""
 
-    def __init__(self, driver: QemuDriver) -> None:
+    def __init__(self, driver: JobHost) -> None:
         self._driver = driver
         self.runner = ImageJobRunner(driver.host)
         #: (domain, disk) -> the job running on it; start() and snapshots are refused meanwhile.
@@ -110,7 +110,7 @@ class OfflineJobs:
 
     async def _recover_one(self, record: dict[str, Any]) -> None:
         await self._end_survivor(record)
-        guest = self._driver._guests.get(record["domain"])
+        guest = self._driver.guests.get(record["domain"])
         if guest is None or guest.definition is None or guest.active:
             # Nothing a job could be finished for: the domain went, or runs on these very images.
             log.warning("offline job %s of domain %s cannot be finished here (the domain is %s); "
@@ -186,7 +186,7 @@ class OfflineJobs:
             if error is not None:
                 log.info("offline job %s failed: %s", job.id, error)
 
-        self._driver._tasks.start_soon(run, name=f"offline-{job.id}")
+        self._driver.tasks.start_soon(run, name=f"offline-{job.id}")
 
     # -- records -----------------------------------------------------------------------------------------
 
