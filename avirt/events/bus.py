@@ -113,17 +113,15 @@ class EventBus:
         self._seq += 1
         event = cls(domain=domain, uuid=uuid, timestamp=timestamp if timestamp is not None else time.time(),
                     seq=self._seq, **fields)
-        for queue in self._queues:
-            if queue.matches(event):
-                queue.put(event)
+        self.forward(event)
         return event
 
     def forward(self, event: Event) -> None:
-        """Queue an event another controller built (a served client's copy of its controller's events)."""
-        if self.wants(event.kind):
-            for queue in self._queues:
-                if queue.matches(event):
-                    queue.put(event)
+        """Queue a built event for every matching subscription (also one another controller built: a
+        served client's copy of its controller's events)."""
+        for queue in self._queues:
+            if queue.matches(event):
+                queue.put(event)
 
     def lose(self, count: int | None) -> None:
         """Tell every subscriber that ``count`` events (None: an unknown number) were lost before they

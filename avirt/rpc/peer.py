@@ -77,10 +77,13 @@ class Lost:
 class _Pending:
     """A call or stream of ours, waiting for its response (and, for a stream, collecting items)."""
 
-    def __init__(self, max_items: int | None, on_item: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, request_id: int, max_items: int | None,
+                 on_item: Callable[[Any], None] | None = None) -> None:
+        self.id = request_id
         self.on_item = on_item
         self.done = anyio.Event()
-        self.error: Any = None
+        self.error: Any = None  # as the other side sent it
+        self.failure: AvirtError | None = None  # this side's own reason (the connection ended)
         self.result: Any = None
         self.items: deque[Any] | None = None if max_items is None else deque()
         self.max_items = max_items or 0
@@ -109,6 +112,10 @@ class _Pending:
         self.error, self.result = error, result
         self.done.set()
         self.wake()
+
+    def fail(self, failure: AvirtError) -> None:
+        self.failure = failure
+        self.finish(None, None)
 
     def wake(self) -> None:
         self._wake.set()
@@ -211,7 +218,7 @@ class Peer:
         if self.is_closed:
             raise PeerClosedError(f"{self.name}: connection closed ({self.closed_because})")
         request_id = next(self._ids) % 2**32
-        pending = self._pending[request_id] = _Pending(max_items, on_item)
+        pending = self._pending[request_id] = _Pending(request_id, max_items, on_item)
         try:
             await self._send(Request(request_id, method, list(params)))
         except BaseException:
@@ -220,13 +227,12 @@ class Peer:
         return pending
 
     async def _give_up(self, pending: _Pending) -> None:
-        request_id = next((i for i, p in self._pending.items() if p is pending), None)
-        if request_id is None or self.is_closed:
+        if self._pending.get(pending.id) is not pending or self.is_closed:
             return
         # The response still comes (a cancelled handler answers too); _pending keeps the id until then.
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
             try:
-                await self._send(Notification(CANCEL, [request_id]))
+                await self._send(Notification(CANCEL, [pending.id]))
             except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
 
@@ -301,9 +307,8 @@ class Peer:
             return
         self.closed_because = reason
         self._closed.set()
-        gone = {"type": "PeerClosedError", "message": f"{self.name}: connection closed ({reason})"}
         for pending in self._pending.values():
-            pending.finish(gone, None)
+            pending.fail(PeerClosedError(f"{self.name}: connection closed ({reason})"))
         self._pending.clear()
 
     # -- their requests -----------------------------------------------------------------------------------
@@ -355,8 +360,6 @@ def error_from_wire(error: Any) -> AvirtError:
     if not isinstance(error, dict):
         return AvirtError(f"malformed error from the controller: {str(error)[:200]}")
     cls = getattr(errors, str(error.get("type")), None)
-    if cls is None and error.get("type") == "PeerClosedError":
-        cls = PeerClosedError
     if not (isinstance(cls, type) and issubclass(cls, AvirtError)):
         cls = AvirtError
     instance: AvirtError = cls.__new__(cls)
@@ -380,6 +383,8 @@ def _request_id(message: Notification) -> int:
 
 
 def _outcome(pending: _Pending) -> Any:
+    if pending.failure is not None:
+        raise pending.failure
     if pending.error is not None:
         raise error_from_wire(pending.error)
     return pending.result

@@ -70,7 +70,6 @@ class ClientDriver(Driver):
         self._tasks.start_soon(self._run, stream, ready, name="served-client")
         await ready.wait()
         await self._call("hello", protocol=PROTOCOL)
-        self._subscribed = anyio.Event()
         self._tasks.start_soon(self._forward_events, name="served-events")
         with anyio.fail_after(SUBSCRIBE_TIMEOUT):
             await self._subscribed.wait()

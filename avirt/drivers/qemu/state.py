@@ -98,20 +98,25 @@ class SavedState:
             return None
 
 
-async def served_socket(host: Host, state_dir: str) -> str:
-    """Where the holder of ``state_dir`` serves it to other programs (``avirt.served``): ``avirt.sock`` in
-    it, reached through a short link to the state directory when that path would be too long. The link
-    stays: it names the state directory, which outlives every controller, and any of them may need it."""
-    if sockets_fit(state_dir):
-        return os.path.join(state_dir, "avirt.sock")
+async def reachable(host: Host, directory: str) -> str:
+    """Where sockets in ``directory`` are bound and reached: the directory itself when their paths fit,
+    else a short link to it (made here, or made again if it went missing)."""
+    if sockets_fit(directory):
+        return directory
     try:
-        link = os.path.join(await host.short_dir(), link_name(state_dir))
-        await host.symlink(state_dir, link)
+        link = os.path.join(await host.short_dir(), link_name(directory))
+        await host.symlink(directory, link)
     except (HostError, OSError) as e:
-        raise HostError(f"the state directory {state_dir} ({len(os.fsencode(state_dir))} bytes) is too deep "
-                        f"for a socket path (at most {SOCKET_PATH_MAX} bytes), and no short link to it can "
-                        f"be made: {getattr(e, 'strerror', None) or e}") from None
-    return os.path.join(link, "avirt.sock")
+        raise HostError(f"the socket paths under {directory} ({len(os.fsencode(directory))} bytes) pass the "
+                        f"kernel's limit of {SOCKET_PATH_MAX} bytes, and no short link to it can be made: "
+                        f"{getattr(e, 'strerror', None) or e}") from None
+    return link
+
+
+async def served_socket(host: Host, state_dir: str) -> str:
+    """Where the holder of ``state_dir`` serves it to other programs (``avirt.served``). A link to a state
+    directory is never removed: it names a directory that outlives every controller."""
+    return os.path.join(await reachable(host, state_dir), "avirt.sock")
 
 
 class StateDir:
@@ -174,19 +179,8 @@ class StateDir:
         return os.path.join(self._run, name)
 
     async def socket_dir(self, name: str) -> str:
-        """Where the sockets of ``name``'s run directory are bound and reached: the run directory when
-        their paths fit, else its short link (made here, or made again if it went missing)."""
-        run = self.run_dir(name)
-        if sockets_fit(run):
-            return run
-        try:
-            link = os.path.join(await self.host.short_dir(), link_name(run))
-            await self.host.symlink(run, link)
-        except (HostError, OSError) as e:
-            raise HostError(f"the socket paths under {run} ({len(os.fsencode(run))} bytes) pass the kernel's "
-                            f"limit of {SOCKET_PATH_MAX} bytes, and no short link to it can be made: "
-                            f"{getattr(e, 'strerror', None) or e}") from None
-        return link
+        """Where the sockets of ``name``'s run directory are bound and reached (see :func:`reachable`)."""
+        return await reachable(self.host, self.run_dir(name))
 
     async def qmp_socket(self, name: str) -> str:
         return os.path.join(await self.socket_dir(name), "qmp.sock")
