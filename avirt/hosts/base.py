@@ -150,6 +150,11 @@ class Host(ABC):
     async def read_text(self, path: str) -> str | None:
         """The file's text, or None if it does not exist."""
 
+    async def read_head(self, path: str, size: int) -> bytes | None:
+        """Up to ``size`` bytes from the start of the file, where this host reads files cheaply; None when
+        it cannot be read (or not cheaply: a remote host), so that the caller asks a program instead."""
+        return None
+
     @abstractmethod
     async def write_atomic(self, path: str, text: str, *, mode: int = 0o600, durable: bool = True) -> None:
         """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix.

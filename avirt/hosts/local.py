@@ -146,6 +146,12 @@ class LocalHost(Host):
         except FileNotFoundError:
             return None
 
+    async def read_head(self, path: str, size: int) -> bytes | None:
+        try:
+            return await anyio.to_thread.run_sync(_read_head, path, size)
+        except (OSError, ValueError):  # missing, unreadable, a NUL in the name: the caller's program says
+            return None
+
     async def write_atomic(self, path: str, text: str, *, mode: int = 0o600, durable: bool = True) -> None:
         await anyio.to_thread.run_sync(_write_atomic, path, text.encode(), mode, durable)
 
@@ -224,6 +230,14 @@ def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _read_head(path: str, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the thread
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: str, data: bytes, mode: int, durable: bool) -> None:

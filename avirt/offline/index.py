@@ -44,7 +44,7 @@ import anyio
 
 from avirt.errors import HostError, ImageError
 from avirt.hosts.base import FileStamp, FileWatch, Host
-from avirt.offline.qemu_img import backing_chain
+from avirt.offline.headers import chain_layers
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,7 @@ class ImageIndex:
             if chain.format == "raw":
                 layers = [(chain.source, "raw")]
             else:
-                entries = await backing_chain(self.host, chain.source, chain.format)
-                layers = [(e.path, e.format) for e in entries]
+                layers = await chain_layers(self.host, chain.source, chain.format)
         except ImageError as e:
             log.debug("image index: cannot read the chain of %s: %s", chain.source, e)
             layers, complete = [(chain.source, chain.format)], False

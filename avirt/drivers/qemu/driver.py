@@ -60,9 +60,10 @@ from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.offline.headers import chain_layers
 from avirt.offline.index import ImageIndex
 from avirt.offline.plan import commit_plan, pull_plan
-from avirt.offline.qemu_img import ChainEntry, backing_chain, create_overlay, image_chain
+from avirt.offline.qemu_img import ChainEntry, create_overlay, image_chain
 from avirt.offline.safety import check_commit_space, unlocked_chain
 from avirt.qmp.monitor import Monitor, MonitorClosedError
 from avirt.tasks import TaskOwner
@@ -348,10 +349,10 @@ class QemuDriver(Driver):
                 chains[disk.target] = [Layer(disk.source, "raw")]
                 continue
             try:
-                entries = await backing_chain(self.host, disk.source, disk.format)
+                layers = await chain_layers(self.host, disk.source, disk.format)
             except ImageError as e:
                 raise DomainStartError(f"cannot start domain '{cfg.name}': disk {disk.target}: {e}") from e
-            chains[disk.target] = [Layer(e.path, e.format) for e in reversed(entries)]
+            chains[disk.target] = [Layer(path, fmt) for path, fmt in reversed(layers)]
         return chains
 
     async def _accelerator(self, cfg: DomainConfig) -> str:
