@@ -144,6 +144,7 @@ class _Session:
         self._event_stream: EventStream | None = None
         self._in_flight = False  # an event taken from the stream and not yet sent
         self._sent = anyio.Event()
+        self._signatures: dict[str, inspect.Signature] = {}
 
     def __call__(self, method: str, params: list[Any]) -> Awaitable[Any] | AsyncIterator[Any]:
         kwargs = params[0] if len(params) == 1 and isinstance(params[0], dict) else None
@@ -175,8 +176,11 @@ class _Session:
 
     async def _call(self, method: str, kwargs: dict[str, Any], convert: Callable[[Any], Any]) -> Any:
         function = getattr(self.driver, method)
+        signature = self._signatures.get(method)
+        if signature is None:  # inspect.signature costs tens of microseconds: once per method
+            signature = self._signatures[method] = inspect.signature(function)
         try:
-            inspect.signature(function).bind(**kwargs)
+            signature.bind(**kwargs)
         except TypeError as e:
             raise OperationInvalidError(f"{method}: {e}") from None
         result = convert(await function(**kwargs))
