@@ -44,3 +44,18 @@ class DomainInfo:
     memory_kib: int
     vcpus: int
     cpu_time_ns: int
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """A migration's progress, as QEMU's query-migrate reports it: bytes of guest memory, the rate at
+    which the guest dirties memory (bytes/s), the passes over memory so far, and the downtime QEMU
+    expects for the last pass (ms). ``status``: QEMU's (setup, active, device, completed, failed...)."""
+
+    status: str
+    ram_total: int
+    ram_transferred: int
+    ram_remaining: int
+    dirty_rate: int
+    passes: int
+    expected_downtime_ms: int

@@ -15,7 +15,7 @@ import copy
 import logging
 import os
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -27,7 +27,7 @@ from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
-from avirt.drivers.qemu import firmware, tpm, virtiofs
+from avirt.drivers.qemu import firmware, migration, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
@@ -40,6 +40,7 @@ from avirt.errors import (
     DomainStartError,
     HostError,
     ImageError,
+    MigrationError,
     OperationInvalidError,
     QMPError,
     SharedImageError,
@@ -59,7 +60,7 @@ from avirt.events.model import (
 from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
 from avirt.jobs import BlockJob, JobPhase
-from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
 from avirt.offline.headers import chain_layers
 from avirt.offline.index import ImageIndex
 from avirt.offline.plan import commit_plan, pull_plan
@@ -92,6 +93,8 @@ class QemuDriver(Driver):
         self.jobs = OnlineJobs(self)
         self.images = ImageIndex(host, self.files.chains_path)
         self.offline_jobs = OfflineJobs(self)
+        #: The guests that take part in a migration now (as source or destination) -> its status.
+        self.migrations: dict[str, migration.Watch] = {}
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
@@ -229,7 +232,8 @@ class QemuDriver(Driver):
             assert guest.definition is not None  # a shut-off domain that exists is persistent
             await self._start(guest, guest.definition, paused=paused)
 
-    async def _start(self, guest: Guest, cfg: DomainConfig, *, paused: bool) -> None:
+    async def _start(self, guest: Guest, cfg: DomainConfig, *, paused: bool, incoming: bool = False) -> None:
+        """Spawn QEMU for ``cfg``; ``incoming``: as a migration's destination (waiting in inmigrate)."""
         refusal = startable(cfg) or await virtiofs.refusal(self.host, cfg)
         if refusal is not None:
             raise DomainStartError(f"cannot start domain '{cfg.name}': {refusal}")
@@ -270,9 +274,10 @@ class QemuDriver(Driver):
                 await virtiofs.start(self.host, cfg, sockets)
                 process = await QemuProcess.spawn(
                     self.host, name,
-                    lambda socket: build_argv(cfg, chains=chains, accel=accel, monitor=socket,
-                                              pidfile=self.files.pidfile(name),
-                                              run_dir=sockets, spice_port=spice_port),
+                    lambda socket: [*build_argv(cfg, chains=chains, accel=accel, monitor=socket,
+                                                pidfile=self.files.pidfile(name),
+                                                run_dir=sockets, spice_port=spice_port),
+                                    *(["-incoming", "defer"] if incoming else [])],
                     qmp_socket=await self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
                     log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
                 )
@@ -298,18 +303,22 @@ class QemuDriver(Driver):
             except QMPError as e:
                 await self._terminate(guest, "failed")
                 raise DomainStartError(f"domain '{name}' could not be set up ({command}): {e}") from e
+        if incoming:
+            guest.set_state(DomainState.PAUSED, "migration", announce=False)
+            self._announce(guest, LifecycleType.STARTED, "migrated")
+            return
         if paused:
             self._announce(guest, LifecycleType.STARTED, "booted")
             self._announce(guest, LifecycleType.SUSPENDED, "paused")
             return
-        guest.starting = True  # the RESUME that cont causes means "booted"
+        guest.resume_reason = "booted"  # the RESUME that cont causes
         try:
             await process.monitor.execute("cont")
         except QMPError as e:
             await self._terminate(guest, "failed")
             raise DomainStartError(f"domain '{name}' did not start running: {e}") from e
         finally:
-            guest.starting = False
+            guest.resume_reason = None
         guest.set_state(DomainState.RUNNING, "booted")
 
     async def _pin(self, guest: Guest, process: QemuProcess, cfg: DomainConfig) -> None:
@@ -419,6 +428,115 @@ class QemuDriver(Driver):
             guest.require("resume")
             await self.monitor(guest).execute("cont")
             guest.set_state(DomainState.RUNNING, "unpaused")
+
+    # -- migration (the order of the phases: avirt/migration.py; their QMP: migration.py) -----------------
+
+    def start_task(self, func: Callable[[], Awaitable[None]], name: str) -> None:
+        self.tasks.start_soon(func, name=name)
+
+    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
+        """Source: the live definition to start the destination from, the persistent one (None for a
+        transient domain), and whether the guest's CPUs run."""
+        guest = self._find(name)
+        if guest.state not in (DomainState.RUNNING, DomainState.PAUSED) or guest.live is None:
+            raise OperationInvalidError(f"cannot migrate domain '{name}': it is {guest.state.value}")
+        if name in self.migrations:
+            raise OperationInvalidError(f"domain '{name}' is already migrating")
+        busy = [disk for disk in guest.chains if self.jobs.job_on(guest, disk) is not None]
+        if busy:
+            raise OperationInvalidError(f"cannot migrate domain '{name}': a block job runs on "
+                                        f"{', '.join(busy)}")
+        persistent = None if guest.definition is None else domain_to_xml(guest.definition)
+        return domain_to_xml(guest.live), persistent, guest.state is DomainState.RUNNING
+
+    async def migrate_prepare(self, xml: str) -> str:
+        """Destination: QEMU started for the incoming guest, listening; the URI to send it to."""
+        cfg = await self._stable(xml)
+        if cfg.name in self.guests:
+            raise DomainExistsError(f"cannot migrate domain '{cfg.name}' here: a domain of that name exists")
+        self._check_uuid_free(cfg, None)
+        guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
+        watch = self.migrations[cfg.name] = migration.Watch()
+        try:
+            async with guest.lock:
+                await self._start(guest, cfg, paused=True, incoming=True)
+                socket = os.path.join(await self.files.socket_dir(cfg.name), "migrate.sock")
+                try:
+                    return await migration.listen(self.monitor(guest), socket)
+                except QMPError:
+                    await self._terminate(guest, "failed")
+                    raise
+        except BaseException:
+            if self.migrations.get(cfg.name) is watch:
+                del self.migrations[cfg.name]
+            if not guest.active:
+                self.guests.pop(cfg.name, None)
+            raise
+
+    async def migrate_perform(self, name: str, uri: str, *, bandwidth: int | None,
+                              max_downtime: int | None) -> None:
+        """Source: send the guest; returns once QEMU has sent it all (the source is then paused)."""
+        guest = self._find(name)
+        watch = self.migrations[name] = migration.Watch()
+        async with guest.lock:
+            guest.pause_cause = "migration"  # the STOP at the end of the migration
+            try:
+                await migration.send(self.monitor(guest), watch, uri, bandwidth=bandwidth,
+                                     max_downtime=max_downtime)
+            finally:
+                guest.pause_cause = None
+
+    async def migrate_progress(self, name: str) -> MigrationProgress:
+        return await migration.progress(self.monitor(self._find(name)))
+
+    async def migrate_cancel(self, name: str) -> None:
+        await migration.cancel(self.monitor(self._find(name)))
+
+    async def migrate_finish(self, name: str, *, ok: bool, resume: bool, persistent_xml: str | None) -> None:
+        """Destination: with ``ok``, wait until the guest is loaded, run it (``resume``) and, with
+        ``persistent_xml``, define it; else end the QEMU that waited for it."""
+        guest = self._find(name)
+        watch = self.migrations.get(name)
+        async with guest.lock:
+            if not ok or watch is None:
+                self.migrations.pop(name, None)
+                if guest.active:
+                    await self._terminate(guest, "failed")
+                return
+            try:
+                try:
+                    await migration.received(self.monitor(guest), watch)
+                finally:
+                    del self.migrations[name]
+                if resume:
+                    guest.resume_reason = "migrated"
+                    try:
+                        await self.monitor(guest).execute("cont")
+                    finally:
+                        guest.resume_reason = None
+                    guest.set_state(DomainState.RUNNING, "migrated")
+                else:
+                    guest.set_state(DomainState.PAUSED, "user", announce=False)
+            except (MigrationError, QMPError):
+                await self._terminate(guest, "failed")
+                raise
+        if persistent_xml is not None:
+            await self.define_xml(persistent_xml)
+
+    async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:
+        """Source: with ``ok`` the guest runs elsewhere now: end this QEMU (and, with ``undefine``, the
+        definition); else let the guest run on here (``resume``: its CPUs ran before)."""
+        guest = self._find(name)
+        self.migrations.pop(name, None)
+        async with guest.lock:
+            if ok:
+                if guest.active:
+                    await self._terminate(guest, "migrated")
+            elif resume and guest.state is DomainState.PAUSED and guest.active:
+                await self.monitor(guest).execute("cont")
+                guest.set_state(DomainState.RUNNING, "migrated")
+        if ok and undefine and guest.definition is not None:
+            await self.undefine(name)
 
     async def qemu_monitor_command(self, name: str, command: str,
                                    arguments: dict[str, Any] | None) -> Any:
@@ -729,6 +847,8 @@ class QemuDriver(Driver):
             self._event_time = None
         if msg.get("event", "").startswith(("JOB_", "BLOCK_JOB_")):
             self.jobs.on_qmp_event(guest, msg)
+        elif msg.get("event") == "MIGRATION" and guest.name in self.migrations:
+            self.migrations[guest.name].update(msg.get("data") or {})
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
                 if cls is BlockJobEvent and fields["status"] is not BlockJobStatus.READY \
@@ -795,12 +915,12 @@ class QemuDriver(Driver):
             if reaction is Reaction.QUIT:
                 await monitor.execute("quit")
             elif reaction is Reaction.RESTART:
-                guest.starting = True
+                guest.resume_reason = "booted"
                 try:
                     await monitor.execute("system_reset")
                     await monitor.execute("cont")
                 finally:
-                    guest.starting = False
+                    guest.resume_reason = None
                 guest.set_state(DomainState.RUNNING, "booted")
             elif reaction is Reaction.REFINE:
                 # One query at a time per guest: STOPs that arrive meanwhile ask for one more round.

@@ -1,0 +1,163 @@
+"""Live migration between two state directories of this machine (shared storage): real QEMU on both
+sides, the tiny guest writing to its disk throughout, libvirt's events on both sides, and every refusal
+and failure leaving the guest running in exactly one place."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+import avirt
+from avirt import DomainState, EventKind, LifecycleEvent
+from avirt.connection import Connection
+from avirt.errors import DomainExistsError, InvalidArgumentError, MigrationError, OperationInvalidError
+from tests.guest import BASE_CMDLINE, GuestImages
+from tests.waiting import wait_for_serial
+from tests.xmls import XMLFactory
+
+pytestmark = [pytest.mark.anyio]
+
+SLOTS = 8
+WRITE = re.compile(r"avirt-wl: i=(\d+) slot=(\d+) pat=0x([0-9a-f]{2})")
+
+
+@pytest.fixture
+def two_dirs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    dirs = tmp_path / "source", tmp_path / "dest"
+    yield dirs
+    for pidfile in [*dirs[0].glob("run/*/qemu.pid"), *dirs[1].glob("run/*/qemu.pid")]:
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass
+
+
+@pytest.fixture
+async def pair(two_dirs: tuple[Path, Path]) -> AsyncIterator[tuple[Connection, Connection]]:
+    async with avirt.connect(state_dir=two_dirs[0]) as source, avirt.connect(state_dir=two_dirs[1]) as dest:
+        yield source, dest
+
+
+class Lifecycle:
+    """Every lifecycle event of one connection, as (type, detail)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self._changed = anyio.Event()
+        conn.subscribe(self._on, kinds={EventKind.LIFECYCLE})
+
+    def _on(self, event: avirt.Event) -> None:
+        assert isinstance(event, LifecycleEvent)
+        self.seen.append((event.type.name, event.detail))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def until(self, *wanted: tuple[str, str], timeout: float = 30) -> None:
+        with anyio.fail_after(timeout):
+            while not all(w in self.seen for w in wanted):
+                await self._changed.wait()
+
+
+@pytest.mark.guest
+async def test_a_writing_guest_moves_and_keeps_every_write(
+        pair: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path,
+        guest_images: GuestImages) -> None:
+    source, dest = pair
+    disk, serial = tmp_path / "disk.qcow2", tmp_path / "serial.log"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "32M"], check=True)
+    dom = await source.define_xml(xml(
+        "mover", type="qemu", memory_mib=256, kernel=str(guest_images.kernel),
+        initrd=str(guest_images.initrd), serial_file=str(serial), disks=[("vda", str(disk), "qcow2")],
+        cmdline=f"{BASE_CMDLINE} avirt.workload=write avirt.slots={SLOTS} avirt.count=0 avirt.sleep=0"))
+    await dom.start()
+    await wait_for_serial(serial, "avirt-wl: i=10 ")
+    at_source, at_dest = Lifecycle(source), Lifecycle(dest)
+
+    job = await dom.migrate(dest)
+    seen = [p async for p in job.progress()]
+    moved = await job
+    assert moved.name == "mover" and moved.uuid == dom.uuid
+    assert await moved.state() == (DomainState.RUNNING, "migrated")
+    assert await source.list_domains() == []  # undefine_source: gone from the source
+    assert (await dest.lookup("mover")) == moved  # persist: defined at the destination
+    await at_source.until(("SUSPENDED", "migrated"), ("STOPPED", "migrated"), ("UNDEFINED", "removed"))
+    await at_dest.until(("STARTED", "migrated"), ("RESUMED", "migrated"), ("DEFINED", "added"))
+    assert at_dest.seen.index(("STARTED", "migrated")) < at_dest.seen.index(("RESUMED", "migrated"))
+    assert all(p.ram_total > 0 for p in seen)
+
+    # The guest goes on writing at the destination (into the same log: append='on').
+    done = len(WRITE.findall(serial.read_text()))
+    await wait_for_serial(serial, f"avirt-wl: i={done + 2 * SLOTS} ")
+    await moved.shutdown(wait=60)
+    last: dict[int, int] = {}
+    for _, slot, pat in WRITE.findall(serial.read_text()):
+        last[int(slot)] = int(pat, 16)
+    assert len(last) == SLOTS
+    for slot, pat in last.items():  # every reported write is on the disk, whichever QEMU made it
+        out = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {pat:#x} {slot}M 64k", disk],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and "verification failed" not in out.stdout, (slot, out.stdout)
+
+
+async def test_a_paused_transient_copy_stays_paused_and_the_source_keeps_its_definition(
+        pair: tuple[Connection, Connection], xml: XMLFactory) -> None:
+    source, dest = pair
+    dom = await source.define_xml(xml("idle"))
+    await dom.start(paused=True)
+    at_source = Lifecycle(source)
+    moved = await (await dom.migrate(dest, persist=False, undefine_source=False, max_downtime=50))
+    assert (await moved.state())[0] is DomainState.PAUSED
+    assert await dom.state() == (DomainState.SHUTOFF, "migrated")
+    await at_source.until(("STOPPED", "migrated"))
+    await moved.destroy()
+    assert await dest.list_domains() == []  # it was transient there
+
+
+async def test_refusals_come_before_anything_moves(
+        pair: tuple[Connection, Connection], xml: XMLFactory) -> None:
+    source, dest = pair
+    off = await source.define_xml(xml("off"))
+    with pytest.raises(OperationInvalidError, match="shutoff"):
+        await off.migrate(dest)
+    dom = await source.define_xml(xml("busy"))
+    await dom.start()
+    await dest.define_xml(xml("busy"))  # a namesake at the destination
+    with pytest.raises(DomainExistsError):
+        await (await dom.migrate(dest))
+    with pytest.raises(InvalidArgumentError):
+        await dom.migrate(dest, copy_storage="all")
+    with pytest.raises(InvalidArgumentError):
+        await dom.migrate(source)
+    with pytest.raises(InvalidArgumentError):
+        await dom.migrate(dest, bandwidth=0)
+    async with avirt.connect("test:///default") as test_conn:
+        with pytest.raises(OperationInvalidError):
+            await (await dom.migrate(test_conn))
+    # The guest never stopped running at the source.
+    assert await dom.state() == (DomainState.RUNNING, "booted")
+    assert [d.name for d in await dest.list_domains()] == ["busy"]
+    assert (await (await dest.lookup("busy")).state())[0] is DomainState.SHUTOFF
+
+
+async def test_a_cancelled_migration_leaves_the_guest_running_at_the_source(
+        pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
+    source, dest = pair
+    dom = await source.define_xml(xml("slow"))
+    await dom.start()
+    job = await dom.migrate(dest, bandwidth=32 * 1024)  # a few hundred KiB to send: seconds at this rate
+    async for progress in job.progress():
+        if progress.status == "active" and progress.ram_transferred > 0:
+            await job.cancel()
+            break
+    with pytest.raises(MigrationError, match="cancelled"):
+        await job
+    assert (await dom.state())[0] is DomainState.RUNNING
+    assert await dest.list_domains() == []
+    assert list((two_dirs[1] / "run").glob("*")) == []  # nothing of the destination's QEMU is left
