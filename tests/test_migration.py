@@ -19,6 +19,7 @@ from avirt import DomainState, EventKind, LifecycleEvent
 from avirt.connection import Connection
 from avirt.errors import DomainExistsError, InvalidArgumentError, MigrationError, OperationInvalidError
 from tests.guest import BASE_CMDLINE, GuestImages
+from tests.test_cli import CLI
 from tests.waiting import wait_for_serial
 from tests.xmls import XMLFactory
 
@@ -161,3 +162,19 @@ async def test_a_cancelled_migration_leaves_the_guest_running_at_the_source(
     assert (await dom.state())[0] is DomainState.RUNNING
     assert await dest.list_domains() == []
     assert list((two_dirs[1] / "run").glob("*")) == []  # nothing of the destination's QEMU is left
+
+
+def test_the_command_moves_a_domain_with_virsh_s_flags(
+        two_dirs: tuple[Path, Path], xml: XMLFactory, tmp_path: Path) -> None:
+    source, dest = CLI(two_dirs[0]), CLI(two_dirs[1])
+    (tmp_path / "d.xml").write_text(xml("cli-mover"))
+    source.ok("define", str(tmp_path / "d.xml"))
+    source.ok("start", "cli-mover")
+    assert "--live" in source.fails("migrate", "cli-mover", "qemu:///session",
+                                    "--dest-state-dir", str(two_dirs[1]))
+    out = source.ok("migrate", "cli-mover", "qemu:///session", "--dest-state-dir", str(two_dirs[1]),
+                    "--live", "--persistent", "--undefinesource", "--verbose", "--max-downtime", "100")
+    assert out.splitlines()[-2:] == ["Migration: [100 %]", "Domain 'cli-mover' migrated to qemu:///session"]
+    assert "cli-mover" not in source.ok("list", "--all")
+    assert re.search(r"cli-mover\s+running", dest.ok("list", "--all"))
+    dest.ok("destroy", "cli-mover")
