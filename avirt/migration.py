@@ -57,6 +57,8 @@ class MigrationJob:
         self._result: Domain | None = None
         self._error: AvirtError | None = None
         self._cancelled = False
+        #: QEMU's figures at the end of the transfer (its total time and the guest's downtime among them).
+        self.stats: MigrationProgress | None = None
 
     def __repr__(self) -> str:
         return f"<MigrationJob {self.name}: {self.phase}>"
@@ -111,8 +113,8 @@ class MigrationJob:
                 self.phase = "perform"
                 if self._cancelled:
                     raise MigrationError("the migration was cancelled")
-                await self._source.migrate_perform(self.name, uri, bandwidth=bandwidth,
-                                                   max_downtime=max_downtime)
+                self.stats = await self._source.migrate_perform(self.name, uri, bandwidth=bandwidth,
+                                                                max_downtime=max_downtime)
                 self.phase = "finish"
                 await dest.migrate_finish(self.name, ok=True, resume=running,
                                           persistent_xml=(persistent_xml or live_xml) if persist else None)

@@ -50,7 +50,8 @@ class DomainInfo:
 class MigrationProgress:
     """A migration's progress, as QEMU's query-migrate reports it: bytes of guest memory, the rate at
     which the guest dirties memory (bytes/s), the passes over memory so far, and the downtime QEMU
-    expects for the last pass (ms). ``status``: QEMU's (setup, active, device, completed, failed...)."""
+    expects for the last pass (ms); once completed, QEMU's measure of the whole migration and of the time
+    the guest was paused (ms). ``status``: QEMU's (setup, active, device, completed, failed...)."""
 
     status: str
     ram_total: int
@@ -59,3 +60,5 @@ class MigrationProgress:
     dirty_rate: int
     passes: int
     expected_downtime_ms: int
+    total_ms: int = 0
+    downtime_ms: int = 0

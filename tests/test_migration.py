@@ -92,6 +92,8 @@ async def test_a_writing_guest_moves_and_keeps_every_write(
     await at_dest.until(("STARTED", "migrated"), ("RESUMED", "migrated"), ("DEFINED", "added"))
     assert at_dest.seen.index(("STARTED", "migrated")) < at_dest.seen.index(("RESUMED", "migrated"))
     assert all(p.ram_total > 0 for p in seen)
+    assert job.stats is not None and job.stats.status == "completed" and job.stats.total_ms > 0
+    assert job.stats.ram_transferred > 0
 
     # The guest goes on writing at the destination (into the same log: append='on').
     done = len(WRITE.findall(serial.read_text()))
@@ -178,3 +180,17 @@ def test_the_command_moves_a_domain_with_virsh_s_flags(
     assert "cli-mover" not in source.ok("list", "--all")
     assert re.search(r"cli-mover\s+running", dest.ok("list", "--all"))
     dest.ok("destroy", "cli-mover")
+
+
+async def test_a_guest_migrates_back_onto_its_own_definition(
+        pair: tuple[Connection, Connection], xml: XMLFactory) -> None:
+    source, dest = pair
+    dom = await source.define_xml(xml("roundtrip"))
+    await dom.start()
+    there = await (await dom.migrate(dest, persist=False, undefine_source=False))
+    assert await dom.state() == (DomainState.SHUTOFF, "migrated")
+    back = await (await there.migrate(source))  # onto the shut-off definition of the same UUID
+    assert back == dom and await back.state() == (DomainState.RUNNING, "migrated")
+    assert await dest.list_domains() == []
+    await back.destroy()
+    assert (await dom.state())[0] is DomainState.SHUTOFF  # still defined here

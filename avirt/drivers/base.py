@@ -267,7 +267,7 @@ class Driver(ABC):
         raise OperationInvalidError("migration into this connection is not supported")
 
     async def migrate_perform(self, name: str, uri: str, *, bandwidth: int | None,
-                              max_downtime: int | None) -> None:
+                              max_downtime: int | None) -> MigrationProgress:
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
     async def migrate_progress(self, name: str) -> MigrationProgress:

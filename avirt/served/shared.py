@@ -303,9 +303,9 @@ class SharedDriver(Driver):
         return await (await self._driver()).migrate_prepare(xml)
 
     async def migrate_perform(self, name: str, uri: str, *, bandwidth: int | None,
-                              max_downtime: int | None) -> None:
-        await (await self._driver()).migrate_perform(name, uri, bandwidth=bandwidth,
-                                                     max_downtime=max_downtime)
+                              max_downtime: int | None) -> MigrationProgress:
+        return await (await self._driver()).migrate_perform(name, uri, bandwidth=bandwidth,
+                                                            max_downtime=max_downtime)
 
     async def migrate_progress(self, name: str) -> MigrationProgress:
         return await (await self._driver()).migrate_progress(name)

@@ -452,10 +452,14 @@ class QemuDriver(Driver):
     async def migrate_prepare(self, xml: str) -> str:
         """Destination: QEMU started for the incoming guest, listening; the URI to send it to."""
         cfg = await self._stable(xml)
-        if cfg.name in self.guests:
-            raise DomainExistsError(f"cannot migrate domain '{cfg.name}' here: a domain of that name exists")
-        self._check_uuid_free(cfg, None)
-        guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
+        guest = self.guests.get(cfg.name)
+        # The guest's own shut-off definition may wait here (it came from here, or will be kept here).
+        if guest is not None and (guest.uuid != cfg.uuid or guest.active):
+            raise DomainExistsError(f"cannot migrate domain '{cfg.name}' here: a domain of that name "
+                                    f"{'runs' if guest.active else 'exists with another UUID'}")
+        self._check_uuid_free(cfg, guest)
+        if guest is None:
+            guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
         watch = self.migrations[cfg.name] = migration.Watch()
         try:
             async with guest.lock:
@@ -469,20 +473,20 @@ class QemuDriver(Driver):
         except BaseException:
             if self.migrations.get(cfg.name) is watch:
                 del self.migrations[cfg.name]
-            if not guest.active:
+            if not guest.active and not guest.persistent:
                 self.guests.pop(cfg.name, None)
             raise
 
     async def migrate_perform(self, name: str, uri: str, *, bandwidth: int | None,
-                              max_downtime: int | None) -> None:
-        """Source: send the guest; returns once QEMU has sent it all (the source is then paused)."""
+                              max_downtime: int | None) -> MigrationProgress:
+        """Source: send the guest; once QEMU has sent it all (the source is then paused), its figures."""
         guest = self._find(name)
         watch = self.migrations[name] = migration.Watch()
         async with guest.lock:
             guest.pause_cause = "migration"  # the STOP at the end of the migration
             try:
-                await migration.send(self.monitor(guest), watch, uri, bandwidth=bandwidth,
-                                     max_downtime=max_downtime)
+                return await migration.send(self.monitor(guest), watch, uri, bandwidth=bandwidth,
+                                            max_downtime=max_downtime)
             finally:
                 guest.pause_cause = None
 

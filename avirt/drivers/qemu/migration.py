@@ -75,9 +75,9 @@ async def listen(monitor: Monitor, socket_path: str) -> str:
 
 
 async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | None,
-               max_downtime: int | None) -> None:
-    """Source: migrate to ``uri`` and return once QEMU says it is done; MigrationError if it failed or was
-    cancelled (the source then runs on as before: QEMU resumes it by itself)."""
+               max_downtime: int | None) -> MigrationProgress:
+    """Source: migrate to ``uri`` and return QEMU's final figures once it is done; MigrationError if it
+    failed or was cancelled (the source then runs on as before: QEMU resumes it by itself)."""
     await _enable_events(monitor)
     parameters: dict[str, Any] = {"max-bandwidth": bandwidth or UNLIMITED}
     if max_downtime is not None:
@@ -88,6 +88,7 @@ async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | Non
     if status != "completed":
         reason = await _error_of(monitor)
         raise MigrationError(f"the migration {status}" + (f": {reason}" if reason else ""))
+    return await progress(monitor)
 
 
 async def received(monitor: Monitor, watch: Watch) -> None:
@@ -113,6 +114,8 @@ async def progress(monitor: Monitor) -> MigrationProgress:
         dirty_rate=int(ram.get("dirty-pages-rate", 0)) * int(ram.get("page-size", 4096) or 4096),
         passes=int(ram.get("dirty-sync-count", 0)),
         expected_downtime_ms=int(info.get("expected-downtime", 0) or 0),
+        total_ms=int(info.get("total-time", 0) or 0),
+        downtime_ms=int(info.get("downtime", 0) or 0),
     )
 
 
