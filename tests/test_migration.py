@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from avirt.connection import Connection
 from avirt.errors import DomainExistsError, InvalidArgumentError, MigrationError, OperationInvalidError
 from tests.guest import BASE_CMDLINE, GuestImages
 from tests.test_cli import CLI
+from tests.test_served import HOLDER
 from tests.waiting import wait_for_serial
 from tests.xmls import XMLFactory
 
@@ -194,3 +196,30 @@ async def test_a_guest_migrates_back_onto_its_own_definition(
     assert await dest.list_domains() == []
     await back.destroy()
     assert (await dom.state())[0] is DomainState.SHUTOFF  # still defined here
+
+
+@pytest.fixture
+def dest_holder(two_dirs: tuple[Path, Path]) -> Iterator[subprocess.Popen[str]]:
+    """Another program holding the destination's state directory."""
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(two_dirs[1])], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "serving"
+    yield process
+    process.kill()
+    process.wait(timeout=30)
+
+
+async def test_a_guest_moves_into_a_state_directory_another_program_holds(
+        two_dirs: tuple[Path, Path], xml: XMLFactory, dest_holder: subprocess.Popen[str]) -> None:
+    """The destination's controller is another process: every destination phase goes through the served
+    protocol to it, and its own subscribers see the guest arrive."""
+    async with avirt.connect(state_dir=two_dirs[0]) as source, avirt.connect(state_dir=two_dirs[1]) as dest:
+        assert not dest.serving
+        dom = await source.define_xml(xml("handed"))
+        await dom.start()
+        at_dest = Lifecycle(dest)
+        moved = await (await dom.migrate(dest))
+        assert await moved.state() == (DomainState.RUNNING, "migrated")
+        await at_dest.until(("STARTED", "migrated"), ("RESUMED", "migrated"), ("DEFINED", "added"))
+        assert await source.list_domains() == []
+        await moved.destroy()
