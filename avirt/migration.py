@@ -15,13 +15,13 @@ The steps are libvirt's migration phases, each a call into one side's driver, al
 A failure or :meth:`MigrationJob.cancel` before finish unwinds it: the destination's QEMU ends and the
 source runs on as before (``confirm`` with ok=False); the job raises
 :class:`~avirt.errors.MigrationError`. The guest therefore runs in exactly one place whenever the job has
-ended. Events follow libvirt's: the source reports SUSPENDED/migrated then STOPPED/migrated, the
+ended. A controller killed in the middle, on either side, is resolved by the records both sides keep in
+their run directories, with one commit point (``drivers/qemu/migratecalls.py``). Events follow libvirt's: the source reports SUSPENDED/migrated then STOPPED/migrated, the
 destination STARTED/migrated then RESUMED/migrated.
 
 What this version does not do yet: storage copy (``copy_storage``: both sides must see the same image
 files, which holds for two state directories of one machine), connections to other hosts (the stream goes
-through a unix socket of the destination's run directory), postcopy, and recording the phases so that a
-controller killed in the middle resolves the migration on restart.
+through a unix socket of the destination's run directory), postcopy.
 """
 
 from __future__ import annotations
@@ -106,18 +106,19 @@ class MigrationJob:
                   max_downtime: int | None, persist: bool, undefine_source: bool) -> None:
         live_xml, persistent_xml, running = begun
         dest = self._dest._driver
+        kept = (persistent_xml or live_xml) if persist else None
         try:
             self.phase = "prepare"
-            uri = await dest.migrate_prepare(live_xml)
+            uri = await dest.migrate_prepare(live_xml, source=self._source.location(), resume=running,
+                                             persistent_xml=kept)
             try:
                 self.phase = "perform"
                 if self._cancelled:
                     raise MigrationError("the migration was cancelled")
-                self.stats = await self._source.migrate_perform(self.name, uri, bandwidth=bandwidth,
-                                                                max_downtime=max_downtime)
+                self.stats = await self._source.migrate_perform(
+                    self.name, uri, dest=dest.location(), bandwidth=bandwidth, max_downtime=max_downtime)
                 self.phase = "finish"
-                await dest.migrate_finish(self.name, ok=True, resume=running,
-                                          persistent_xml=(persistent_xml or live_xml) if persist else None)
+                await dest.migrate_finish(self.name, ok=True, resume=running, persistent_xml=kept)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await _quietly(dest.migrate_finish(self.name, ok=False, resume=False,
@@ -150,6 +151,8 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
             raise InvalidArgumentError(f"{what} must be positive")
     if dest._driver is source:
         raise InvalidArgumentError("the destination is the domain's own connection")
+    for side in (source, dest._driver):
+        side.location()  # a side that takes no part in migrations refuses here, before anything starts
     job = MigrationJob(source, dest, domain.name)
     begun = await job._begin()
 

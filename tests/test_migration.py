@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from avirt.errors import DomainExistsError, InvalidArgumentError, MigrationError
 from tests.guest import BASE_CMDLINE, GuestImages
 from tests.test_cli import CLI
 from tests.test_served import HOLDER
-from tests.waiting import wait_for_serial
+from tests.waiting import wait_for_serial, wait_for_state
 from tests.xmls import XMLFactory
 
 pytestmark = [pytest.mark.anyio]
@@ -223,3 +224,84 @@ async def test_a_guest_moves_into_a_state_directory_another_program_holds(
         await at_dest.until(("STARTED", "migrated"), ("RESUMED", "migrated"), ("DEFINED", "added"))
         assert await source.list_domains() == []
         await moved.destroy()
+
+
+# -- controllers killed mid-migration ---------------------------------------------------------------------
+
+SOURCE = textwrap.dedent("""
+    import sys, anyio, avirt
+    async def main():
+        async with avirt.connect(state_dir=sys.argv[1]) as source, \\
+                avirt.connect(state_dir=sys.argv[2]) as dest:
+            dom = await source.define_xml(sys.stdin.read())
+            await dom.start()
+            job = await dom.migrate(dest, bandwidth=16 * 1024)
+            async for p in job.progress():
+                if p.status == "active" and p.ram_transferred > 0:
+                    print("sending", flush=True)
+                    await anyio.sleep_forever()  # until the test kills this controller
+    anyio.run(main)
+""")
+
+
+def qemu_pids(*dirs: Path) -> list[int]:
+    pids = []
+    for d in dirs:
+        for pidfile in d.glob("run/*/qemu.pid"):
+            try:
+                pid = int(pidfile.read_text())
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError):
+                continue
+            pids.append(pid)
+    return pids
+
+
+async def test_a_source_controller_killed_while_sending_keeps_the_guest_at_the_source(
+        two_dirs: tuple[Path, Path], xml: XMLFactory) -> None:
+    async with avirt.connect(state_dir=two_dirs[1]) as dest:  # this process holds the destination
+        at_dest = Lifecycle(dest)
+        source_proc = await anyio.open_process([sys.executable, "-c", SOURCE, *map(str, two_dirs)])
+        try:
+            assert source_proc.stdin is not None and source_proc.stdout is not None
+            await source_proc.stdin.send(xml("killed").encode())
+            await source_proc.stdin.aclose()
+            with anyio.fail_after(60):
+                assert (await source_proc.stdout.receive()).startswith(b"sending")
+            assert [d.name for d in await dest.list_domains()] == ["killed"]  # waiting for the guest
+        finally:
+            source_proc.kill()
+            await source_proc.wait()
+        # A new controller of the source finds the record of a migration nobody committed.
+        async with avirt.connect(state_dir=two_dirs[0]) as source:
+            dom = await source.lookup("killed")
+            await at_dest.until(("STOPPED", "failed"), timeout=60)  # its stream was cancelled: QEMU ended
+            assert await dest.list_domains() == []
+            assert (await dom.state())[0] is DomainState.RUNNING
+            assert len(qemu_pids(*two_dirs)) == 1  # one QEMU: the source's
+            await dom.destroy()
+
+
+async def test_a_committed_migration_nobody_finished_is_settled_by_both_sides_records(
+        pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
+    """The source commits, then its controller goes away before finish: the destination, after its grace
+    period, reads the source's record and runs the guest; a new source controller ends its QEMU."""
+    source, dest = pair
+    dom = await source.define_xml(xml("orphan"))
+    await dom.start()
+    src, dst = source._driver, dest._driver
+    live, _, running = await src.migrate_begin("orphan")
+    uri = await dst.migrate_prepare(live, source=src.location(), resume=running, persistent_xml=live)
+    await src.migrate_perform("orphan", uri, dest=dst.location(), bandwidth=None, max_downtime=None)
+    at_dest = Lifecycle(dest)
+    await source.close()  # the source's controller is gone before finish and confirm
+    moved = await dest.lookup("orphan")
+    await at_dest.until(("RESUMED", "migrated"), timeout=60)
+    assert await moved.state() == (DomainState.RUNNING, "migrated")
+    assert len(qemu_pids(*two_dirs)) == 2  # the source's QEMU waits, paused, for its controller
+    async with avirt.connect(state_dir=two_dirs[0]) as again:
+        left = await again.lookup("orphan")
+        await wait_for_state(left, DomainState.SHUTOFF)
+        assert await left.state() == (DomainState.SHUTOFF, "migrated")
+    assert len(qemu_pids(*two_dirs)) == 1
+    assert (await dest.lookup("orphan")) == moved  # kept there: the record said persistent

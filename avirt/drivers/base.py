@@ -262,11 +262,16 @@ class Driver(ABC):
         """Source: (live XML, persistent XML or None, whether the CPUs run)."""
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
-    async def migrate_prepare(self, xml: str) -> str:
+    def location(self) -> str:
+        """Where this side's state lives, as the other side of a migration reads its record there."""
+        raise OperationInvalidError(f"{type(self).__name__} takes no part in migrations")
+
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
+                              persistent_xml: str | None) -> str:
         """Destination: a QEMU waiting for the guest; the URI the source sends it to."""
         raise OperationInvalidError("migration into this connection is not supported")
 
-    async def migrate_perform(self, name: str, uri: str, *, bandwidth: int | None,
+    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
                               max_downtime: int | None) -> MigrationProgress:
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 

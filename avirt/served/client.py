@@ -254,13 +254,18 @@ class ClientDriver(Driver):
         live, persistent, running = await self._call("migrate_begin", name=name)
         return str(live), None if persistent is None else str(persistent), bool(running)
 
-    async def migrate_prepare(self, xml: str) -> str:
-        return str(await self._call("migrate_prepare", xml=_sendable(xml)))
+    def location(self) -> str:
+        return self.state_dir
 
-    async def migrate_perform(self, name: str, uri: str, *, bandwidth: int | None,
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
+                              persistent_xml: str | None) -> str:
+        return str(await self._call("migrate_prepare", xml=_sendable(xml), source=source, resume=resume,
+                                    persistent_xml=persistent_xml))
+
+    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
                               max_downtime: int | None) -> MigrationProgress:
         result: MigrationProgress = wire.info_from(MigrationProgress, await self._call(
-            "migrate_perform", name=name, uri=uri, bandwidth=bandwidth, max_downtime=max_downtime))
+            "migrate_perform", name=name, uri=uri, dest=dest, bandwidth=bandwidth, max_downtime=max_downtime))
         return result
 
     async def migrate_progress(self, name: str) -> MigrationProgress:

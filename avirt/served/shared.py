@@ -299,12 +299,17 @@ class SharedDriver(Driver):
     async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
         return await (await self._driver()).migrate_begin(name)
 
-    async def migrate_prepare(self, xml: str) -> str:
-        return await (await self._driver()).migrate_prepare(xml)
+    def location(self) -> str:
+        return self.state_dir
 
-    async def migrate_perform(self, name: str, uri: str, *, bandwidth: int | None,
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
+                              persistent_xml: str | None) -> str:
+        return await (await self._driver()).migrate_prepare(xml, source=source, resume=resume,
+                                                            persistent_xml=persistent_xml)
+
+    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
                               max_downtime: int | None) -> MigrationProgress:
-        return await (await self._driver()).migrate_perform(name, uri, bandwidth=bandwidth,
+        return await (await self._driver()).migrate_perform(name, uri, dest=dest, bandwidth=bandwidth,
                                                             max_downtime=max_downtime)
 
     async def migrate_progress(self, name: str) -> MigrationProgress:

@@ -15,7 +15,7 @@ import copy
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +32,7 @@ from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
+from avirt.drivers.qemu.migratecalls import MigrationCalls
 from avirt.drivers.qemu.offlinejobs import OfflineJobs
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
@@ -40,7 +41,6 @@ from avirt.errors import (
     DomainStartError,
     HostError,
     ImageError,
-    MigrationError,
     OperationInvalidError,
     QMPError,
     SharedImageError,
@@ -60,7 +60,7 @@ from avirt.events.model import (
 from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
 from avirt.jobs import BlockJob, JobPhase
-from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.models import DomainInfo, DomainState, ImageInfo
 from avirt.offline.headers import chain_layers
 from avirt.offline.index import ImageIndex
 from avirt.offline.plan import commit_plan, pull_plan
@@ -80,7 +80,7 @@ RESYNC_RETRY = 0.5
 DUMP_TIMEOUT = 300.0
 
 
-class QemuDriver(Driver):
+class QemuDriver(MigrationCalls, Driver):
     def __init__(self, uri: str, host: Host, state_dir: str, *, bus: EventBus | None = None) -> None:
         self.uri = uri
         self.host = host
@@ -428,119 +428,6 @@ class QemuDriver(Driver):
             guest.require("resume")
             await self.monitor(guest).execute("cont")
             guest.set_state(DomainState.RUNNING, "unpaused")
-
-    # -- migration (the order of the phases: avirt/migration.py; their QMP: migration.py) -----------------
-
-    def start_task(self, func: Callable[[], Awaitable[None]], name: str) -> None:
-        self.tasks.start_soon(func, name=name)
-
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
-        """Source: the live definition to start the destination from, the persistent one (None for a
-        transient domain), and whether the guest's CPUs run."""
-        guest = self._find(name)
-        if guest.state not in (DomainState.RUNNING, DomainState.PAUSED) or guest.live is None:
-            raise OperationInvalidError(f"cannot migrate domain '{name}': it is {guest.state.value}")
-        if name in self.migrations:
-            raise OperationInvalidError(f"domain '{name}' is already migrating")
-        busy = [disk for disk in guest.chains if self.jobs.job_on(guest, disk) is not None]
-        if busy:
-            raise OperationInvalidError(f"cannot migrate domain '{name}': a block job runs on "
-                                        f"{', '.join(busy)}")
-        persistent = None if guest.definition is None else domain_to_xml(guest.definition)
-        return domain_to_xml(guest.live), persistent, guest.state is DomainState.RUNNING
-
-    async def migrate_prepare(self, xml: str) -> str:
-        """Destination: QEMU started for the incoming guest, listening; the URI to send it to."""
-        cfg = await self._stable(xml)
-        guest = self.guests.get(cfg.name)
-        # The guest's own shut-off definition may wait here (it came from here, or will be kept here).
-        if guest is not None and (guest.uuid != cfg.uuid or guest.active):
-            raise DomainExistsError(f"cannot migrate domain '{cfg.name}' here: a domain of that name "
-                                    f"{'runs' if guest.active else 'exists with another UUID'}")
-        self._check_uuid_free(cfg, guest)
-        if guest is None:
-            guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
-        watch = self.migrations[cfg.name] = migration.Watch()
-        try:
-            async with guest.lock:
-                await self._start(guest, cfg, paused=True, incoming=True)
-                socket = os.path.join(await self.files.socket_dir(cfg.name), "migrate.sock")
-                try:
-                    return await migration.listen(self.monitor(guest), socket)
-                except QMPError:
-                    await self._terminate(guest, "failed")
-                    raise
-        except BaseException:
-            if self.migrations.get(cfg.name) is watch:
-                del self.migrations[cfg.name]
-            if not guest.active and not guest.persistent:
-                self.guests.pop(cfg.name, None)
-            raise
-
-    async def migrate_perform(self, name: str, uri: str, *, bandwidth: int | None,
-                              max_downtime: int | None) -> MigrationProgress:
-        """Source: send the guest; once QEMU has sent it all (the source is then paused), its figures."""
-        guest = self._find(name)
-        watch = self.migrations[name] = migration.Watch()
-        async with guest.lock:
-            guest.pause_cause = "migration"  # the STOP at the end of the migration
-            try:
-                return await migration.send(self.monitor(guest), watch, uri, bandwidth=bandwidth,
-                                            max_downtime=max_downtime)
-            finally:
-                guest.pause_cause = None
-
-    async def migrate_progress(self, name: str) -> MigrationProgress:
-        return await migration.progress(self.monitor(self._find(name)))
-
-    async def migrate_cancel(self, name: str) -> None:
-        await migration.cancel(self.monitor(self._find(name)))
-
-    async def migrate_finish(self, name: str, *, ok: bool, resume: bool, persistent_xml: str | None) -> None:
-        """Destination: with ``ok``, wait until the guest is loaded, run it (``resume``) and, with
-        ``persistent_xml``, define it; else end the QEMU that waited for it."""
-        guest = self._find(name)
-        watch = self.migrations.get(name)
-        async with guest.lock:
-            if not ok or watch is None:
-                self.migrations.pop(name, None)
-                if guest.active:
-                    await self._terminate(guest, "failed")
-                return
-            try:
-                try:
-                    await migration.received(self.monitor(guest), watch)
-                finally:
-                    del self.migrations[name]
-                if resume:
-                    guest.resume_reason = "migrated"
-                    try:
-                        await self.monitor(guest).execute("cont")
-                    finally:
-                        guest.resume_reason = None
-                    guest.set_state(DomainState.RUNNING, "migrated")
-                else:
-                    guest.set_state(DomainState.PAUSED, "user", announce=False)
-            except (MigrationError, QMPError):
-                await self._terminate(guest, "failed")
-                raise
-        if persistent_xml is not None:
-            await self.define_xml(persistent_xml)
-
-    async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:
-        """Source: with ``ok`` the guest runs elsewhere now: end this QEMU (and, with ``undefine``, the
-        definition); else let the guest run on here (``resume``: its CPUs ran before)."""
-        guest = self._find(name)
-        self.migrations.pop(name, None)
-        async with guest.lock:
-            if ok:
-                if guest.active:
-                    await self._terminate(guest, "migrated")
-            elif resume and guest.state is DomainState.PAUSED and guest.active:
-                await self.monitor(guest).execute("cont")
-                guest.set_state(DomainState.RUNNING, "migrated")
-        if ok and undefine and guest.definition is not None:
-            await self.undefine(name)
 
     async def qemu_monitor_command(self, name: str, command: str,
                                    arguments: dict[str, Any] | None) -> Any:
@@ -979,6 +866,7 @@ class QemuDriver(Driver):
         finally:
             guest.saving = False
         self._save_soon(guest)
+        await self.recover_migration(guest)
         if guest.state is DomainState.SHUTDOWN and (saved is None or saved.state != "shutdown"):
             # It powered off while nobody watched: do now what the controller that watched would have.
             self.tasks.start_soon(self._react, guest, guest.missed_shutdown(), name=f"react-{name}")

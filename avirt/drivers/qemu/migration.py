@@ -45,6 +45,8 @@ class Watch:
     def __init__(self) -> None:
         self.status = "none"
         self._changed = anyio.Event()
+        #: Destination: set once the migration's finish phase has begun (the orphan watcher stands down).
+        self.finished: anyio.Event | None = None
 
     def update(self, data: dict[str, Any]) -> None:
         self.status = str(data.get("status", self.status))
@@ -61,14 +63,16 @@ class Watch:
         return self.status
 
 
-async def _enable_events(monitor: Monitor) -> None:
-    await monitor.execute("migrate-set-capabilities",
-                          {"capabilities": [{"capability": "events", "state": True}]})
+async def _enable_events(monitor: Monitor, *extra: str) -> None:
+    capabilities = [{"capability": name, "state": True} for name in ("events", *extra)]
+    await monitor.execute("migrate-set-capabilities", {"capabilities": capabilities})
 
 
 async def listen(monitor: Monitor, socket_path: str) -> str:
-    """Destination: listen for the migration stream; the URI the source sends it to."""
-    await _enable_events(monitor)
+    """Destination: listen for the migration stream; the URI the source sends it to. The images stay
+    inactive (not locked) until the guest runs here (late-block-activate), so that a source whose
+    migration is undone, even after the last byte, can take them back."""
+    await _enable_events(monitor, "late-block-activate")
     uri = f"unix:{socket_path}"
     await monitor.execute("migrate-incoming", {"uri": uri})
     return uri
