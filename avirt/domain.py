@@ -157,15 +157,20 @@ class Domain:
         return await self._driver.info(self.name)
 
     async def migrate(self, dest: Connection, *, live: bool = True, copy_storage: str | None = None,
-                      bandwidth: int | None = None, max_downtime: int | None = None, persist: bool = True,
+                      storage_paths: dict[str, str] | None = None, bandwidth: int | None = None,
+                      max_downtime: int | None = None, persist: bool = True,
                       undefine_source: bool = True) -> MigrationJob:
         """Move the running guest to the connection ``dest`` (virDomainMigrate); ``await`` the job for the
-        guest's Domain there. ``bandwidth`` in bytes/s (default: unlimited), ``max_downtime`` in ms;
-        ``persist`` defines it at the destination, ``undefine_source`` removes the source's definition.
-        Refusals (not running, a block job, a name taken at the destination...) raise here; a failure
-        later raises from the job, with the guest running on at the source. See :mod:`avirt.migration`."""
+        guest's Domain there. ``copy_storage``: None (both sides see the same images), "all" (each
+        writable disk copied whole into a new image at the destination) or "inc" (only its top layer,
+        onto the same backing chain); ``storage_paths``: disk target -> the destination's image.
+        ``bandwidth`` in bytes/s (default: unlimited), ``max_downtime`` in ms; ``persist`` defines it at
+        the destination, ``undefine_source`` removes the source's definition. Refusals (not running, a
+        block job, a name taken at the destination...) raise here; a failure later raises from the job,
+        with the guest running on at the source. See :mod:`avirt.migration`."""
         return await migration.start(self, self._driver, dest, live=live, copy_storage=copy_storage,
-                                     bandwidth=bandwidth, max_downtime=max_downtime, persist=persist,
+                                     storage_paths=storage_paths, bandwidth=bandwidth,
+                                     max_downtime=max_downtime, persist=persist,
                                      undefine_source=undefine_source)
 
     async def xml(self, *, inactive: bool = False) -> str:

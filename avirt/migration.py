@@ -16,21 +16,31 @@ A failure or :meth:`MigrationJob.cancel` before finish unwinds it: the destinati
 source runs on as before (``confirm`` with ok=False); the job raises
 :class:`~avirt.errors.MigrationError`. The guest therefore runs in exactly one place whenever the job has
 ended. A controller killed in the middle, on either side, is resolved by the records both sides keep in
-their run directories, with one commit point (``drivers/qemu/migratecalls.py``). Events follow libvirt's: the source reports SUSPENDED/migrated then STOPPED/migrated, the
-destination STARTED/migrated then RESUMED/migrated.
+their run directories, with one commit point (``drivers/qemu/migratecalls.py``). Events follow
+libvirt's: the source reports SUSPENDED/migrated then STOPPED/migrated, the destination STARTED/migrated
+then RESUMED/migrated.
 
-What this version does not do yet: storage copy (``copy_storage``: both sides must see the same image
-files, which holds for two state directories of one machine), connections to other hosts (the stream goes
-through a unix socket of the destination's run directory), postcopy.
+**Storage.** Without ``copy_storage`` both sides must see the same image files (shared storage, which
+holds for two state directories of one machine). With it, the destination makes a new image for each
+writable disk (``storage_paths`` names it; on one machine it must differ from the source's) and exports
+it over NBD; the source mirrors each disk into it (``blockdev-mirror``: the whole chain with "all", only
+the top layer onto the same backing chain with "inc"), waits until every mirror is READY, then sends the
+memory; QEMU pauses before the switch-over, the mirrors write what is left and end, and only then does
+the guest move.
+
+What this version does not do yet: connections to other hosts (the streams go through unix sockets of
+the destination's run directory), postcopy.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.errors import AvirtError, InvalidArgumentError, MigrationError, OperationInvalidError
 from avirt.models import MigrationProgress
 
@@ -99,32 +109,30 @@ class MigrationJob:
 
     # -- the phases ------------------------------------------------------------------------------------
 
-    async def _begin(self) -> tuple[str, str | None, bool]:
-        return await self._source.migrate_begin(self.name)
-
-    async def run(self, begun: tuple[str, str | None, bool], *, bandwidth: int | None,
-                  max_downtime: int | None, persist: bool, undefine_source: bool) -> None:
-        live_xml, persistent_xml, running = begun
+    async def run(self, plan: _Plan, *, bandwidth: int | None, max_downtime: int | None,
+                  undefine_source: bool) -> None:
         dest = self._dest._driver
-        kept = (persistent_xml or live_xml) if persist else None
         try:
             self.phase = "prepare"
-            uri = await dest.migrate_prepare(live_xml, source=self._source.location(), resume=running,
-                                             persistent_xml=kept)
+            uri, nbd = await dest.migrate_prepare(plan.live_xml, source=self._source.location(),
+                                                  resume=plan.running, persistent_xml=plan.kept_xml,
+                                                  copies=plan.copies or None)
             try:
                 self.phase = "perform"
                 if self._cancelled:
                     raise MigrationError("the migration was cancelled")
                 self.stats = await self._source.migrate_perform(
-                    self.name, uri, dest=dest.location(), bandwidth=bandwidth, max_downtime=max_downtime)
+                    self.name, uri, dest=dest.location(), bandwidth=bandwidth, max_downtime=max_downtime,
+                    nbd=nbd, copies={c["target"]: c["sync"] for c in plan.copies} or None)
                 self.phase = "finish"
-                await dest.migrate_finish(self.name, ok=True, resume=running, persistent_xml=kept)
+                await dest.migrate_finish(self.name, ok=True, resume=plan.running,
+                                          persistent_xml=plan.kept_xml)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await _quietly(dest.migrate_finish(self.name, ok=False, resume=False,
                                                        persistent_xml=None))
                     await _quietly(self._source.migrate_confirm(self.name, ok=False, undefine=False,
-                                                                resume=running))
+                                                                resume=plan.running))
                 raise
             self.phase = "confirm"
             with anyio.CancelScope(shield=True):
@@ -138,14 +146,59 @@ class MigrationJob:
             self._ended.set()
 
 
+@dataclass
+class _Plan:
+    """What begin found, made into what the destination gets: definitions naming its own images."""
+
+    live_xml: str
+    kept_xml: str | None  # the definition to keep at the destination (persist), else None
+    running: bool
+    copies: list[dict[str, Any]]  # storage copy: each disk's image to make there, and the mirror's sync
+
+
+def _plan(begun: tuple[str, str | None, bool, list[dict[str, Any]]], *, persist: bool,
+          copy_storage: str | None, storage_paths: dict[str, str]) -> _Plan:
+    live_xml, persistent_xml, running, disks = begun
+    kept = (persistent_xml or live_xml) if persist else None
+    if copy_storage is None:
+        return _Plan(live_xml, kept, running, [])
+    copies = []
+    for disk in disks:
+        target = disk["target"]
+        path = storage_paths.get(target, disk["path"])
+        if path == disk["path"]:  # both sides are on this machine: the same path is the same file
+            raise InvalidArgumentError(f"a storage copy of {target} needs a destination image other than "
+                                       f"{path}: give storage_paths={{'{target}': ...}}")
+        full = copy_storage == "all" or disk["backing"] is None
+        copies.append({**disk, "path": path, "sync": "full" if full else "top",
+                       **({"backing": None, "backing_format": None} if full else {})})
+    unknown = set(storage_paths) - {c["target"] for c in copies}
+    if unknown:
+        raise InvalidArgumentError("storage_paths names no disk that a copy moves: "
+                                   + ", ".join(sorted(unknown)))
+    paths = {c["target"]: c["path"] for c in copies}
+    return _Plan(_retarget(live_xml, paths), kept and _retarget(kept, paths), running, copies)
+
+
+def _retarget(xml: str, paths: dict[str, str]) -> str:
+    """``xml`` with each copied disk's image at its destination path."""
+    cfg = parse_domain_xml(xml)
+    for disk in cfg.disks:
+        if disk.target in paths:
+            disk.source = paths[disk.target]
+    return domain_to_xml(cfg)
+
+
 async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool, copy_storage: str | None,
-                bandwidth: int | None, max_downtime: int | None, persist: bool,
-                undefine_source: bool) -> MigrationJob:
+                storage_paths: dict[str, str] | None, bandwidth: int | None, max_downtime: int | None,
+                persist: bool, undefine_source: bool) -> MigrationJob:
     """Check the arguments, run begin (its refusals raise here), and leave the rest to a job."""
     if not live:
         raise InvalidArgumentError("only live migration is supported (live=True)")
-    if copy_storage is not None:
-        raise InvalidArgumentError("copy_storage is not supported yet: both sides must see the same images")
+    if copy_storage not in (None, "all", "inc"):
+        raise InvalidArgumentError(f"copy_storage is 'all', 'inc' or None, not {copy_storage!r}")
+    if storage_paths and copy_storage is None:
+        raise InvalidArgumentError("storage_paths needs copy_storage")
     for value, what in ((bandwidth, "bandwidth"), (max_downtime, "max_downtime")):
         if value is not None and value <= 0:
             raise InvalidArgumentError(f"{what} must be positive")
@@ -154,11 +207,11 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
     for side in (source, dest._driver):
         side.location()  # a side that takes no part in migrations refuses here, before anything starts
     job = MigrationJob(source, dest, domain.name)
-    begun = await job._begin()
+    plan = _plan(await source.migrate_begin(domain.name), persist=persist, copy_storage=copy_storage,
+                 storage_paths=dict(storage_paths or {}))
 
     async def run() -> None:
-        await job.run(begun, bandwidth=bandwidth, max_downtime=max_downtime, persist=persist,
-                      undefine_source=undefine_source)
+        await job.run(plan, bandwidth=bandwidth, max_downtime=max_downtime, undefine_source=undefine_source)
 
     source.start_task(run, name=f"migrate-{domain.name}")
     return job

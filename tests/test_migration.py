@@ -21,6 +21,7 @@ from avirt import DomainState, EventKind, LifecycleEvent
 from avirt.connection import Connection
 from avirt.errors import DomainExistsError, InvalidArgumentError, MigrationError, OperationInvalidError
 from tests.guest import BASE_CMDLINE, GuestImages
+from tests.images import GUEST_VIEW, backing_chain, make_chain, reads
 from tests.test_cli import CLI
 from tests.test_served import HOLDER
 from tests.waiting import wait_for_serial, wait_for_state
@@ -138,7 +139,9 @@ async def test_refusals_come_before_anything_moves(
     with pytest.raises(DomainExistsError):
         await (await dom.migrate(dest))
     with pytest.raises(InvalidArgumentError):
-        await dom.migrate(dest, copy_storage="all")
+        await dom.migrate(dest, copy_storage="some")
+    with pytest.raises(InvalidArgumentError):
+        await dom.migrate(dest, storage_paths={"vda": "/elsewhere.qcow2"})  # without copy_storage
     with pytest.raises(InvalidArgumentError):
         await dom.migrate(source)
     with pytest.raises(InvalidArgumentError):
@@ -290,8 +293,8 @@ async def test_a_committed_migration_nobody_finished_is_settled_by_both_sides_re
     dom = await source.define_xml(xml("orphan"))
     await dom.start()
     src, dst = source._driver, dest._driver
-    live, _, running = await src.migrate_begin("orphan")
-    uri = await dst.migrate_prepare(live, source=src.location(), resume=running, persistent_xml=live)
+    live, _, running, _ = await src.migrate_begin("orphan")
+    uri, _ = await dst.migrate_prepare(live, source=src.location(), resume=running, persistent_xml=live)
     await src.migrate_perform("orphan", uri, dest=dst.location(), bandwidth=None, max_downtime=None)
     at_dest = Lifecycle(dest)
     await source.close()  # the source's controller is gone before finish and confirm
@@ -305,3 +308,45 @@ async def test_a_committed_migration_nobody_finished_is_settled_by_both_sides_re
         assert await left.state() == (DomainState.SHUTOFF, "migrated")
     assert len(qemu_pids(*two_dirs)) == 1
     assert (await dest.lookup("orphan")) == moved  # kept there: the record said persistent
+
+
+# -- storage copy ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["all", "inc"])
+async def test_copied_storage_carries_every_layer_s_data(
+        pair: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path, mode: str) -> None:
+    source, dest = pair
+    chain = make_chain(tmp_path)  # base 0x11 <- snap1 0x22 <- snap2 0x33 <- active 0x44
+    dom = await source.define_xml(xml("copied", disks=[("vda", str(chain.active), "qcow2")]))
+    await dom.start()
+    new_top = tmp_path / "elsewhere.qcow2"
+    moved = await (await dom.migrate(dest, copy_storage=mode, storage_paths={"vda": str(new_top)}))
+    assert "elsewhere.qcow2" in await moved.xml()
+    await moved.destroy()
+    assert reads(new_top, GUEST_VIEW) == []  # the guest's whole view, through the new image
+    if mode == "all":  # flattened: the new image alone holds it all
+        assert backing_chain(new_top) == [str(new_top)]
+    else:  # only the top layer moved, onto the same backing chain
+        assert backing_chain(new_top) == [str(new_top), str(chain.snap2), str(chain.snap1), str(chain.base)]
+        assert reads(new_top, ((0x44, 3, 2),), alone=True) == []
+    assert reads(chain.active, GUEST_VIEW) == []  # the source's images are untouched
+
+
+async def test_a_storage_copy_is_refused_before_anything_is_made(
+        pair: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path) -> None:
+    source, dest = pair
+    chain = make_chain(tmp_path)
+    dom = await source.define_xml(xml("refused", disks=[("vda", str(chain.active), "qcow2")]))
+    await dom.start()
+    with pytest.raises(InvalidArgumentError, match="storage_paths"):  # the same file, on one machine
+        await dom.migrate(dest, copy_storage="all")
+    with pytest.raises(InvalidArgumentError, match="vdz"):
+        await dom.migrate(dest, copy_storage="all", storage_paths={"vda": str(tmp_path / "n"), "vdz": "/x"})
+    taken = tmp_path / "taken.qcow2"
+    taken.write_bytes(b"someone's data")
+    with pytest.raises(OperationInvalidError, match="exists"):
+        await (await dom.migrate(dest, copy_storage="all", storage_paths={"vda": str(taken)}))
+    assert taken.read_bytes() == b"someone's data"
+    assert await dom.state() == (DomainState.RUNNING, "booted")
+    assert await dest.list_domains() == []

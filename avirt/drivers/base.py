@@ -258,21 +258,23 @@ class Driver(ABC):
         """Run ``func()`` in the background, owned by this driver (cancelled when it closes)."""
         raise OperationInvalidError(f"{type(self).__name__} runs no background work")
 
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
-        """Source: (live XML, persistent XML or None, whether the CPUs run)."""
+    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
+        """Source: (live XML, persistent XML or None, whether the CPUs run, the disks a copy moves)."""
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
     def location(self) -> str:
         """Where this side's state lives, as the other side of a migration reads its record there."""
         raise OperationInvalidError(f"{type(self).__name__} takes no part in migrations")
 
-    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
-                              persistent_xml: str | None) -> str:
-        """Destination: a QEMU waiting for the guest; the URI the source sends it to."""
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
+                              copies: list[dict[str, Any]] | None = None) -> tuple[str, str | None]:
+        """Destination: a QEMU waiting for the guest; the URI the source sends it to, and the NBD socket
+        of the storage ``copies``' new images (None without)."""
         raise OperationInvalidError("migration into this connection is not supported")
 
     async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
-                              max_downtime: int | None) -> MigrationProgress:
+                              max_downtime: int | None, nbd: str | None = None,
+                              copies: dict[str, str] | None = None) -> MigrationProgress:
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
     async def migrate_progress(self, name: str) -> MigrationProgress:

@@ -250,22 +250,25 @@ class ClientDriver(Driver):
 
     # -- migration: each phase runs in the controller of this state directory ------------------------------
 
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
-        live, persistent, running = await self._call("migrate_begin", name=name)
-        return str(live), None if persistent is None else str(persistent), bool(running)
+    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
+        live, persistent, running, disks = await self._call("migrate_begin", name=name)
+        return str(live), None if persistent is None else str(persistent), bool(running), list(disks)
 
     def location(self) -> str:
         return self.state_dir
 
-    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
-                              persistent_xml: str | None) -> str:
-        return str(await self._call("migrate_prepare", xml=_sendable(xml), source=source, resume=resume,
-                                    persistent_xml=persistent_xml))
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
+                              copies: list[dict[str, Any]] | None = None) -> tuple[str, str | None]:
+        uri, nbd = await self._call("migrate_prepare", xml=_sendable(xml), source=source, resume=resume,
+                                    persistent_xml=persistent_xml, copies=copies)
+        return str(uri), None if nbd is None else str(nbd)
 
     async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
-                              max_downtime: int | None) -> MigrationProgress:
+                              max_downtime: int | None, nbd: str | None = None,
+                              copies: dict[str, str] | None = None) -> MigrationProgress:
         result: MigrationProgress = wire.info_from(MigrationProgress, await self._call(
-            "migrate_perform", name=name, uri=uri, dest=dest, bandwidth=bandwidth, max_downtime=max_downtime))
+            "migrate_perform", name=name, uri=uri, dest=dest, bandwidth=bandwidth, max_downtime=max_downtime,
+            nbd=nbd, copies=copies))
         return result
 
     async def migrate_progress(self, name: str) -> MigrationProgress:

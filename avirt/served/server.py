@@ -70,7 +70,7 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "state": lambda pair: [pair[0].value, pair[1]],
     "info": wire.info_to,
     "xml": str, "metadata": lambda text: text,
-    "migrate_begin": list, "migrate_prepare": str, "migrate_perform": wire.info_to,
+    "migrate_begin": list, "migrate_prepare": list, "migrate_perform": wire.info_to,
     "migrate_progress": wire.info_to, "migrate_cancel": lambda _: None, "migrate_finish": lambda _: None,
     "migrate_confirm": lambda _: None,
 }

@@ -296,21 +296,22 @@ class SharedDriver(Driver):
     def start_task(self, func: Callable[[], Awaitable[None]], name: str) -> None:
         self._tasks.start_soon(func, name=name)
 
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
+    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
         return await (await self._driver()).migrate_begin(name)
 
     def location(self) -> str:
         return self.state_dir
 
-    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
-                              persistent_xml: str | None) -> str:
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
+                              copies: list[dict[str, Any]] | None = None) -> tuple[str, str | None]:
         return await (await self._driver()).migrate_prepare(xml, source=source, resume=resume,
-                                                            persistent_xml=persistent_xml)
+                                                            persistent_xml=persistent_xml, copies=copies)
 
     async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
-                              max_downtime: int | None) -> MigrationProgress:
+                              max_downtime: int | None, nbd: str | None = None,
+                              copies: dict[str, str] | None = None) -> MigrationProgress:
         return await (await self._driver()).migrate_perform(name, uri, dest=dest, bandwidth=bandwidth,
-                                                            max_downtime=max_downtime)
+                                                            max_downtime=max_downtime, nbd=nbd, copies=copies)
 
     async def migrate_progress(self, name: str) -> MigrationProgress:
         return await (await self._driver()).migrate_progress(name)

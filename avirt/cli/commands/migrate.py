@@ -35,7 +35,9 @@ async def _migrate(ctx: Context, args: argparse.Namespace) -> None:
         raise CommandError("only live migration is supported: add --live")
     async with ctx.connect() as conn, avirt.connect(args.desturi, state_dir=args.dest_state_dir) as dest:
         dom = await ctx.domain(conn, args.domain)
-        job = await dom.migrate(dest, bandwidth=args.bandwidth and args.bandwidth * 2**20,
+        copy = "all" if args.copy_storage_all else "inc" if args.copy_storage_inc else None
+        job = await dom.migrate(dest, copy_storage=copy, storage_paths=dict(args.storage_path) or None,
+                                bandwidth=args.bandwidth and args.bandwidth * 2**20,
                                 max_downtime=args.max_downtime, persist=args.persistent,
                                 undefine_source=args.undefinesource)
         async with anyio.create_task_group() as group:
@@ -66,13 +68,28 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bandwidth", type=_positive, metavar="MiB/s", help="limit the migration stream")
     parser.add_argument("--max-downtime", type=_positive, metavar="MS",
                         help="the longest the guest may be paused at the end (ms)")
+    copy = parser.add_mutually_exclusive_group()
+    copy.add_argument("--copy-storage-all", action="store_true",
+                      help="copy each writable disk whole into a new image at the destination")
+    copy.add_argument("--copy-storage-inc", action="store_true",
+                      help="copy only each disk's top layer, onto the same backing chain")
+    parser.add_argument("--storage-path", type=_disk_path, action="append", default=[], metavar="DISK=PATH",
+                        help="the destination's image of DISK in a storage copy (repeatable)")
     parser.add_argument("--verbose", action="store_true", help="show the progress")
+
+
+def _disk_path(text: str) -> tuple[str, str]:
+    disk, sep, path = text.partition("=")
+    if not sep or not disk or not path:
+        raise argparse.ArgumentTypeError(f"expected DISK=PATH, not '{text}'")
+    return disk, path
 
 
 COMMANDS = (
     Command("migrate", "Move a running domain to another connection", _migrate, _arguments,
-            details="Both connections must be on this machine and see the same image files (shared "
-                    "storage): the memory goes through a unix socket. On failure the domain runs on here.",
+            details="Both connections must be on this machine: the memory goes through a unix socket. "
+                    "Without --copy-storage-* both must see the same image files. On failure the domain "
+                    "runs on here.",
             example="avirt migrate web1 qemu:///session --dest-state-dir /srv/avirt-b --live --persistent "
                     "--undefinesource --verbose",
             group=DOMAIN_MANAGEMENT),

@@ -736,10 +736,13 @@ class QemuDriver(MigrationCalls, Driver):
             reaction = guest.on_qmp_event(msg)
         finally:
             self._event_time = None
+        watch = self.migrations.get(guest.name)
         if msg.get("event", "").startswith(("JOB_", "BLOCK_JOB_")):
             self.jobs.on_qmp_event(guest, msg)
-        elif msg.get("event") == "MIGRATION" and guest.name in self.migrations:
-            self.migrations[guest.name].update(msg.get("data") or {})
+            if watch is not None:  # a storage copy's mirrors
+                watch.job_event(msg.get("event", ""), msg.get("data") or {})
+        elif msg.get("event") == "MIGRATION" and watch is not None:
+            watch.update(msg.get("data") or {})
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
                 if cls is BlockJobEvent and fields["status"] is not BlockJobStatus.READY \

@@ -38,6 +38,7 @@ from avirt.drivers.qemu.state import StateDir
 from avirt.errors import DomainExistsError, MigrationError, OperationInvalidError, QMPError
 from avirt.hosts.local import LocalHost
 from avirt.models import DomainState, MigrationProgress
+from avirt.offline.qemu_img import create_image
 
 if TYPE_CHECKING:
     from avirt.config.model import DomainConfig
@@ -93,9 +94,9 @@ class MigrationCalls:
 
     # -- the phases ----------------------------------------------------------------------------------------
 
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
+    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
         """Source: the live definition to start the destination from, the persistent one (None for a
-        transient domain), and whether the guest's CPUs run."""
+        transient domain), whether the guest's CPUs run, and the disks a storage copy would move."""
         guest = self._find(name)
         self._migrates_here()
         if guest.state not in (DomainState.RUNNING, DomainState.PAUSED) or guest.live is None:
@@ -107,14 +108,36 @@ class MigrationCalls:
             raise OperationInvalidError(f"cannot migrate domain '{name}': a block job runs on "
                                         f"{', '.join(busy)}")
         persistent = None if guest.definition is None else domain_to_xml(guest.definition)
-        return domain_to_xml(guest.live), persistent, guest.state is DomainState.RUNNING
+        return domain_to_xml(guest.live), persistent, guest.state is DomainState.RUNNING, \
+            await self._copyable(guest)
 
-    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
-                              persistent_xml: str | None) -> str:
-        """Destination: QEMU started for the incoming guest, listening; the URI to send it to.
-        ``source``: the source's state directory, whose record says who has the guest."""
+    async def _copyable(self, guest: Guest) -> list[dict[str, Any]]:
+        """The disks a storage copy moves (writable ones with an image), each with what the destination
+        needs to make its image: the top's format and size, and the layer below it."""
+        assert guest.live is not None
+        sizes = {node["node-name"]: int(node["image"]["virtual-size"])
+                 for node in await self.monitor(guest).execute("query-named-block-nodes", {"flat": True})
+                 if "node-name" in node and "image" in node}
+        disks = []
+        for disk in guest.live.disks:
+            layers = guest.chains.get(disk.target)
+            if disk.device != "disk" or disk.readonly or disk.shareable or not layers:
+                continue
+            top, below = layers[-1], (layers[-2] if len(layers) > 1 else None)
+            disks.append({"target": disk.target, "path": top.path, "format": top.format,
+                          "size": sizes.get(top.node, 0), "backing": below and below.path,
+                          "backing_format": below and below.format})
+        return disks
+
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
+                              copies: list[dict[str, Any]] | None = None) -> tuple[str, str | None]:
+        """Destination: QEMU started for the incoming guest, listening; the URI to send it to, and with
+        storage ``copies`` (``_copyable``'s entries with this side's paths and a ``sync``) the NBD socket
+        its new images are exported on. ``source``: the source's state directory, whose record says who
+        has the guest."""
         self._migrates_here()
         cfg = await self._stable(xml)
+        copies = copies or []
         guest = self.guests.get(cfg.name)
         # The guest's own shut-off definition may wait here (it came from here, or will be kept here).
         if guest is not None and (guest.uuid != cfg.uuid or guest.active):
@@ -124,15 +147,29 @@ class MigrationCalls:
         if guest is None:
             guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
         watch = self.migrations[cfg.name] = migration.Watch()
+        created: list[str] = []
+        nbd = None
         try:
             async with guest.lock:
+                for copy in copies:  # before QEMU opens them; an existing file is never overwritten
+                    if await self.host.exists(copy["path"]):
+                        raise OperationInvalidError(f"cannot copy disk {copy['target']} to {copy['path']}: "
+                                                    "the file exists")
+                    await create_image(self.host, copy["path"], copy["format"], size=copy["size"],
+                                       backing=copy.get("backing"), backing_format=copy.get("backing_format"))
+                    created.append(copy["path"])
+                watch.created = created
                 await self._start(guest, cfg, paused=True, incoming=True)
                 try:
                     await self.files.write_migration(cfg.name, {
                         "role": "destination", "source": source, "resume": resume,
-                        "persistent_xml": persistent_xml})
-                    socket = os.path.join(await self.files.socket_dir(cfg.name), "migrate.sock")
-                    uri = await migration.listen(self.monitor(guest), socket)
+                        "persistent_xml": persistent_xml, "created": created})
+                    sockets = await self.files.socket_dir(cfg.name)
+                    uri = await migration.listen(self.monitor(guest), os.path.join(sockets, "migrate.sock"))
+                    if copies:
+                        nbd = os.path.join(sockets, "nbd.sock")
+                        await migration.export_disks(self.monitor(guest), nbd, {
+                            c["target"]: guest.chains[c["target"]][-1].node for c in copies})
                 except (QMPError, OSError) as e:
                     await self._terminate(guest, "failed")
                     raise MigrationError(f"the destination could not listen: {e}") from None
@@ -141,31 +178,46 @@ class MigrationCalls:
                 del self.migrations[cfg.name]
             if not guest.active and not guest.persistent:
                 self.guests.pop(cfg.name, None)
+            with anyio.CancelScope(shield=True):
+                for path in created:
+                    await self.host.remove_tree(path)
             raise
         watch.finished = anyio.Event()
         self.tasks.start_soon(self._watch_orphan, guest, watch, name=f"migration-orphan-{cfg.name}")
-        return uri
+        return uri, nbd
 
     async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
-                              max_downtime: int | None) -> MigrationProgress:
+                              max_downtime: int | None, nbd: str | None = None,
+                              copies: dict[str, str] | None = None) -> MigrationProgress:
         """Source: send the guest; once QEMU has sent it all (the source is then paused), commit and
-        return QEMU's figures. ``dest``: the destination's state directory."""
+        return QEMU's figures. ``dest``: the destination's state directory; ``copies`` (disk target ->
+        "full" or "top"): the disks mirrored first into the destination's exports at ``nbd``."""
         guest = self._find(name)
         watch = self.migrations[name] = migration.Watch()
+        monitor = self.monitor(guest)
         async with guest.lock:
             record = {"role": "source", "dest": dest, "phase": "perform",
                       "resume": guest.state is DomainState.RUNNING}
             await self.files.write_migration(name, record)
             guest.pause_cause = "migration"  # the STOP at the end of the migration
             try:
-                stats = await migration.send(self.monitor(guest), watch, uri, bandwidth=bandwidth,
+                if copies:
+                    assert nbd is not None
+                    await migration.mirror_disks(monitor, watch, nbd, {
+                        target: (guest.chains[target][-1].node, sync) for target, sync in copies.items()},
+                        bandwidth)
+                stats = await migration.send(monitor, watch, uri, bandwidth=bandwidth,
                                              max_downtime=max_downtime)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self.files.write_migration(name, {**record, "phase": "aborted"})
+                    if watch.mirrors:
+                        await migration.drop_mirrors(monitor, watch)
                 raise
             finally:
                 guest.pause_cause = None
+            if watch.mirrors:
+                await migration.drop_mirrors(monitor, watch)  # completed: only their NBD nodes remain
             await self.files.write_migration(name, {**record, "phase": "committed"})  # the commit point
             return stats
 
@@ -183,10 +235,7 @@ class MigrationCalls:
         if watch is not None and watch.finished is not None:
             watch.finished.set()  # the orphan watcher stands down: this is the finish it waited for
         if not ok or watch is None:
-            async with guest.lock:
-                self.migrations.pop(name, None)
-                if guest.active:
-                    await self._terminate(guest, "failed")
+            await self._give_up_destination(guest)
             return
         await self._run_arrived(guest, watch, resume=resume, persistent_xml=persistent_xml)
 
@@ -210,6 +259,16 @@ class MigrationCalls:
 
     # -- the two sides' last steps, shared by the phases and the recovery -----------------------------------
 
+    async def _give_up_destination(self, guest: Guest) -> None:
+        """Destination: the guest stays at the source: end this QEMU, remove the images made for it."""
+        record = await self.files.read_migration(guest.name) or {}
+        async with guest.lock:
+            watch = self.migrations.pop(guest.name, None)
+            if guest.active:
+                await self._terminate(guest, "failed")
+        for path in {*(record.get("created") or ()), *(watch.created if watch is not None else ())}:
+            await self.host.remove_tree(str(path))
+
     async def _run_arrived(self, guest: Guest, watch: migration.Watch | None, *, resume: bool,
                            persistent_xml: str | None) -> None:
         """Destination: the guest is ours: wait until QEMU holds all of it, then run and keep it."""
@@ -219,6 +278,10 @@ class MigrationCalls:
                 try:
                     if watch is not None:
                         await migration.received(self.monitor(guest), watch)
+                    try:
+                        await migration.stop_exports(self.monitor(guest))
+                    except QMPError:
+                        pass  # no storage was copied: no NBD server runs
                     if resume:
                         guest.resume_reason = "migrated"
                         try:
@@ -316,10 +379,7 @@ class MigrationCalls:
                 return
             if phase in ("aborted", None):
                 log.info("domain %s: the source kept the guest; ending this QEMU", guest.name)
-                async with guest.lock:
-                    self.migrations.pop(guest.name, None)
-                    if guest.active:
-                        await self._terminate(guest, "failed")
+                await self._give_up_destination(guest)
                 return
             await anyio.sleep(ORPHAN_POLL)  # perform: the source's controller has yet to decide
 

@@ -40,16 +40,37 @@ FINISH_TIMEOUT = 60.0
 
 
 class Watch:
-    """One QEMU's migration status, as its MIGRATION events tell it."""
+    """One QEMU's migration status and its storage mirrors' states, as its events tell them."""
 
     def __init__(self) -> None:
         self.status = "none"
+        #: Storage copy: each mirror's job id -> "running", "ready", or its end ("completed: <error>"...).
+        self.mirrors: dict[str, str] = {}
         self._changed = anyio.Event()
         #: Destination: set once the migration's finish phase has begun (the orphan watcher stands down).
         self.finished: anyio.Event | None = None
+        #: Destination: the images made for a storage copy (removed if the guest stays at the source).
+        self.created: list[str] = []
 
     def update(self, data: dict[str, Any]) -> None:
         self.status = str(data.get("status", self.status))
+        self._wake()
+
+    def job_event(self, name: str, data: dict[str, Any]) -> None:
+        job = str(data.get("device") or data.get("id") or "")
+        if job not in self.mirrors:
+            return
+        if name == "BLOCK_JOB_READY":
+            self.mirrors[job] = "ready"
+        elif name in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"):
+            error = data.get("error")
+            self.mirrors[job] = f"failed: {error}" if error else (
+                "completed" if name == "BLOCK_JOB_COMPLETED" else "cancelled")
+        else:
+            return
+        self._wake()
+
+    def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -58,9 +79,28 @@ class Watch:
         return self.status in DONE
 
     async def wait_done(self) -> str:
-        while not self.done:
+        return await self.wait_status(DONE)
+
+    async def wait_status(self, wanted: frozenset[str]) -> str:
+        while self.status not in wanted and self.status not in DONE:
             await self._changed.wait()
         return self.status
+
+    async def wait_mirrors_ended(self) -> None:
+        while any(state in ("running", "ready") for state in self.mirrors.values()):
+            await self._changed.wait()
+
+    async def wait_mirrors(self, wanted: str) -> None:
+        """Until every mirror is ``wanted`` ("ready") or has ended; MigrationError if one failed."""
+        while True:
+            failed = [f"{job}: {state}" for job, state in self.mirrors.items()
+                      if state.startswith(("failed", "cancelled"))
+                      or (wanted == "ready" and state == "completed")]
+            if failed:
+                raise MigrationError(f"a storage mirror ended: {'; '.join(failed)}")
+            if all(state == wanted for state in self.mirrors.values()):
+                return
+            await self._changed.wait()
 
 
 async def _enable_events(monitor: Monitor, *extra: str) -> None:
@@ -78,16 +118,71 @@ async def listen(monitor: Monitor, socket_path: str) -> str:
     return uri
 
 
+async def export_disks(monitor: Monitor, socket_path: str, nodes: dict[str, str]) -> None:
+    """Destination, storage copy: an NBD server on a unix socket, each disk's top node (``nodes``: disk
+    target -> node) exported writable under the disk's name, for the source's mirrors to fill."""
+    await monitor.execute("nbd-server-start", {"addr": {"type": "unix", "data": {"path": socket_path}}})
+    for target, node in nodes.items():
+        await monitor.execute("block-export-add", {"type": "nbd", "id": f"mig-{target}", "node-name": node,
+                                                   "name": target, "writable": True})
+
+
+async def stop_exports(monitor: Monitor) -> None:
+    await monitor.execute("nbd-server-stop")
+
+
+async def mirror_disks(monitor: Monitor, watch: Watch, socket_path: str, disks: dict[str, tuple[str, str]],
+                       bandwidth: int | None) -> None:
+    """Source, storage copy: each disk (target -> (top node, sync "full" or "top")) mirrored into the
+    destination's export; returns once every mirror is READY (the copy is whole and follows writes)."""
+    for target, (node, sync) in disks.items():
+        job = f"mig-{target}"
+        await monitor.execute("blockdev-add", {"driver": "nbd", "node-name": job, "export": target,
+                                               "server": {"type": "unix", "path": socket_path}})
+        watch.mirrors[job] = "running"
+        await monitor.execute("blockdev-mirror", {"job-id": job, "device": node, "target": job, "sync": sync,
+                                                  "speed": bandwidth or 0})
+    await watch.wait_mirrors("ready")
+
+
+async def drop_mirrors(monitor: Monitor, watch: Watch) -> None:
+    """Source: end whatever mirrors remain (a failed or undone copy) and their NBD nodes; best effort."""
+    for job, state in list(watch.mirrors.items()):
+        if state in ("running", "ready"):
+            try:
+                await monitor.execute("block-job-cancel", {"device": job, "force": True})
+            except QMPError:
+                continue
+    with anyio.move_on_after(FINISH_TIMEOUT):
+        await watch.wait_mirrors_ended()
+    for job in list(watch.mirrors):
+        try:
+            await monitor.execute("blockdev-del", {"node-name": job})
+        except QMPError:
+            pass
+    watch.mirrors.clear()
+
+
 async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | None,
                max_downtime: int | None) -> MigrationProgress:
     """Source: migrate to ``uri`` and return QEMU's final figures once it is done; MigrationError if it
-    failed or was cancelled (the source then runs on as before: QEMU resumes it by itself)."""
-    await _enable_events(monitor)
+    failed or was cancelled (the source then runs on as before: QEMU resumes it by itself).
+
+    With storage mirrors running, QEMU stops before the switch-over (``pause-before-switchover``) with
+    the guest paused: the mirrors are then completed without a pivot (``block-job-cancel`` of a READY
+    mirror writes what is left and ends), and only then does QEMU hand the guest over."""
+    await _enable_events(monitor, *(["pause-before-switchover"] if watch.mirrors else []))
     parameters: dict[str, Any] = {"max-bandwidth": bandwidth or UNLIMITED}
     if max_downtime is not None:
         parameters["downtime-limit"] = max_downtime
     await monitor.execute("migrate-set-parameters", parameters)
     await monitor.execute("migrate", {"uri": uri})
+    if watch.mirrors:
+        if await watch.wait_status(frozenset({"pre-switchover"})) == "pre-switchover":
+            for job in watch.mirrors:
+                await monitor.execute("block-job-cancel", {"device": job})
+            await watch.wait_mirrors("completed")
+            await monitor.execute("migrate-continue", {"state": "pre-switchover"})
     status = await watch.wait_done()
     if status != "completed":
         reason = await _error_of(monitor)
