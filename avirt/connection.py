@@ -12,6 +12,8 @@ from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from anyio.abc import ByteStream
+
 from avirt.domain import Domain
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
@@ -21,6 +23,7 @@ from avirt.events.bus import Callback, EventStream, Subscription
 from avirt.events.model import EventKind
 from avirt.hosts.base import Host
 from avirt.models import DomainState
+from avirt.served.server import serve_stream
 from avirt.served.shared import SharedDriver
 from avirt.uri import ConnectionURI
 
@@ -92,6 +95,13 @@ class Connection:
     async def capabilities(self) -> dict[str, Any]:
         """QEMU's version, whether KVM is usable, and which accelerator each domain type gets."""
         return await self._driver.capabilities()
+
+    async def serve_stream(self, stream: ByteStream) -> None:
+        """Serve this connection to the one client at the other end of ``stream`` (the served protocol,
+        docs/protocol.md) until that client hangs up; ``avirt serve --stdio`` runs it on its standard
+        input and output. The client sees what this connection sees: this program's guests when it holds
+        the state directory, else those of the program it is a client of."""
+        await serve_stream(self._driver, stream, name="stdio client")
 
 
 def _domain_name(domain: Domain | str | None) -> str | None:
