@@ -31,6 +31,7 @@ from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.state import served_socket
 from avirt.errors import AvirtError, InvalidXMLError, ProtocolVersionError
 from avirt.events.bus import EventBus
+from avirt.events.model import Event
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -50,7 +51,8 @@ SUBSCRIBE_TIMEOUT = 30.0
 class ClientDriver(Driver):
     def __init__(self, uri: str, state_dir: str, *, bus: EventBus | None = None,
                  on_lost: Callable[[], None] | None = None,
-                 lost_error: Callable[[str], AvirtError] | None = None) -> None:
+                 lost_error: Callable[[str], AvirtError] | None = None,
+                 on_event: Callable[[Event], None] | None = None) -> None:
         self.uri = uri
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, "avirt.sock")
@@ -61,6 +63,7 @@ class ClientDriver(Driver):
         # What a call fails with when the connection ends under it: PeerClosedError (a
         # ControllerGoneError) unless the transport has a more telling error of its own (a lost SSH host).
         self._lost_error = lost_error
+        self._on_event = on_event  # sees each forwarded event first, in the reader's task (must not block)
         self._peer: Peer | None = None
         self._closing = False
         self._jobs: dict[str, BlockJob] = {}
@@ -132,7 +135,10 @@ class ClientDriver(Driver):
         elif isinstance(item, Lost):
             self.bus.lose(item.count or None)
         else:
-            self.bus.forward(wire.event_from(item))
+            event = wire.event_from(item)
+            if self._on_event is not None:
+                self._on_event(event)
+            self.bus.forward(event)
 
     # -- block jobs: the client's copies ------------------------------------------------------------------
 
