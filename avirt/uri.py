@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
@@ -75,6 +76,11 @@ class ConnectionURI:
             if self.options.get("mode", "auto") not in SSH_MODES:
                 raise InvalidURIError(f"mode={self.options['mode']} in the URI: the modes are "
                                       f"{', '.join(SSH_MODES)}")
+            try:
+                shlex.split(self.options.get("avirt", ""))
+            except ValueError as e:  # an unclosed quote
+                raise InvalidURIError(f"avirt={self.options['avirt']} in the URI is not a command line: "
+                                      f"{e}") from None
         elif self.scheme != "qemu" or self.transport is not None or self.host:
             raise UnsupportedError([f"{self.scheme}{'+' + self.transport if self.transport else ''}://"
                                     f"{self.host or ''}/"], "connection URI not supported yet")

@@ -27,6 +27,7 @@ from avirt.connection import Connection
 from avirt.errors import CommandNotFoundError, HostError, ProtocolVersionError
 from avirt.served.client import ClientDriver
 from avirt.served.server import PROTOCOL
+from avirt.uri import InvalidURIError
 from tests.events_help import read_until
 from tests.images import GUEST_VIEW, backing_chain, make_chain, reads
 from tests.sshd import SSHServer
@@ -248,3 +249,10 @@ async def test_serve_stdio_ends_on_sigterm_too(state_dir: Path, tmp_path: Path) 
         with anyio.fail_after(30):
             assert await process.wait() == 0
         await conn.close()
+
+
+@pytest.mark.parametrize(("query", "complaint"), [("mode=remote", "the modes are auto, serve, direct"),
+                                                  ("avirt=%27unclosed", "not a command line")])
+async def test_mode_and_avirt_options_are_checked(query: str, complaint: str) -> None:
+    with pytest.raises(InvalidURIError, match=complaint):
+        await avirt.connect(f"qemu+ssh://admin@host.invalid/session?{query}")
