@@ -12,8 +12,9 @@ socket, and the layer above speaks over it.
   into a typed error: status 127 (the shell found no such command) is a
   :class:`~avirt.errors.CommandNotFoundError`, for the caller to fall back on something else; any other
   end is a :class:`~avirt.errors.HostError` with the command's last words.
-* Closing the stream ends the channel (the command reads end-of-file on its standard input) and the
-  connection; a lost connection ends the stream like an end-of-file.
+* Closing the stream sends the command end-of-file on its standard input, waits for it to end (at most
+  :data:`EXIT_TIMEOUT`), then closes the connection; a lost connection ends the stream like an
+  end-of-file.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ __all__ = ["RemoteCommand"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 65536
-#: How long a command that ended may take to report its exit status over the channel.
+#: How long a command may take to end once its standard input closed, or to report its exit status.
 EXIT_TIMEOUT = 5.0
 #: Lines of the command's standard error kept for the error that says why it ended.
 STDERR_LINES = 5
@@ -139,6 +140,12 @@ class RemoteCommand(ByteStream):
 
     async def aclose(self) -> None:
         await self.send_eof()  # the command's end-of-file: it ends by itself, as it would at a hang-up
+        if self._process is not None:
+            # Its end, before the connection's: its exit status (for failure()) travels on the connection,
+            # and a command that has ended no longer holds what it held (the state directory's lock).
+            with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_TIMEOUT):
+                with contextlib.suppress(asyncssh.Error, OSError):
+                    await self._process.wait_closed()
         if self._conn is not None:
             self._conn.close()
             with contextlib.suppress(Exception):
