@@ -211,7 +211,7 @@ class SharedDriver(Driver):
             async for phase in inner.phases():
                 if phase is JobPhase.CONCLUDED:
                     assert inner.status is not None
-                    outer.conclude(inner.status, inner.error)
+                    outer.conclude(inner.status, inner.error, progress=inner.final_progress)
                     self._links.pop(outer.id, None)
                 elif phase is JobPhase.STANDBY:
                     outer.unready()
