@@ -156,6 +156,35 @@ async def test_a_lifecycle_its_events_and_a_block_commit_through_one_channel(
         assert counts["forwarded sockets"] >= 1 and counts["sftp"] == 1, counts
 
 
+async def test_two_connections_share_one_remote_directory_and_outlive_each_other(
+        sshd: SSHServer, state_dir: Path, xml: XMLFactory, tmp_path: Path) -> None:
+    uri = sshd.uri(state_dir, mode="serve")
+    async with avirt.connect(uri) as first:
+        # The first connection's remote avirt holds the directory; the second's is relayed to it.
+        second = await avirt.connect(uri)
+        try:
+            async with first.events(kinds={EventKind.LIFECYCLE}) as stream:
+                dom = await second.define_xml(xml("shared"))
+                await dom.start(paused=True)
+                await read_until(stream, lambda e: isinstance(e, LifecycleEvent)
+                                 and e.type.name == "SUSPENDED")
+            assert [d.name for d in await first.list_domains()] == ["shared"]
+        except BaseException:
+            await second.close()
+            raise
+    try:
+        # The first's remote avirt ended with its channel: the second's takes the directory over, and
+        # the second connection goes on as before (calls wait for the hand-over on the host).
+        pid = qemu_pid(state_dir, "shared")
+        async with second.events(kinds={EventKind.LIFECYCLE}) as stream:
+            await dom.resume()
+            await read_until(stream, lambda e: isinstance(e, LifecycleEvent) and e.type.name == "RESUMED")
+        assert qemu_pid(state_dir, "shared") == pid
+        await dom.destroy()
+    finally:
+        await second.close()
+
+
 async def test_auto_mode_drives_the_host_directly_when_it_has_no_avirt(
         sshd: SSHServer, state_dir: Path, xml: XMLFactory, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="avirt.connection")
