@@ -26,8 +26,9 @@ _CHUNK = 65536
 
 
 class PipeStream(ByteStream):
-    """A byte stream over two file descriptors (pipes, sockets or terminals; not regular files, which
-    the event loop cannot wait on). It owns both and closes them."""
+    """A byte stream over two file descriptors (pipes, sockets, terminals or files). It owns both and
+    closes them. They are made non-blocking while it uses them, which changes the open file they share
+    with whoever else holds it (a terminal's shell): closing makes them blocking again."""
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self._read_fd: int | None = read_fd
@@ -73,18 +74,22 @@ class PipeStream(ByteStream):
         self._close_write()
         fd, self._read_fd = self._read_fd, None
         if fd is not None:
-            anyio.notify_closing(fd)
-            os.close(fd)
+            _close(fd)
 
     def _close_write(self) -> None:
         fd, self._write_fd = self._write_fd, None
         if fd is not None:
-            anyio.notify_closing(fd)
-            try:
-                os.close(fd)
-            except OSError as e:
-                if e.errno != errno.EBADF:
-                    raise
+            _close(fd)
+
+
+def _close(fd: int) -> None:
+    anyio.notify_closing(fd)
+    try:
+        os.set_blocking(fd, True)
+        os.close(fd)
+    except OSError as e:
+        if e.errno != errno.EBADF:
+            raise
 
 
 def take_stdio() -> PipeStream:
