@@ -6,11 +6,15 @@ context manager; closing it leaves running guests running (they outlive the cont
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import shlex
 from collections.abc import Generator, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from anyio.abc import ByteStream
 
 from avirt.domain import Domain
 from avirt.drivers.base import DomainRef, Driver
@@ -21,10 +25,16 @@ from avirt.events.bus import Callback, EventStream, Subscription
 from avirt.events.model import EventKind
 from avirt.hosts.base import Host
 from avirt.models import DomainState
+from avirt.served.server import serve_stream
 from avirt.served.shared import SharedDriver
 from avirt.uri import ConnectionURI
 
+if TYPE_CHECKING:
+    from avirt.hosts.ssh import SSHTarget
+
 D = TypeVar("D", bound=Driver)
+
+log = logging.getLogger(__name__)
 
 
 class Connection:
@@ -93,6 +103,13 @@ class Connection:
         """QEMU's version, whether KVM is usable, and which accelerator each domain type gets."""
         return await self._driver.capabilities()
 
+    async def serve_stream(self, stream: ByteStream) -> None:
+        """Serve this connection to the one client at the other end of ``stream`` (the served protocol,
+        docs/protocol.md) until that client hangs up; ``avirt serve --stdio`` runs it on its standard
+        input and output. The client sees what this connection sees: this program's guests when it holds
+        the state directory, else those of the program it is a client of."""
+        await serve_stream(self._driver, stream, name="stdio client")
+
 
 def _domain_name(domain: Domain | str | None) -> str | None:
     return domain.name if isinstance(domain, Domain) else domain
@@ -115,8 +132,7 @@ class _Connecting:
             # In memory: a fresh world per connection, no state directory.
             return Connection(self._uri, await _opened(TestDriver(self._uri)))
         if parsed.transport == "ssh":
-            host, state_dir = await _open_ssh_host(parsed, self._state_dir)
-            return Connection(self._uri, await _opened(QemuDriver(self._uri, host, state_dir)))
+            return Connection(self._uri, await _open_ssh(self._uri, parsed, self._state_dir))
         # A local state directory: this program holds it, or is a client of the one that does.
         state_dir = self._local_state_dir or parsed.default_state_dir()
         return Connection(self._uri, await _opened(SharedDriver(self._uri, state_dir)))
@@ -143,18 +159,43 @@ async def _opened(driver: D) -> D:
     return driver
 
 
-async def _open_ssh_host(uri: ConnectionURI, state_dir: str | None) -> tuple[Host, str]:
-    """The connected SSH host and the state directory on it (a relative one is in the remote home)."""
+async def _open_ssh(text: str, uri: ConnectionURI, state_dir: str | None) -> Driver:
+    """WHERE A REMOTE HOST'S MODE IS CHOSEN: through the avirt on the host (``mode=serve``; one SSH
+    channel to its ``avirt serve --stdio``), or directly (``mode=direct``; QEMU driven from here, a
+    channel per guest). The default, ``auto``, is the first unless the host has no avirt command."""
     try:
-        from avirt.hosts.ssh import SSHHost, SSHTarget
+        from avirt.hosts.ssh import SSHTarget
     except ImportError as e:  # asyncssh is an optional dependency
         raise UnsupportedError([f"qemu+ssh://{uri.host}/"], f"SSH hosts need asyncssh ({e}): "
                                "pip install 'avirt[ssh]'") from None
-    host = SSHHost(SSHTarget(uri.host or "", uri.port or 22, uri.user, uri.options.get("keyfile"),
-                             uri.options.get("known_hosts") or "~/.ssh/known_hosts"))
+    target = SSHTarget(uri.host or "", uri.port or 22, uri.user, uri.options.get("keyfile"),
+                       uri.options.get("known_hosts") or "~/.ssh/known_hosts")
+    # Relative to the remote home: both modes start there (an SSH command's working directory).
+    state_dir = state_dir or uri.options.get("state_dir") or uri.default_state_dir()
+    mode = uri.options.get("mode", "auto")
+    if mode != "direct":
+        from avirt.errors import CommandNotFoundError
+        from avirt.served.remote import RemoteDriver
+
+        argv = [*shlex.split(uri.options.get("avirt") or "avirt"), "-c", f"qemu:///{uri.path}",
+                "--state-dir", state_dir, "serve", "--stdio"]
+        try:
+            return await _opened(RemoteDriver(text, target, argv, state_dir))
+        except CommandNotFoundError as e:
+            if mode == "serve":
+                raise
+            log.info("%s; driving the host directly instead", e)
+    host, remote_dir = await _open_ssh_host(target, state_dir)
+    return await _opened(QemuDriver(text, host, remote_dir))
+
+
+async def _open_ssh_host(target: SSHTarget, state_dir: str) -> tuple[Host, str]:
+    """The connected SSH host and the state directory on it (a relative one is in the remote home)."""
+    from avirt.hosts.ssh import SSHHost
+
+    host = SSHHost(target)
     try:
         await host.open()
-        state_dir = state_dir or uri.options.get("state_dir") or uri.default_state_dir()
         return host, posixpath.join(await host.home(), state_dir)  # join keeps an absolute one as it is
     except BaseException:
         await host.aclose()

@@ -142,3 +142,21 @@ class ControllerGoneError(AvirtError):
     """The controller serving this connection went away during the call (the program holding the state
     directory ended). The call may or may not have taken effect: re-read state, then retry; the
     connection finds the next controller by itself."""
+
+
+class ProtocolVersionError(AvirtError):
+    """The two ends of a served connection speak different versions of the protocol (docs/protocol.md):
+    ``server`` and ``client`` are the two version numbers. Install the same avirt on both sides."""
+
+    def __init__(self, message: str, server: int | None = None, client: int | None = None) -> None:
+        self.server = server
+        self.client = client
+        super().__init__(message)
+
+
+class CommandNotFoundError(HostError):
+    """A remote host has no such command (its shell exited with status 127): ``command`` names it."""
+
+    def __init__(self, message: str, command: str = "") -> None:
+        self.command = command
+        super().__init__(message)

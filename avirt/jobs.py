@@ -123,6 +123,11 @@ class BlockJob:
     def ended(self) -> bool:
         return self.phase is JobPhase.CONCLUDED
 
+    @property
+    def final_progress(self) -> tuple[int, int] | None:
+        """The ``(cur, end)`` the job ended at, when known (what progress() reports last)."""
+        return self._final
+
     async def info(self) -> BlockJobInfo:
         cur, end = (0, 0) if self.ended else await self._backend.job_progress(self)
         return BlockJobInfo(self.kind, cur, end, self.bandwidth, self.phase is JobPhase.READY, self.status)

@@ -205,6 +205,9 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
     if dest._driver is source:
         raise InvalidArgumentError("the destination is the domain's own connection")
     for side in (source, dest._driver):
+        if "+ssh" in side.uri.split(":", 1)[0]:  # the streams go through unix sockets of this machine
+            raise OperationInvalidError(f"migration to or from {side.uri} is not supported yet "
+                                        "(only between connections of this machine)")
         side.location()  # a side that takes no part in migrations refuses here, before anything starts
     job = MigrationJob(source, dest, domain.name)
     plan = _plan(await source.migrate_begin(domain.name), persist=persist, copy_storage=copy_storage,

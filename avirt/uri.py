@@ -2,20 +2,25 @@
 
     qemu:///session            local QEMU, state under $XDG_STATE_HOME/avirt
     qemu:///system             local QEMU, state under /var/lib/avirt
-    qemu+ssh://user@host[:port]/session?keyfile=...&known_hosts=...&state_dir=...   a remote host over SSH
+    qemu+ssh://user@host[:port]/session?keyfile=...&known_hosts=...&state_dir=...&mode=...&avirt=...
+                               a remote host over SSH (docs/remote-hosts.md)
     test:///default            the in-memory test driver (state_dir is ignored)
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 from avirt.errors import AvirtError, UnsupportedError
 
 #: Query options of qemu+ssh URIs.
-SSH_OPTIONS = frozenset({"keyfile", "known_hosts", "state_dir"})
+SSH_OPTIONS = frozenset({"keyfile", "known_hosts", "state_dir", "mode", "avirt"})
+#: How a qemu+ssh connection drives the host: through its avirt (serve), from here (direct), or the
+#: first unless the host has no avirt (auto).
+SSH_MODES = ("auto", "serve", "direct")
 
 
 class InvalidURIError(AvirtError, ValueError):
@@ -68,6 +73,14 @@ class ConnectionURI:
             if unknown:
                 raise InvalidURIError(f"unknown option(s) {', '.join(unknown)} in the URI "
                                       f"(known: {', '.join(sorted(SSH_OPTIONS))})")
+            if self.options.get("mode", "auto") not in SSH_MODES:
+                raise InvalidURIError(f"mode={self.options['mode']} in the URI: the modes are "
+                                      f"{', '.join(SSH_MODES)}")
+            try:
+                shlex.split(self.options.get("avirt", ""))
+            except ValueError as e:  # an unclosed quote
+                raise InvalidURIError(f"avirt={self.options['avirt']} in the URI is not a command line: "
+                                      f"{e}") from None
         elif self.scheme != "qemu" or self.transport is not None or self.host:
             raise UnsupportedError([f"{self.scheme}{'+' + self.transport if self.transport else ''}://"
                                     f"{self.host or ''}/"], "connection URI not supported yet")

@@ -1,5 +1,10 @@
 """Remote benchmark: avirt over SSH (``qemu+ssh://`` to this same machine) beside avirt on the local host.
 
+Three sides: ``local`` (``qemu:///session``), ``ssh`` (``qemu+ssh://...?mode=direct``: QEMU driven from
+here over many SSH channels, a forwarded monitor socket per guest) and ``serve`` (``mode=serve``: the
+avirt on the host, ``avirt serve --stdio``, in ONE SSH channel; the remote command is this checkout run
+by this interpreter, ``tests/sshd.py``'s ``avirt_command``).
+
 What it measures
 ----------------
 One OpenSSH server is started on 127.0.0.1 with keys and a config of its own (``tests/sshd.py``, the
@@ -14,10 +19,10 @@ diskless q35 guest (64 MiB, firmware only, TCG by default).
     and avirt's SSH host runs one for each QEMU start, signal and liveness check.
 
 (1) **Lifecycle latency.** ``define_xml`` + ``start()`` + ``destroy()`` + ``undefine()`` of one guest,
-    ``--runs`` times (default 20) per side, as ``bench/lifecycle.py`` does it; a local and an SSH
-    connection are open at once and their cycles alternate (which side goes first alternates too), after
-    one untimed warm-up cycle each. Reported: median, p10, p90 of the cycle and the median of each call,
-    per side, and the ratio of the medians, SSH / local.
+    ``--runs`` times (default 20) per side, as ``bench/lifecycle.py`` does it; a connection per side is
+    open at once and their cycles take turns (which side goes first rotates too), after one untimed
+    warm-up cycle each. Reported: median, p10, p90 of the cycle and the median of each call, per side,
+    and the ratios of the medians, ssh / local and serve / local.
 
 (2) **Event latency.** One running guest per side; ``suspend()`` then ``resume()``, ``--rounds`` times
     (default 500), with an event stream subscribed to that guest's LIFECYCLE events, measured as
@@ -58,6 +63,7 @@ too), and the sshd is stopped last.
 
 Targets
 -------
+* (1) the lifecycle cycle through the remote avirt (serve) within 1.5x of local, median.
 * (2) event latency over SSH within 2x of local at p50, for the whole path (call -> subscriber) and for
   the delivery alone (QEMU's timestamp -> subscriber).
 * (3) every guest of the fleet monitored: no event missing or lost in either round.
@@ -84,19 +90,23 @@ JSON keys (``--json``)
   remote command (``exec true``) on an SSH connection to the same server; or ``error``.
 * ``lifecycle``: ``runs``; ``local`` and ``ssh``, each with ``total_ms`` = {``median``, ``p10``, ``p90``,
   ``min``, ``max``}, ``samples_ms`` and ``phases_ms`` = {``define``, ``start``, ``destroy``,
-  ``undefine``: median}; ``ratio`` = SSH median / local median; or ``error``.
+  ``undefine``: median}, and ``serve`` alike; ``ratio`` = ssh median / local median, ``serve_ratio`` =
+  serve median / local median; or ``error``.
 * ``events``: ``rounds``, ``settle`` (see ``bench/events.py``'s ``wait_settled``); ``local`` and ``ssh``,
   each {``suspended``, ``resumed``}, each with ``ms`` = {``p50``, ``p90``, ``p99``, ``max``, ``mean``},
   ``call_ms``, ``cmd_to_emit_ms`` and ``emit_to_sub_ms`` ({``p50``, ``p99``}); ``ratios`` = {``p50``,
-  ``p99``, ``emit_to_sub_p50``, ``emit_to_sub_p99``} (SSH / local, SUSPENDED); or ``error``.
+  ``p99``, ``emit_to_sub_p50``, ``emit_to_sub_p99``} (ssh / local, SUSPENDED), and ``serve`` and
+  ``serve_ratios`` alike; or ``error``.
 * ``fleet``: ``requested``, ``guests`` (after a memory cap: 70 % of MemAvailable at 16 MiB per paused
   guest), ``capped``; ``local`` and ``ssh``, each with ``guests``, ``define_wall_s``, ``start_wall_s``,
   ``start_cpu_s``, ``rss_before_kib``, ``rss_after_kib``, ``rss_per_guest_kib``, ``fds``, ``threads``,
   ``idle_cpu`` (controller CPU seconds per wall second, all idle), ``rounds`` = {``resumed``,
   ``suspended``}, each {``wall_s``, ``received``, ``missing``, ``lost``, ``ms`` and ``emit_to_sub_ms``
-  ({``p50``, ``p99``})}, ``stop_wall_s``; the SSH side also ``remote`` = {``processes``,
-  ``pss_kib``, ``idle_cpu``} (the sshd session serving the connection and everything under it); or
-  ``error``. ``ratios`` = {``start_wall``, ``rss_per_guest``, ``resume_round_wall``} (SSH / local).
+  ({``p50``, ``p99``})}, ``stop_wall_s``; the ``ssh`` and ``serve`` sides also ``remote`` =
+  {``processes``, ``pss_kib``, ``idle_cpu``} (the processes the fleet added under the sshd),
+  ``existing_rss_growth_per_guest_kib`` (what those already there grew by: the remote avirt in
+  serve)}; or ``error``. ``ratios`` = {``start_wall``, ``rss_per_guest``, ``resume_round_wall``}
+  (ssh / local), ``serve_ratios`` the same for serve.
 * ``targets``: list of {``name``, ``value``, ``limit``, ``unit``, ``ok``} (``ok`` null: figure missing).
 """
 
@@ -160,7 +170,11 @@ BLOCK = 50
 #: Guests in the untimed warm-up round of each (3) child.
 WARMUP_GUESTS = 5
 
-TARGETS = {"event_p50_ratio": 2.0}
+#: The sides, as the report names them: this machine, SSH driving the host directly (mode=direct), SSH
+#: through the host's own avirt (mode=serve).
+SIDES = ("local", "ssh", "serve")
+
+TARGETS = {"event_p50_ratio": 2.0, "serve_lifecycle_ratio": 1.5}
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -192,6 +206,15 @@ def pss_sum_kib(pids: Sequence[int]) -> int:
     for pid in pids:
         with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/smaps_rollup") as f:
             total += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    return total
+
+
+def rss_sum_kib(pids: Sequence[int]) -> int:
+    """The resident memory of these processes, summed (those that ended count nothing)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
+            total += sum(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     return total
 
 
@@ -239,10 +262,9 @@ async def transport(server: test_sshd.SSHServer, samples: int = 30) -> dict[str,
 # -- (1) lifecycle --------------------------------------------------------------------------------------
 
 
-async def lifecycle(runs: int, accel: str, local: avirt.Connection, remote: avirt.Connection
-                    ) -> dict[str, Any]:
+async def lifecycle(runs: int, accel: str, conns: dict[str, avirt.Connection]) -> dict[str, Any]:
     phases = ("total", "define", "start", "destroy", "undefine")
-    times = {side: {k: [] for k in phases} for side in ("local", "ssh")}
+    times: dict[str, dict[str, list[float]]] = {side: {k: [] for k in phases} for side in conns}
     doms: list[avirt.Domain] = []
 
     async def cycle(side: str, conn: avirt.Connection, name: str, record: bool) -> None:
@@ -252,12 +274,11 @@ async def lifecycle(runs: int, accel: str, local: avirt.Connection, remote: avir
                 times[side][key].append(value)
 
     try:
-        await cycle("local", local, "warm-l", False)
-        await cycle("ssh", remote, "warm-s", False)
+        for side, conn in conns.items():
+            await cycle(side, conn, f"warm-{side}", False)
         for i in range(runs):
-            pair = [cycle("local", local, f"l{i}", True), cycle("ssh", remote, f"s{i}", True)]
-            for coro in pair if i % 2 == 0 else reversed(pair):
-                await coro
+            for side in turns(list(conns), i):
+                await cycle(side, conns[side], f"{side}{i}", True)
     finally:
         await avirt_cleanup(doms, 4)
     result: dict[str, Any] = {"runs": runs}
@@ -265,16 +286,25 @@ async def lifecycle(runs: int, accel: str, local: avirt.Connection, remote: avir
         result[side] = {"total_ms": summary(t["total"]),
                         "samples_ms": [round(v * 1000, 1) for v in t["total"]],
                         "phases_ms": {k: median_ms(v) for k, v in t.items() if k != "total"}}
-    result["ratio"] = round(result["ssh"]["total_ms"]["median"] / result["local"]["total_ms"]["median"], 3)
+    local = result["local"]["total_ms"]["median"]
+    result["ratio"] = round(result["ssh"]["total_ms"]["median"] / local, 3)
+    if "serve" in result:
+        result["serve_ratio"] = round(result["serve"]["total_ms"]["median"] / local, 3)
     return result
+
+
+def turns(sides: list[str], i: int) -> list[str]:
+    """The sides in the order of turn ``i``: each goes first in turn, so drift hits all alike."""
+    k = i % len(sides)
+    return sides[k:] + sides[:k]
 
 
 # -- (2) event latency ----------------------------------------------------------------------------------
 
 
-async def event_latency(rounds: int, accel: str, root: Path, local: avirt.Connection,
-                        remote: avirt.Connection) -> dict[str, Any]:
-    sides = {"local": (local, Rounds()), "ssh": (remote, Rounds())}
+async def event_latency(rounds: int, accel: str, root: Path, conns: dict[str, avirt.Connection]
+                        ) -> dict[str, Any]:
+    sides = {side: (conn, Rounds()) for side, conn in conns.items()}
     doms: dict[str, avirt.Domain] = {}
     try:
         for side, (conn, _) in sides.items():
@@ -304,7 +334,7 @@ async def event_latency(rounds: int, accel: str, root: Path, local: avirt.Connec
         done, turn = 0, 0
         while done < rounds:
             count = min(BLOCK, rounds - done)
-            for side in (("local", "ssh") if turn % 2 == 0 else ("ssh", "local")):
+            for side in turns(list(sides), turn):
                 await block(side, count, True)
             done += count
             turn += 1
@@ -313,13 +343,17 @@ async def event_latency(rounds: int, accel: str, root: Path, local: avirt.Connec
     result: dict[str, Any] = {"rounds": rounds, "settle": settle}
     for side, (_, rec) in sides.items():
         result[side] = rec.report()
-    loc, ssh = result["local"]["suspended"], result["ssh"]["suspended"]
-    result["ratios"] = {
-        "p50": round(ssh["ms"]["p50"] / loc["ms"]["p50"], 3),
-        "p99": round(ssh["ms"]["p99"] / loc["ms"]["p99"], 3),
-        "emit_to_sub_p50": round(ssh["emit_to_sub_ms"]["p50"] / loc["emit_to_sub_ms"]["p50"], 3),
-        "emit_to_sub_p99": round(ssh["emit_to_sub_ms"]["p99"] / loc["emit_to_sub_ms"]["p99"], 3),
-    }
+    loc = result["local"]["suspended"]
+    for side, key in (("ssh", "ratios"), ("serve", "serve_ratios")):
+        if side not in result:
+            continue
+        ssh = result[side]["suspended"]
+        result[key] = {
+            "p50": round(ssh["ms"]["p50"] / loc["ms"]["p50"], 3),
+            "p99": round(ssh["ms"]["p99"] / loc["ms"]["p99"], 3),
+            "emit_to_sub_p50": round(ssh["emit_to_sub_ms"]["p50"] / loc["emit_to_sub_ms"]["p50"], 3),
+            "emit_to_sub_p99": round(ssh["emit_to_sub_ms"]["p99"] / loc["emit_to_sub_ms"]["p99"], 3),
+        }
     return result
 
 
@@ -327,7 +361,9 @@ async def in_process_parts(args: argparse.Namespace, root: Path, server: test_ss
                            ) -> dict[str, Any]:
     """(1) and (2), with one local and one SSH connection open side by side."""
     async with avirt.connect("qemu:///session", state_dir=root / "local") as local, \
-            avirt.connect(server.uri(root / "remote")) as remote:
+            avirt.connect(server.uri(root / "remote", mode="direct")) as remote, \
+            avirt.connect(server.uri(root / "remote-serve", mode="serve")) as served:
+        conns = {"local": local, "ssh": remote, "serve": served}
         caps = await local.capabilities()
         accel = ("kvm" if caps["kvm"] else "tcg") if args.accel == "auto" else args.accel
         if accel == "kvm" and not caps["kvm"]:
@@ -338,8 +374,8 @@ async def in_process_parts(args: argparse.Namespace, root: Path, server: test_ss
                    "mem_available_mib": mem_available_kib() // 1024,
                    "nofile": raise_nofile(), "openssh": openssh_version()}
         wire = await part(transport, server)
-        life = await part(lifecycle, args.runs, accel, local, remote)
-        ev = await part(event_latency, args.rounds, accel, root, local, remote)
+        life = await part(lifecycle, args.runs, accel, conns)
+        ev = await part(event_latency, args.rounds, accel, root, conns)
     return {"machine": machine, "transport": wire, "lifecycle": life, "events": ev}
 
 
@@ -431,6 +467,8 @@ async def fleet(uri: str, state_dir: Path | None, guests: int, accel: str, concu
             await grow_worker_pool(concurrency)
 
             remote_before = descendants(sshd_pid) if sshd_pid else []
+            # In mode=serve the remote avirt already runs under sshd: what it grows by is its cost per guest.
+            remote_rss_before = rss_sum_kib(remote_before)
             rss_before = rss_kib()
             t0 = time.perf_counter()
             for i in range(guests):
@@ -451,7 +489,9 @@ async def fleet(uri: str, state_dir: Path | None, guests: int, accel: str, concu
                 ticks0, w0 = cpu_ticks(pids), time.perf_counter()
                 idle = await idle_cpu()
                 remote = {"processes": len(pids), "pss_kib": pss_sum_kib(pids),
-                          "idle_cpu": round((cpu_ticks(pids) - ticks0) / hz / (time.perf_counter() - w0), 4)}
+                          "idle_cpu": round((cpu_ticks(pids) - ticks0) / hz / (time.perf_counter() - w0), 4),
+                          "existing_rss_growth_per_guest_kib":
+                              round((rss_sum_kib(remote_before) - remote_rss_before) / guests, 1)}
             else:
                 idle = await idle_cpu()
             fds, threads = open_fds(), proc_status("Threads")
@@ -538,11 +578,13 @@ def _get(d: Any, *keys: str) -> Any:
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     ev = report.get("events", {})
     rows: list[tuple[str, Any, float, str]] = [
+        ("(1) lifecycle median, serve / local", _get(report, "lifecycle", "serve_ratio"),
+         TARGETS["serve_lifecycle_ratio"], "x"),
         ("(2) call -> event p50, SSH / local", _get(ev, "ratios", "p50"), TARGETS["event_p50_ratio"], "x"),
         ("(2) QEMU -> subscriber p50, SSH / local", _get(ev, "ratios", "emit_to_sub_p50"),
          TARGETS["event_p50_ratio"], "x"),
     ]
-    for side in ("local", "ssh"):
+    for side in ("local", "ssh", "serve"):
         if report.get("fleet") is None:  # --guests 0
             break
         rounds = _get(report, "fleet", side, "rounds")
@@ -580,12 +622,13 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"(1) define+start+destroy+undefine, one guest (q35, 64 MiB, no disk), {life['runs']} runs, ms")
         print(f"    {'':8}{'median':>9}{'p10':>9}{'p90':>9}{'min':>9}{'max':>9}   phases (median): "
               "define / start / destroy / undefine")
-        for side in ("local", "ssh"):
+        for side in SIDES:
             t, ph = life[side]["total_ms"], life[side]["phases_ms"]
             print(f"    {side:8}{t['median']:9.1f}{t['p10']:9.1f}{t['p90']:9.1f}{t['min']:9.1f}"
                   f"{t['max']:9.1f}"
                   f"   {ph['define']:.1f} / {ph['start']:.1f} / {ph['destroy']:.1f} / {ph['undefine']:.1f}")
-        print(f"    SSH / local (median) = {life['ratio']:.2f}x")
+        print(f"    ssh (direct) / local (median) = {life['ratio']:.2f}x; "
+              f"serve / local = {life['serve_ratio']:.2f}x")
     print()
     ev = report["events"]
     if "error" in ev:
@@ -595,7 +638,7 @@ def print_table(report: dict[str, Any]) -> None:
               "ms")
         print(f"    {'':18}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}   {'call p50':>8}"
               f"  {'cmd->emit':>11}  {'emit->sub':>11} (p50/p99)")
-        for side in ("local", "ssh"):
+        for side in SIDES:
             for kind in ("suspended", "resumed"):
                 r = ev[side][kind]
                 ce, es = r["cmd_to_emit_ms"], r["emit_to_sub_ms"]
@@ -603,9 +646,10 @@ def print_table(report: dict[str, Any]) -> None:
                          if ce and es else "n/a")
                 print(f"    {side if kind == 'suspended' else '':8}{kind:10}{_pcts(r['ms'])}   "
                       f"{r['call_ms']['p50']:8.3f}  {split}")
-        ra = ev["ratios"]
-        print(f"    SSH / local (SUSPENDED): call->event p50 {ra['p50']:.2f}x, p99 {ra['p99']:.2f}x; "
-              f"emit->sub p50 {ra['emit_to_sub_p50']:.2f}x, p99 {ra['emit_to_sub_p99']:.2f}x")
+        for key, label in (("ratios", "ssh (direct)"), ("serve_ratios", "serve")):
+            ra = ev[key]
+            print(f"    {label} / local (SUSPENDED): call->event p50 {ra['p50']:.2f}x, p99 {ra['p99']:.2f}x; "
+                  f"emit->sub p50 {ra['emit_to_sub_p50']:.2f}x, p99 {ra['emit_to_sub_p99']:.2f}x")
     print()
     fl = report.get("fleet")
     if fl is None:
@@ -615,7 +659,7 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"(3) {fl['guests']} paused guests through one connection{capped}, requested {fl['requested']}")
         print(f"    {'':7}{'define s':>9}{'start s':>8}{'cpu s':>7}{'KiB/guest':>10}{'fds':>6}{'thr':>5}"
               f"{'idle cpu':>9}{'stop s':>8}")
-        for side in ("local", "ssh"):
+        for side in SIDES:
             r = fl[side]
             if "error" in r:
                 print(f"    {side:7}ERROR: {r['error']}")
@@ -623,14 +667,17 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"    {side:7}{r['define_wall_s']:9.2f}{r['start_wall_s']:8.2f}{r['start_cpu_s']:7.2f}"
                   f"{r['rss_per_guest_kib']:10.1f}{r['fds']:6d}{r['threads']:5d}{r['idle_cpu']:9.4f}"
                   f"{r['stop_wall_s']:8.2f}")
-        rem = _get(fl, "ssh", "remote")
-        if rem:
-            print(f"    remote end (the sshd session and all below it): {rem['processes']} processes, "
-                  f"{rem['pss_kib'] / 1024:.1f} MiB (PSS), {rem['idle_cpu']:.3f} CPU while idle")
+        for side in ("ssh", "serve"):
+            rem = _get(fl, side, "remote")
+            if rem:
+                print(f"    {side}: remote end (the sshd session and all below it): {rem['processes']} "
+                      f"new processes, {rem['pss_kib'] / 1024:.1f} MiB (PSS), "
+                      f"{rem['idle_cpu']:.3f} CPU while idle; the processes already there (the remote "
+                      f"avirt, in serve) grew by {rem['existing_rss_growth_per_guest_kib']:.1f} KiB/guest")
         print("    every guest resumed, then suspended; ONE stream must see each guest's event")
         print(f"    {'':7}{'round':10}{'wall s':>8}{'received':>9}{'missing':>8}{'lost':>5}"
               f"{'call->event p50/p99 ms':>24}{'emit->sub p50/p99 ms':>22}")
-        for side in ("local", "ssh"):
+        for side in SIDES:
             r = fl[side]
             if "error" in r:
                 continue
@@ -642,9 +689,9 @@ def print_table(report: dict[str, Any]) -> None:
                 print(f"    {side if kind == 'resumed' else '':7}{kind:10}{x['wall_s']:8.2f}"
                       f"{x['received']:9d}"
                       f"{x['missing']:8d}{x['lost']:5d}{lat:>24}{emit:>22}")
-        ra = fl["ratios"]
-        print("    SSH / local: " + ", ".join(f"{k} {v:.2f}x" if v is not None else f"{k} n/a"
-                                              for k, v in ra.items()))
+        for key, label in (("ratios", "ssh (direct)"), ("serve_ratios", "serve")):
+            print(f"    {label} / local: " + ", ".join(f"{k} {v:.2f}x" if v is not None else f"{k} n/a"
+                                                       for k, v in fl[key].items()))
     print()
     print("Targets")
     for t in report["targets"]:
@@ -685,10 +732,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             guests, capped = fleet_size(args.guests)
             local = run_child(args, "local", guests, "qemu:///session", tmp / "fleet-local", 0)
             kill_leftovers(tmp)
-            ssh = run_child(args, "ssh", guests, server.uri(tmp / "fleet-ssh"), None, server.process.pid)
+            ssh = run_child(args, "ssh", guests, server.uri(tmp / "fleet-ssh", mode="direct"), None,
+                            server.process.pid)
+            kill_leftovers(tmp)
+            serve = run_child(args, "serve", guests, server.uri(tmp / "fleet-serve", mode="serve"), None,
+                              server.process.pid)
             kill_leftovers(tmp)
             report["fleet"] = {"requested": args.guests, "guests": guests, "capped": capped,
-                               "local": local, "ssh": ssh, "ratios": fleet_ratios(local, ssh)}
+                               "local": local, "ssh": ssh, "serve": serve,
+                               "ratios": fleet_ratios(local, ssh), "serve_ratios": fleet_ratios(local, serve)}
     report["machine"]["loadavg_end"] = list(os.getloadavg())
     report["targets"] = targets(report)
     if args.json:

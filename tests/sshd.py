@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -41,10 +43,15 @@ class SSHServer:
     known_hosts: Path
 
     def uri(self, state_dir: Path | str, *, path: str = "session", keyfile: Path | None = None,
-            known_hosts: Path | None = None) -> str:
+            known_hosts: Path | None = None, mode: str = "direct", avirt: str | None = None) -> str:
+        """A URI to this server. ``mode`` is the URI's (direct unless told: the tests of the direct
+        mode are the older ones); with ``serve`` or ``auto`` the remote avirt command is this checkout's
+        (:func:`avirt_command`) unless ``avirt`` names another."""
         query = (f"keyfile={quote(str(keyfile or self.keyfile))}"
                  f"&known_hosts={quote(str(known_hosts or self.known_hosts))}"
-                 f"&state_dir={quote(str(state_dir))}")
+                 f"&state_dir={quote(str(state_dir))}&mode={mode}")
+        if mode != "direct" or avirt is not None:
+            query += f"&avirt={quote(avirt if avirt is not None else avirt_command())}"
         return f"qemu+ssh://{self.user}@127.0.0.1:{self.port}/{path}?{query}"
 
     def sessions(self) -> list[int]:
@@ -65,6 +72,15 @@ class SSHServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+def avirt_command() -> str:
+    """The remote ``avirt`` for ``?avirt=``: this interpreter running the avirt under test (the checkout
+    it was imported from, which may not be the installed one), whatever the login shell's PATH says."""
+    import avirt
+
+    root = Path(avirt.__file__).resolve().parent.parent
+    return shlex.join(["env", f"PYTHONPATH={root}", sys.executable, "-m", "avirt"])
 
 
 def start(root: Path) -> SSHServer:

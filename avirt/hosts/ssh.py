@@ -139,33 +139,7 @@ class SSHHost(Host):
         self._up.set()
 
     async def _dial(self) -> asyncssh.SSHClientConnection:
-        t = self.target
-        options: dict[str, object] = {"client_keys": [t.keyfile]} if t.keyfile else {}
-        if t.user:  # none in the URI: the local user, which asyncssh picks only if the option is left out
-            options["username"] = t.user
-        # A missing known_hosts file trusts nobody (asyncssh would take it for "no checking").
-        trusted = t.known_hosts if await anyio.Path(t.known_hosts).exists() else []
-        try:
-            with anyio.fail_after(CONNECT_TIMEOUT):
-                return await asyncssh.connect(
-                    t.host, t.port, known_hosts=trusted,
-                    keepalive_interval=15, keepalive_count_max=3, **options)
-        except asyncssh.HostKeyNotVerifiable:
-            raise HostError(f"{self.name}: host key {await self._fingerprint()} is not trusted "
-                            f"(unknown to {t.known_hosts}, or changed)") from None
-        except asyncssh.PermissionDenied:
-            raise HostError(f"{self.name}: authentication failed") from None
-        except TimeoutError:
-            raise HostError(f"{self.name}: no answer within {CONNECT_TIMEOUT:g} s") from None
-        except (OSError, asyncssh.Error) as e:
-            raise HostError(f"{self.name}: cannot connect: {getattr(e, 'strerror', None) or e}") from None
-
-    async def _fingerprint(self) -> str:
-        with contextlib.suppress(Exception), anyio.fail_after(CONNECT_TIMEOUT):
-            key = await asyncssh.get_server_host_key(self.target.host, self.target.port)
-            if key is not None:
-                return f"{key.get_algorithm()} {key.get_fingerprint()}"
-        return "(fingerprint unavailable)"
+        return await dial(self.target)
 
     async def _watch_connection(self, conn: asyncssh.SSHClientConnection) -> None:
         await conn.wait_closed()
@@ -496,6 +470,39 @@ class SSHHost(Host):
         if holder.exit_status != 75:
             raise HostError(f"{self.name}: cannot lock {path}: {_text(await holder.stderr.read()).strip()}")
         return False
+
+
+async def dial(target: SSHTarget) -> asyncssh.SSHClientConnection:
+    """An SSH connection to ``target``, its host key checked; every failure a :class:`HostError` that
+    says what happened (untrusted key, authentication, unreachable, no answer)."""
+    t, name = target, target.label
+    options: dict[str, object] = {"client_keys": [t.keyfile]} if t.keyfile else {}
+    if t.user:  # none in the URI: the local user, which asyncssh picks only if the option is left out
+        options["username"] = t.user
+    # A missing known_hosts file trusts nobody (asyncssh would take it for "no checking").
+    trusted = t.known_hosts if await anyio.Path(t.known_hosts).exists() else []
+    try:
+        with anyio.fail_after(CONNECT_TIMEOUT):
+            return await asyncssh.connect(
+                t.host, t.port, known_hosts=trusted,
+                keepalive_interval=15, keepalive_count_max=3, **options)
+    except asyncssh.HostKeyNotVerifiable:
+        raise HostError(f"{name}: host key {await _fingerprint(t)} is not trusted "
+                        f"(unknown to {t.known_hosts}, or changed)") from None
+    except asyncssh.PermissionDenied:
+        raise HostError(f"{name}: authentication failed") from None
+    except TimeoutError:
+        raise HostError(f"{name}: no answer within {CONNECT_TIMEOUT:g} s") from None
+    except (OSError, asyncssh.Error) as e:
+        raise HostError(f"{name}: cannot connect: {getattr(e, 'strerror', None) or e}") from None
+
+
+async def _fingerprint(target: SSHTarget) -> str:
+    with contextlib.suppress(Exception), anyio.fail_after(CONNECT_TIMEOUT):
+        key = await asyncssh.get_server_host_key(target.host, target.port)
+        if key is not None:
+            return f"{key.get_algorithm()} {key.get_fingerprint()}"
+    return "(fingerprint unavailable)"
 
 
 def _ns(seconds: str) -> int:

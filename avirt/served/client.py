@@ -25,11 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from anyio.abc import ByteStream
 
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.state import served_socket
-from avirt.errors import InvalidXMLError
+from avirt.errors import AvirtError, InvalidXMLError, ProtocolVersionError
 from avirt.events.bus import EventBus
+from avirt.events.model import Event
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
@@ -48,7 +50,9 @@ SUBSCRIBE_TIMEOUT = 30.0
 
 class ClientDriver(Driver):
     def __init__(self, uri: str, state_dir: str, *, bus: EventBus | None = None,
-                 on_lost: Callable[[], None] | None = None) -> None:
+                 on_lost: Callable[[], None] | None = None,
+                 lost_error: Callable[[str], AvirtError] | None = None,
+                 on_event: Callable[[Event], None] | None = None) -> None:
         self.uri = uri
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, "avirt.sock")
@@ -56,6 +60,10 @@ class ClientDriver(Driver):
         self._own_bus = bus is None
         self.bus = EventBus(self._tasks) if bus is None else bus
         self._on_lost = on_lost
+        # What a call fails with when the connection ends under it: PeerClosedError (a
+        # ControllerGoneError) unless the transport has a more telling error of its own (a lost SSH host).
+        self._lost_error = lost_error
+        self._on_event = on_event  # sees each forwarded event first, in the reader's task (must not block)
         self._peer: Peer | None = None
         self._closing = False
         self._jobs: dict[str, BlockJob] = {}
@@ -63,13 +71,23 @@ class ClientDriver(Driver):
 
     async def open(self) -> None:
         """Connect and greet the controller; OSError if nobody listens, PeerClosedError if it hung up."""
-        await self._tasks.open()
         self.path = await served_socket(LocalHost(), self.state_dir)
-        stream = await anyio.connect_unix(self.path)
+        await self.open_stream(await anyio.connect_unix(self.path))
+
+    async def open_stream(self, stream: ByteStream) -> None:
+        """Greet the controller at the other end of ``stream`` (already connected: a socket, or a remote
+        ``avirt serve --stdio``'s standard input and output), which this driver owns from now on.
+        PeerClosedError if it hung up; ProtocolVersionError if it speaks another protocol."""
+        await self._tasks.open()
         ready = anyio.Event()
         self._tasks.start_soon(self._run, stream, ready, name="served-client")
         await ready.wait()
-        await self._call("hello", protocol=PROTOCOL)
+        answer = await self._call("hello", protocol=PROTOCOL)
+        theirs = answer.get("protocol") if isinstance(answer, dict) else None
+        if theirs != PROTOCOL:  # a server must refuse another version itself; this one did not
+            raise ProtocolVersionError(f"the controller speaks protocol version {theirs}, the client "
+                                       f"{PROTOCOL}: use the same avirt version on both sides",
+                                       server=theirs if isinstance(theirs, int) else None, client=PROTOCOL)
         self._tasks.start_soon(self._forward_events, name="served-events")
         with anyio.fail_after(SUBSCRIBE_TIMEOUT):
             await self._subscribed.wait()
@@ -91,9 +109,14 @@ class ClientDriver(Driver):
         await self._tasks.aclose()
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
-        if self._peer is None:
-            raise PeerClosedError("not connected")
-        return await self._peer.call(method, kwargs)
+        try:
+            if self._peer is None:
+                raise PeerClosedError("not connected")
+            return await self._peer.call(method, kwargs)
+        except PeerClosedError as e:
+            if self._lost_error is None:
+                raise
+            raise self._lost_error(method) from e
 
     async def _forward_events(self) -> None:
         assert self._peer is not None
@@ -112,7 +135,10 @@ class ClientDriver(Driver):
         elif isinstance(item, Lost):
             self.bus.lose(item.count or None)
         else:
-            self.bus.forward(wire.event_from(item))
+            event = wire.event_from(item)
+            if self._on_event is not None:
+                self._on_event(event)
+            self.bus.forward(event)
 
     # -- block jobs: the client's copies ------------------------------------------------------------------
 

@@ -29,11 +29,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import ByteStream, SocketAttribute, SocketStream
 
 from avirt.drivers.base import Driver
 from avirt.drivers.qemu.state import served_socket
-from avirt.errors import EventsLostError, OperationInvalidError
+from avirt.errors import EventsLostError, OperationInvalidError, ProtocolVersionError
 from avirt.events.bus import EventStream
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob
@@ -41,7 +41,7 @@ from avirt.rpc import Lost, Peer
 from avirt.served import wire
 from avirt.tasks import TaskOwner
 
-__all__ = ["PROTOCOL", "Server"]
+__all__ = ["PROTOCOL", "Server", "serve_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,16 @@ class Server:
                         os.geteuid())
             await stream.aclose()
             return
-        session = _Session(self.driver)
-        async with Peer(stream, session, name=f"client {number}") as peer:
-            await peer.wait_closed()
-        log.debug("client %d: %s", number, peer.closed_because)
+        reason = await serve_stream(self.driver, stream, name=f"client {number}")
+        log.debug("client %d: %s", number, reason)
+
+
+async def serve_stream(driver: Driver, stream: ByteStream, *, name: str = "client") -> str | None:
+    """Serve ``driver`` to the one client at the other end of ``stream`` (a socket, or standard input and
+    output) until that connection ends; returns why it ended."""
+    async with Peer(stream, _Session(driver), name=name) as peer:
+        await peer.wait_closed()
+    return peer.closed_because
 
 
 def _peer_uid(stream: SocketStream) -> int | None:
@@ -172,8 +178,10 @@ class _Session:
 
     async def _hello(self, protocol: Any = None, **_: Any) -> dict[str, Any]:
         if protocol != PROTOCOL:
-            raise OperationInvalidError(f"this controller speaks protocol version {PROTOCOL}, the client "
-                                        f"{protocol}: use the same avirt version on both sides")
+            raise ProtocolVersionError(f"the controller speaks protocol version {PROTOCOL}, the client "
+                                       f"{protocol}: use the same avirt version on both sides",
+                                       server=PROTOCOL,
+                                       client=protocol if isinstance(protocol, int) else None)
         self.greeted = True
         return {"protocol": PROTOCOL, "uri": self.driver.uri}
 

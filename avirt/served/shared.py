@@ -69,6 +69,9 @@ class _Link:
 
 
 class SharedDriver(Driver):
+    #: Whether subscribers are told that the events of a hand-over's gap are lost (EventsLostError).
+    gap_loses_events = True
+
     def __init__(self, uri: str, state_dir: str) -> None:
         self.uri = uri
         self.state_dir = state_dir
@@ -159,7 +162,8 @@ class SharedDriver(Driver):
             link.inner = None
         if old is not None:
             await old.close()
-        self.bus.lose(None)
+        if self.gap_loses_events:
+            self.bus.lose(None)
         try:
             await self._attach()
         except Exception as e:
@@ -207,7 +211,7 @@ class SharedDriver(Driver):
             async for phase in inner.phases():
                 if phase is JobPhase.CONCLUDED:
                     assert inner.status is not None
-                    outer.conclude(inner.status, inner.error)
+                    outer.conclude(inner.status, inner.error, progress=inner.final_progress)
                     self._links.pop(outer.id, None)
                 elif phase is JobPhase.STANDBY:
                     outer.unready()

@@ -84,7 +84,9 @@ def job_to(job: BlockJob) -> dict[str, Any]:
 
 
 def phase_to(job: BlockJob) -> dict[str, Any]:
-    return {"phase": job.phase.value, "status": job.status.value if job.status else None, "error": job.error}
+    final = job.final_progress
+    return {"phase": job.phase.value, "status": job.status.value if job.status else None, "error": job.error,
+            "progress": list(final) if final is not None else None}
 
 
 def job_from(backend: Any, data: Any) -> BlockJob:
@@ -103,7 +105,11 @@ def apply_phase(job: BlockJob, data: Any) -> None:
     try:
         phase = JobPhase(data["phase"])
         if phase is JobPhase.CONCLUDED:
-            job.conclude(BlockJobStatus(data["status"]), data.get("error"))
+            # The figures it ended at: a client that asks for progress() only after a fast job ended
+            # still gets them, as on the controller.
+            final = data.get("progress")
+            progress = (int(final[0]), int(final[1])) if isinstance(final, list) and len(final) == 2 else None
+            job.conclude(BlockJobStatus(data["status"]), data.get("error"), progress=progress)
         elif phase is JobPhase.STANDBY:
             job.unready()
         else:

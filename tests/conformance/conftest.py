@@ -1,6 +1,8 @@
-"""One world per driver: every conformance test runs on real QEMU (on this machine, on a host reached over
-SSH, tests/sshd.py, and through a second program's connection to a state directory another one holds:
-the "client" world, served by avirt/served/) and on ``test:///default``.
+"""One world per driver: every conformance test runs on real QEMU (on this machine; on a host reached over
+SSH, tests/sshd.py, both driven directly from here, the "ssh" world, and through the avirt on that host,
+``avirt serve --stdio`` in one SSH channel, the "ssh-serve" world; and through a second program's
+connection to a state directory another one holds: the "client" world, served by avirt/served/) and on
+``test:///default``.
 
 A test receives a :class:`World`: a connection and the few things that must differ between the drivers,
 kept here so that the tests themselves are the same code for both:
@@ -34,7 +36,7 @@ from tests.sshd import SSHServer
 from tests.waiting import wait_for_serial
 from tests.xmls import XMLFactory
 
-DRIVERS = ("qemu", "ssh", "client", "test")
+DRIVERS = ("qemu", "ssh", "ssh-serve", "client", "test")
 
 
 @dataclass
@@ -100,9 +102,10 @@ def chain_disk(target: str, chain: Chain) -> str:
 @pytest.fixture(params=DRIVERS)
 async def world(request: pytest.FixtureRequest, state_dir: Path, xml: XMLFactory,
                 tmp_path: Path) -> AsyncIterator[World]:
-    if request.param == "ssh":
+    if request.param in ("ssh", "ssh-serve"):
         server: SSHServer = request.getfixturevalue("sshd")
-        uri, local_state = server.uri(state_dir), None
+        mode = "serve" if request.param == "ssh-serve" else "direct"
+        uri, local_state = server.uri(state_dir, mode=mode), None
     else:
         uri = "test:///default" if request.param == "test" else "qemu:///session"
         local_state = state_dir

@@ -46,6 +46,15 @@ async def test_full_commit_offline_completes_by_itself_onto_base(world: World) -
     await dom.destroy()
 
 
+async def test_progress_asked_only_after_the_end_still_reports_where_the_job_ended(world: World) -> None:
+    # Through a served connection the job is a copy of the controller's: its final figures travel too.
+    dom, _ = await world.chain_domain("off5", start=False)
+    size = (await dom.block_chain("vda"))[0].virtual_size
+    job = await dom.block_commit("vda", delete=True)
+    assert await job == BlockJobStatus.COMPLETED
+    assert [sample async for sample in job.progress()] == [(size, size)]
+
+
 async def test_shallow_commit_offline(world: World) -> None:
     dom, chain = await world.chain_domain("off3", start=False)
     assert await (await dom.block_commit("vda", shallow=True)) == BlockJobStatus.COMPLETED
