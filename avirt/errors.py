@@ -137,3 +137,35 @@ class ControllerGoneError(AvirtError):
     """The controller serving this connection went away during the call (the program holding the state
     directory ended). The call may or may not have taken effect: re-read state, then retry; the
     connection finds the next controller by itself."""
+
+
+class InvalidNetworkXMLError(InvalidXMLError):
+    """The network XML is malformed or violates libvirt's network schema or rules (a bridge name over 15
+    bytes, a DHCP range outside its subnet...); ``line`` is 1-based, when known."""
+
+
+class NetworkNotFoundError(AvirtError):
+    """No network has that name or UUID."""
+
+
+class NetworkExistsError(AvirtError):
+    """A network with that name or UUID already exists and the call may not replace it."""
+
+
+class NetworkConflictError(AvirtError):
+    """A network definition clashes with another defined network (overlapping subnets, the same bridge)
+    or with the host (a bridge name some other interface has). Refused before anything is created."""
+
+
+class NetworkError(AvirtError):
+    """Building or tearing down a network's host side failed (``ip``, ``nft``, ``dnsmasq``, a tap);
+    ``stderr`` holds what the failing command said."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        self.stderr = stderr
+        super().__init__(f"{message}: {stderr.strip()}" if stderr.strip() else message)
+
+
+class NetworkPermissionError(NetworkError):
+    """Host networking (bridges, taps, firewall rules) needs root or CAP_NET_ADMIN, which this controller
+    lacks. ``<interface type='user'>`` needs neither; qemu-bridge-helper is the setuid alternative."""
