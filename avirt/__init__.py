@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         LifecycleEvent,
         LifecycleType,
         MetadataChangeEvent,
+        NetworkLifecycleEvent,
         PMEvent,
         PMWakeupEvent,
         QMPEvent,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     )
     from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
     from avirt.models import DomainInfo, DomainState, ImageInfo
+    from avirt.network import DHCPLease, Network
 
 __version__ = "0.1.0"
 
@@ -59,6 +61,9 @@ _NAMES = {
     "Connection": "avirt.connection",
     "connect": "avirt.connection",
     "Domain": "avirt.domain",
+    "Network": "avirt.network",
+    "DHCPLease": "avirt.network",
+    "NetworkLifecycleEvent": "avirt.events",
     "BalloonChangeEvent": "avirt.events",
     "BlockJobEvent": "avirt.events",
     "BlockJobStatus": "avirt.events",
@@ -115,6 +120,7 @@ __all__ = [
     "BlockThresholdEvent",
     "Connection",
     "ControlErrorEvent",
+    "DHCPLease",
     "DeviceRemovedEvent",
     "Domain",
     "DomainInfo",
@@ -129,6 +135,8 @@ __all__ = [
     "LifecycleEvent",
     "LifecycleType",
     "MetadataChangeEvent",
+    "Network",
+    "NetworkLifecycleEvent",
     "PMEvent",
     "PMWakeupEvent",
     "QMPEvent",

@@ -32,6 +32,9 @@ class EventKind(enum.IntEnum):
     BLOCK_THRESHOLD = 24
     #: Every QMP event, raw (avirt's own: libvirt has it only in libvirt-qemu).
     QMP = 1000
+    #: A virtual network was defined, started, stopped or undefined (libvirt numbers network events
+    #: apart, virNetworkEventID; avirt keeps one bus, so they get a number of their own).
+    NETWORK_LIFECYCLE = 1100
 
 
 class LifecycleType(enum.Enum):
@@ -165,6 +168,16 @@ class BlockThresholdEvent(Event):
     disk: str  # target, or "vda[N]" for a backing layer, or QEMU's node name
     threshold: int
     excess: int
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkLifecycleEvent(Event):
+    """A network's lifecycle (libvirt's virConnectNetworkEventLifecycleCallback): ``domain`` holds the
+    network's name and ``uuid`` its UUID; ``type`` is DEFINED, UNDEFINED, STARTED or STOPPED."""
+
+    kind: ClassVar[EventKind] = EventKind.NETWORK_LIFECYCLE
+    type: LifecycleType
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

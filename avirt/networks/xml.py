@@ -38,7 +38,7 @@ from avirt.networks.model import (
 
 __all__ = ["network_to_xml", "parse_network_xml"]
 
-_NAME = re.compile(r"[^/\s][^/]{0,199}")
+_NAME = re.compile(r"[^/\s.][^/]{0,199}")
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?")
 _FORWARD_MODES = ("nat", "route", "open")

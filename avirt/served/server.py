@@ -70,6 +70,12 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "state": lambda pair: [pair[0].value, pair[1]],
     "info": wire.info_to,
     "xml": str, "metadata": lambda text: text,
+    "set_link": lambda _: None,
+    "define_network": _ref, "lookup_network": _ref,
+    "list_networks": lambda refs: [wire.ref_to(r) for r in refs],
+    "network_start": lambda _: None, "network_destroy": lambda _: None, "network_undefine": lambda _: None,
+    "network_set_autostart": lambda _: None, "network_xml": str, "network_info": dict,
+    "network_dhcp_leases": lambda leases: [wire.lease_to(lease) for lease in leases],
 }
 _JOB_CALLS = ("block_commit", "block_pull", "block_copy", "block_job")
 
