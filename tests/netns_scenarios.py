@@ -66,6 +66,15 @@ def gone(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] == "Z"
 
 
+async def avirt_cli(work: Path, *args: str) -> str:
+    """``avirt --state-dir <work>/state ARGS`` in a process of its own (so a client of this controller);
+    run without blocking the event loop that serves it."""
+    done = await anyio.run_process([sys.executable, "-m", "avirt", "--state-dir", str(work / "state"), *args],
+                                   check=False)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout.decode()
+
+
 async def until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
     try:
         with anyio.fail_after(timeout):
@@ -132,9 +141,15 @@ async def nat_two_guests(conn: Connection, work: Path, images: GuestImages) -> N
     assert "<target dev=\"vnet" in live or "<target dev='vnet" in live, live
     await g11.set_link("52:54:00:77:00:11", False)
     await wait_for_serial(serial11, "avirt-guest: ping 10.77.0.12 fail", timeout=60)
-    await g11.set_link("52:54:00:77:00:11", True)
+    # Up again through the command line: a second program, a client of this controller.
+    out = await avirt_cli(work, "domif-setlink", "g11", "52:54:00:77:00:11", "up")
+    assert "is up" in out, out
     await wait_for_serial(serial11, "avirt-guest: ping 10.77.0.12 ok", count=2, timeout=60)
-    print("set_link down and up: ok", flush=True)
+    listed = await avirt_cli(work, "domiflist", "g11")
+    assert "vnet" in listed and "natnet" in listed and "52:54:00:77:00:11" in listed, listed
+    leases = await avirt_cli(work, "net-dhcp-leases", "natnet")
+    assert "10.77.0.11/24" in leases and "guest12" in leases, leases
+    print("set_link down and up, domiflist, net-dhcp-leases: ok", flush=True)
 
     taps = ports("avtestnat0")
     for dom, _serial in guests.values():
@@ -213,8 +228,16 @@ async def restarts(conn: Connection, work: Path, images: GuestImages) -> None:
         assert "avtestnat0" in links()
         assert "10.77.0.1/24" in sh("ip", "-br", "address", "show", "avtestnat0")
         assert json.loads(run.read_text())["dnsmasq"] == second  # the running one was adopted
-        await net.destroy()
+        assert "natnet   active" in await avirt_cli(work, "net-list")
+        assert "destroyed" in await avirt_cli(work, "net-destroy", "natnet")
         assert "avtestnat0" not in links()
+        assert not await net.is_active()
+        await net.set_autostart(True)
+    async with avirt.connect("qemu:///session", state_dir=state) as third:
+        net = await third.lookup_network("natnet")
+        assert await net.is_active() and await net.autostart()  # started by the controller
+        assert "avtestnat0" in links()
+        await net.destroy()
     print("adopted: ok", flush=True)
 
 

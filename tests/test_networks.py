@@ -88,6 +88,9 @@ async def test_definitions_are_kept_listed_and_refused_on_conflict(state_dir: Pa
         await nat.set_autostart(True)
         redefined = await conn.define_network_xml(await nat.xml())  # a redefinition keeps the same network
         assert redefined == nat and await nat.autostart()
+        # Off again before the next controller opens the directory: it would start the network here, in
+        # the host's own namespace (autostart itself is tried in netns_scenarios.restarts).
+        await nat.set_autostart(False)
     async with avirt.connect("qemu:///session", state_dir=state_dir) as again:  # a new controller reads them
         net = await again.lookup_network("isolated")
         assert await net.bridge() == bridge

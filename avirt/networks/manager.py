@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from avirt.errors import (
+    NetworkConflictError,
     NetworkError,
     NetworkExistsError,
     NetworkNotFoundError,
@@ -186,6 +187,9 @@ class Networks:
                     await plumbing.set_up(self.host, cfg)
                     pid = await dnsmasq.start(self.host, cfg, self._dir(cfg.name)) if dnsmasq.needed(cfg) \
                         else None
+                except NetworkConflictError:  # refused before anything was made: the bridge is not ours
+                    await self.host.remove_tree(os.path.join(self._dir(cfg.name), "run.json"))
+                    raise
                 except BaseException:
                     await self._tear_down(cfg, None)
                     raise
