@@ -28,6 +28,7 @@ NAT = """<network>
   <name>natnet</name>
   <forward mode='nat'/>
   <bridge name='avtestnat0'/>
+  <mtu size='9000'/>
   <ip address='10.77.0.1' prefix='24'>
     <dhcp>
       <range start='10.77.0.100' end='10.77.0.150'/>
@@ -130,6 +131,7 @@ async def nat_two_guests(conn: Connection, work: Path, images: GuestImages) -> N
     assert (first.ip, first.hostname) == ("10.77.0.11", "guest11")
     assert leases["52:54:00:77:00:12"].ip == "10.77.0.12" and leases["52:54:00:77:00:12"].prefix == 24
     assert len(ports("avtestnat0")) == 2, ports("avtestnat0")
+    assert {links()[tap]["mtu"] for tap in ports("avtestnat0")} == {9000}  # the network's MTU
     for n, peer in ((11, 12), (12, 11)):
         serial = guests[f"g{n}"][1]
         await wait_for_serial(serial, f"avirt-guest: ping 10.77.0.{peer} ok", timeout=60)
@@ -208,11 +210,16 @@ async def isolated_and_bridge(conn: Connection, work: Path, images: GuestImages)
 
 
 async def restarts(conn: Connection, work: Path, images: GuestImages) -> None:
-    """dnsmasq killed is started again; a new controller adopts an active network and re-creates what an
-    administrator removed behind its back."""
+    """dnsmasq killed is started again; a new controller adopts an active network, re-creates the bridge
+    an administrator removed behind its back and puts the running guest's tap back on it; autostart."""
     state = work / "state"
     net = await conn.define_network_xml(NAT)
     await net.start()
+    serial = work / "g.log"
+    dom = await conn.define_xml(guest_xml("g", images, serial, nic("network", "natnet", "52:54:00:77:00:11"),
+                                          "avirt.net=dhcp avirt.ping=10.77.0.1"))
+    await dom.start()
+    await wait_for_serial(serial, "avirt-guest: ping 10.77.0.1 ok", timeout=120)
     run = state / "networks/natnet/run.json"
     first = json.loads(run.read_text())["dnsmasq"]
     os.kill(first, 9)
@@ -222,12 +229,16 @@ async def restarts(conn: Connection, work: Path, images: GuestImages) -> None:
     print("dnsmasq restarted: ok", flush=True)
     await conn.close()
     sh("ip", "link", "delete", "avtestnat0")
+    await wait_for_serial(serial, "avirt-guest: ping 10.77.0.1 fail", timeout=60)
     async with avirt.connect("qemu:///session", state_dir=state) as again:
         net = await again.lookup_network("natnet")
         assert await net.is_active()
         assert "avtestnat0" in links()
         assert "10.77.0.1/24" in sh("ip", "-br", "address", "show", "avtestnat0")
         assert json.loads(run.read_text())["dnsmasq"] == second  # the running one was adopted
+        assert len(ports("avtestnat0")) == 1  # the guest's tap, back on the new bridge
+        await wait_for_serial(serial, "avirt-guest: ping 10.77.0.1 ok", count=2, timeout=60)
+        await (await again.lookup("g")).destroy()
         assert "natnet   active" in await avirt_cli(work, "net-list")
         assert "destroyed" in await avirt_cli(work, "net-destroy", "natnet")
         assert "avtestnat0" not in links()

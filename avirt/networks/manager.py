@@ -274,15 +274,35 @@ class Networks:
         return [DHCPLease(lease.mac, lease.ip, lease.hostname, lease.expires, lease.client_id, lease.family,
                           prefixes.get(lease.family)) for lease in leases]
 
-    def bridge(self, name: str) -> str:
-        """The bridge a guest's ``<interface type='network'>`` plugs into; the network must be active."""
+    def port(self, name: str) -> tuple[str, int | None]:
+        """The bridge a guest's ``<interface type='network'>`` plugs into, and the network's MTU (its taps
+        get it: a bridge takes the smallest MTU of its ports); the network must be active."""
         try:
             net = self.find(name)
         except NetworkNotFoundError:
             raise NetworkNotFoundError(f"no network named '{name}' (a guest's interface names it)") from None
         if net.live is None or net.live.bridge is None:
             raise OperationInvalidError(f"network '{name}' is not active (start it first)")
-        return net.live.bridge
+        return net.live.bridge, net.live.mtu
+
+    async def replug(self, nics: list[tuple[str, str]]) -> None:
+        """Put running guests' taps (``(network, guest MAC)``) back on their network's bridge: a bridge that
+        a new controller re-created (deleted behind its back, or lost with the host's network state)
+        starts with no ports. A tap is found by its MAC, the guest's with the first byte 0xfe (taps.py)."""
+        if not nics:
+            return
+        by_mac = {str(link.get("address")): link for link in await plumbing.links(self.host)}
+        for network, mac in nics:
+            net = self.nets.get(network)
+            link = by_mac.get("fe" + mac[2:])
+            if net is None or net.live is None or link is None or link.get("master") == net.live.bridge:
+                continue
+            tap, bridge = str(link["ifname"]), str(net.live.bridge)
+            result = await self.host.run(["ip", "link", "set", "dev", tap, "master", bridge])
+            if result.returncode != 0:
+                log.error("cannot put tap %s back on bridge %s: %s", tap, bridge, result.stderr.strip())
+            else:
+                log.warning("tap %s (guest MAC %s) put back on bridge %s", tap, mac, bridge)
 
     def _announce(self, cfg: NetworkConfig, type: LifecycleType) -> None:
         self.bus.emit(NetworkLifecycleEvent, cfg.name, cfg.uuid, type=type)

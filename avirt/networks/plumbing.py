@@ -60,13 +60,19 @@ async def bridge_exists(host: Host, name: str) -> bool | None:
     return True if kind == "bridge" else None
 
 
-async def link_names(host: Host) -> set[str]:
-    """Every interface name of the host (network namespace), to keep a default bridge name unique."""
+async def links(host: Host) -> list[dict[str, object]]:
+    """Every link of the host (of its network namespace), as ``ip -j link show`` describes each."""
     result = await host.run(["ip", "-j", "link", "show"])
     try:
-        return {link["ifname"] for link in json.loads(result.stdout or "[]")}
-    except (ValueError, KeyError, TypeError):
-        return set()
+        found = json.loads(result.stdout or "[]")
+    except ValueError:
+        return []
+    return [link for link in found if isinstance(link, dict) and "ifname" in link]
+
+
+async def link_names(host: Host) -> set[str]:
+    """Every interface name of the host, to keep a default bridge name unique."""
+    return {str(link["ifname"]) for link in await links(host)}
 
 
 async def set_up(host: Host, cfg: NetworkConfig, *, adopt: bool = False) -> None:

@@ -61,18 +61,22 @@ async def _ip(host: Host, *args: str, what: str) -> None:
         raise NetworkError(what, result.stderr)
 
 
-async def open_taps(host: Host, nics: list[Interface], bridge_of: Callable[[str], str]) -> list[Tap]:
+async def open_taps(host: Host, nics: list[Interface],
+                    port_of: Callable[[str], tuple[str, int | None]]) -> list[Tap]:
     """A tap for each NIC of type network, bridge or ethernet, up and (except ethernet) on its bridge.
 
-    ``bridge_of`` names an active network's bridge (raising when it is not active). On any failure the
-    taps opened so far are closed (and so deleted) before the error propagates.
+    ``port_of`` names an active network's bridge and MTU (raising when it is not active). On any failure
+    the taps opened so far are closed (and so deleted) before the error propagates.
     """
     taps: list[Tap] = []
     try:
         for i, nic in enumerate(nics):
             if nic.type == "user":
                 continue
-            bridge = bridge_of(nic.source_network or "") if nic.type == "network" else nic.source_bridge
+            bridge, mtu = nic.source_bridge, None
+            if nic.type == "network":
+                bridge, mtu = port_of(nic.source_network or "")
+            mtu = nic.mtu if nic.mtu is not None else mtu
             if nic.type == "bridge":
                 assert bridge is not None
                 # Asked of ip, not of /sys/class/net: sysfs shows the namespace it was mounted in.
@@ -84,8 +88,8 @@ async def open_taps(host: Host, nics: list[Interface], bridge_of: Callable[[str]
                 raise NetworkError(f"interface {i + 1}: cannot open a tap device "
                                    f"'{nic.target_dev or TAP_TEMPLATE}': {e.strerror}") from None
             taps.append(Tap(i, name, fd))
-            if nic.mtu is not None:
-                await _ip(host, "link", "set", "dev", name, "mtu", str(nic.mtu),
+            if mtu is not None:
+                await _ip(host, "link", "set", "dev", name, "mtu", str(mtu),
                           what=f"cannot set the MTU of tap {name}")
             if nic.mac is not None:
                 # The host side gets the guest's MAC with its first byte 0xfe, as libvirt does: a bridge

@@ -121,6 +121,10 @@ class QemuDriver(Driver):
         await self.images.load({name: _disks(guest.config) for name, guest in self.guests.items()})
         for name in await self.files.run_names():
             await self._reattach(name)
+        if self.networks is not None:  # taps unplugged when a bridge was re-created behind our back
+            await self.networks.replug([(nic.source_network or "", nic.mac or "")
+                                        for guest in self.guests.values() if guest.live is not None
+                                        for nic in guest.live.interfaces if nic.type == "network"])
         await self.offline_jobs.recover()
 
     async def close(self) -> None:
@@ -344,7 +348,7 @@ class QemuDriver(Driver):
         if self.networks is None or all(nic.type == "user" for nic in cfg.interfaces):
             return []
         try:
-            return await taps.open_taps(self.host, cfg.interfaces, self.networks.bridge)
+            return await taps.open_taps(self.host, cfg.interfaces, self.networks.port)
         except AvirtError as e:
             raise DomainStartError(f"cannot start domain '{cfg.name}': {e}") from e
 
