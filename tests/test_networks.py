@@ -19,6 +19,7 @@ import pytest
 
 import avirt
 from avirt.errors import (
+    DomainStartError,
     NetworkConflictError,
     NetworkExistsError,
     NetworkNotFoundError,
@@ -26,6 +27,7 @@ from avirt.errors import (
     UnsupportedError,
 )
 from tests.netns_scenarios import ISOLATED, NAT
+from tests.sshd import SSHServer
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parent.parent
@@ -118,3 +120,45 @@ async def test_the_test_driver_has_no_networks() -> None:
             await conn.define_network_xml(ISOLATED)
         with pytest.raises(UnsupportedError):
             await conn.list_networks()
+
+
+WITHOUT_NET_ADMIN = """
+import sys, anyio, avirt
+from avirt.errors import NetworkPermissionError
+GUEST = '''<domain type='qemu'><name>g</name><memory unit='MiB'>128</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices><interface type='bridge'><source bridge='br0'/></interface></devices></domain>'''
+async def main():
+    async with avirt.connect("qemu:///session", state_dir=sys.argv[1]) as conn:
+        net = await conn.define_network_xml("<network><name>n</name></network>")
+        dom = await conn.define_xml(GUEST)
+        for call in (net.start, dom.start):
+            try:
+                await call()
+            except NetworkPermissionError as e:
+                print("refused:", e)
+anyio.run(main)
+"""
+
+
+def test_without_cap_net_admin_networks_and_tapped_guests_are_refused(state_dir: Path) -> None:
+    if os.geteuid() != 0 or subprocess.run(["sh", "-c", "command -v setpriv"]).returncode != 0:
+        pytest.skip("needs root and setpriv, to drop CAP_NET_ADMIN")
+    done = subprocess.run(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable,
+                           "-c", WITHOUT_NET_ADMIN, str(state_dir)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    refusals = done.stdout.splitlines()
+    assert len(refusals) == 2 and all("needs root or CAP_NET_ADMIN" in r for r in refusals), done.stdout
+    assert "qemu-bridge-helper" in refusals[0]
+
+
+async def test_networks_are_local_only(sshd: SSHServer, state_dir: Path) -> None:
+    async with avirt.connect(sshd.uri(state_dir)) as conn:
+        with pytest.raises(UnsupportedError, match="local only"):
+            await conn.define_network_xml(ISOLATED)
+        dom = await conn.define_xml("""<domain type='qemu'><name>g</name><memory unit='MiB'>128</memory>
+          <os><type arch='x86_64' machine='q35'>hvm</type></os><devices><interface type='network'>
+          <source network='isolated'/></interface></devices></domain>""")
+        with pytest.raises(DomainStartError, match="local host only"):
+            await dom.start()

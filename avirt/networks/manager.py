@@ -65,9 +65,8 @@ class _Network:
 
 
 def can_admin_network() -> bool:
-    """Whether this process may make bridges, taps and rules: root, or CAP_NET_ADMIN."""
-    if os.geteuid() == 0:
-        return True
+    """Whether this process may make bridges, taps and rules: whether CAP_NET_ADMIN is effective (root has
+    it, unless a container or a service manager took it away; a user may have been given it alone)."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -75,7 +74,7 @@ def can_admin_network() -> bool:
                     return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
     except OSError:
         pass
-    return False
+    return os.geteuid() == 0
 
 
 def require_admin(what: str) -> None:
