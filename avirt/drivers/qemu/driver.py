@@ -32,6 +32,7 @@ from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
+from avirt.drivers.qemu.netcalls import NetworkCalls
 from avirt.drivers.qemu.offlinejobs import OfflineJobs
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
@@ -45,7 +46,6 @@ from avirt.errors import (
     OperationInvalidError,
     QMPError,
     SharedImageError,
-    UnsupportedError,
 )
 from avirt.events.bus import EventBus
 from avirt.events.model import (
@@ -66,7 +66,6 @@ from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo
 from avirt.networks import taps
 from avirt.networks.manager import Networks, require_admin
-from avirt.networks.model import DHCPLease
 from avirt.offline.index import ImageIndex
 from avirt.offline.plan import commit_plan, pull_plan
 from avirt.offline.qemu_img import ChainEntry, backing_chain, create_overlay, image_chain
@@ -85,7 +84,7 @@ RESYNC_RETRY = 0.5
 DUMP_TIMEOUT = 300.0
 
 
-class QemuDriver(Driver):
+class QemuDriver(NetworkCalls, Driver):
     def __init__(self, uri: str, host: Host, state_dir: str, *, bus: EventBus | None = None) -> None:
         self.uri = uri
         self.host = host
@@ -691,45 +690,6 @@ class QemuDriver(Driver):
             await self.monitor(guest).execute("set_link", {"name": f"net{index}", "up": up})
             cfg.interfaces[index].link_state = None if up else "down"
             await self.files.write_live(name, domain_to_xml(cfg))
-
-    def _networks(self) -> Networks:
-        if self.networks is None:
-            raise UnsupportedError(["networks"], f"host networks are local only; {self.host.name} has none")
-        return self.networks
-
-    async def define_network(self, xml: str) -> DomainRef:
-        cfg = await self._networks().define(xml)
-        return DomainRef(cfg.name, cfg.uuid)
-
-    async def lookup_network(self, name_or_uuid: str) -> DomainRef:
-        cfg = self._networks().find(name_or_uuid).config
-        return DomainRef(cfg.name, cfg.uuid)
-
-    async def list_networks(self) -> list[DomainRef]:
-        return [DomainRef(n.config.name, n.config.uuid) for n in self._networks().nets.values()]
-
-    async def network_start(self, name: str) -> None:
-        await self._networks().start(name)
-
-    async def network_destroy(self, name: str) -> None:
-        await self._networks().destroy(name)
-
-    async def network_undefine(self, name: str) -> None:
-        await self._networks().undefine(name)
-
-    async def network_xml(self, name: str, *, inactive: bool) -> str:
-        return self._networks().xml(name, inactive=inactive)
-
-    async def network_info(self, name: str) -> dict[str, Any]:
-        net = self._networks().find(name)
-        return {"active": net.live is not None, "autostart": net.autostart,
-                "bridge": (net.live or net.config).bridge}
-
-    async def network_set_autostart(self, name: str, autostart: bool) -> None:
-        await self._networks().set_autostart(name, autostart)
-
-    async def network_dhcp_leases(self, name: str) -> list[DHCPLease]:
-        return await self._networks().leases(name)
 
     # -- supervision -------------------------------------------------------------------------------------
 
