@@ -252,10 +252,43 @@ async def restarts(conn: Connection, work: Path, images: GuestImages) -> None:
     print("adopted: ok", flush=True)
 
 
+ROUTED_V6 = """<network>
+  <name>six</name>
+  <forward mode='route'/>
+  <domain name='lab.test'/>
+  <dns><host ip='10.60.0.50'><hostname>printer</hostname></host></dns>
+  <ip address='10.60.0.1' prefix='24'>
+    <dhcp><host mac='52:54:00:60:00:01' name='a' ip='10.60.0.11'/></dhcp>
+  </ip>
+  <ip family='ipv6' address='fd60::1' prefix='64'>
+    <dhcp><range start='fd60::100' end='fd60::1ff'/><host name='b' ip='fd60::12'/></dhcp>
+  </ip>
+</network>"""
+
+
+async def routed_ipv6(conn: Connection, work: Path, images: GuestImages) -> None:
+    """A routed network with IPv4 reservations only, an IPv6 DHCP range, a DNS domain and host: dnsmasq
+    serves it on the bridge's addresses and nowhere else; the rules route both families unmasqueraded."""
+    net = await conn.define_network_xml(ROUTED_V6)
+    await net.start()
+    bridge = await net.bridge()
+    assert "fd60::1/64" in sh("ip", "-br", "address", "show", str(bridge))
+    rules = sh("nft", "list", "table", "inet", f"avirt-{bridge}")
+    assert "ip6 daddr fd60::/64 accept" in rules and "masquerade" not in rules, rules
+    listening = sh("ss", "-lnup")
+    dns = [line.split()[3] for line in listening.splitlines() if ":53 " in line]
+    assert sorted(dns) == ["10.60.0.1:53", "[fd60::1]:53"], listening
+    assert (work / "state/networks/six/dnsmasq.hosts").read_text() == "10.60.0.50 printer\n"
+    await net.destroy()
+    assert str(bridge) not in links()
+    print("routed, IPv6, DNS: ok", flush=True)
+
+
 SCENARIOS: dict[str, Callable[[Connection, Path, GuestImages], Awaitable[None]]] = {
     "nat_two_guests": nat_two_guests,
     "isolated_and_bridge": isolated_and_bridge,
     "restarts": restarts,
+    "routed_ipv6": routed_ipv6,
 }
 
 

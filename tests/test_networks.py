@@ -60,7 +60,7 @@ def netns_work(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.guest
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("scenario", ["nat_two_guests", "isolated_and_bridge", "restarts"])
+@pytest.mark.parametrize("scenario", ["nat_two_guests", "isolated_and_bridge", "restarts", "routed_ipv6"])
 def test_scenario_in_its_own_network_namespace(scenario: str, netns_work: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(["unshare", "--net", "--", sys.executable, "-m", "tests.netns_scenarios", scenario,
