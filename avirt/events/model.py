@@ -30,11 +30,11 @@ class EventKind(enum.IntEnum):
     BLOCK_JOB = 16  # libvirt's BLOCK_JOB_2, which names disks by target ("vda")
     METADATA_CHANGE = 23
     BLOCK_THRESHOLD = 24
+    #: A virtual network was defined, started, stopped or undefined (libvirt numbers network events
+    #: apart, virNetworkEventID; avirt keeps one bus, so they get a number past virDomainEventID's).
+    NETWORK_LIFECYCLE = 100
     #: Every QMP event, raw (avirt's own: libvirt has it only in libvirt-qemu).
     QMP = 1000
-    #: A virtual network was defined, started, stopped or undefined (libvirt numbers network events
-    #: apart, virNetworkEventID; avirt keeps one bus, so they get a number of their own).
-    NETWORK_LIFECYCLE = 1100
 
 
 class LifecycleType(enum.Enum):

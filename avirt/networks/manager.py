@@ -91,6 +91,8 @@ class Networks:
         self.bus = bus
         self.tasks = tasks
         self.nets: dict[str, _Network] = {}
+        # Definitions one at a time: two concurrent ones must not both pick the same free bridge name.
+        self._defining = anyio.Lock()
 
     def _dir(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -131,6 +133,10 @@ class Networks:
 
     async def define(self, xml: str) -> NetworkConfig:
         cfg = parse_network_xml(xml)
+        async with self._defining:
+            return await self._define(cfg)
+
+    async def _define(self, cfg: NetworkConfig) -> NetworkConfig:
         same = self.nets.get(cfg.name)
         if same is not None and same.config.uuid != cfg.uuid:
             raise NetworkExistsError(f"network '{cfg.name}' already exists with uuid {same.config.uuid}")
