@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from avirt.errors import (
+    AvirtError,
     NetworkConflictError,
     NetworkError,
     NetworkExistsError,
@@ -114,7 +115,7 @@ class Networks:
             if net.autostart and net.live is None:
                 try:
                     await self.start(net.config.name)
-                except (NetworkError, NetworkPermissionError) as e:
+                except AvirtError as e:  # a connection opens all the same; the network says why it is down
                     log.error("network %s did not autostart: %s", net.config.name, e)
 
     # -- definitions -------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ class Networks:
                 log.warning("network %s: its dnsmasq is gone; starting it again", live.name)
                 pid = await dnsmasq.start(self.host, live, directory)
                 await self._record(live, pid)
-        except (NetworkError, NetworkPermissionError) as e:
+        except AvirtError as e:
             log.error("network %s: cannot restore what it lacks: %s", live.name, e)
         net.live, net.pid = live, pid
         self._watch(net)
@@ -259,7 +260,7 @@ class Networks:
                     log.warning("network %s: dnsmasq (pid %d) ended; starting it again", live.name, net.pid)
                     try:
                         net.pid = await dnsmasq.start(self.host, live, self._dir(live.name))
-                    except NetworkError as e:
+                    except AvirtError as e:
                         log.error("network %s: dnsmasq does not start again: %s", live.name, e)
                         net.pid = None
                     await self._record(live, net.pid)
