@@ -33,7 +33,6 @@ import anyio
 from avirt.errors import (
     AvirtError,
     NetworkConflictError,
-    NetworkError,
     NetworkExistsError,
     NetworkNotFoundError,
     NetworkPermissionError,
