@@ -29,6 +29,8 @@ NAT = """<network>
   <forward mode='nat'/>
   <bridge name='avtestnat0'/>
   <mtu size='9000'/>
+  <domain name='lab.test'/>
+  <dns><host ip='10.77.0.50'><hostname>printer</hostname></host></dns>
   <ip address='10.77.0.1' prefix='24'>
     <dhcp>
       <range start='10.77.0.100' end='10.77.0.150'/>
@@ -117,7 +119,8 @@ async def nat_two_guests(conn: Connection, work: Path, images: GuestImages) -> N
     guests: dict[str, tuple[Domain, Path]] = {}
     for n, peer in ((11, 12), (12, 11)):
         serial = work / f"g{n}.log"
-        knobs = f"avirt.net=dhcp avirt.hostname=guest{n} avirt.ping=10.77.0.{peer},10.77.0.1"
+        knobs = (f"avirt.net=dhcp avirt.hostname=guest{n} avirt.ping=10.77.0.{peer},10.77.0.1 "
+                 f"avirt.lookup=printer@10.77.0.1,guest{peer}.lab.test@10.77.0.1")
         dom = await conn.define_xml(guest_xml(f"g{n}", images, serial,
                                               nic("network", "natnet", f"52:54:00:77:00:{n}"), knobs))
         await dom.start()
@@ -136,7 +139,10 @@ async def nat_two_guests(conn: Connection, work: Path, images: GuestImages) -> N
         serial = guests[f"g{n}"][1]
         await wait_for_serial(serial, f"avirt-guest: ping 10.77.0.{peer} ok", timeout=60)
         await wait_for_serial(serial, "avirt-guest: ping 10.77.0.1 ok", timeout=60)
-    print("leases and pings: ok", flush=True)
+        text = serial.read_text()  # the lookups come before the pings
+        assert "avirt-guest: lookup printer 10.77.0.50" in text, text
+        assert f"avirt-guest: lookup guest{peer}.lab.test 10.77.0.{peer}" in text, text
+    print("leases, DNS and pings: ok", flush=True)
 
     g11, serial11 = guests["g11"]
     live = await g11.xml()

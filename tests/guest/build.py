@@ -41,6 +41,7 @@ Serial markers printed by the guest's /init (console=ttyS0; the tty sends ``\\r\
   ``avirt.shares``: mounted at /mnt/TAG, the first line of its host.txt read, its guest.txt written.
 - ``avirt-guest: net ethN mac=M ip=A/P`` (or ``net ethN error no lease``) for each NIC that got (or did
   not get) a DHCP lease with ``avirt.net=dhcp``, then ``avirt-guest: net done``.
+- ``avirt-guest: lookup NAME ADDRESS`` (or ``lookup NAME failed``) for each ``avirt.lookup`` name.
 - ``avirt-guest: ping IP ok`` / ``ping IP fail``: each change of an ``avirt.ping`` address's answer.
 
 Kernel command line knobs: ``avirt.workload=none|write`` (default none), ``avirt.slots=N`` (default
@@ -49,7 +50,8 @@ fractions allowed, default 0), ``avirt.actions=rtc,suspend,panic`` (see ``init.s
 ``avirt.blocks=sda,sr0`` (block devices to wait for and report: size, read-only flag, the MD5 of
 their whole content, their sysfs path), ``avirt.shares=TAG,...`` (virtiofs tags to mount and use),
 ``avirt.net=dhcp`` (every ethN asks for a lease), ``avirt.hostname=NAME`` (the host name it sends),
-``avirt.ping=IP,...`` (addresses pinged once a second after the leases, changes reported).
+``avirt.lookup=NAME@SERVER,...`` (names asked of a DNS server after the leases), ``avirt.ping=IP,...``
+(addresses pinged once a second after the leases and lookups, changes reported).
 
 Run ``python -m tests.guest.build`` from the repository root to build and print the paths.
 """

@@ -45,6 +45,7 @@ blocks=
 shares=
 net=
 pings=
+lookups=
 guest_name=avirt-guest
 # avirt.* parameters are not passed to init by the kernel (dotted names look like module
 # parameters), so read them from /proc/cmdline.
@@ -59,6 +60,7 @@ for arg in $(cat /proc/cmdline); do
         avirt.shares=*) shares=${arg#*=} ;;
         avirt.net=*) net=${arg#*=} ;;
         avirt.ping=*) pings=${arg#*=} ;;
+        avirt.lookup=*) lookups=${arg#*=} ;;
         avirt.hostname=*) guest_name=${arg#*=} ;;
     esac
 done
@@ -132,7 +134,9 @@ report_shares() {
 # Networking, once after "ready" (avirt.net=dhcp): every ethN is brought up and asks for an IPv4 lease
 # with udhcpc, sending avirt.hostname (default avirt-guest) as its host name; each is reported as
 #   avirt-guest: net ethN mac=M ip=A/P    (or "avirt-guest: net ethN error no lease")
-# then "avirt-guest: net done"; avirt.net=A/P instead gives eth0 that address, with no DHCP. With
+# then "avirt-guest: net done"; avirt.net=A/P instead gives eth0 that address, with no DHCP. Then each
+# NAME@SERVER of avirt.lookup=... is asked of that DNS server (retried for up to a minute) and reported as
+# "avirt-guest: lookup NAME ADDRESS" (or "lookup NAME failed"). With
 # avirt.ping=IP,... each address is then pinged once a second, forever, and every change of its answer
 # is reported: "avirt-guest: ping IP ok" or "ping IP fail" (the first result of each is a change).
 report_net() {
@@ -166,6 +170,18 @@ SCRIPT
         fi
     done
     say "net done"
+    for item in $(echo "$lookups" | tr ',' ' '); do
+        name=${item%@*}
+        server=${item#*@}
+        n=0
+        found=
+        while [ -z "$found" ] && [ "$n" -lt 60 ]; do
+            found=$(nslookup "$name" "$server" 2>/dev/null | awk '/^Name:/ {named=1} named && /^Address/ {a=$NF} END {print a}')
+            [ -n "$found" ] || sleep 1
+            n=$((n + 1))
+        done
+        say "lookup $name ${found:-failed}"
+    done
     [ -n "$pings" ] || return 0
     last=
     while :; do
