@@ -246,7 +246,12 @@ async def restarts(conn: Connection, work: Path, images: GuestImages) -> None:
         assert json.loads(run.read_text())["dnsmasq"] == second  # the running one was adopted
         assert len(ports("avtestnat0")) == 1  # the guest's tap, back on the new bridge
         await wait_for_serial(serial, "avirt-guest: ping 10.77.0.1 ok", count=2, timeout=60)
-        await (await again.lookup("g")).destroy()
+        dom = await again.lookup("g")
+        tap = ports("avtestnat0")[0]
+        assert f'<target dev="{tap}"/>' in await dom.xml()  # its name known again, and usable
+        await dom.set_link(tap, False)
+        await wait_for_serial(serial, "avirt-guest: ping 10.77.0.1 fail", count=2, timeout=60)
+        await dom.destroy()
         assert "natnet   active" in await avirt_cli(work, "net-list")
         assert "destroyed" in await avirt_cli(work, "net-destroy", "natnet")
         assert "avtestnat0" not in links()

@@ -43,6 +43,7 @@ from avirt.events.model import LifecycleType, NetworkLifecycleEvent
 from avirt.hosts.base import Host
 from avirt.networks import dnsmasq, plumbing
 from avirt.networks.model import DHCPLease, NetworkConfig, check_against, default_bridge
+from avirt.networks.taps import host_mac
 from avirt.networks.xml import network_to_xml, parse_network_xml
 from avirt.tasks import TaskOwner
 
@@ -299,7 +300,7 @@ class Networks:
         by_mac = {str(link.get("address")): link for link in await plumbing.links(self.host)}
         for network, mac in nics:
             net = self.nets.get(network)
-            link = by_mac.get("fe" + mac[2:])
+            link = by_mac.get(host_mac(mac))
             if net is None or net.live is None or link is None or link.get("master") == net.live.bridge:
                 continue
             tap, bridge = str(link["ifname"]), str(net.live.bridge)

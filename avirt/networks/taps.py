@@ -26,9 +26,9 @@ import anyio.to_thread
 from avirt.config.devices import Interface
 from avirt.errors import NetworkError, NetworkNotFoundError
 from avirt.hosts.base import Host
-from avirt.networks.plumbing import bridge_exists
+from avirt.networks.plumbing import bridge_exists, links
 
-__all__ = ["Tap", "close_taps", "open_taps"]
+__all__ = ["Tap", "close_taps", "find_taps", "host_mac", "open_taps"]
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
@@ -94,7 +94,7 @@ async def open_taps(host: Host, nics: list[Interface],
             if nic.mac is not None:
                 # The host side gets the guest's MAC with its first byte 0xfe, as libvirt does: a bridge
                 # takes the lowest MAC of its ports as its own, and a guest's must never be it.
-                await _ip(host, "link", "set", "dev", name, "address", "fe" + nic.mac[2:],
+                await _ip(host, "link", "set", "dev", name, "address", host_mac(nic.mac),
                           what=f"cannot set the MAC of tap {name}")
             if bridge is not None:
                 await _ip(host, "link", "set", "dev", name, "master", bridge,
@@ -104,6 +104,18 @@ async def open_taps(host: Host, nics: list[Interface],
         close_taps(taps)
         raise
     return taps
+
+
+def host_mac(guest_mac: str) -> str:
+    """The MAC of a tap's host side: the guest's, with the first byte 0xfe (see :func:`open_taps`)."""
+    return "fe" + guest_mac[2:]
+
+
+async def find_taps(host: Host, guest_macs: list[str]) -> dict[str, str]:
+    """The taps of running guests' NICs, by the guest's MAC -> the tap's name (those that exist)."""
+    wanted = {host_mac(mac): mac for mac in guest_macs}
+    return {wanted[str(link.get("address"))]: str(link["ifname"]) for link in await links(host)
+            if str(link.get("address")) in wanted}
 
 
 def close_taps(taps: list[Tap]) -> None:

@@ -120,10 +120,8 @@ class QemuDriver(NetworkCalls, Driver):
         await self.images.load({name: _disks(guest.config) for name, guest in self.guests.items()})
         for name in await self.files.run_names():
             await self._reattach(name)
-        if self.networks is not None:  # taps unplugged when a bridge was re-created behind our back
-            await self.networks.replug([(nic.source_network or "", nic.mac or "")
-                                        for guest in self.guests.values() if guest.live is not None
-                                        for nic in guest.live.interfaces if nic.type == "network"])
+        if self.networks is not None:
+            await self._find_taps()
         await self.offline_jobs.recover()
 
     async def close(self) -> None:
@@ -342,6 +340,22 @@ class QemuDriver(NetworkCalls, Driver):
         finally:
             guest.starting = False
         guest.set_state(DomainState.RUNNING, "booted")
+
+    async def _find_taps(self) -> None:
+        """After re-attaching: each running guest's taps by MAC. Their names return to the live definitions
+        (live.xml keeps them, but generated names are not read back), and taps a re-created bridge lost
+        are put back on it."""
+        assert self.networks is not None
+        nics = [nic for guest in self.guests.values() if guest.live is not None
+                for nic in guest.live.interfaces if nic.type != "user" and nic.mac]
+        if not nics:
+            return
+        found = await taps.find_taps(self.host, [nic.mac or "" for nic in nics])
+        for nic in nics:
+            if nic.target_dev is None and nic.mac in found:
+                nic.target_dev = found[nic.mac]
+        await self.networks.replug([(nic.source_network or "", nic.mac or "") for nic in nics
+                                    if nic.type == "network"])
 
     async def _open_taps(self, cfg: DomainConfig) -> list[taps.Tap]:
         if self.networks is None or all(nic.type == "user" for nic in cfg.interfaces):
