@@ -4,10 +4,13 @@ before anything is created."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from avirt.errors import InvalidNetworkXMLError, NetworkConflictError, UnsupportedError
+from avirt.errors import AvirtError, InvalidNetworkXMLError, NetworkConflictError, UnsupportedError
 from avirt.networks import network_to_xml, parse_network_xml
 from avirt.networks.model import check_against, default_bridge
+from tests.fuzzing import FUZZ, FUZZ_MORE, _escape, nasty_text, xmlish_text
 
 FULL = """\
 <network>
@@ -137,3 +140,47 @@ def test_networks_on_one_bridge_or_with_overlapping_subnets_conflict() -> None:
 def test_default_bridge_names_skip_the_taken_ones() -> None:
     assert default_bridge([]) == "avirbr0"
     assert default_bridge(["avirbr0", "avirbr2"]) == "avirbr1"
+
+
+# -- generated inputs: a typed error or an exact round trip ------------------------------------------------
+
+_SLOTS = {  # each template's {} takes one generated value, escaped for an attribute or text
+    "name": "<network><name>{}</name></network>",
+    "uuid": "<network><name>n</name><uuid>{}</uuid></network>",
+    "bridge": "<network><name>n</name><bridge name='{}' stp='on'/></network>",
+    "delay": "<network><name>n</name><bridge name='b' delay='{}'/></network>",
+    "mtu": "<network><name>n</name><mtu size='{}'/></network>",
+    "forward": "<network><name>n</name><forward mode='{}'/></network>",
+    "address": "<network><name>n</name><ip address='{}' prefix='24'/></network>",
+    "prefix": "<network><name>n</name><ip address='10.0.0.1' prefix='{}'/></network>",
+    "netmask": "<network><name>n</name><ip address='10.0.0.1' netmask='{}'/></network>",
+    "range": "<network><name>n</name><ip address='10.0.0.1' prefix='24'><dhcp><range start='{}' "
+             "end='10.0.0.9'/></dhcp></ip></network>",
+    "host": "<network><name>n</name><ip address='10.0.0.1' prefix='24'><dhcp><host mac='{}' "
+            "ip='10.0.0.5'/></dhcp></ip></network>",
+    "hostname": "<network><name>n</name><dns><host ip='10.0.0.5'><hostname>{}</hostname></host></dns>"
+                "</network>",
+}
+
+
+@FUZZ_MORE
+@given(slot=st.sampled_from(sorted(_SLOTS)), value=nasty_text())
+def test_generated_values_are_a_typed_error_or_round_trip(slot: str, value: str) -> None:
+    document = _SLOTS[slot].format(_escape(value))
+    try:
+        cfg = parse_network_xml(document)
+    except AvirtError:
+        return
+    text = network_to_xml(cfg)
+    assert parse_network_xml(text) == cfg
+    assert network_to_xml(parse_network_xml(text)) == text
+
+
+@FUZZ
+@given(document=xmlish_text())
+def test_random_documents_are_a_typed_error_or_round_trip(document: str) -> None:
+    try:
+        cfg = parse_network_xml(document)
+    except AvirtError:
+        return
+    assert parse_network_xml(network_to_xml(cfg)) == cfg
