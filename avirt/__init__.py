@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         LifecycleEvent,
         LifecycleType,
         MetadataChangeEvent,
+        NetworkLifecycleEvent,
         PMEvent,
         PMWakeupEvent,
         QMPEvent,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
     from avirt.migration import MigrationJob
     from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+    from avirt.network import DHCPLease, Network
 
 __version__ = "0.1.0"
 
@@ -60,6 +62,9 @@ _NAMES = {
     "Connection": "avirt.connection",
     "connect": "avirt.connection",
     "Domain": "avirt.domain",
+    "Network": "avirt.network",
+    "DHCPLease": "avirt.network",
+    "NetworkLifecycleEvent": "avirt.events",
     "BalloonChangeEvent": "avirt.events",
     "BlockJobEvent": "avirt.events",
     "BlockJobStatus": "avirt.events",
@@ -118,6 +123,7 @@ __all__ = [
     "BlockThresholdEvent",
     "Connection",
     "ControlErrorEvent",
+    "DHCPLease",
     "DeviceRemovedEvent",
     "Domain",
     "DomainInfo",
@@ -134,6 +140,8 @@ __all__ = [
     "MetadataChangeEvent",
     "MigrationJob",
     "MigrationProgress",
+    "Network",
+    "NetworkLifecycleEvent",
     "PMEvent",
     "PMWakeupEvent",
     "QMPEvent",

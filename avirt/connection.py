@@ -25,6 +25,7 @@ from avirt.events.bus import Callback, EventStream, Subscription
 from avirt.events.model import EventKind
 from avirt.hosts.base import Host
 from avirt.models import DomainState
+from avirt.network import Network
 from avirt.served.server import serve_stream
 from avirt.served.shared import SharedDriver
 from avirt.uri import ConnectionURI
@@ -78,6 +79,20 @@ class Connection:
         if state is None:
             return domains
         return [d for d in domains if (await d.state())[0] is state]
+
+    async def define_network_xml(self, xml: str) -> Network:
+        """Define (or redefine) a virtual network from libvirt network XML; it starts inactive. A missing
+        uuid is generated and a missing bridge name picked (``avirbrN``); a bridge or subnet another
+        network has is refused (:class:`~avirt.errors.NetworkConflictError`)."""
+        ref = await self._driver.define_network(xml)
+        return Network(self._driver, ref.name, ref.uuid)
+
+    async def lookup_network(self, name_or_uuid: str) -> Network:
+        ref = await self._driver.lookup_network(name_or_uuid)
+        return Network(self._driver, ref.name, ref.uuid)
+
+    async def list_networks(self) -> list[Network]:
+        return [Network(self._driver, ref.name, ref.uuid) for ref in await self._driver.list_networks()]
 
     def subscribe(self, callback: Callback, *, kinds: Iterable[EventKind] | None = None,
                   domain: Domain | str | None = None, max_queue: int = 1024) -> Subscription:

@@ -57,6 +57,11 @@ class Domain:
         """Reset the virtual machine at once, like its reset button."""
         await self._driver.reset(self.name)
 
+    async def set_link(self, interface: str, up: bool) -> None:
+        """Set a NIC's link up or down while the guest runs (QMP ``set_link``), as a cable plugged in or
+        pulled; ``interface`` is its MAC address or its tap's name (``vnet0``)."""
+        await self._driver.set_link(self.name, interface, up)
+
     async def suspend(self) -> None:
         """Pause the guest's CPUs (no-op if already paused)."""
         await self._driver.suspend(self.name)

@@ -160,3 +160,35 @@ class CommandNotFoundError(HostError):
     def __init__(self, message: str, command: str = "") -> None:
         self.command = command
         super().__init__(message)
+
+
+class InvalidNetworkXMLError(InvalidXMLError):
+    """The network XML is malformed or violates libvirt's network schema or rules (a bridge name over 15
+    bytes, a DHCP range outside its subnet...); ``line`` is 1-based, when known."""
+
+
+class NetworkNotFoundError(AvirtError):
+    """No network has that name or UUID."""
+
+
+class NetworkExistsError(AvirtError):
+    """A network with that name or UUID already exists and the call may not replace it."""
+
+
+class NetworkConflictError(AvirtError):
+    """A network definition clashes with another defined network (overlapping subnets, the same bridge)
+    or with the host (a bridge name some other interface has). Refused before anything is created."""
+
+
+class NetworkError(AvirtError):
+    """Building or tearing down a network's host side failed (``ip``, ``nft``, ``dnsmasq``, a tap);
+    ``stderr`` holds what the failing command said."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        self.stderr = stderr
+        super().__init__(f"{message}: {stderr.strip()}" if stderr.strip() else message)
+
+
+class NetworkPermissionError(NetworkError):
+    """Host networking (bridges, taps, firewall rules) needs root or CAP_NET_ADMIN, which this controller
+    lacks. ``<interface type='user'>`` needs neither; qemu-bridge-helper is the setuid alternative."""

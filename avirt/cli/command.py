@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 DOMAIN_MANAGEMENT = "Domain management"
 DOMAIN_MONITORING = "Domain monitoring"
 BLOCK_JOBS = "Block jobs and snapshots"
+NETWORKS = "Networks and interfaces"
 EVENTS = "Events"
 OTHER = "Other"
-GROUPS = (DOMAIN_MANAGEMENT, DOMAIN_MONITORING, BLOCK_JOBS, EVENTS, OTHER)
+GROUPS = (DOMAIN_MANAGEMENT, DOMAIN_MONITORING, BLOCK_JOBS, NETWORKS, EVENTS, OTHER)
 
 
 class CommandError(Exception):

@@ -104,7 +104,7 @@ def event_line(event: Event) -> str:
     head = f"{event.domain} {record['kind']}"
     own = {k: v for k, v in record.items() if k not in ("seq", "timestamp", "kind", "domain", "uuid")}
     if set(own) == {"type", "detail"}:  # lifecycle: the most common line, in the words of the API docs
-        return f"{head}: {own['type']} ({own['detail']})"
+        return f"{head}: {own['type']}" + (f" ({own['detail']})" if own["detail"] else "")
     if set(own) == {"name", "data"}:  # raw QMP
         return f"{head}: {own['name']} {json.dumps(own['data'], default=str)}"
     if not own:

@@ -123,7 +123,7 @@ class Controller:
 
 @dataclass
 class Interface:
-    type: str = "user"  # user; network, bridge, ethernet and direct are kept but need networks to start
+    type: str = "user"  # user; network, bridge, ethernet (a tap: networks/taps.py); direct: kept only
     model: str | None = "virtio"
     mac: str | None = None
     source_network: str | None = None

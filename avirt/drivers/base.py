@@ -25,10 +25,12 @@ from avirt.errors import (
     InvalidArgumentError,
     OperationInvalidError,
     OperationTimeoutError,
+    UnsupportedError,
 )
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.networks.model import DHCPLease
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,46 @@ class Driver(ABC):
 
     async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
+
+    # -- interfaces and networks: a driver without host networks refuses them (UnsupportedError) ----------
+
+    async def set_link(self, name: str, interface: str, up: bool) -> None:
+        """Set the link of the domain's NIC ``interface`` (its MAC or its tap's name) up or down."""
+        raise self._no_networks("set_link")
+
+    async def define_network(self, xml: str) -> DomainRef:
+        raise self._no_networks("define_network_xml")
+
+    async def lookup_network(self, name_or_uuid: str) -> DomainRef:
+        raise self._no_networks("lookup_network")
+
+    async def list_networks(self) -> list[DomainRef]:
+        raise self._no_networks("list_networks")
+
+    async def network_start(self, name: str) -> None:
+        raise self._no_networks("start")
+
+    async def network_destroy(self, name: str) -> None:
+        raise self._no_networks("destroy")
+
+    async def network_undefine(self, name: str) -> None:
+        raise self._no_networks("undefine")
+
+    async def network_xml(self, name: str, *, inactive: bool) -> str:
+        raise self._no_networks("xml")
+
+    async def network_info(self, name: str) -> dict[str, Any]:
+        """``{"active": bool, "autostart": bool, "bridge": str | None}``."""
+        raise self._no_networks("info")
+
+    async def network_set_autostart(self, name: str, autostart: bool) -> None:
+        raise self._no_networks("set_autostart")
+
+    async def network_dhcp_leases(self, name: str) -> list[DHCPLease]:
+        raise self._no_networks("dhcp_leases")
+
+    def _no_networks(self, call: str) -> UnsupportedError:
+        return UnsupportedError([call], f"{self.uri} has no host networks")
 
 
 def assign_macs(cfg: DomainConfig) -> DomainConfig:

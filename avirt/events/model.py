@@ -30,6 +30,9 @@ class EventKind(enum.IntEnum):
     BLOCK_JOB = 16  # libvirt's BLOCK_JOB_2, which names disks by target ("vda")
     METADATA_CHANGE = 23
     BLOCK_THRESHOLD = 24
+    #: A virtual network was defined, started, stopped or undefined (libvirt numbers network events
+    #: apart, virNetworkEventID; avirt keeps one bus, so they get a number past virDomainEventID's).
+    NETWORK_LIFECYCLE = 100
     #: Every QMP event, raw (avirt's own: libvirt has it only in libvirt-qemu).
     QMP = 1000
 
@@ -165,6 +168,16 @@ class BlockThresholdEvent(Event):
     disk: str  # target, or "vda[N]" for a backing layer, or QEMU's node name
     threshold: int
     excess: int
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkLifecycleEvent(Event):
+    """A network's lifecycle (libvirt's virConnectNetworkEventLifecycleCallback): ``domain`` holds the
+    network's name and ``uuid`` its UUID; ``type`` is DEFINED, UNDEFINED, STARTED or STOPPED."""
+
+    kind: ClassVar[EventKind] = EventKind.NETWORK_LIFECYCLE
+    type: LifecycleType
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,9 +104,13 @@ class Host(ABC):
 
     @abstractmethod
     async def start_detached(
-        self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str
+        self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         """Start a QEMU in its own session, so that it outlives the controller, serving ``listen_path``.
+
+        ``pass_fds`` are more descriptors the process inherits under the same numbers (a guest's taps);
+        only a local host can hand descriptors down.
 
         ``argv_for_socket`` gets the options of QEMU's listening socket chardev (``fd=N`` or ``path=P``)
         and returns the command line. Either way, the socket listens when this returns: a client can

@@ -61,7 +61,8 @@ class LocalHost(Host):
             raise HostError(f"cannot run setpriv (util-linux) for {argv[0]}: {e.strerror}") from e
 
     async def start_detached(
-        self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str
+        self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         # The socket is bound and listening before QEMU exists and is handed down to it as a descriptor.
         with contextlib.suppress(FileNotFoundError):
@@ -81,7 +82,8 @@ class LocalHost(Host):
                     # A session of its own from the first instant: a Ctrl-C in the controller's terminal
                     # must not reach setsid (or QEMU) through our process group.
                     proc = await anyio.run_process(argv, stdin=DEVNULL, stdout=log, stderr=log,
-                                                   pass_fds=[fd], start_new_session=True, check=False)
+                                                   pass_fds=[fd, *pass_fds], start_new_session=True,
+                                                   check=False)
                 except OSError as e:
                     raise HostError(f"cannot run {argv[2]}: {e.strerror}") from e
             if proc.returncode != 0:

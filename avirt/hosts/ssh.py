@@ -253,8 +253,11 @@ class SSHHost(Host):
             self._tasks.start_soon(self.kill, pid, signal, name=f"ssh-kill-{pid}")
 
     async def start_detached(
-        self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str
+        self, argv_for_socket: Callable[[str], Sequence[str]], *, listen_path: str, log_path: str,
+        pass_fds: Sequence[int] = (),
     ) -> None:
+        if pass_fds:  # the driver refuses what would need them (host networks) before this
+            raise HostError(f"{self.name}: descriptors cannot be handed to a remote process")
         # -daemonize: the command returns once QEMU is initialised and listening (or has failed, saying why
         # on stderr). -D keeps the daemon's stderr in the log instead of /dev/null; it truncates the log,
         # so on a remote host the log covers the current run only.

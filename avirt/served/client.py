@@ -35,6 +35,7 @@ from avirt.events.model import Event
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.networks.model import DHCPLease
 from avirt.rpc import Lost, Peer, PeerClosedError
 from avirt.served import wire
 from avirt.served.server import PROTOCOL
@@ -272,6 +273,39 @@ class ClientDriver(Driver):
     async def set_metadata(self, name: str, uri: str, element: str | None, *, live: bool,
                            config: bool) -> None:
         await self._call("set_metadata", name=name, uri=uri, element=element, live=live, config=config)
+
+    async def set_link(self, name: str, interface: str, up: bool) -> None:
+        await self._call("set_link", name=name, interface=interface, up=up)
+
+    async def define_network(self, xml: str) -> DomainRef:
+        return wire.ref_from(await self._call("define_network", xml=_sendable(xml)))
+
+    async def lookup_network(self, name_or_uuid: str) -> DomainRef:
+        return wire.ref_from(await self._call("lookup_network", name_or_uuid=name_or_uuid))
+
+    async def list_networks(self) -> list[DomainRef]:
+        return [wire.ref_from(r) for r in await self._call("list_networks")]
+
+    async def network_start(self, name: str) -> None:
+        await self._call("network_start", name=name)
+
+    async def network_destroy(self, name: str) -> None:
+        await self._call("network_destroy", name=name)
+
+    async def network_undefine(self, name: str) -> None:
+        await self._call("network_undefine", name=name)
+
+    async def network_xml(self, name: str, *, inactive: bool) -> str:
+        return str(await self._call("network_xml", name=name, inactive=inactive))
+
+    async def network_info(self, name: str) -> dict[str, Any]:
+        return dict(await self._call("network_info", name=name))
+
+    async def network_set_autostart(self, name: str, autostart: bool) -> None:
+        await self._call("network_set_autostart", name=name, autostart=autostart)
+
+    async def network_dhcp_leases(self, name: str) -> list[DHCPLease]:
+        return [wire.lease_from(lease) for lease in await self._call("network_dhcp_leases", name=name)]
 
 
     # -- migration: each phase runs in the controller of this state directory ------------------------------

@@ -73,6 +73,12 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "migrate_begin": list, "migrate_prepare": list, "migrate_perform": wire.info_to,
     "migrate_progress": wire.info_to, "migrate_cancel": lambda _: None, "migrate_finish": lambda _: None,
     "migrate_confirm": lambda _: None,
+    "set_link": lambda _: None,
+    "define_network": _ref, "lookup_network": _ref,
+    "list_networks": lambda refs: [wire.ref_to(r) for r in refs],
+    "network_start": lambda _: None, "network_destroy": lambda _: None, "network_undefine": lambda _: None,
+    "network_set_autostart": lambda _: None, "network_xml": str, "network_info": dict,
+    "network_dhcp_leases": lambda leases: [wire.lease_to(lease) for lease in leases],
 }
 _JOB_CALLS = ("block_commit", "block_pull", "block_copy", "block_job")
 

@@ -45,6 +45,7 @@ from avirt.events.model import BlockJobStatus
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.networks.model import DHCPLease
 from avirt.rpc import PeerClosedError
 from avirt.served.client import ClientDriver
 from avirt.served.server import Server
@@ -379,3 +380,36 @@ class SharedDriver(Driver):
     async def set_metadata(self, name: str, uri: str, element: str | None, *, live: bool,
                            config: bool) -> None:
         await (await self._driver()).set_metadata(name, uri, element, live=live, config=config)
+
+    async def set_link(self, name: str, interface: str, up: bool) -> None:
+        await (await self._driver()).set_link(name, interface, up)
+
+    async def define_network(self, xml: str) -> DomainRef:
+        return await (await self._driver()).define_network(xml)
+
+    async def lookup_network(self, name_or_uuid: str) -> DomainRef:
+        return await (await self._driver()).lookup_network(name_or_uuid)
+
+    async def list_networks(self) -> list[DomainRef]:
+        return await (await self._driver()).list_networks()
+
+    async def network_start(self, name: str) -> None:
+        await (await self._driver()).network_start(name)
+
+    async def network_destroy(self, name: str) -> None:
+        await (await self._driver()).network_destroy(name)
+
+    async def network_undefine(self, name: str) -> None:
+        await (await self._driver()).network_undefine(name)
+
+    async def network_xml(self, name: str, *, inactive: bool) -> str:
+        return await (await self._driver()).network_xml(name, inactive=inactive)
+
+    async def network_info(self, name: str) -> dict[str, Any]:
+        return await (await self._driver()).network_info(name)
+
+    async def network_set_autostart(self, name: str, autostart: bool) -> None:
+        await (await self._driver()).network_set_autostart(name, autostart)
+
+    async def network_dhcp_leases(self, name: str) -> list[DHCPLease]:
+        return await (await self._driver()).network_dhcp_leases(name)

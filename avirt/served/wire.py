@@ -18,8 +18,10 @@ from avirt.events import model as events
 from avirt.events.model import BlockJobStatus, Event, JobKind, LifecycleType
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.networks.model import DHCPLease
 
-__all__ = ["event_from", "event_to", "info_from", "info_to", "job_from", "job_to", "ref_from", "ref_to"]
+__all__ = ["event_from", "event_to", "info_from", "info_to", "job_from", "job_to", "lease_from", "lease_to",
+           "ref_from", "ref_to"]
 
 #: Event classes by name: the only classes an event from the wire can become.
 _EVENTS: dict[str, type[Event]] = {
@@ -56,6 +58,17 @@ def info_from(cls: type[DomainInfo] | type[ImageInfo] | type[MigrationProgress],
         return cls(**values)
     except (TypeError, ValueError, KeyError) as e:
         raise WireError(f"not a {cls.__name__}: {e}") from None
+
+
+def lease_to(lease: DHCPLease) -> dict[str, Any]:
+    return dataclasses.asdict(lease)
+
+
+def lease_from(data: Any) -> DHCPLease:
+    try:
+        return DHCPLease(**dict(data))
+    except (TypeError, ValueError) as e:
+        raise WireError(f"not a DHCP lease: {e}") from None
 
 
 def event_to(event: Event) -> dict[str, Any]:

@@ -39,12 +39,19 @@ Serial markers printed by the guest's /init (console=ttyS0; the tty sends ``\\r\
   in ``avirt.blocks``, then ``avirt-guest: blocks done: `` and every entry of /sys/block.
 - ``avirt-guest: share TAG read=TEXT wrote=ok`` (or ``share TAG error ...``) for each virtiofs tag in
   ``avirt.shares``: mounted at /mnt/TAG, the first line of its host.txt read, its guest.txt written.
+- ``avirt-guest: net ethN mac=M ip=A/P`` (or ``net ethN error no lease``) for each NIC that got (or did
+  not get) a DHCP lease with ``avirt.net=dhcp``, then ``avirt-guest: net done``.
+- ``avirt-guest: lookup NAME ADDRESS`` (or ``lookup NAME failed``) for each ``avirt.lookup`` name.
+- ``avirt-guest: ping IP ok`` / ``ping IP fail``: each change of an ``avirt.ping`` address's answer.
 
 Kernel command line knobs: ``avirt.workload=none|write`` (default none), ``avirt.slots=N`` (default
 4), ``avirt.count=N`` (0 = forever, the default), ``avirt.sleep=S`` (seconds between writes,
 fractions allowed, default 0), ``avirt.actions=rtc,suspend,panic`` (see ``init.sh``),
 ``avirt.blocks=sda,sr0`` (block devices to wait for and report: size, read-only flag, the MD5 of
-their whole content, their sysfs path), ``avirt.shares=TAG,...`` (virtiofs tags to mount and use).
+their whole content, their sysfs path), ``avirt.shares=TAG,...`` (virtiofs tags to mount and use),
+``avirt.net=dhcp`` (every ethN asks for a lease), ``avirt.hostname=NAME`` (the host name it sends),
+``avirt.lookup=NAME@SERVER,...`` (names asked of a DNS server after the leases), ``avirt.ping=IP,...``
+(addresses pinged once a second after the leases and lookups, changes reported).
 
 Run ``python -m tests.guest.build`` from the repository root to build and print the paths.
 """
@@ -98,11 +105,12 @@ GUEST_MODULES: tuple[str, ...] = (
     "sd_mod",  # SCSI and ATA disks: /dev/sdX
     "sr_mod",  # SCSI and ATA cdroms: /dev/srN
     "virtiofs",  # host directories shared through <filesystem><driver type='virtiofs'/>
+    "virtio_net",  # NICs on host networks (<interface type='network'|'bridge'|'ethernet'>)
 )
 
 #: Modules loaded after :data:`GUEST_MODULES` when the kernel has them: the cloud kernel builds no AHCI
 #: driver (q35's SATA controller), the generic one (``kernel_meta="linux-image-amd64"``) does.
-OPTIONAL_MODULES: tuple[str, ...] = ("ahci",)
+OPTIONAL_MODULES: tuple[str, ...] = ("ahci", "e1000e")
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 

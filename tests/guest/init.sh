@@ -43,6 +43,10 @@ count=0
 sleep_s=0
 blocks=
 shares=
+net=
+pings=
+lookups=
+guest_name=avirt-guest
 # avirt.* parameters are not passed to init by the kernel (dotted names look like module
 # parameters), so read them from /proc/cmdline.
 for arg in $(cat /proc/cmdline); do
@@ -54,6 +58,10 @@ for arg in $(cat /proc/cmdline); do
         avirt.actions=*) actions=${arg#*=} ;;
         avirt.blocks=*) blocks=${arg#*=} ;;
         avirt.shares=*) shares=${arg#*=} ;;
+        avirt.net=*) net=${arg#*=} ;;
+        avirt.ping=*) pings=${arg#*=} ;;
+        avirt.lookup=*) lookups=${arg#*=} ;;
+        avirt.hostname=*) guest_name=${arg#*=} ;;
     esac
 done
 
@@ -120,6 +128,74 @@ report_shares() {
         else
             say "share $tag error write"
         fi
+    done
+}
+
+# Networking, once after "ready" (avirt.net=dhcp): every ethN is brought up and asks for an IPv4 lease
+# with udhcpc, sending avirt.hostname (default avirt-guest) as its host name; each is reported as
+#   avirt-guest: net ethN mac=M ip=A/P    (or "avirt-guest: net ethN error no lease")
+# then "avirt-guest: net done"; avirt.net=A/P instead gives eth0 that address, with no DHCP. Then each
+# NAME@SERVER of avirt.lookup=... is asked of that DNS server (retried for up to a minute) and reported as
+# "avirt-guest: lookup NAME ADDRESS" (or "lookup NAME failed"). With
+# avirt.ping=IP,... each address is then pinged once a second, forever, and every change of its answer
+# is reported: "avirt-guest: ping IP ok" or "ping IP fail" (the first result of each is a change).
+report_net() {
+    ip link set lo up
+    cat >/tmp/avirt-udhcpc.sh <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+    deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+    bound|renew)
+        ip addr flush dev "$interface"
+        ip addr add "$ip/$mask" dev "$interface"
+        echo "$ip/$mask" >"/tmp/avirt-net-$interface" ;;
+esac
+SCRIPT
+    chmod +x /tmp/avirt-udhcpc.sh
+    hostname "$guest_name"
+    if [ "$net" != dhcp ]; then
+        ip link set eth0 up && ip addr add "$net" dev eth0 &&
+            say "net eth0 mac=$(cat /sys/class/net/eth0/address) ip=$net"
+    fi
+    for dev in /sys/class/net/eth*; do
+        [ "$net" = dhcp ] || break
+        [ -e "$dev" ] || continue
+        name=${dev##*/}
+        ip link set "$name" up
+        if udhcpc -i "$name" -s /tmp/avirt-udhcpc.sh -q -n -t 30 -T 1 -x "hostname:$guest_name" \
+                >/dev/null 2>&1; then
+            say "net $name mac=$(cat "$dev/address") ip=$(cat "/tmp/avirt-net-$name")"
+        else
+            say "net $name error no lease"
+        fi
+    done
+    say "net done"
+    for item in $(echo "$lookups" | tr ',' ' '); do
+        name=${item%@*}
+        server=${item#*@}
+        n=0
+        found=
+        while [ -z "$found" ] && [ "$n" -lt 60 ]; do
+            found=$(nslookup "$name" "$server" 2>/dev/null | awk '/^Name:/ {named=1} named && /^Address/ {a=$NF} END {print a}')
+            [ -n "$found" ] || sleep 1
+            n=$((n + 1))
+        done
+        say "lookup $name ${found:-failed}"
+    done
+    [ -n "$pings" ] || return 0
+    last=
+    while :; do
+        now=
+        for target in $(echo "$pings" | tr ',' ' '); do
+            if ping -c 1 -W 1 "$target" >/dev/null 2>&1; then result=ok; else result=fail; fi
+            now="$now $target=$result"
+            case " $last " in
+                *" $target=$result "*) ;;
+                *) say "ping $target $result" ;;
+            esac
+        done
+        last=$now
+        sleep 1
     done
 }
 
@@ -213,6 +289,9 @@ if [ -n "$blocks" ]; then
 fi
 if [ -n "$shares" ]; then
     (exec 3<&-; report_shares) &
+fi
+if [ -n "$net" ]; then
+    (exec 3<&-; report_net) &
 fi
 
 if [ -z "$pb" ]; then

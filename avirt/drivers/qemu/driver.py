@@ -33,14 +33,17 @@ from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.migratecalls import MigrationCalls
+from avirt.drivers.qemu.netcalls import NetworkCalls
 from avirt.drivers.qemu.offlinejobs import OfflineJobs
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
 from avirt.errors import (
+    AvirtError,
     DomainExistsError,
     DomainStartError,
     HostError,
     ImageError,
+    InvalidArgumentError,
     OperationInvalidError,
     QMPError,
     SharedImageError,
@@ -59,8 +62,11 @@ from avirt.events.model import (
 )
 from avirt.events.translate import timestamp_of, translate
 from avirt.hosts.base import Host
+from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.networks import taps
+from avirt.networks.manager import Networks, require_admin
 from avirt.offline.headers import chain_layers
 from avirt.offline.index import ImageIndex
 from avirt.offline.plan import commit_plan, pull_plan
@@ -80,7 +86,7 @@ RESYNC_RETRY = 0.5
 DUMP_TIMEOUT = 300.0
 
 
-class QemuDriver(MigrationCalls, Driver):
+class QemuDriver(MigrationCalls, NetworkCalls, Driver):
     def __init__(self, uri: str, host: Host, state_dir: str, *, bus: EventBus | None = None) -> None:
         self.uri = uri
         self.host = host
@@ -95,6 +101,9 @@ class QemuDriver(MigrationCalls, Driver):
         self.offline_jobs = OfflineJobs(self)
         #: The guests that take part in a migration now (as source or destination) -> its status.
         self.migrations: dict[str, migration.Watch] = {}
+        # Bridges, taps and the descriptors handed to QEMU are this machine's: no networks over SSH (yet).
+        self.networks = Networks(host, os.path.join(state_dir, "networks"), self.bus, self.tasks) \
+            if isinstance(host, LocalHost) else None
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
@@ -105,6 +114,8 @@ class QemuDriver(MigrationCalls, Driver):
     async def open(self) -> None:
         await self.files.open()
         await self.tasks.open()
+        if self.networks is not None:  # before the guests: autostart networks are up when guests start
+            await self.networks.open()
         for name in await self.files.persistent_names():
             xml = await self.files.read_definition(name)
             if xml is not None:
@@ -113,6 +124,8 @@ class QemuDriver(MigrationCalls, Driver):
         await self.images.load({name: _disks(guest.config) for name, guest in self.guests.items()})
         for name in await self.files.run_names():
             await self._reattach(name)
+        if self.networks is not None:
+            await self._find_taps()
         await self.offline_jobs.recover()
 
     async def close(self) -> None:
@@ -237,6 +250,13 @@ class QemuDriver(MigrationCalls, Driver):
         refusal = startable(cfg) or await virtiofs.refusal(self.host, cfg)
         if refusal is not None:
             raise DomainStartError(f"cannot start domain '{cfg.name}': {refusal}")
+        tapped = [nic for nic in cfg.interfaces if nic.type != "user"]
+        if tapped:
+            if self.networks is None:
+                raise DomainStartError(f"cannot start domain '{cfg.name}': host networks (interface type "
+                                       f"'{tapped[0].type}') work on the local host only, not "
+                                       f"{self.host.name}")
+            require_admin(f"domain '{cfg.name}': interface type '{tapped[0].type}'")
         chains = await self._disk_chains(cfg)
         accel = await self._accelerator(cfg)
         await firmware.prepare(self.host, cfg)
@@ -272,15 +292,25 @@ class QemuDriver(MigrationCalls, Driver):
                     await tpm.start(self.host, cfg, state_dir=self.files.tpm_dir(cfg.uuid),
                                     run_dir=self.files.run_dir(name), sockets=sockets)
                 await virtiofs.start(self.host, cfg, sockets)
-                process = await QemuProcess.spawn(
-                    self.host, name,
-                    lambda socket: [*build_argv(cfg, chains=chains, accel=accel, monitor=socket,
-                                                pidfile=self.files.pidfile(name),
-                                                run_dir=sockets, spice_port=spice_port),
-                                    *(["-incoming", "defer"] if incoming else [])],
-                    qmp_socket=await self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
-                    log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
-                )
+                nics = await self._open_taps(cfg)
+                try:
+                    if nics:
+                        cfg = _with_taps(cfg, nics)
+                        await self.files.write_live(name, domain_to_xml(cfg))
+                    process = await QemuProcess.spawn(
+                        self.host, name,
+                        lambda socket: [*build_argv(cfg, chains=chains, accel=accel, monitor=socket,
+                                                    pidfile=self.files.pidfile(name), run_dir=sockets,
+                                                    spice_port=spice_port,
+                                                    tap_fds={tap.index: tap.fd for tap in nics}),
+                                        *(["-incoming", "defer"] if incoming else [])],
+                        qmp_socket=await self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
+                        log_path=self.files.log_path(name),
+                        on_event=lambda msg: self._on_qmp_event(guest, msg),
+                        pass_fds=[tap.fd for tap in nics],
+                    )
+                finally:
+                    taps.close_taps(nics)  # QEMU holds its own copies: the taps now live as long as it
             except DomainStartError as e:
                 if cfg.tpms:
                     await tpm.stop(self.host, self.files.run_dir(name))
@@ -320,6 +350,30 @@ class QemuDriver(MigrationCalls, Driver):
         finally:
             guest.resume_reason = None
         guest.set_state(DomainState.RUNNING, "booted")
+
+    async def _find_taps(self) -> None:
+        """After re-attaching: each running guest's taps by MAC. Their names return to the live definitions
+        (live.xml keeps them, but generated names are not read back), and taps a re-created bridge lost
+        are put back on it."""
+        assert self.networks is not None
+        nics = [nic for guest in self.guests.values() if guest.live is not None
+                for nic in guest.live.interfaces if nic.type != "user" and nic.mac]
+        if not nics:
+            return
+        found = await taps.find_taps(self.host, [nic.mac or "" for nic in nics])
+        for nic in nics:
+            if nic.target_dev is None and nic.mac in found:
+                nic.target_dev = found[nic.mac]
+        await self.networks.replug([(nic.source_network or "", nic.mac or "") for nic in nics
+                                    if nic.type == "network"])
+
+    async def _open_taps(self, cfg: DomainConfig) -> list[taps.Tap]:
+        if self.networks is None or all(nic.type == "user" for nic in cfg.interfaces):
+            return []
+        try:
+            return await taps.open_taps(self.host, cfg.interfaces, self.networks.port)
+        except AvirtError as e:
+            raise DomainStartError(f"cannot start domain '{cfg.name}': {e}") from e
 
     async def _pin(self, guest: Guest, process: QemuProcess, cfg: DomainConfig) -> None:
         """``<cputune>``: the affinity of QEMU's threads, set before the guest runs an instruction."""
@@ -643,6 +697,24 @@ class QemuDriver(MigrationCalls, Driver):
                 guest.live.metadata = changed.metadata
         self.bus.emit(MetadataChangeEvent, guest.name, guest.uuid, type="element", uri=uri)
 
+    # -- interfaces and networks ---------------------------------------------------------------------------
+
+    async def set_link(self, name: str, interface: str, up: bool) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            cfg = guest.live
+            if cfg is None:
+                raise OperationInvalidError(f"domain '{name}' is not running: its links are set in its XML")
+            wanted = interface.lower()
+            index = next((i for i, nic in enumerate(cfg.interfaces)
+                          if wanted in (nic.mac, (nic.target_dev or "").lower())), None)
+            if index is None:
+                raise InvalidArgumentError(
+                    f"domain '{name}' has no interface with MAC or device '{interface}'")
+            await self.monitor(guest).execute("set_link", {"name": f"net{index}", "up": up})
+            cfg.interfaces[index].link_state = None if up else "down"
+            await self.files.write_live(name, domain_to_xml(cfg))
+
     # -- supervision -------------------------------------------------------------------------------------
 
     async def _supervise(self, guest: Guest, process: QemuProcess) -> None:
@@ -875,6 +947,16 @@ class QemuDriver(MigrationCalls, Driver):
             self.tasks.start_soon(self._react, guest, guest.missed_shutdown(), name=f"react-{name}")
 
 
+def _with_taps(cfg: DomainConfig, nics: list[taps.Tap]) -> DomainConfig:
+    """The live definition names each NIC's tap (``<target dev>``), as libvirt's live XML does."""
+    if not nics:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    for tap in nics:
+        cfg.interfaces[tap.index].target_dev = tap.name
+    return cfg
+
+
 def _machines(help_text: str) -> tuple[dict[str, str], list[str]]:
     """``-machine help`` -> ({alias: concrete type}, every type), e.g. {'q35': 'pc-q35-7.2'}."""
     aliases: dict[str, str] = {}
@@ -897,11 +979,9 @@ def _disks(cfg: DomainConfig) -> list[tuple[str, str, str]]:
 def startable(cfg: DomainConfig) -> str | None:
     """Why a definition cannot start on this avirt yet, before anything is spawned (None: it can)."""
     for i, nic in enumerate(cfg.interfaces, 1):
-        if nic.type != "user":
-            what = {"network": f"network '{nic.source_network}'", "bridge": f"bridge '{nic.source_bridge}'",
-                    "direct": f"host device '{nic.source_dev}'"}.get(nic.type, "a tap device")
-            return (f"interface {i} (type='{nic.type}', mac {nic.mac}) needs {what}, and avirt cannot attach "
-                    "guests to host networks yet; use <interface type='user'>")
+        if nic.type == "direct":
+            return (f"interface {i} (type='direct', mac {nic.mac}) needs a macvtap on host device "
+                    f"'{nic.source_dev}', which avirt does not make yet; use type='bridge' or 'network'")
         if (nic.driver_queues or 1) > 1:
             return f"interface {i}: multiqueue (driver queues={nic.driver_queues}) needs a tap device"
     hyperv = cfg.features.hyperv

@@ -52,10 +52,12 @@ class QemuProcess:
         pidfile: str,
         log_path: str,
         on_event: EventSink,
+        pass_fds: Sequence[int] = (),
     ) -> QemuProcess:
         monitor = Monitor(name, on_event, why_closed=host.connection_error)
         try:
-            await host.start_detached(argv_for_socket, listen_path=qmp_socket, log_path=log_path)
+            await host.start_detached(argv_for_socket, listen_path=qmp_socket, log_path=log_path,
+                                      pass_fds=pass_fds)
             await _connect(host, monitor, qmp_socket)
         except (HostError, MonitorClosedError) as e:
             await monitor.aclose()

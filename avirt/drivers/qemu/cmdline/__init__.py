@@ -48,6 +48,7 @@ def build_argv(
     pidfile: str,
     run_dir: str = ".",
     spice_port: int | None = None,
+    tap_fds: dict[int, int] | None = None,
 ) -> list[str]:
     """The full QEMU argv for ``cfg``.
 
@@ -55,7 +56,8 @@ def build_argv(
     without an entry (an empty cdrom) gets a device and no nodes. ``accel`` is ``"kvm"`` or ``"tcg"``;
     ``monitor`` the listening socket QEMU serves QMP on, as chardev options (``fd=N`` for a socket the
     host bound, ``path=P`` for one QEMU binds itself); ``run_dir`` where sockets QEMU binds itself go
-    (channels, the TPM's); ``spice_port`` the port picked for a SPICE server with ``autoport``.
+    (channels, the TPM's); ``spice_port`` the port picked for a SPICE server with ``autoport``;
+    ``tap_fds`` the open tap device of each host-network NIC, by its index among the interfaces.
     """
     firmware_nodes, firmware_args = _firmware(cfg)
     argv = [
@@ -76,7 +78,7 @@ def build_argv(
         # A guest reboot then arrives as SHUTDOWN(guest-reset), and the driver applies on_reboot.
         argv += ["-action", "reboot=shutdown"]
     nodes, disk_devices = disk_args(cfg, chains)
-    other_args, other_devices = device_args(cfg, run_dir)
+    other_args, other_devices = device_args(cfg, run_dir, tap_fds or {})
     for node in nodes:
         argv += ["-blockdev", _json(node)]
     char_args, char_devices = chardev_args(cfg, run_dir)

@@ -36,12 +36,23 @@ def fs_socket(run_dir: str, index: int) -> str:
     return f"{run_dir}/fs{index}.sock"
 
 
-def device_args(cfg: DomainConfig, run_dir: str) -> tuple[list[str], list[dict[str, object]]]:
-    """Options that are not devices (``-netdev``, ``-object``, ``-audiodev``...) and the ``-device``s."""
+def device_args(cfg: DomainConfig, run_dir: str,
+                tap_fds: dict[int, int] | None = None) -> tuple[list[str], list[dict[str, object]]]:
+    """Options that are not devices (``-netdev``, ``-object``, ``-audiodev``...) and the ``-device``s.
+
+    A NIC on a host network gets the tap avirt opened for it as a descriptor (``tap_fds``, by NIC index),
+    so QEMU itself needs no privilege and runs no helper script.
+    """
     argv: list[str] = []
     devices: list[dict[str, object]] = []
     for i, nic in enumerate(cfg.interfaces):
-        argv += ["-netdev", f"user,id=net{i}"]  # other types are refused before start (networks)
+        if nic.type == "user":
+            argv += ["-netdev", f"user,id=net{i}"]
+        else:  # network, bridge, ethernet: the driver opened the tap (networks/taps.py)
+            fd = (tap_fds or {}).get(i)
+            if fd is None:
+                raise ValueError(f"interface {i} (type='{nic.type}') has no tap descriptor")
+            argv += ["-netdev", f"tap,id=net{i},fd={fd}"]
         dev: dict[str, object] = {"driver": _NIC_MODELS[nic.model or "virtio"], "netdev": f"net{i}",
                                   "id": f"net{i}"} | pci_props(cfg, nic.address)
         if nic.mac:
