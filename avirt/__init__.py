@@ -50,7 +50,7 @@ if TYPE_CHECKING:
         WatchdogEvent,
     )
     from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
-    from avirt.models import DomainInfo, DomainState, ImageInfo
+    from avirt.models import DomainInfo, DomainState, DomainStats, ImageInfo
 
 __version__ = "0.1.0"
 
@@ -86,6 +86,7 @@ _NAMES = {
     "JobPhase": "avirt.jobs",
     "DomainInfo": "avirt.models",
     "DomainState": "avirt.models",
+    "DomainStats": "avirt.models",
     "ImageInfo": "avirt.models",
 }
 _MODULES = ("errors", "fleet", "offline")
@@ -119,6 +120,7 @@ __all__ = [
     "Domain",
     "DomainInfo",
     "DomainState",
+    "DomainStats",
     "Event",
     "EventKind",
     "EventStream",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from avirt.errors import InvalidArgumentError
+from avirt.errors import InvalidArgumentError, OperationInvalidError, OperationTimeoutError
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
 
@@ -152,6 +152,21 @@ class Domain:
 
     async def info(self) -> DomainInfo:
         return await self._driver.info(self.name)
+
+    async def block_stats(self, disk: str, *, timeout: float = 5.0) -> dict[str, int]:
+        """The I/O counters of one disk of the running domain (virDomainBlockStatsFlags, virsh domblkstat):
+        ``rd_operations``, ``rd_bytes``, ``rd_total_times`` (ns), ``wr_*`` and ``flush_*`` likewise."""
+        from avirt.drivers.stats import UNRESPONSIVE, block_stats
+
+        [(_, params)] = await self._driver.all_domain_stats(["state", "block"], [self.name], timeout)
+        if params.get("state.state") == 5:
+            raise OperationInvalidError(f"domain '{self.name}' is not running")
+        if params.get(UNRESPONSIVE):
+            raise OperationTimeoutError(f"domain '{self.name}': QEMU did not answer within {timeout:g} s")
+        counters = block_stats(params, disk)
+        if counters is None:
+            raise InvalidArgumentError(f"domain '{self.name}' has no disk {disk}")
+        return counters
 
     async def xml(self, *, inactive: bool = False) -> str:
         """The domain XML: live (with ``<backingStore>`` chains) while it runs, else the definition."""

@@ -237,6 +237,12 @@ class Driver(ABC):
     @abstractmethod
     async def xml(self, name: str, *, inactive: bool) -> str: ...
 
+    @abstractmethod
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        """Each domain's statistics (``drivers/stats.py``'s fields) in the ``groups`` given, for the domains
+        ``names`` (every domain if None, by name), each given at most ``timeout`` seconds."""
+
     # -- metadata --------------------------------------------------------------------------------------
 
     @abstractmethod

@@ -239,6 +239,11 @@ class ClientDriver(Driver):
     async def xml(self, name: str, *, inactive: bool) -> str:
         return str(await self._call("xml", name=name, inactive=inactive))
 
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        found = await self._call("all_domain_stats", groups=groups, names=names, timeout=timeout)
+        return [(wire.ref_from(ref), dict(params)) for ref, params in found]
+
     async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
         text = await self._call("metadata", name=name, uri=uri, inactive=inactive)
         return None if text is None else str(text)

@@ -70,6 +70,7 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "state": lambda pair: [pair[0].value, pair[1]],
     "info": wire.info_to,
     "xml": str, "metadata": lambda text: text,
+    "all_domain_stats": lambda found: [[wire.ref_to(ref), params] for ref, params in found],
 }
 _JOB_CALLS = ("block_commit", "block_pull", "block_copy", "block_job")
 

@@ -336,6 +336,10 @@ class SharedDriver(Driver):
     async def xml(self, name: str, *, inactive: bool) -> str:
         return await (await self._driver()).xml(name, inactive=inactive)
 
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        return await (await self._driver()).all_domain_stats(groups, names, timeout)
+
     async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
         return await (await self._driver()).metadata(name, uri, inactive=inactive)
 

@@ -27,7 +27,7 @@ from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
-from avirt.drivers.qemu import firmware, tpm, virtiofs
+from avirt.drivers.qemu import firmware, stats, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
@@ -589,6 +589,15 @@ class QemuDriver(Driver):
         cpu = await self.host.cpu_time_ns(guest.process.pid) if guest.process else 0
         return DomainInfo(guest.state, cfg.memory_kib, cfg.current_memory_kib or cfg.memory_kib,
                           cfg.vcpus, cpu)
+
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        guests = ([self._find(n) for n in names] if names is not None
+                  else sorted(self.guests.values(), key=lambda g: g.name))
+        if self.host.connection_error() is not None:
+            timeout = 0  # nothing can answer: every running guest is reported unresponsive at once
+        results = await stats.gather(self.host, guests, groups, timeout)
+        return [(DomainRef(g.name, g.uuid), params) for g, params in zip(guests, results, strict=True)]
 
     async def xml(self, name: str, *, inactive: bool) -> str:
         guest = self._find(name)

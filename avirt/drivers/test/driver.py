@@ -31,6 +31,7 @@ from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, fin
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
+from avirt.drivers.test.stats import domain_stats
 from avirt.errors import (
     DomainExistsError,
     OperationInvalidError,
@@ -57,6 +58,8 @@ class SimDomain(DomainRecord):
     #: The power button was pressed while paused: the guest acts on it once it runs.
     button_pressed: bool = False
     reboot_pending: bool = False
+    #: Write thresholds set on the running domain's disks: target -> bytes (none: 0).
+    thresholds: dict[str, int] = field(default_factory=dict)
 
 
 
@@ -174,6 +177,7 @@ class TestDriver(Driver):
         dom.run += 1
         dom.stopped = anyio.Event()
         dom.button_pressed = dom.reboot_pending = False
+        dom.thresholds = {}
         if paused:
             dom.state, dom.reason = S.PAUSED, "user"
             self._announce(dom, LifecycleType.STARTED, "booted")
@@ -310,6 +314,13 @@ class TestDriver(Driver):
         # Simulated CPU time: the time the domain has been up, as if one vCPU were always busy.
         cpu = int((anyio.current_time() - dom.started_at) * 1e9) if dom.active else 0
         return DomainInfo(dom.state, cfg.memory_kib, cfg.current_memory_kib or cfg.memory_kib, cfg.vcpus, cpu)
+
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        await anyio.lowlevel.checkpoint()
+        doms = ([find_record(self._domains, n) for n in names] if names is not None
+                else sorted(self._domains.values(), key=lambda d: d.name))
+        return [(DomainRef(d.name, d.uuid), domain_stats(d, groups, self.disks.images)) for d in doms]
 
     async def xml(self, name: str, *, inactive: bool) -> str:
         dom = await self.find(name)
