@@ -6,13 +6,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 
+import avirt
+from avirt import BlockThresholdEvent, EventKind
 from avirt.connection import Connection
+from tests.events_help import read_until
 from tests.guest import BASE_CMDLINE, GuestImages
 from tests.waiting import wait_for_serial
 from tests.xmls import XMLFactory
@@ -130,3 +134,46 @@ def test_cli_domstats_and_domblkstat(cli: CLI, xml: XMLFactory, tmp_path: Path) 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+async def test_a_write_threshold_fires_once_and_is_gone(
+        conn: Connection, xml: XMLFactory, tmp_path: Path, state_dir: Path) -> None:
+    base = qcow2(tmp_path / "base.qcow2")
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(top)],
+                   check=True)
+    dom = await conn.define_xml(xml("thr", disks=[("vda", str(top), "qcow2")]))
+    await dom.start(paused=True)  # no guest: QEMU itself writes through the disk's node (HMP qemu-io)
+
+    async def write(offset: str, length: str) -> None:
+        # Through the disk's own block backend (virtio's is on the device's backend child), as the guest's
+        # writes would go; HMP answers with text, empty when all went well.
+        answer = await dom.qemu_monitor_command("human-monitor-command", {
+            "command-line": f'qemu-io -d /machine/peripheral/vda/virtio-backend '
+                            f'"write -P 0xaa {offset} {length}"'})
+        assert answer == "", answer
+
+    async with conn.events(kinds={EventKind.BLOCK_THRESHOLD}) as stream:
+        await dom.set_block_threshold("vda", 512 * 1024)
+        await write("0", "256k")  # below: nothing
+        await write("256k", "1M")
+        [event] = await read_until(stream, lambda e: True, timeout=10)
+        assert isinstance(event, BlockThresholdEvent)
+        assert (event.domain, event.disk, event.path) == ("thr", "vda", str(top))
+        assert event.threshold == 512 * 1024 and event.excess == 1280 * 1024 - 512 * 1024
+        [record] = await conn.all_domain_stats({"block"}, [dom])
+        assert record.params["block.0.threshold"] == 0  # one-shot: QEMU disarmed it
+        await write("2M", "1M")  # past where the threshold was: no second event
+        await dom.set_block_threshold("vda", 8 << 20)
+        await write("8M", "64k")
+        [again] = await read_until(stream, lambda e: True, timeout=10)
+        assert isinstance(again, BlockThresholdEvent) and again.threshold == 8 << 20
+    async with avirt.connect(state_dir=state_dir) as client:  # another program: the event crosses the wire
+        assert not client.serving
+        async with client.events(kinds={EventKind.BLOCK_THRESHOLD}) as stream:
+            await (await client.lookup("thr")).set_block_threshold("vda", 12 << 20)
+            await write("12M", "64k")
+            [event] = await read_until(stream, lambda e: True, timeout=10)
+        assert event == replace(again, threshold=12 << 20, excess=64 * 1024, timestamp=event.timestamp,
+                                seq=event.seq)
+    await dom.destroy()

@@ -43,7 +43,8 @@ def recorded(name: str, **match: Any) -> dict[str, Any]:
 
 NAMES = Names(disk_of_node=lambda node: {"vda-1": "vda", "vda-2": "vda[1]"}.get(node, node),
               job=lambda job_id: {"commit-vda-1": ("vda", JobKind.COMMIT),
-                                  "active-commit-vda-1": ("vda", JobKind.ACTIVE_COMMIT)}.get(job_id))
+                                  "active-commit-vda-1": ("vda", JobKind.ACTIVE_COMMIT)}.get(job_id),
+              path_of_node=lambda node: {"vda-1": "/images/vda.qcow2"}.get(node, ""))
 
 EXPECTED: list[tuple[dict[str, Any], list[tuple[type, dict[str, Any]]]]] = [
     (recorded("RESET"), [(RebootEvent, {})]),
@@ -51,7 +52,8 @@ EXPECTED: list[tuple[dict[str, Any], list[tuple[type, dict[str, Any]]]]] = [
     (recorded("BLOCK_IO_ERROR"), [(IOErrorEvent, {"disk": "vda", "action": "stop",
                                                   "reason": "No space left on device"})]),
     (recorded("BLOCK_WRITE_THRESHOLD"), [(BlockThresholdEvent, {"disk": "vda", "threshold": 1 << 20,
-                                                                "excess": 1114112})]),
+                                                                "excess": 1114112,
+                                                                "path": "/images/vda.qcow2"})]),
     (recorded("DEVICE_TRAY_MOVED", **{"tray-open": True}),
      [(TrayChangeEvent, {"device": "cd0", "open": True})]),
     (recorded("DEVICE_TRAY_MOVED", **{"tray-open": False}),

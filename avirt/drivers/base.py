@@ -226,6 +226,11 @@ class Driver(ABC):
     @abstractmethod
     async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]: ...
 
+    @abstractmethod
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        """Arm a one-shot write threshold of ``threshold`` bytes (0: disarm) on disk layer ``dev`` of the
+        running domain: ``vda`` is the disk's top layer, ``vda[N]`` the N-th below it."""
+
     # -- queries ---------------------------------------------------------------------------------------
 
     @abstractmethod

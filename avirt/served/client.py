@@ -244,6 +244,9 @@ class ClientDriver(Driver):
         found = await self._call("all_domain_stats", groups=groups, names=names, timeout=timeout)
         return [(wire.ref_from(ref), dict(params)) for ref, params in found]
 
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        await self._call("set_block_threshold", name=name, dev=dev, threshold=threshold)
+
     async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
         text = await self._call("metadata", name=name, uri=uri, inactive=inactive)
         return None if text is None else str(text)

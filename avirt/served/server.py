@@ -64,6 +64,7 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "undefine": lambda _: None, "start": lambda _: None, "shutdown": lambda _: None,
     "destroy": lambda _: None, "reboot": lambda _: None, "reset": lambda _: None,
     "suspend": lambda _: None, "resume": lambda _: None, "set_metadata": lambda _: None,
+    "set_block_threshold": lambda _: None,
     "qemu_monitor_command": lambda result: result,
     "block_chain": lambda chain: [wire.info_to(i) for i in chain],
     "snapshot_disks": dict,

@@ -340,6 +340,9 @@ class SharedDriver(Driver):
                                timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
         return await (await self._driver()).all_domain_stats(groups, names, timeout)
 
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        await (await self._driver()).set_block_threshold(name, dev, threshold)
+
     async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
         return await (await self._driver()).metadata(name, uri, inactive=inactive)
 

@@ -62,3 +62,23 @@ async def test_block_stats_of_one_disk(world: World) -> None:
     await on.destroy()
     with pytest.raises(OperationInvalidError, match="not running"):
         await on.block_stats("vda")
+
+
+async def test_a_block_threshold_shows_in_the_statistics(world: World) -> None:
+    dom, _ = await world.chain_domain("st-thr")
+    await dom.set_block_threshold("vda", 4 << 20)
+    [record] = await world.conn.all_domain_stats({"block"}, [dom])
+    assert record.params["block.0.threshold"] == 4 << 20
+    await dom.set_block_threshold("vda[2]", 1 << 20)  # a backing layer: not the disk's own threshold
+    await dom.set_block_threshold("vda", 0)
+    [record] = await world.conn.all_domain_stats({"block"}, [dom])
+    assert record.params["block.0.threshold"] == 0
+    with pytest.raises(OperationInvalidError, match="has only 4 layers"):
+        await dom.set_block_threshold("vda[4]", 1)
+    with pytest.raises(OperationInvalidError, match="no disk vdz"):
+        await dom.set_block_threshold("vdz", 1)
+    with pytest.raises(InvalidArgumentError):
+        await dom.set_block_threshold("vda", -1)
+    await dom.destroy()
+    with pytest.raises(OperationInvalidError, match="not running"):
+        await dom.set_block_threshold("vda", 1)

@@ -542,6 +542,20 @@ class QemuDriver(Driver):
                 raise
             return overlays
 
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        guest = self._find(name)
+        if not guest.active:
+            raise OperationInvalidError(f"domain '{name}' is not running")
+        target = dev.partition("[")[0]
+        layers = guest.chains.get(target)
+        if not layers:
+            raise OperationInvalidError(f"domain '{name}' has no disk {target}")
+        depth = resolve_index([layer.path for layer in reversed(layers)], target,
+                              dev if "[" in dev else None, 0)
+        # On the format node: the threshold counts the offsets the guest writes on that layer.
+        await self.monitor(guest).execute("block-set-write-threshold", {
+            "node-name": layers[-1 - depth].node, "write-threshold": threshold})
+
     def disk_images_changed(self, guest: Guest) -> None:
         """A job off line may have given a disk another image: the index reads its chains again."""
         if guest.definition is not None:

@@ -103,7 +103,7 @@ class Guest(DomainRecord):
     names: Names = field(init=False)
 
     def __post_init__(self) -> None:
-        self.names = Names(disk_of_node=self._disk_of_node, job=_job_of_id)
+        self.names = Names(disk_of_node=self._disk_of_node, job=_job_of_id, path_of_node=self._path_of_node)
 
     def _disk_of_node(self, node: str) -> str:
         """``vda-3`` (or ``vda-3-file``) -> ``vda`` when layer 3 is the top, else ``vda[k]`` k layers down."""
@@ -114,6 +114,9 @@ class Guest(DomainRecord):
             return node
         depth = len(layers) - int(index)
         return target if depth == 0 else f"{target}[{depth}]"
+
+    def _path_of_node(self, node: str) -> str:
+        return self.nodes.get(node.removesuffix("-file"), "")
 
 
     def set_state(self, state: DomainState, reason: str, *, detail: str | None = None,

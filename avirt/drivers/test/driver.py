@@ -29,6 +29,7 @@ from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record, wait_shut_off
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
+from avirt.drivers.qemu.blockjobs import resolve_index
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
 from avirt.drivers.test.stats import domain_stats
@@ -301,6 +302,16 @@ class TestDriver(Driver):
 
     async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
         return self.disks.snapshot(await self.find(name), snapshot, disks)
+
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        dom = await self.find(name)
+        if not dom.active:
+            raise OperationInvalidError(f"domain '{name}' is not running")
+        target = dev.partition("[")[0]
+        chain = self.disks.chain(dom, target)
+        depth = resolve_index([image.path for image in chain], target, dev if "[" in dev else None, 0)
+        key = target if depth == 0 else f"{target}[{depth}]"
+        dom.thresholds[key] = threshold  # never crossed: nothing writes here
 
     # -- queries -----------------------------------------------------------------------------------------
 
