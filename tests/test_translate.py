@@ -141,10 +141,16 @@ def test_guest_shutdown_then_quit_is_announced_once() -> None:
 
 def test_node_names_map_to_disks_and_layers() -> None:
     guest, _ = _guest()
-    guest.chains = {"vda": [Layer("/base", "qcow2"), Layer("/mid", "qcow2"), Layer("/top", "qcow2")]}
+    guest.chains = {"vda": [Layer("/base", "qcow2", "vda-1"), Layer("/mid", "qcow2", "vda-2"),
+                            Layer("/top", "qcow2", "vda-3")]}
     assert guest.names.disk_of_node("vda-3") == "vda"
     assert guest.names.disk_of_node("vda-3-file") == "vda"
     assert guest.names.disk_of_node("vda-1") == "vda[2]"
+    # after a commit dropped the middle and a snapshot added vda-4: names are found, not computed
+    guest.chains = {"vda": [Layer("/base", "qcow2", "vda-1"), Layer("/snap", "qcow2", "vda-4")]}
+    assert guest.names.disk_of_node("vda-4") == "vda"
+    assert guest.names.disk_of_node("vda-1") == "vda[1]"
+    assert guest.names.disk_of_node("vda-2") == "vda-2"
     assert guest.names.disk_of_node("#block123") == "#block123"
     assert guest.names.job("active-commit-vda-7") == ("vda", JobKind.ACTIVE_COMMIT)
     assert guest.names.job("backup0") is None

@@ -244,6 +244,18 @@ class ClientDriver(Driver):
         found = await self._call("all_domain_stats", groups=groups, names=names, timeout=timeout)
         return [(wire.ref_from(ref), dict(params)) for ref, params in found]
 
+    async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
+        await self._call("attach_device", name=name, xml=_sendable(xml), live=live, config=config)
+
+    async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
+        await self._call("detach_device", name=name, xml=_sendable(xml), live=live, config=config,
+                         timeout=timeout)
+
+    async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
+                           live: bool, config: bool) -> None:
+        await self._call("change_media", name=name, disk=disk, source=source, format=format, force=force,
+                         live=live, config=config)
+
     async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
         await self._call("set_block_threshold", name=name, dev=dev, threshold=threshold)
 

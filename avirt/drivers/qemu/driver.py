@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
+from avirt.config.devices import Disk
 from avirt.config.metadata import find as find_metadata
 from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
@@ -32,6 +33,7 @@ from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
+from avirt.drivers.qemu.hotplug import Devices
 from avirt.drivers.qemu.offlinejobs import OfflineJobs
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
@@ -92,6 +94,7 @@ class QemuDriver(Driver):
         self.jobs = OnlineJobs(self)
         self.images = ImageIndex(host, self.files.chains_path)
         self.offline_jobs = OfflineJobs(self)
+        self.devices = Devices(self)
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
@@ -342,18 +345,23 @@ class QemuDriver(Driver):
         for disk in cfg.disks:
             if disk.source is None and disk.device != "disk":
                 continue  # an empty drive: a device without media
-            if disk.source is None or not await self.host.exists(disk.source):
-                raise DomainStartError(f"cannot start domain '{cfg.name}': disk {disk.target} image "
-                                       f"{disk.source} does not exist")
-            if disk.format == "raw":
-                chains[disk.target] = [Layer(disk.source, "raw")]
-                continue
             try:
-                layers = await chain_layers(self.host, disk.source, disk.format)
-            except ImageError as e:
-                raise DomainStartError(f"cannot start domain '{cfg.name}': disk {disk.target}: {e}") from e
-            chains[disk.target] = [Layer(path, fmt) for path, fmt in reversed(layers)]
+                chains[disk.target] = await self.disk_layers(cfg.name, disk)
+            except (OperationInvalidError, ImageError) as e:
+                raise DomainStartError(f"cannot start domain '{cfg.name}': {e}") from e
         return chains
+
+    async def disk_layers(self, name: str, disk: Disk) -> list[Layer]:
+        """One disk's layers, bottom first (for a start, a hotplug or a new medium)."""
+        if disk.source is None or not await self.host.exists(disk.source):
+            raise OperationInvalidError(f"disk {disk.target} image {disk.source} does not exist")
+        if disk.format == "raw":
+            return [Layer(disk.source, "raw")]
+        try:
+            layers = await chain_layers(self.host, disk.source, disk.format)
+        except ImageError as e:
+            raise ImageError(f"disk {disk.target}: {e}", e.returncode, e.stderr) from e
+        return [Layer(path, fmt) for path, fmt in reversed(layers)]
 
     async def _accelerator(self, cfg: DomainConfig) -> str:
         if cfg.hypervisor == "qemu":
@@ -541,6 +549,25 @@ class QemuDriver(Driver):
                     await self.host.remove_tree(path)
                 raise
             return overlays
+
+    # -- devices -----------------------------------------------------------------------------------------
+
+    async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            await self.devices.attach(guest, xml, live=live, config=config)
+
+    async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            await self.devices.detach(guest, xml, live=live, config=config, timeout=timeout)
+
+    async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
+                           live: bool, config: bool) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            await self.devices.change_media(guest, disk, source, format=format, force=force, live=live,
+                                            config=config)
 
     async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
         guest = self._find(name)
@@ -752,6 +779,10 @@ class QemuDriver(Driver):
             self._event_time = None
         if msg.get("event", "").startswith(("JOB_", "BLOCK_JOB_")):
             self.jobs.on_qmp_event(guest, msg)
+        elif msg.get("event") == "DEVICE_DELETED" and guest.detaching:
+            released = guest.detaching.pop((msg.get("data") or {}).get("device") or "", None)
+            if released is not None:
+                released.set()
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
                 if cls is BlockJobEvent and fields["status"] is not BlockJobStatus.READY \

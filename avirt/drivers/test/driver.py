@@ -28,8 +28,10 @@ from avirt.config.metadata import find as find_metadata
 from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record, wait_shut_off
+from avirt.drivers.devices import find_disk, new_controllers, with_disk, without_disk
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
 from avirt.drivers.qemu.blockjobs import resolve_index
+from avirt.drivers.qemu.hotplug import check_pluggable, check_unpluggable
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
 from avirt.drivers.test.stats import domain_stats
@@ -39,7 +41,14 @@ from avirt.errors import (
     UnsupportedError,
 )
 from avirt.events.bus import EventBus
-from avirt.events.model import LifecycleEvent, LifecycleType, MetadataChangeEvent, RebootEvent
+from avirt.events.model import (
+    DeviceRemovedEvent,
+    LifecycleEvent,
+    LifecycleType,
+    MetadataChangeEvent,
+    RebootEvent,
+    TrayChangeEvent,
+)
 from avirt.events.translate import lifecycle_for
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -302,6 +311,67 @@ class TestDriver(Driver):
 
     async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
         return self.disks.snapshot(await self.find(name), snapshot, disks)
+
+    # -- devices: the QEMU driver's rules (drivers/devices.py, qemu/hotplug.py), applied at once ----------
+
+    async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
+        dom = await self.find(name)
+        to_live, to_config = dom.affected(live=live, config=config)
+        new_live = new_definition = None
+        if to_live:
+            assert dom.live is not None
+            new_live, disk = with_disk(dom.live, xml, MACHINE_ALIASES)
+            check_pluggable(dom.name, disk, new_controllers(dom.live, new_live))
+        if to_config:
+            assert dom.definition is not None
+            new_definition, disk = with_disk(dom.definition, xml, MACHINE_ALIASES)
+        if disk.source is not None:  # as define does: a named image exists (see images.py)
+            self.disks.images.ensure(disk.source, disk.format, [])
+        dom.live = new_live or dom.live
+        dom.definition = new_definition or dom.definition
+
+    async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
+        dom = await self.find(name)
+        to_live, to_config = dom.affected(live=live, config=config)
+        if to_live:
+            assert dom.live is not None
+            disk = find_disk(dom.live, xml)
+            check_unpluggable(dom.name, disk)
+            if self.disks.job(dom, disk.target) is not None:
+                raise OperationInvalidError(f"disk {disk.target} of '{name}' has a block job running")
+        if to_config:
+            assert dom.definition is not None
+            dom.definition = without_disk(dom.definition, find_disk(dom.definition, xml).target)
+        if to_live:
+            assert dom.live is not None
+            dom.live = without_disk(dom.live, disk.target)  # a simulated guest always lets go
+            self.bus.emit(DeviceRemovedEvent, dom.name, dom.uuid, alias=disk.target)
+
+    async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
+                           live: bool, config: bool) -> None:
+        dom = await self.find(name)
+        to_live, to_config = dom.affected(live=live, config=config)
+        drives = [d for cfg, wanted in ((dom.live, to_live), (dom.definition, to_config))
+                  if wanted and cfg is not None for d in [cfg.disk(disk)]]
+        for drive in drives:
+            if drive is None:
+                raise OperationInvalidError(f"domain '{name}' has no disk {disk}")
+            if drive.device not in ("cdrom", "floppy"):
+                raise OperationInvalidError(f"disk {disk} of '{name}' is a {drive.device}, not a cdrom or "
+                                            "floppy: its medium cannot change (detach it instead)")
+        if source is not None:
+            self.disks.images.ensure(source, format, [])
+        if dom.live is not None and dom.live is dom.definition:
+            dom.live = copy.deepcopy(dom.live)  # from now on the two may differ
+        for cfg, wanted in ((dom.live, to_live), (dom.definition, to_config)):
+            drive = cfg.disk(disk) if wanted and cfg is not None else None
+            if drive is not None:
+                drive.source = source
+                drive.format = format if source is not None else drive.format  # type: ignore[assignment]
+        if to_live:
+            self.bus.emit(TrayChangeEvent, dom.name, dom.uuid, device=disk, open=True)
+            if source is not None:
+                self.bus.emit(TrayChangeEvent, dom.name, dom.uuid, device=disk, open=False)
 
     async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
         dom = await self.find(name)
