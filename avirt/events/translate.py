@@ -90,7 +90,11 @@ def _tray(data: Fields, names: Names) -> Translation:
 
 
 def _device_deleted(data: Fields, names: Names) -> Translation:
-    return [(DeviceRemovedEvent, {"alias": data.get("device") or data.get("path", "")})]
+    # QEMU also reports the parts of a device that have no id of their own (a virtio disk's backend,
+    # "/machine/peripheral/vda/virtio-backend"): the device itself follows with its id. libvirt skips
+    # those too.
+    device = data.get("device")
+    return [(DeviceRemovedEvent, {"alias": device})] if device else []
 
 
 _JOB_TYPES = {"commit": JobKind.COMMIT, "stream": JobKind.PULL, "mirror": JobKind.COPY}

@@ -43,6 +43,7 @@ count=0
 sleep_s=0
 blocks=
 shares=
+wait_s=0
 # avirt.* parameters are not passed to init by the kernel (dotted names look like module
 # parameters), so read them from /proc/cmdline.
 for arg in $(cat /proc/cmdline); do
@@ -54,6 +55,7 @@ for arg in $(cat /proc/cmdline); do
         avirt.actions=*) actions=${arg#*=} ;;
         avirt.blocks=*) blocks=${arg#*=} ;;
         avirt.shares=*) shares=${arg#*=} ;;
+        avirt.wait=*) wait_s=${arg#*=} ;;
     esac
 done
 
@@ -129,6 +131,16 @@ report_shares() {
 # (ash runs the trap after the foreground command), then the loop stops: a test can rely on
 # "the disk holds the last reported pattern of every slot" even across a powerdown.
 workload_write() {
+    # avirt.wait=S: a disk plugged in after boot; wait up to S seconds for /dev/vda to appear.
+    n=0
+    while [ ! -b /dev/vda ] && [ "$n" -lt "$((wait_s * 20))" ]; do
+        sleep 0.05
+        n=$((n + 1))
+    done
+    if [ ! -b /dev/vda ]; then
+        echo "avirt-wl: error no /dev/vda after ${wait_s} s"
+        return 1
+    fi
     stop=0
     trap 'stop=1' TERM
     i=0
@@ -187,7 +199,8 @@ wl_pid=
 case "$workload" in
     none) ;;
     write)
-        if [ ! -b /dev/vda ]; then
+        # With avirt.wait the disk may come later (plugged in after "ready"): workload_write waits.
+        if [ ! -b /dev/vda ] && [ "$wait_s" = 0 ]; then
             say "error avirt.workload=write but no /dev/vda"
             workload=none
         fi

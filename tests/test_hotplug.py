@@ -1,0 +1,95 @@
+"""Disk hotplug on real QEMU: a booted guest writes to a disk plugged in after boot and lets it go when
+asked; a guest that cannot answer (no OS) keeps its PCI disk and the detach says so in time; block jobs
+work on a plugged disk as on any other.
+
+The conformance suite (tests/conformance/test_devices.py) covers what every driver shares: SCSI
+attach/detach, the refusals, the definitions, cdrom media.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from avirt import BlockJobStatus, DeviceRemovedEvent, EventKind
+from avirt.connection import Connection
+from avirt.errors import DeviceDetachTimeoutError, OperationInvalidError, OperationTimeoutError
+from tests.events_help import read_until
+from tests.guest import BASE_CMDLINE, GuestImages
+from tests.images import GUEST_VIEW, check, make_chain, reads
+from tests.waiting import wait_for_serial
+from tests.xmls import XMLFactory
+
+pytestmark = pytest.mark.anyio
+
+ROOT_PORTS = "<controller type='pci' model='pcie-root-port'/>" * 2
+
+
+def virtio_disk(target: str, path: Path) -> str:
+    return (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+            f"<source file='{path}'/><target dev='{target}' bus='virtio'/></disk>")
+
+
+async def test_a_booted_guest_writes_to_a_plugged_disk_and_lets_it_go(
+        conn: Connection, xml: XMLFactory, tmp_path: Path, guest_images: GuestImages) -> None:
+    image = tmp_path / "hot.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    serial = tmp_path / "serial.log"
+    dom = await conn.define_xml(xml(
+        "hotguest", type="qemu", memory_mib=256, kernel=str(guest_images.kernel),
+        initrd=str(guest_images.initrd), serial_file=str(serial), extra_devices=ROOT_PORTS,
+        cmdline=f"{BASE_CMDLINE} avirt.workload=write avirt.count=4 avirt.wait=120"))
+    await dom.start()
+    await wait_for_serial(serial, "avirt-guest: ready")
+    await dom.attach_device(virtio_disk("vda", image))  # the guest's workload waits for /dev/vda
+    await wait_for_serial(serial, "avirt-wl: done")
+    assert "avirt-wl: error" not in serial.read_text()
+    [record] = await conn.all_domain_stats({"block"}, [dom])
+    assert record.params["block.0.name"] == "vda" and record.params["block.0.wr.bytes"] >= 4 * 65536
+    async with conn.events(kinds={EventKind.DEVICE_REMOVED}, domain=dom) as stream:
+        # A detach that does not wait for the guest (timeout 0) times out at once, and finishes by itself
+        # when the guest has let go (through ACPI hotplug, QEMU's default on q35).
+        with pytest.raises(DeviceDetachTimeoutError):
+            await dom.detach_device(virtio_disk("vda", image), timeout=0)
+        assert "vda" in await dom.xml()
+        [removed] = await read_until(stream, lambda e: True, timeout=60)
+    assert isinstance(removed, DeviceRemovedEvent) and removed.alias == "vda"
+    with anyio.fail_after(10):
+        while "vda" in await dom.xml():  # noqa: ASYNC110 (the finishing task gives no event of its own)
+            await anyio.sleep(0.05)
+    blocks = await dom.qemu_monitor_command("query-block")
+    assert not any("vda" in b.get("qdev", "") for b in blocks)
+    # QEMU has closed the image: read what the guest wrote, slot K MiB holding pattern K + 1
+    for slot in range(4):
+        subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c",
+                        f"read -P {slot + 1:#x} {slot}M 64k", str(image)], check=True, capture_output=True)
+    await dom.destroy()
+
+
+async def test_a_guest_without_an_os_keeps_its_pci_disk_and_the_detach_times_out(
+        conn: Connection, xml: XMLFactory, tmp_path: Path, state_dir: Path) -> None:
+    chain = make_chain(tmp_path)
+    dom = await conn.define_xml(xml("hotpaused", extra_devices=ROOT_PORTS))
+    await dom.start(paused=True)
+    await dom.attach_device(virtio_disk("vdb", chain.active), config=True)
+    # block jobs on the plugged disk: its layers have avirt's node names like any other disk's
+    pull = await dom.block_pull("vdb", base=str(chain.snap1))
+    assert await pull == BlockJobStatus.COMPLETED
+    await dom.set_block_threshold("vdb[1]", 1 << 20)  # a backing layer of a plugged disk has a node too
+    commit = await dom.block_commit("vdb", pivot=True)
+    assert await commit == BlockJobStatus.COMPLETED
+    assert str(chain.base) in await dom.xml(inactive=True)  # the definition follows the job
+    with anyio.fail_after(10):
+        with pytest.raises(DeviceDetachTimeoutError) as raised:
+            await dom.detach_device(virtio_disk("vdb", chain.base), timeout=1)
+    assert isinstance(raised.value, OperationTimeoutError) and raised.value.device == "vdb"
+    assert "did not release device vdb within 1 s" in str(raised.value)
+    assert "vdb" in await dom.xml()  # still there: the guest never let go
+    with pytest.raises(OperationInvalidError, match="already waiting for the guest"):
+        await dom.detach_device("<disk><target dev='vdb'/></disk>", timeout=1)
+    await dom.destroy()
+    assert reads(chain.base, GUEST_VIEW, alone=True) == []
+    check(chain.base)
