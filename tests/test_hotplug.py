@@ -8,12 +8,15 @@ attach/detach, the refusals, the definitions, cdrom media.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import anyio
 import pytest
+from qemu.qmp import QMPClient
 
+import avirt
 from avirt import BlockJobStatus, DeviceRemovedEvent, EventKind
 from avirt.connection import Connection
 from avirt.errors import DeviceDetachTimeoutError, OperationInvalidError, OperationTimeoutError
@@ -93,3 +96,39 @@ async def test_a_guest_without_an_os_keeps_its_pci_disk_and_the_detach_times_out
     await dom.destroy()
     assert reads(chain.base, GUEST_VIEW, alone=True) == []
     check(chain.base)
+
+
+async def test_a_device_del_of_anyone_is_followed_watched_or_not(
+        xml: XMLFactory, tmp_path: Path, state_dir: Path) -> None:
+    """QEMU removes a device whoever asked: avirt's live definition and open nodes follow, whether this
+    controller saw it happen (someone's own QMP command) or a later one finds it gone."""
+    image = tmp_path / "sdb.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8M"], check=True)
+    scsi_disk = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                 f"<source file='{image}'/><target dev='sdb' bus='scsi'/></disk>")
+    nodes = state_dir / "run" / "anyone" / "nodes.json"
+    async with avirt.connect(state_dir=state_dir) as conn:
+        dom = await conn.define_xml(xml("anyone", extra_devices="<controller type='scsi'/>"))
+        await dom.start(paused=True)
+        await dom.attach_device(scsi_disk)
+        assert "sdb-1" in json.loads(nodes.read_text())
+        await dom.qemu_monitor_command("device_del", {"id": "sdb"})  # not through avirt's API
+        with anyio.fail_after(10):
+            while "sdb" in await dom.xml():  # noqa: ASYNC110 (the finishing task gives no event of its own)
+                await anyio.sleep(0.05)
+        assert "sdb-1" not in json.loads(nodes.read_text())  # closed
+        await dom.attach_device(scsi_disk)
+        assert "sdb-1" in json.loads(nodes.read_text())  # closed names are free again
+    client = QMPClient()  # no controller now: someone removes the disk behind avirt's back
+    await client.connect(str(state_dir / "run" / "anyone" / "qmp.sock"))
+    await client.execute("device_del", {"id": "sdb"})
+    with anyio.fail_after(10):  # QEMU finishes the removal a moment after it answered
+        while any(b.get("qdev") == "sdb" for b in await client.execute("query-block")):  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+    await client.disconnect()
+    async with avirt.connect(state_dir=state_dir) as conn:
+        dom = await conn.lookup("anyone")
+        assert "sdb" not in await dom.xml()
+        assert json.loads(nodes.read_text()) == {}  # the new controller closed its nodes
+        await dom.attach_device(scsi_disk)  # and the target can be used again
+        await dom.destroy()

@@ -739,6 +739,7 @@ class QemuDriver(Driver):
                 guest.process = resumed
                 if resumed.monitor.connected:
                     await self.jobs.refresh_chains(guest)
+                    await self.devices.forget_unplugged(guest)
                     await self.jobs.resync(guest)
                     status = await resumed.monitor.execute("query-status")
                     state, reason = STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown"))
@@ -779,10 +780,8 @@ class QemuDriver(Driver):
             self._event_time = None
         if msg.get("event", "").startswith(("JOB_", "BLOCK_JOB_")):
             self.jobs.on_qmp_event(guest, msg)
-        elif msg.get("event") == "DEVICE_DELETED" and guest.detaching:
-            released = guest.detaching.pop((msg.get("data") or {}).get("device") or "", None)
-            if released is not None:
-                released.set()
+        elif msg.get("event") == "DEVICE_DELETED" and not self._closing:
+            self.devices.device_deleted(guest, (msg.get("data") or {}).get("device") or "")
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
                 if cls is BlockJobEvent and fields["status"] is not BlockJobStatus.READY \
@@ -903,6 +902,7 @@ class QemuDriver(Driver):
         try:
             guest.nodes = await self.files.read_nodes(name)  # the names avirt gave (see state.py)
             await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
+            await self.devices.forget_unplugged(guest)
             await self.jobs.reattach(guest)
             status = await process.monitor.execute("query-status")
             guest.restore(saved, status["status"])

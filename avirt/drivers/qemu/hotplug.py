@@ -13,7 +13,9 @@ does QEMU remove it and say ``DEVICE_DELETED``; USB and SCSI devices go at once.
 event, for at most its timeout. Then the nodes under the device are closed (``blockdev-del``, top down)
 and the disk leaves the live definition. A guest that does not answer in time (paused, no OS, an OS
 without hotplug support) gets :class:`~avirt.errors.DeviceDetachTimeoutError`; the request stands in
-QEMU, so a task waits on for the event and finishes the detach if it comes while this QEMU runs.
+QEMU, and when its ``DEVICE_DELETED`` comes later (or after someone's own QMP ``device_del``) the
+detach is finished then; a new controller drops from the live definition the disks that left while
+none watched.
 
 **Media** of cdroms and floppies are changed in four steps, not with ``blockdev-change-medium``, so that
 the new medium's nodes have avirt's names (block jobs and events name them): the new image is opened
@@ -74,6 +76,8 @@ class DeviceHost(Protocol):
 class Devices:
     def __init__(self, driver: DeviceHost) -> None:
         self._driver = driver
+        #: (domain, target) of the detach calls waiting for their DEVICE_DELETED now.
+        self._waiting: set[tuple[str, str]] = set()
 
     # -- attach ----------------------------------------------------------------------------------------
 
@@ -157,18 +161,59 @@ class Devices:
     async def _unplug(self, guest: Guest, target: str, timeout: float) -> None:
         released = anyio.Event()
         guest.detaching[target] = released  # before device_del: its DEVICE_DELETED may come at once
+        self._waiting.add((guest.name, target))
         try:
-            await self._driver.monitor(guest).execute("device_del", {"id": target})
-        except QMPError:
-            guest.detaching.pop(target, None)
-            raise
-        with anyio.move_on_after(timeout):
-            await released.wait()
-        if not released.is_set():
-            self._driver.tasks.start_soon(self._finish_later, guest, target, released, guest.stopped,
-                                          name=f"detach-{guest.name}-{target}")
+            try:
+                await self._driver.monitor(guest).execute("device_del", {"id": target})
+            except QMPError:
+                guest.detaching.pop(target, None)
+                raise
+            with anyio.move_on_after(timeout):
+                await released.wait()
+        finally:
+            self._waiting.discard((guest.name, target))
+        if not released.is_set():  # the request stands: device_deleted() finishes it if the guest agrees
             raise DeviceDetachTimeoutError(guest.name, target, timeout)
         await self._unplugged(guest, target)
+
+    def device_deleted(self, guest: Guest, device: str) -> None:
+        """QEMU's DEVICE_DELETED: a detach waiting for it goes on; otherwise (its wait timed out, another
+        controller asked, or someone's own QMP ``device_del``) the disk leaves the live definition here."""
+        released = guest.detaching.pop(device, None)
+        if released is not None:
+            released.set()
+        if (guest.name, device) in self._waiting or guest.live is None or guest.live.disk(device) is None:
+            return
+        self._driver.tasks.start_soon(self._finish, guest, device, guest.process,
+                                      name=f"detach-{guest.name}-{device}")
+
+    async def _finish(self, guest: Guest, target: str, process: object) -> None:
+        try:
+            async with guest.lock:
+                if guest.process is process and guest.live is not None and guest.live.disk(target):
+                    await self._unplugged(guest, target)
+        except (QMPError, HostError, OSError) as e:
+            log.warning("domain %s: finishing the detach of %s failed: %s", guest.name, target, e)
+
+    async def forget_unplugged(self, guest: Guest) -> None:
+        """After a re-attach: disks the guest let go while no controller watched leave the live definition
+        (their nodes are closed as leftovers by the job module's re-attach)."""
+        pluggable = [d.target for d in (guest.live.disks if guest.live else []) if d.bus in HOTPLUG_BUSES]
+        if not pluggable:
+            return
+        blocks = await self._driver.monitor(guest).execute("query-block")
+        present = {_device_id(b.get("qdev", "")) for b in blocks}
+        gone = [target for target in pluggable if target not in present]
+        if not gone:
+            return
+        assert guest.live is not None
+        log.info("domain %s: %s left while no controller watched", guest.name, ", ".join(gone))
+        live = guest.live
+        for target in gone:
+            live = without_disk(live, target)
+        guest.live = live
+        guest.chains = {t: layers for t, layers in guest.chains.items() if t not in gone}
+        await self._driver.files.write_live(guest.name, domain_to_xml(live))
 
     async def _unplugged(self, guest: Guest, target: str) -> None:
         """The device is gone from QEMU: close its nodes, and the disk leaves the live definition."""
@@ -177,24 +222,6 @@ class Devices:
         if guest.live is not None and guest.live.disk(target) is not None:
             guest.live = without_disk(guest.live, target)
             await self._driver.files.write_live(guest.name, domain_to_xml(guest.live))
-
-    async def _finish_later(self, guest: Guest, target: str, released: anyio.Event,
-                            stopped: anyio.Event) -> None:
-        """After a detach timed out: finish it if the guest lets the device go while this QEMU runs."""
-        async with anyio.create_task_group() as group:
-            async def until(event: anyio.Event) -> None:
-                await event.wait()
-                group.cancel_scope.cancel()
-
-            group.start_soon(until, released)
-            group.start_soon(until, stopped)
-        if not released.is_set() or stopped.is_set():
-            return
-        try:
-            async with guest.lock:
-                await self._unplugged(guest, target)
-        except (QMPError, HostError, OSError) as e:
-            log.warning("domain %s: finishing the detach of %s failed: %s", guest.name, target, e)
 
     # -- media -----------------------------------------------------------------------------------------
 
@@ -265,6 +292,11 @@ def check_pluggable(name: str, disk: Disk, needed: list[Controller]) -> None:
             f"disk {disk.target} needs {', '.join(describe(c) for c in needed)}, which a running domain "
             f"cannot be given; add it to the definition (config=True) and restart '{name}', or keep a "
             "spare one in the definition for hotplug")
+
+
+def _device_id(qdev: str) -> str:
+    """``/machine/peripheral/vda/virtio-backend`` (virtio) or ``sdb`` (scsi, usb) -> the device id."""
+    return qdev.removeprefix("/machine/peripheral/").split("/")[0]
 
 
 def _with_medium(cfg: DomainConfig, target: str, source: str | None, format: str) -> DomainConfig:
