@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -25,6 +26,9 @@ from tests.guest import BASE_CMDLINE, GuestImages
 from tests.images import GUEST_VIEW, check, make_chain, reads
 from tests.waiting import wait_for_serial
 from tests.xmls import XMLFactory
+
+if TYPE_CHECKING:
+    from tests.test_cli import CLI
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +136,36 @@ async def test_a_device_del_of_anyone_is_followed_watched_or_not(
         assert json.loads(nodes.read_text()) == {}  # the new controller closed its nodes
         await dom.attach_device(scsi_disk)  # and the target can be used again
         await dom.destroy()
+
+
+def test_cli_attach_detach_and_media(cli: CLI, xml: XMLFactory, tmp_path: Path) -> None:
+    image = tmp_path / "data.qcow2"
+    iso = tmp_path / "disc.iso"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(iso), "1M"], check=True)
+    cdrom = "<disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>"
+    definition = tmp_path / "cli.xml"
+    definition.write_text(xml("clihot", extra_devices="<controller type='scsi'/>" + cdrom))
+    cli.ok("define", str(definition))
+    # shut off, no flag: the definition ("current")
+    assert cli.ok("attach-disk", "clihot", str(image), "sdb") == "Disk attached successfully\n"
+    assert "sdb" in cli.ok("domblklist", "clihot")
+    cli.ok("start", "--paused", "clihot")
+    assert cli.ok("detach-disk", "clihot", "sdb", "--persistent") == "Disk detached successfully\n"
+    assert "sdb" not in cli.ok("domblklist", "clihot")
+    assert "sdb" not in cli.ok("domblklist", "clihot", "--inactive")
+    device = tmp_path / "sdc.xml"
+    device.write_text(f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                      f"<source file='{image}'/><target dev='sdc' bus='scsi'/></disk>")
+    assert cli.ok("attach-device", "clihot", str(device)) == "Device attached successfully\n"  # live
+    assert "sdc" in cli.ok("domblklist", "clihot") and "sdc" not in cli.ok("domblklist", "clihot",
+                                                                             "--inactive")
+    assert cli.ok("detach-device", "clihot", str(device)) == "Device detached successfully\n"
+    assert cli.ok("change-media", "clihot", "sda", str(iso), "--insert") == "Successfully inserted media.\n"
+    assert str(iso) in cli.ok("domblklist", "clihot")
+    assert cli.ok("change-media", "clihot", "sda", "--eject") == "Successfully ejected media.\n"
+    assert str(iso) not in cli.ok("domblklist", "clihot")
+    assert "SOURCE is needed" in cli.fails("change-media", "clihot", "sda")
+    assert "already has a disk sda" in cli.fails("attach-disk", "clihot", str(iso), "sda", "--targetbus",
+                                                 "sata", "--type", "cdrom")
+    cli.ok("destroy", "clihot")
