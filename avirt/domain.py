@@ -204,10 +204,10 @@ class Domain:
     async def block_stats(self, disk: str, *, timeout: float = 5.0) -> dict[str, int]:
         """The I/O counters of one disk of the running domain (virDomainBlockStatsFlags, virsh domblkstat):
         ``rd_operations``, ``rd_bytes``, ``rd_total_times`` (ns), ``wr_*`` and ``flush_*`` likewise."""
-        from avirt.drivers.stats import UNRESPONSIVE, block_stats
+        from avirt.drivers.stats import STATE_NUMBERS, UNRESPONSIVE, block_stats
 
         [(_, params)] = await self._driver.all_domain_stats(["state", "block"], [self.name], timeout)
-        if params.get("state.state") == 5:
+        if params.get("state.state") == STATE_NUMBERS[DomainState.SHUTOFF]:
             raise OperationInvalidError(f"domain '{self.name}' is not running")
         if params.get(UNRESPONSIVE):
             raise OperationTimeoutError(f"domain '{self.name}': QEMU did not answer within {timeout:g} s")

@@ -79,6 +79,7 @@ async def test_a_booted_guest_writes_to_a_plugged_disk_and_lets_it_go(
 async def test_a_guest_without_an_os_keeps_its_pci_disk_and_the_detach_times_out(
         conn: Connection, xml: XMLFactory, tmp_path: Path, state_dir: Path) -> None:
     chain = make_chain(tmp_path)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "vdc.qcow2"), "8M"], check=True)
     dom = await conn.define_xml(xml("hotpaused", extra_devices=ROOT_PORTS))
     await dom.start(paused=True)
     await dom.attach_device(virtio_disk("vdb", chain.active), config=True)
@@ -97,6 +98,14 @@ async def test_a_guest_without_an_os_keeps_its_pci_disk_and_the_detach_times_out
     assert "vdb" in await dom.xml()  # still there: the guest never let go
     with pytest.raises(OperationInvalidError, match="already waiting for the guest"):
         await dom.detach_device("<disk><target dev='vdb'/></disk>", timeout=1)
+    async with avirt.connect(state_dir=state_dir) as client:  # the typed error crosses the wire too
+        with pytest.raises(OperationInvalidError, match="already waiting for the guest"):
+            await (await client.lookup("hotpaused")).detach_device("<disk><target dev='vdb'/></disk>")
+        await dom.attach_device(virtio_disk("vdc", tmp_path / "vdc.qcow2"), live=True)
+        with pytest.raises(DeviceDetachTimeoutError) as remote:
+            await (await client.lookup("hotpaused")).detach_device("<disk><target dev='vdc'/></disk>",
+                                                                    timeout=0.5)
+        assert remote.value.device == "vdc" and remote.value.timeout == 0.5
     await dom.destroy()
     assert reads(chain.base, GUEST_VIEW, alone=True) == []
     check(chain.base)
