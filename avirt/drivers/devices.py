@@ -31,13 +31,19 @@ __all__ = ["describe", "device_element", "find_disk", "new_controllers", "with_d
 
 def device_element(xml: str) -> etree._Element:
     """The one ``<disk>`` element of ``xml``; other device kinds are not hotpluggable in avirt yet."""
+    # As parse_domain_xml reads a document: a str is already decoded, and no DTD or entity is honoured.
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True,
-                             remove_pis=True)
+                             remove_pis=True, encoding="utf-8")
     try:
-        element = etree.fromstring(xml.encode() if isinstance(xml, str) else xml, parser)
+        element = etree.fromstring(xml.encode("utf-8"), parser)
+    except UnicodeEncodeError as e:  # lone surrogates, as os.fsdecode makes of undecodable bytes
+        raise InvalidXMLError(f"the device XML is not valid Unicode: {e.reason}") from e
     except etree.XMLSyntaxError as e:
         raise InvalidXMLError(f"malformed device XML: {e.msg}", e.lineno) from e
-    if element.tag != "disk":
+    tree = element.getroottree()
+    if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
+        raise InvalidXMLError("DOCTYPE declarations are not accepted", 1)
+    if not isinstance(element.tag, str) or element.tag != "disk":
         raise UnsupportedError([f"/{element.tag}"], "avirt attaches and detaches <disk> devices only, not")
     return element
 
