@@ -1,8 +1,8 @@
 """Disks attached to and detached from running and shut-off domains, and cdrom media changed, on every
 driver: the same definitions change, the same refusals, the same events.
 
-SCSI disks leave a running QEMU at once (the HBA needs no word from the guest), so they are what is
-detached here from guests without an OS; a PCI device waits for the guest, which tests/test_hotplug.py
+SCSI and USB disks leave a running QEMU at once (their buses need no word from the guest), so they are
+what is detached here from guests without an OS; a PCI device waits for the guest, which tests/test_hotplug.py
 covers on QEMU alone (its timeout, and a real guest that lets go).
 """
 
@@ -43,10 +43,13 @@ def targets(xml: str) -> list[str]:
     return [t.get("dev") for t in etree.fromstring(xml.encode()).iterfind("devices/disk/target")]
 
 
-async def test_a_scsi_disk_comes_and_goes_on_a_running_domain(world: World) -> None:
-    dom = await world.conn.define_xml(world.xml("hp-scsi", extra_devices=SCSI))
+@pytest.mark.parametrize(("bus", "controller"), [("scsi", SCSI),
+                                                  ("usb", "<controller type='usb' model='qemu-xhci'/>")])
+async def test_a_scsi_or_usb_disk_comes_and_goes_on_a_running_domain(
+        world: World, bus: str, controller: str) -> None:
+    dom = await world.conn.define_xml(world.xml("hp-scsi", extra_devices=controller))
     await dom.start(paused=True)
-    added = disk_xml("sdb", image(world, "sdb.qcow2"), "scsi")
+    added = disk_xml("sdb", image(world, "sdb.qcow2"), bus)
     await dom.attach_device(added, live=True, config=True)
     assert targets(await dom.xml()) == ["sdb"]
     assert targets(await dom.xml(inactive=True)) == ["sdb"]
