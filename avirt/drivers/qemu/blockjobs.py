@@ -88,16 +88,17 @@ class OnlineJobs:
 
     # -- chains ------------------------------------------------------------------------------------------
 
-    async def refresh_chains(self, guest: Guest) -> None:
+    async def refresh_chains(self, guest: Guest) -> list[dict[str, Any]]:
         """Read every disk's chain back from QEMU: files top-down (``query-block``, which names the top's
         node), each lower layer's node from the names avirt gave (``Guest.nodes``; the newest name of a
-        file wins: a file is open once)."""
+        file wins: a file is open once). Returns QEMU's answer, for callers that need more of it."""
         if not guest.config.disks:
             guest.chains = {}
-            return
-        blocks = await self._driver.monitor(guest).execute("query-block")
+            return []
+        blocks: list[dict[str, Any]] = await self._driver.monitor(guest).execute("query-block")
         known = {path: node for node, path in guest.nodes.items()}
         guest.chains = _chains_from(guest, blocks, known)
+        return blocks
 
     async def note_nodes(self, guest: Guest, *, add: dict[str, str] | None = None,
                           drop: list[str] | None = None) -> None:

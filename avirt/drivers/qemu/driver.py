@@ -738,8 +738,7 @@ class QemuDriver(Driver):
                     return None
                 guest.process = resumed
                 if resumed.monitor.connected:
-                    await self.jobs.refresh_chains(guest)
-                    await self.devices.forget_unplugged(guest)
+                    await self.devices.forget_unplugged(guest, await self.jobs.refresh_chains(guest))
                     await self.jobs.resync(guest)
                     status = await resumed.monitor.execute("query-status")
                     state, reason = STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown"))
@@ -901,8 +900,8 @@ class QemuDriver(Driver):
             return
         try:
             guest.nodes = await self.files.read_nodes(name)  # the names avirt gave (see state.py)
-            await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
-            await self.devices.forget_unplugged(guest)
+            blocks = await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
+            await self.devices.forget_unplugged(guest, blocks)
             await self.jobs.reattach(guest)
             status = await process.monitor.execute("query-status")
             guest.restore(saved, status["status"])

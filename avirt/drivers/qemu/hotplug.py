@@ -195,13 +195,13 @@ class Devices:
         except (QMPError, HostError, OSError) as e:
             log.warning("domain %s: finishing the detach of %s failed: %s", guest.name, target, e)
 
-    async def forget_unplugged(self, guest: Guest) -> None:
-        """After a re-attach: disks the guest let go while no controller watched leave the live definition
-        (their nodes are closed as leftovers by the job module's re-attach)."""
+    async def forget_unplugged(self, guest: Guest, blocks: list[dict[str, Any]]) -> None:
+        """After a re-attach, with QEMU's ``query-block`` answer: disks the guest let go while no controller
+        watched leave the live definition (their nodes are closed as leftovers by the job module's
+        re-attach)."""
         pluggable = [d.target for d in (guest.live.disks if guest.live else []) if d.bus in HOTPLUG_BUSES]
         if not pluggable:
             return
-        blocks = await self._driver.monitor(guest).execute("query-block")
         present = {_device_id(b.get("qdev", "")) for b in blocks}
         gone = [target for target in pluggable if target not in present]
         if not gone:
