@@ -129,6 +129,13 @@ async def test_cdrom_media_change_with_tray_events(world: World) -> None:
     with pytest.raises(OperationInvalidError, match="no disk vdz"):
         await dom.change_media("vdz", iso)
     await dom.destroy()
+    with pytest.raises(OperationInvalidError, match="not running"):
+        await dom.change_media("sda", iso)
+    await dom.change_media("sda", iso, config=True)  # shut off: the definition's drive
+    assert iso in await dom.xml(inactive=True)
+    await dom.start(paused=True)  # and the next run has the medium in
+    assert iso in await dom.xml()
+    await dom.destroy()
     disk = await world.conn.define_xml(world.xml("hp-hd", disks=[("vda", image(world, "hd.qcow2"), "qcow2")]))
     await disk.start(paused=True)
     with pytest.raises(OperationInvalidError, match="vda of 'hp-hd' is a disk, not a cdrom or floppy"):
