@@ -50,7 +50,8 @@ if TYPE_CHECKING:
         WatchdogEvent,
     )
     from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
-    from avirt.models import DomainInfo, DomainState, DomainStats, ImageInfo
+    from avirt.migration import MigrationJob
+    from avirt.models import DomainInfo, DomainState, DomainStats, ImageInfo, MigrationProgress
 
 __version__ = "0.1.0"
 
@@ -84,7 +85,9 @@ _NAMES = {
     "BlockJob": "avirt.jobs",
     "BlockJobInfo": "avirt.jobs",
     "JobPhase": "avirt.jobs",
+    "MigrationJob": "avirt.migration",
     "DomainInfo": "avirt.models",
+    "MigrationProgress": "avirt.models",
     "DomainState": "avirt.models",
     "DomainStats": "avirt.models",
     "ImageInfo": "avirt.models",
@@ -131,6 +134,8 @@ __all__ = [
     "LifecycleEvent",
     "LifecycleType",
     "MetadataChangeEvent",
+    "MigrationJob",
+    "MigrationProgress",
     "PMEvent",
     "PMWakeupEvent",
     "QMPEvent",

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from avirt import migration
 from avirt.errors import InvalidArgumentError, OperationInvalidError, OperationTimeoutError
 from avirt.jobs import BlockJob
+from avirt.migration import MigrationJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
 
 if TYPE_CHECKING:
+    from avirt.connection import Connection
     from avirt.drivers.base import Driver
 
 
@@ -215,6 +218,17 @@ class Domain:
         if counters is None:
             raise InvalidArgumentError(f"domain '{self.name}' has no disk {disk}")
         return counters
+    async def migrate(self, dest: Connection, *, live: bool = True, copy_storage: str | None = None,
+                      bandwidth: int | None = None, max_downtime: int | None = None, persist: bool = True,
+                      undefine_source: bool = True) -> MigrationJob:
+        """Move the running guest to the connection ``dest`` (virDomainMigrate); ``await`` the job for the
+        guest's Domain there. ``bandwidth`` in bytes/s (default: unlimited), ``max_downtime`` in ms;
+        ``persist`` defines it at the destination, ``undefine_source`` removes the source's definition.
+        Refusals (not running, a block job, a name taken at the destination...) raise here; a failure
+        later raises from the job, with the guest running on at the source. See :mod:`avirt.migration`."""
+        return await migration.start(self, self._driver, dest, live=live, copy_storage=copy_storage,
+                                     bandwidth=bandwidth, max_downtime=max_downtime, persist=persist,
+                                     undefine_source=undefine_source)
 
     async def xml(self, *, inactive: bool = False) -> str:
         """The domain XML: live (with ``<backingStore>`` chains) while it runs, else the definition."""

@@ -68,6 +68,11 @@ class BlockJobError(AvirtError):
     """A block job failed (or could not be started)."""
 
 
+class MigrationError(AvirtError):
+    """A migration failed or was cancelled; the guest runs on at the source as before (when it could not,
+    the message says where it is)."""
+
+
 class QMPError(AvirtError):
     """QEMU answered a monitor command with an error, or the monitor connection failed."""
 

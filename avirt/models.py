@@ -63,3 +63,21 @@ class DomainStats:
     @property
     def unresponsive(self) -> bool:
         return bool(self.params.get("stats.unresponsive"))
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """A migration's progress, as QEMU's query-migrate reports it: bytes of guest memory, the rate at
+    which the guest dirties memory (bytes/s), the passes over memory so far, and the downtime QEMU
+    expects for the last pass (ms); once completed, QEMU's measure of the whole migration and of the time
+    the guest was paused (ms). ``status``: QEMU's (setup, active, device, completed, failed...)."""
+
+    status: str
+    ram_total: int
+    ram_transferred: int
+    ram_remaining: int
+    dirty_rate: int
+    passes: int
+    expected_downtime_ms: int
+    total_ms: int = 0
+    downtime_ms: int = 0

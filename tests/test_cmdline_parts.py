@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from avirt.config import parse_domain_xml
 from avirt.drivers.qemu import virtiofs
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
 from avirt.drivers.qemu.cmdline import Layer, build_argv, startup_commands
+from avirt.errors import UnsupportedError
 
 
 def _argv(devices: str = "", extra: str = "") -> tuple[list[str], list[dict[str, object]]]:
@@ -87,3 +90,14 @@ def test_every_device_is_json_and_buses_come_before_their_devices() -> None:
     (port,) = [d for d in devices if d.get("id") == "channel0"]
     assert (port["bus"], port["nr"], port["name"]) == ("virtio-serial0.0", 1, "org.qemu.guest_agent.0")
     assert "socket,id=charchannel0,path=/r/ch0.sock,server=on,wait=off" in argv
+
+
+def test_a_file_console_appends_only_when_asked() -> None:
+    kept, _ = _argv("<serial type='file'><source path='/logs/a.log' append='on'/></serial>")
+    fresh, _ = _argv("<serial type='file'><source path='/logs/b.log'/></serial>")
+    assert "file,id=serial0,path=/logs/a.log,append=on" in kept
+    assert "file,id=serial0,path=/logs/b.log" in fresh
+    xml = ("<domain type='qemu'><name>p</name><memory unit='MiB'>64</memory><os><type>hvm</type></os>"
+           "<devices><serial type='pty'><source append='on'/></serial></devices></domain>")
+    with pytest.raises(UnsupportedError, match=r"serial/source/@append"):
+        parse_domain_xml(xml)

@@ -39,7 +39,8 @@ class XMLFactory:
             for target, path, fmt in disks
         )
         if serial_file:
-            devices += f"<serial type='file'><source path={quoteattr(serial_file)}/></serial>"
+            # append='on': a destination QEMU (a migration) goes on with the log instead of truncating it
+            devices += f"<serial type='file'><source path={quoteattr(serial_file)} append='on'/></serial>"
         devices += extra_devices
         return f"""<domain type='{type or self.default_type}'>
   <name>{name}</name>

@@ -146,6 +146,7 @@ class CharDevice:
     kind: Literal["serial", "console", "channel"]
     type: CharType
     path: str | None = None
+    append: str | None = None  # file: <source append='on'> keeps what the file holds (else truncated)
     mode: str | None = None  # <source mode='bind'|'connect'>: unix and tcp sockets
     host: str | None = None  # tcp: <source host=... service=...>, the address and port to bind or connect
     service: int | None = None

@@ -538,6 +538,7 @@ _CHAR_ENTRIES = (
     Field("type", "@type", Choice(("pty", "file", "null", "unix", "tcp", "spicevmc"), _KNOWN_CHAR_TYPES)),
     Field("mode", "source/@mode", Choice(("bind", "connect"))),
     Field("path", "source/@path", Text(PATH, "a path")),
+    Field("append", "source/@append", ON_OFF),
     Field("host", "source/@host", Text(r"[A-Za-z0-9.:-]+", "a host name or address")),
     Field("service", "source/@service", Int(1, 65535)),
     Field("protocol", "protocol/@type", Choice(("raw", "telnet"), {"telnets", "tls"})),
@@ -562,6 +563,9 @@ def _char_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.CharDevice | None
         values.pop("path", None)  # a running guest's /dev/pts/N: output only
     if ctype == "file" and "path" not in values:
         ctx.invalid(el, "<source path=...> is required for type='file'")
+    if "append" in values and ctype != "file":
+        ctx.unsupported_at(child(el, "source"), "append")
+        return None
     if ctype in ("null", "spicevmc") and el.find("source") is not None:
         ctx.unsupported_at(child(el, "source"))
         return None

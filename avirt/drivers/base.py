@@ -13,6 +13,7 @@ import os
 import secrets
 import uuid as uuid_mod
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ from avirt.errors import (
 )
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,42 @@ class Driver(ABC):
         """Put ``element`` (``config.metadata.element``'s result; None removes) in place of the domain's
         element in namespace ``uri``, in the definitions :meth:`DomainRecord.affected` names, and announce
         a :class:`~avirt.events.model.MetadataChangeEvent`."""
+
+
+    # -- migration: the phases avirt/migration.py runs in order; a driver without them refuses at once --
+
+    def start_task(self, func: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``func()`` in the background, owned by this driver (cancelled when it closes)."""
+        raise OperationInvalidError(f"{type(self).__name__} runs no background work")
+
+    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
+        """Source: (live XML, persistent XML or None, whether the CPUs run)."""
+        raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
+
+    def location(self) -> str:
+        """Where this side's state lives, as the other side of a migration reads its record there."""
+        raise OperationInvalidError(f"{type(self).__name__} takes no part in migrations")
+
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
+                              persistent_xml: str | None) -> str:
+        """Destination: a QEMU waiting for the guest; the URI the source sends it to."""
+        raise OperationInvalidError("migration into this connection is not supported")
+
+    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
+                              max_downtime: int | None) -> MigrationProgress:
+        raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
+
+    async def migrate_progress(self, name: str) -> MigrationProgress:
+        raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
+
+    async def migrate_cancel(self, name: str) -> None:
+        raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
+
+    async def migrate_finish(self, name: str, *, ok: bool, resume: bool, persistent_xml: str | None) -> None:
+        raise OperationInvalidError("migration into this connection is not supported")
+
+    async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:
+        raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
 
 def assign_macs(cfg: DomainConfig) -> DomainConfig:

@@ -32,7 +32,7 @@ from avirt.errors import InvalidXMLError
 from avirt.events.bus import EventBus
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
 from avirt.rpc import Lost, Peer, PeerClosedError
 from avirt.served import wire
 from avirt.served.server import PROTOCOL
@@ -266,6 +266,41 @@ class ClientDriver(Driver):
     async def set_metadata(self, name: str, uri: str, element: str | None, *, live: bool,
                            config: bool) -> None:
         await self._call("set_metadata", name=name, uri=uri, element=element, live=live, config=config)
+
+
+    # -- migration: each phase runs in the controller of this state directory ------------------------------
+
+    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
+        live, persistent, running = await self._call("migrate_begin", name=name)
+        return str(live), None if persistent is None else str(persistent), bool(running)
+
+    def location(self) -> str:
+        return self.state_dir
+
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
+                              persistent_xml: str | None) -> str:
+        return str(await self._call("migrate_prepare", xml=_sendable(xml), source=source, resume=resume,
+                                    persistent_xml=persistent_xml))
+
+    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
+                              max_downtime: int | None) -> MigrationProgress:
+        result: MigrationProgress = wire.info_from(MigrationProgress, await self._call(
+            "migrate_perform", name=name, uri=uri, dest=dest, bandwidth=bandwidth, max_downtime=max_downtime))
+        return result
+
+    async def migrate_progress(self, name: str) -> MigrationProgress:
+        result: MigrationProgress = wire.info_from(MigrationProgress,
+                                                   await self._call("migrate_progress", name=name))
+        return result
+
+    async def migrate_cancel(self, name: str) -> None:
+        await self._call("migrate_cancel", name=name)
+
+    async def migrate_finish(self, name: str, *, ok: bool, resume: bool, persistent_xml: str | None) -> None:
+        await self._call("migrate_finish", name=name, ok=ok, resume=resume, persistent_xml=persistent_xml)
+
+    async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:
+        await self._call("migrate_confirm", name=name, ok=ok, undefine=undefine, resume=resume)
 
 
 def _sendable(xml: str) -> str:

@@ -73,6 +73,9 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "info": wire.info_to,
     "xml": str, "metadata": lambda text: text,
     "all_domain_stats": lambda found: [[wire.ref_to(ref), params] for ref, params in found],
+    "migrate_begin": list, "migrate_prepare": str, "migrate_perform": wire.info_to,
+    "migrate_progress": wire.info_to, "migrate_cancel": lambda _: None, "migrate_finish": lambda _: None,
+    "migrate_confirm": lambda _: None,
 }
 _JOB_CALLS = ("block_commit", "block_pull", "block_copy", "block_job")
 

@@ -31,6 +31,7 @@ socket are tried again with growing pauses.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ from avirt.events.bus import EventBus
 from avirt.events.model import BlockJobStatus
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob, JobPhase
-from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
 from avirt.rpc import PeerClosedError
 from avirt.served.client import ClientDriver
 from avirt.served.server import Server
@@ -291,6 +292,37 @@ class SharedDriver(Driver):
 
     async def resume(self, name: str) -> None:
         await (await self._driver()).resume(name)
+
+    def start_task(self, func: Callable[[], Awaitable[None]], name: str) -> None:
+        self._tasks.start_soon(func, name=name)
+
+    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
+        return await (await self._driver()).migrate_begin(name)
+
+    def location(self) -> str:
+        return self.state_dir
+
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
+                              persistent_xml: str | None) -> str:
+        return await (await self._driver()).migrate_prepare(xml, source=source, resume=resume,
+                                                            persistent_xml=persistent_xml)
+
+    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
+                              max_downtime: int | None) -> MigrationProgress:
+        return await (await self._driver()).migrate_perform(name, uri, dest=dest, bandwidth=bandwidth,
+                                                            max_downtime=max_downtime)
+
+    async def migrate_progress(self, name: str) -> MigrationProgress:
+        return await (await self._driver()).migrate_progress(name)
+
+    async def migrate_cancel(self, name: str) -> None:
+        await (await self._driver()).migrate_cancel(name)
+
+    async def migrate_finish(self, name: str, *, ok: bool, resume: bool, persistent_xml: str | None) -> None:
+        await (await self._driver()).migrate_finish(name, ok=ok, resume=resume, persistent_xml=persistent_xml)
+
+    async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:
+        await (await self._driver()).migrate_confirm(name, ok=ok, undefine=undefine, resume=resume)
 
     async def qemu_monitor_command(self, name: str, command: str, arguments: dict[str, Any] | None) -> Any:
         return await (await self._driver()).qemu_monitor_command(name, command, arguments)

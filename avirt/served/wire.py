@@ -17,7 +17,7 @@ from avirt.errors import AvirtError
 from avirt.events import model as events
 from avirt.events.model import BlockJobStatus, Event, JobKind, LifecycleType
 from avirt.jobs import BlockJob, JobPhase
-from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
 
 __all__ = ["event_from", "event_to", "info_from", "info_to", "job_from", "job_to", "ref_from", "ref_to"]
 
@@ -44,11 +44,11 @@ def ref_from(data: Any) -> DomainRef:
     return DomainRef(data[0], data[1])
 
 
-def info_to(info: DomainInfo | ImageInfo) -> dict[str, Any]:
+def info_to(info: DomainInfo | ImageInfo | MigrationProgress) -> dict[str, Any]:
     return {k: v.value if isinstance(v, enum.Enum) else v for k, v in dataclasses.asdict(info).items()}
 
 
-def info_from(cls: type[DomainInfo] | type[ImageInfo], data: Any) -> Any:
+def info_from(cls: type[DomainInfo] | type[ImageInfo] | type[MigrationProgress], data: Any) -> Any:
     try:
         values = dict(data)
         if cls is DomainInfo:

@@ -28,12 +28,13 @@ from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
-from avirt.drivers.qemu import firmware, stats, tpm, virtiofs
+from avirt.drivers.qemu import firmware, migration, stats, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.hotplug import Devices
+from avirt.drivers.qemu.migratecalls import MigrationCalls
 from avirt.drivers.qemu.offlinejobs import OfflineJobs
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
@@ -81,7 +82,7 @@ RESYNC_RETRY = 0.5
 DUMP_TIMEOUT = 300.0
 
 
-class QemuDriver(Driver):
+class QemuDriver(MigrationCalls, Driver):
     def __init__(self, uri: str, host: Host, state_dir: str, *, bus: EventBus | None = None) -> None:
         self.uri = uri
         self.host = host
@@ -95,6 +96,8 @@ class QemuDriver(Driver):
         self.images = ImageIndex(host, self.files.chains_path)
         self.offline_jobs = OfflineJobs(self)
         self.devices = Devices(self)
+        #: The guests that take part in a migration now (as source or destination) -> its status.
+        self.migrations: dict[str, migration.Watch] = {}
         self._caps: dict[str, Any] | None = None
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
@@ -232,7 +235,8 @@ class QemuDriver(Driver):
             assert guest.definition is not None  # a shut-off domain that exists is persistent
             await self._start(guest, guest.definition, paused=paused)
 
-    async def _start(self, guest: Guest, cfg: DomainConfig, *, paused: bool) -> None:
+    async def _start(self, guest: Guest, cfg: DomainConfig, *, paused: bool, incoming: bool = False) -> None:
+        """Spawn QEMU for ``cfg``; ``incoming``: as a migration's destination (waiting in inmigrate)."""
         refusal = startable(cfg) or await virtiofs.refusal(self.host, cfg)
         if refusal is not None:
             raise DomainStartError(f"cannot start domain '{cfg.name}': {refusal}")
@@ -273,9 +277,10 @@ class QemuDriver(Driver):
                 await virtiofs.start(self.host, cfg, sockets)
                 process = await QemuProcess.spawn(
                     self.host, name,
-                    lambda socket: build_argv(cfg, chains=chains, accel=accel, monitor=socket,
-                                              pidfile=self.files.pidfile(name),
-                                              run_dir=sockets, spice_port=spice_port),
+                    lambda socket: [*build_argv(cfg, chains=chains, accel=accel, monitor=socket,
+                                                pidfile=self.files.pidfile(name),
+                                                run_dir=sockets, spice_port=spice_port),
+                                    *(["-incoming", "defer"] if incoming else [])],
                     qmp_socket=await self.files.qmp_socket(name), pidfile=self.files.pidfile(name),
                     log_path=self.files.log_path(name), on_event=lambda msg: self._on_qmp_event(guest, msg),
                 )
@@ -301,18 +306,22 @@ class QemuDriver(Driver):
             except QMPError as e:
                 await self._terminate(guest, "failed")
                 raise DomainStartError(f"domain '{name}' could not be set up ({command}): {e}") from e
+        if incoming:
+            guest.set_state(DomainState.PAUSED, "migration", announce=False)
+            self._announce(guest, LifecycleType.STARTED, "migrated")
+            return
         if paused:
             self._announce(guest, LifecycleType.STARTED, "booted")
             self._announce(guest, LifecycleType.SUSPENDED, "paused")
             return
-        guest.starting = True  # the RESUME that cont causes means "booted"
+        guest.resume_reason = "booted"  # the RESUME that cont causes
         try:
             await process.monitor.execute("cont")
         except QMPError as e:
             await self._terminate(guest, "failed")
             raise DomainStartError(f"domain '{name}' did not start running: {e}") from e
         finally:
-            guest.starting = False
+            guest.resume_reason = None
         guest.set_state(DomainState.RUNNING, "booted")
 
     async def _pin(self, guest: Guest, process: QemuProcess, cfg: DomainConfig) -> None:
@@ -781,6 +790,8 @@ class QemuDriver(Driver):
             self.jobs.on_qmp_event(guest, msg)
         elif msg.get("event") == "DEVICE_DELETED" and not self._closing:
             self.devices.device_deleted(guest, (msg.get("data") or {}).get("device") or "")
+        elif msg.get("event") == "MIGRATION" and guest.name in self.migrations:
+            self.migrations[guest.name].update(msg.get("data") or {})
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
                 if cls is BlockJobEvent and fields["status"] is not BlockJobStatus.READY \
@@ -847,12 +858,12 @@ class QemuDriver(Driver):
             if reaction is Reaction.QUIT:
                 await monitor.execute("quit")
             elif reaction is Reaction.RESTART:
-                guest.starting = True
+                guest.resume_reason = "booted"
                 try:
                     await monitor.execute("system_reset")
                     await monitor.execute("cont")
                 finally:
-                    guest.starting = False
+                    guest.resume_reason = None
                 guest.set_state(DomainState.RUNNING, "booted")
             elif reaction is Reaction.REFINE:
                 # One query at a time per guest: STOPs that arrive meanwhile ask for one more round.
@@ -908,6 +919,7 @@ class QemuDriver(Driver):
         finally:
             guest.saving = False
         self._save_soon(guest)
+        await self.recover_migration(guest)
         if guest.state is DomainState.SHUTDOWN and (saved is None or saved.state != "shutdown"):
             # It powered off while nobody watched: do now what the controller that watched would have.
             self.tasks.start_soon(self._react, guest, guest.missed_shutdown(), name=f"react-{name}")

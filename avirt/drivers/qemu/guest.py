@@ -49,6 +49,11 @@ STATUS_TO_STATE: dict[str, tuple[DomainState, str]] = {
     "guest-panicked": (S.CRASHED, "panicked"),
     "shutdown": (S.SHUTDOWN, "user"),
     "suspended": (S.PMSUSPENDED, "unknown"),
+    # Migration: the destination waits in inmigrate, the source ends in postmigrate (libvirt's
+    # VIR_DOMAIN_PAUSED_MIGRATION either way).
+    "inmigrate": (S.PAUSED, "migration"),
+    "finish-migrate": (S.PAUSED, "migration"),
+    "postmigrate": (S.PAUSED, "migration"),
 }
 
 
@@ -85,8 +90,9 @@ class Guest(DomainRecord):
     exit_reason: str | None = None
     expect_stop: bool = False
     reboot_pending: bool = False
-    #: Between start (or a reset for a reboot) and the first cont: a RESUME then means "booted".
-    starting: bool = False
+    #: What the next RESUME means, while avirt's own cont is in flight: "booted" after a start (or a
+    #: reset for a reboot), "migrated" when an incoming migration ends; None: "unpaused".
+    resume_reason: str | None = None
     #: Why the next STOP happens, when QEMU said so first (BLOCK_IO_ERROR or WATCHDOG with a pause action).
     pause_cause: str | None = None
     #: A query-status is in flight after an unexplained STOP; another STOP meanwhile asks for one more.
@@ -199,7 +205,7 @@ class Guest(DomainRecord):
             self.set_state(S.PAUSED, "unknown")  # no event yet: query-status will tell why
             return Reaction.REFINE
         if name == "RESUME":
-            self.set_state(S.RUNNING, "booted" if self.starting else "unpaused")
+            self.set_state(S.RUNNING, self.resume_reason or "unpaused")
         elif name == "BLOCK_IO_ERROR" and data.get("action") == "stop":
             self.pause_cause = "ioerror"
         elif name == "WATCHDOG" and data.get("action") == "pause":

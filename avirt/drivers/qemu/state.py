@@ -56,6 +56,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from avirt.errors import ConnectionLockedError, HostError
 from avirt.hosts.base import Host
@@ -224,6 +225,23 @@ class StateDir:
     async def write_state(self, name: str, saved: SavedState) -> None:
         await self.host.write_atomic(os.path.join(self._run, name, "state.json"), saved.dumps(),
                                      durable=False)
+
+    async def read_migration(self, name: str) -> dict[str, Any] | None:
+        """The record of a migration this run takes part in (see drivers/qemu/migratecalls.py)."""
+        text = await self.host.read_text(os.path.join(self._run, name, "migration.json"))
+        try:
+            record = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            return None  # written atomically: a torn record cannot be; an edited one is not ours
+        return record if isinstance(record, dict) else None
+
+    async def write_migration(self, name: str, record: dict[str, Any] | None) -> None:
+        # Not fsynced, as the rest of run/: both sides run on this machine, and a host crash ends both.
+        path = os.path.join(self._run, name, "migration.json")
+        if record is None:
+            await self.host.remove_tree(path)
+        else:
+            await self.host.write_atomic(path, json.dumps(record), durable=False)
 
     async def clear_run(self, name: str) -> None:
         run = self.run_dir(name)

@@ -24,7 +24,8 @@ def channel_path(run_dir: str, index: int) -> str:
 
 def _backend(char: CharDevice, chardev_id: str, run_dir: str, index: int) -> str:
     if char.type == "file":
-        return f"file,id={chardev_id},path={_escape(char.path or '')}"
+        append = ",append=on" if char.append == "on" else ""
+        return f"file,id={chardev_id},path={_escape(char.path or '')}{append}"
     if char.type == "unix":
         path = char.path or channel_path(run_dir, index)
         server = "server=on,wait=off" if (char.mode or "bind") == "bind" else "server=off"

@@ -1,0 +1,79 @@
+"""``avirt migrate``: move a running domain to another connection, as virsh migrate does.
+
+The flags are virsh's, and so are the defaults: the destination keeps the guest as a transient domain
+unless ``--persistent``, and the source keeps its definition unless ``--undefinesource`` (the library's
+``Domain.migrate`` defaults to both). ``--verbose`` draws the progress of the memory QEMU sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from avirt.cli.command import DOMAIN_MANAGEMENT, Command, CommandError, Context, add_domain_argument
+
+if TYPE_CHECKING:  # the library is not imported at module level (see avirt/cli/command.py)
+    from avirt.migration import MigrationJob
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not '{text}'")
+    return value
+
+
+async def _migrate(ctx: Context, args: argparse.Namespace) -> None:
+    import anyio
+
+    import avirt
+
+    if not args.live:
+        raise CommandError("only live migration is supported: add --live")
+    async with ctx.connect() as conn, avirt.connect(args.desturi, state_dir=args.dest_state_dir) as dest:
+        dom = await ctx.domain(conn, args.domain)
+        job = await dom.migrate(dest, bandwidth=args.bandwidth and args.bandwidth * 2**20,
+                                max_downtime=args.max_downtime, persist=args.persistent,
+                                undefine_source=args.undefinesource)
+        async with anyio.create_task_group() as group:
+            if args.verbose:
+                group.start_soon(_draw_progress, ctx, job)
+            moved = await job
+            group.cancel_scope.cancel()
+        if args.verbose:
+            ctx.say("Migration: [100 %]")
+    ctx.say(f"Domain '{moved.name}' migrated to {args.desturi}")
+
+
+async def _draw_progress(ctx: Context, job: MigrationJob) -> None:
+    async for p in job.progress():
+        if p.ram_total:
+            done = 100 * (p.ram_total - p.ram_remaining) // p.ram_total
+            ctx.say(f"Migration: [{min(done, 99):3d} %]")
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    add_domain_argument(parser)
+    parser.add_argument("desturi", metavar="DESTURI", help="the destination's connection URI")
+    parser.add_argument("--dest-state-dir", metavar="DIR",
+                        help="the destination connection's state directory (as --state-dir for the source)")
+    parser.add_argument("--live", action="store_true", help="migrate while the guest runs (required)")
+    parser.add_argument("--persistent", action="store_true", help="define the domain at the destination")
+    parser.add_argument("--undefinesource", action="store_true", help="undefine the domain at the source")
+    parser.add_argument("--bandwidth", type=_positive, metavar="MiB/s", help="limit the migration stream")
+    parser.add_argument("--max-downtime", type=_positive, metavar="MS",
+                        help="the longest the guest may be paused at the end (ms)")
+    parser.add_argument("--verbose", action="store_true", help="show the progress")
+
+
+COMMANDS = (
+    Command("migrate", "Move a running domain to another connection", _migrate, _arguments,
+            details="Both connections must be on this machine and see the same image files (shared "
+                    "storage): the memory goes through a unix socket. On failure the domain runs on here.",
+            example="avirt migrate web1 qemu:///session --dest-state-dir /srv/avirt-b --live --persistent "
+                    "--undefinesource --verbose",
+            group=DOMAIN_MANAGEMENT),
+)

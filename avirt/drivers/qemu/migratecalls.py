@@ -1,0 +1,334 @@
+"""The QEMU driver's side of each migration phase, and how a controller killed mid-migration is resolved.
+
+Mixed into :class:`~avirt.drivers.qemu.driver.QemuDriver`; the order of the phases is
+:mod:`avirt.migration`'s, the QMP of each is :mod:`.migration`'s.
+
+**Who has the guest: one record per side, one commit point.** Each side keeps ``run/<name>/migration.json``
+while it takes part (it goes with the run directory when that QEMU ends). The destination writes its
+record (the source's state directory, whether to run the guest, the definition to keep) before it
+listens; the source writes ``phase: perform`` before QEMU sends a byte and ``phase: committed`` once
+QEMU has sent everything. That write is the commit point: before it the guest belongs to the source,
+after it to the destination. Nothing else decides, so two controllers that never talk again still agree:
+
+* a source controller that starts and finds ``committed`` ends its QEMU (the guest went away); finds
+  ``perform``: cancels what its QEMU still sends, writes ``aborted`` and lets the guest run on;
+* a destination controller that finds its record (at start, or when nobody finished the migration within
+  :data:`ORPHAN_GRACE` after its QEMU received everything) reads the source's record: ``committed``, or
+  none left while its own QEMU holds the whole guest (the source ended after committing), runs the
+  guest; ``aborted`` ends its QEMU; ``perform`` waits for the source's controller to decide.
+
+So the guest never runs in two places; while a source controller is away after ``perform`` it may wait,
+paused, at both, until one comes back. The destination does not take its images (QEMU's
+``late-block-activate``) until it runs the guest, so an aborted source can take them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from avirt.config import domain_to_xml
+from avirt.drivers.base import DomainRef
+from avirt.drivers.qemu import migration
+from avirt.drivers.qemu.state import StateDir
+from avirt.errors import DomainExistsError, MigrationError, OperationInvalidError, QMPError
+from avirt.hosts.local import LocalHost
+from avirt.models import DomainState, MigrationProgress
+
+if TYPE_CHECKING:
+    from avirt.config.model import DomainConfig
+    from avirt.drivers.qemu.blockjobs import OnlineJobs
+    from avirt.drivers.qemu.guest import Guest
+    from avirt.hosts.base import Host
+    from avirt.qmp.monitor import Monitor
+    from avirt.tasks import TaskOwner
+
+log = logging.getLogger(__name__)
+
+#: How long a destination whose QEMU holds the whole guest waits for its finish before it asks the
+#: source's record itself (the source's controller may be gone).
+ORPHAN_GRACE = 10.0
+#: How often an orphaned side reads the other side's record again while it says nothing yet.
+ORPHAN_POLL = 1.0
+
+
+class MigrationCalls:
+    """The migration phases of the QEMU driver (see the module docstring)."""
+
+    host: Host
+    files: StateDir
+    guests: dict[str, Guest]
+    tasks: TaskOwner
+    jobs: OnlineJobs
+    #: The guests that take part in a migration now (as source or destination) -> its status.
+    migrations: dict[str, migration.Watch]
+
+    if TYPE_CHECKING:
+        def _find(self, name: str) -> Guest: ...
+        def monitor(self, guest: Guest) -> Monitor: ...
+        async def _stable(self, xml: str) -> DomainConfig: ...
+        def _new_guest(self, name: str, uuid: str, definition: DomainConfig | None) -> Guest: ...
+        def _check_uuid_free(self, cfg: DomainConfig, same: Guest | None) -> None: ...
+        async def _start(self, guest: Guest, cfg: DomainConfig, *, paused: bool,
+                         incoming: bool = False) -> None: ...
+        async def _terminate(self, guest: Guest, reason: str) -> None: ...
+        async def define_xml(self, xml: str) -> DomainRef: ...
+        async def undefine(self, name: str) -> None: ...
+
+    def start_task(self, func: Callable[[], Awaitable[None]], name: str) -> None:
+        self.tasks.start_soon(func, name=name)
+
+    def location(self) -> str:
+        return self.files.root
+
+    def _migrates_here(self) -> None:
+        # The stream goes through a unix socket of the destination's run directory: one machine only.
+        if not isinstance(self.host, LocalHost):
+            raise OperationInvalidError(f"migration to or from {self.host.name} is not supported yet "
+                                        "(only between connections of this machine)")
+
+    # -- the phases ----------------------------------------------------------------------------------------
+
+    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool]:
+        """Source: the live definition to start the destination from, the persistent one (None for a
+        transient domain), and whether the guest's CPUs run."""
+        guest = self._find(name)
+        self._migrates_here()
+        if guest.state not in (DomainState.RUNNING, DomainState.PAUSED) or guest.live is None:
+            raise OperationInvalidError(f"cannot migrate domain '{name}': it is {guest.state.value}")
+        if name in self.migrations:
+            raise OperationInvalidError(f"domain '{name}' is already migrating")
+        busy = [disk for disk in guest.chains if self.jobs.job_on(guest, disk) is not None]
+        if busy:
+            raise OperationInvalidError(f"cannot migrate domain '{name}': a block job runs on "
+                                        f"{', '.join(busy)}")
+        persistent = None if guest.definition is None else domain_to_xml(guest.definition)
+        return domain_to_xml(guest.live), persistent, guest.state is DomainState.RUNNING
+
+    async def migrate_prepare(self, xml: str, *, source: str, resume: bool,
+                              persistent_xml: str | None) -> str:
+        """Destination: QEMU started for the incoming guest, listening; the URI to send it to.
+        ``source``: the source's state directory, whose record says who has the guest."""
+        self._migrates_here()
+        cfg = await self._stable(xml)
+        guest = self.guests.get(cfg.name)
+        # The guest's own shut-off definition may wait here (it came from here, or will be kept here).
+        if guest is not None and (guest.uuid != cfg.uuid or guest.active):
+            raise DomainExistsError(f"cannot migrate domain '{cfg.name}' here: a domain of that name "
+                                    f"{'runs' if guest.active else 'exists with another UUID'}")
+        self._check_uuid_free(cfg, guest)
+        if guest is None:
+            guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
+        watch = self.migrations[cfg.name] = migration.Watch()
+        try:
+            async with guest.lock:
+                await self._start(guest, cfg, paused=True, incoming=True)
+                try:
+                    await self.files.write_migration(cfg.name, {
+                        "role": "destination", "source": source, "resume": resume,
+                        "persistent_xml": persistent_xml})
+                    socket = os.path.join(await self.files.socket_dir(cfg.name), "migrate.sock")
+                    uri = await migration.listen(self.monitor(guest), socket)
+                except (QMPError, OSError) as e:
+                    await self._terminate(guest, "failed")
+                    raise MigrationError(f"the destination could not listen: {e}") from None
+        except BaseException:
+            if self.migrations.get(cfg.name) is watch:
+                del self.migrations[cfg.name]
+            if not guest.active and not guest.persistent:
+                self.guests.pop(cfg.name, None)
+            raise
+        watch.finished = anyio.Event()
+        self.tasks.start_soon(self._watch_orphan, guest, watch, name=f"migration-orphan-{cfg.name}")
+        return uri
+
+    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
+                              max_downtime: int | None) -> MigrationProgress:
+        """Source: send the guest; once QEMU has sent it all (the source is then paused), commit and
+        return QEMU's figures. ``dest``: the destination's state directory."""
+        guest = self._find(name)
+        watch = self.migrations[name] = migration.Watch()
+        async with guest.lock:
+            record = {"role": "source", "dest": dest, "phase": "perform",
+                      "resume": guest.state is DomainState.RUNNING}
+            await self.files.write_migration(name, record)
+            guest.pause_cause = "migration"  # the STOP at the end of the migration
+            try:
+                stats = await migration.send(self.monitor(guest), watch, uri, bandwidth=bandwidth,
+                                             max_downtime=max_downtime)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.files.write_migration(name, {**record, "phase": "aborted"})
+                raise
+            finally:
+                guest.pause_cause = None
+            await self.files.write_migration(name, {**record, "phase": "committed"})  # the commit point
+            return stats
+
+    async def migrate_progress(self, name: str) -> MigrationProgress:
+        return await migration.progress(self.monitor(self._find(name)))
+
+    async def migrate_cancel(self, name: str) -> None:
+        await migration.cancel(self.monitor(self._find(name)))
+
+    async def migrate_finish(self, name: str, *, ok: bool, resume: bool, persistent_xml: str | None) -> None:
+        """Destination: with ``ok``, wait until the guest is loaded, run it (``resume``) and, with
+        ``persistent_xml``, define it; else end the QEMU that waited for it."""
+        guest = self._find(name)
+        watch = self.migrations.get(name)
+        if watch is not None and watch.finished is not None:
+            watch.finished.set()  # the orphan watcher stands down: this is the finish it waited for
+        if not ok or watch is None:
+            async with guest.lock:
+                self.migrations.pop(name, None)
+                if guest.active:
+                    await self._terminate(guest, "failed")
+            return
+        await self._run_arrived(guest, watch, resume=resume, persistent_xml=persistent_xml)
+
+    async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:
+        """Source: with ``ok`` the guest runs elsewhere now: end this QEMU (and, with ``undefine``, the
+        definition); else let the guest run on here (``resume``: its CPUs ran before)."""
+        guest = self._find(name)
+        self.migrations.pop(name, None)
+        async with guest.lock:
+            if ok:
+                if guest.active:
+                    await self._terminate(guest, "migrated")
+            else:
+                await self._resume_source(guest, resume)
+        if not ok:
+            record = await self.files.read_migration(name)
+            if record is not None:
+                self.tasks.start_soon(self._forget_aborted, guest, record, name=f"migration-forget-{name}")
+        elif undefine and guest.definition is not None:
+            await self.undefine(name)
+
+    # -- the two sides' last steps, shared by the phases and the recovery -----------------------------------
+
+    async def _run_arrived(self, guest: Guest, watch: migration.Watch | None, *, resume: bool,
+                           persistent_xml: str | None) -> None:
+        """Destination: the guest is ours: wait until QEMU holds all of it, then run and keep it."""
+        name = guest.name
+        async with guest.lock:
+            try:
+                try:
+                    if watch is not None:
+                        await migration.received(self.monitor(guest), watch)
+                    if resume:
+                        guest.resume_reason = "migrated"
+                        try:
+                            await self.monitor(guest).execute("cont")
+                        finally:
+                            guest.resume_reason = None
+                        guest.set_state(DomainState.RUNNING, "migrated")
+                    else:
+                        guest.set_state(DomainState.PAUSED, "user", announce=False)
+                finally:
+                    self.migrations.pop(name, None)
+            except (MigrationError, QMPError):
+                await self._terminate(guest, "failed")
+                raise
+            await self.files.write_migration(name, None)
+        if persistent_xml is not None:
+            await self.define_xml(persistent_xml)
+
+    # -- recovery ------------------------------------------------------------------------------------------
+
+    async def recover_migration(self, guest: Guest) -> None:
+        """A re-attached guest whose run directory holds a migration record: settle it (module docstring)."""
+        record = await self.files.read_migration(guest.name)
+        if record is None:
+            return
+        settle = self._recover_source if record.get("role") == "source" else self._settle_destination
+        self.tasks.start_soon(settle, guest, record, name=f"migration-settle-{guest.name}")
+
+    async def _recover_source(self, guest: Guest, record: dict[str, Any]) -> None:
+        phase = record.get("phase")
+        if phase == "committed":
+            log.info("domain %s: its migration was committed; ending the source QEMU", guest.name)
+            async with guest.lock:
+                if guest.active:
+                    await self._terminate(guest, "migrated")
+            return
+        if phase == "perform":
+            # Whatever QEMU still sends (or has sent) is not the destination's: nobody committed it.
+            monitor = self.monitor(guest)
+            status = (await monitor.execute("query-migrate")).get("status", "none")
+            if status not in (*migration.DONE, "none"):
+                await migration.cancel(monitor)
+                with anyio.move_on_after(30):
+                    while True:  # the old controller's events went with it: ask until QEMU has stopped
+                        if (await monitor.execute("query-migrate")).get("status") in migration.DONE:
+                            break
+                        await anyio.sleep(0.05)
+            record = {**record, "phase": "aborted"}
+            await self.files.write_migration(guest.name, record)
+            log.info("domain %s: its migration was not committed; the guest stays here", guest.name)
+            async with guest.lock:
+                await self._resume_source(guest, bool(record.get("resume")))
+        await self._forget_aborted(guest, record)
+
+    async def _resume_source(self, guest: Guest, resume: bool) -> None:
+        """Source, the migration undone: the guest's CPUs run again if they ran (QEMU may have done it);
+        the destination took none of its images (late-block-activate), so they can be taken back."""
+        if guest.active and resume and guest.state is DomainState.PAUSED:
+            await self.monitor(guest).execute("cont")
+            guest.set_state(DomainState.RUNNING, "migrated")
+
+    async def _forget_aborted(self, guest: Guest, record: dict[str, Any]) -> None:
+        """The source's ``aborted`` record stays until the destination's QEMU is gone: until then it is
+        what tells that destination not to run the guest."""
+        peer = StateDir(self.host, str(record.get("dest", "")))
+        while True:  # another controller's QEMU: no event here tells its end
+            if not await self._peer_alive(peer, guest.name):
+                break
+            await anyio.sleep(ORPHAN_POLL)
+        if guest.active and await self.files.read_migration(guest.name) == record:
+            await self.files.write_migration(guest.name, None)
+
+    async def _watch_orphan(self, guest: Guest, watch: migration.Watch) -> None:
+        """Destination: if QEMU holds the whole guest and no finish comes, settle it by the records."""
+        assert watch.finished is not None
+        if await watch.wait_done() != "completed":
+            return  # the source's controller unwinds it (or the QEMU has gone)
+        with anyio.move_on_after(ORPHAN_GRACE):
+            await watch.finished.wait()
+            return
+        record = await self.files.read_migration(guest.name)
+        if record is not None and self.migrations.get(guest.name) is watch:
+            log.warning("domain %s: nobody finished its migration; asking the source's record", guest.name)
+            await self._settle_destination(guest, record)
+
+    async def _settle_destination(self, guest: Guest, record: dict[str, Any]) -> None:
+        source = StateDir(self.host, str(record.get("source", "")))
+        while guest.active:
+            theirs = await source.read_migration(guest.name)
+            phase = None if theirs is None else theirs.get("phase")
+            if phase == "committed" or (phase is None and await self._holds_all(guest)):
+                log.info("domain %s: the source committed its migration; running it here", guest.name)
+                await self._run_arrived(guest, None, resume=bool(record.get("resume")),
+                                        persistent_xml=record.get("persistent_xml"))
+                return
+            if phase in ("aborted", None):
+                log.info("domain %s: the source kept the guest; ending this QEMU", guest.name)
+                async with guest.lock:
+                    self.migrations.pop(guest.name, None)
+                    if guest.active:
+                        await self._terminate(guest, "failed")
+                return
+            await anyio.sleep(ORPHAN_POLL)  # perform: the source's controller has yet to decide
+
+    async def _holds_all(self, guest: Guest) -> bool:
+        try:
+            return bool((await self.monitor(guest).execute("query-migrate")).get("status") == "completed")
+        except QMPError:
+            return False
+
+    async def _peer_alive(self, peer: StateDir, name: str) -> bool:
+        text = await self.host.read_text(peer.pidfile(name))
+        return text is not None and text.strip().isdigit() and await self.host.pid_alive(int(text))

@@ -1,0 +1,208 @@
+"""Migration benchmark: a live migration on this machine, avirt beside the same QMP steps run bare.
+
+The guest: the tests' tiny Linux guest (TCG), 256 MiB of memory, a 1 GiB qcow2 disk it keeps writing to
+(the write workload: 64 KiB patterns with fsync, so memory is dirtied while it migrates), booted once.
+Storage is shared (both QEMUs open the same image).
+
+* **avirt**: two state directories; ``dom.migrate(dest, persist=False, undefine_source=False)`` then
+  ``await job``, back and forth, ``--runs`` times (the definition stays where it was first defined, and
+  the guest migrates back onto it; the bare side defines nothing either). Timed: from the call to the
+  job's end (the destination runs, the source QEMU is gone).
+* **bare** (BASELINE): the same QEMU command line (``build_argv`` on the definition avirt stored), the
+  source spawned as avirt spawns QEMU (``rawqemu.py``) and booted the same way; each run spawns the
+  destination with ``-incoming defer``, then with bare qemu.qmp clients: migration events on at both ends,
+  ``migrate-incoming`` on a unix socket, ``migrate-set-parameters`` as avirt sets them, ``migrate``, wait
+  for both MIGRATION ``completed`` events, ``cont`` at the destination, ``quit`` the source and wait for
+  its end. Then the roles swap.
+
+Both sides report QEMU's own downtime (``query-migrate`` at the source once completed). Targets: avirt's
+median total within 1.05x of bare, its median downtime no worse than bare's (+1 ms, QEMU's resolution).
+libvirt refuses to migrate a guest to the same host, so it cannot give a figure here.
+
+::
+
+    .venv/bin/python bench/migrate.py              # table
+    .venv/bin/python bench/migrate.py --json       # one JSON object: config, avirt, bare, ratio, targets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import rawqemu
+from qemu.qmp import QMPClient
+from rawqemu import RawGuest, kill_leftovers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import anyio.lowlevel
+
+import avirt
+from avirt.config import parse_domain_xml
+from avirt.drivers.qemu.cmdline import Layer, build_argv
+from avirt.drivers.qemu.migration import UNLIMITED
+from tests.guest import BASE_CMDLINE, build_guest
+
+TARGET_RATIO = 1.05
+READY = "avirt-wl: i=5 "
+
+
+def guest_xml(tmp: Path) -> str:
+    images = build_guest()
+    disk = tmp / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1G"], check=True)
+    return f"""<domain type='qemu'><name>mig</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type><kernel>{images.kernel}</kernel>
+    <initrd>{images.initrd}</initrd>
+    <cmdline>{BASE_CMDLINE} avirt.workload=write avirt.slots=16 avirt.count=0 avirt.sleep=0</cmdline></os>
+  <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>
+    <target dev='vda' bus='virtio'/></disk>
+  <serial type='file'><source path='{tmp / "serial.log"}' append='on'/></serial></devices></domain>"""
+
+
+async def wait_serial(path: Path, marker: str, timeout: float = 120) -> None:
+    """Until the guest's console shows ``marker`` (a file QEMU appends to: read it every 50 ms)."""
+    with anyio.fail_after(timeout):
+        while True:
+            file = anyio.Path(path)
+            if await file.exists() and marker in await file.read_text():
+                return
+            await anyio.sleep(0.05)
+
+
+async def avirt_side(tmp: Path, xml: str, runs: int) -> tuple[list[float], list[int], str]:
+    totals, downtimes = [], []
+    async with avirt.connect(state_dir=tmp / "a") as a, avirt.connect(state_dir=tmp / "b") as b:
+        dom = await a.define_xml(xml)
+        stored = await dom.xml(inactive=True)
+        await dom.start()
+        await wait_serial(tmp / "serial.log", READY)
+        here, there = a, b
+        for i in range(runs + 1):
+            t0 = time.perf_counter()
+            job = await dom.migrate(there, persist=False, undefine_source=False)  # as bare: no defines
+            dom = await job
+            if i:  # the first run warms up both sides
+                totals.append(time.perf_counter() - t0)
+                assert job.stats is not None
+                downtimes.append(job.stats.downtime_ms)
+            here, there = there, here
+        await dom.destroy()
+    return totals, downtimes, stored
+
+
+async def _migration_done(client: QMPClient) -> None:
+    with client.listener("MIGRATION") as events:
+        async for event in events:
+            if event["data"]["status"] in ("completed", "failed", "cancelled"):
+                if event["data"]["status"] != "completed":
+                    raise RuntimeError(f"bare migration {event['data']['status']}")
+                return
+
+
+async def bare_side(tmp: Path, stored_xml: str, runs: int) -> tuple[list[float], list[int]]:
+    cfg = parse_domain_xml(stored_xml)
+    chains = {d.target: [Layer(d.source, d.format)] for d in cfg.disks if d.source}
+    (tmp / "raw").mkdir()
+
+    def argv(run_dir: Path, incoming: bool) -> Any:
+        return lambda fd, pidfile: [*build_argv(cfg, chains=chains, accel="tcg", monitor=f"fd={fd}",
+                                                pidfile=pidfile, run_dir=str(run_dir)),
+                                    *(["-incoming", "defer"] if incoming else [])]
+
+    totals, downtimes = [], []
+    serial = tmp / "serial.log"
+    serial.unlink()
+    first = tmp / "raw" / "s"
+    source: RawGuest = await rawqemu.spawn("src", first, argv(first, False), cont=True)
+    await wait_serial(serial, READY)
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        run_dir = tmp / "raw" / f"d{i}"
+        dest = await rawqemu.spawn(f"d{i}", run_dir, argv(run_dir, True), cont=False)
+        caps = {"capabilities": [{"capability": "events", "state": True}]}
+        for client in (dest.client, source.client):
+            await client.execute("migrate-set-capabilities", caps)
+        uri = f"unix:{run_dir / 'migrate.sock'}"
+        await dest.client.execute("migrate-incoming", {"uri": uri})
+        await source.client.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
+        async with anyio.create_task_group() as group:
+            group.start_soon(_migration_done, dest.client)
+            group.start_soon(_migration_done, source.client)
+            await anyio.lowlevel.checkpoint()  # both listeners are registered before the migration starts
+            await source.client.execute("migrate", {"uri": uri})
+        info = await source.client.execute("query-migrate")
+        await dest.client.execute("cont")
+        await rawqemu.stop(source)
+        if i:
+            totals.append(time.perf_counter() - t0)
+            downtimes.append(int(info.get("downtime", 0)))
+        source = dest
+    await rawqemu.stop(source)
+    return totals, downtimes
+
+
+def summary(values_ms: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values_ms)
+    return {"median": round(statistics.median(ordered), 2), "min": round(ordered[0], 2),
+            "max": round(ordered[-1], 2)}
+
+
+async def measure(runs: int) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="avirt-bench-migrate-"))
+    try:
+        xml = guest_xml(tmp)
+        a_total, a_down, stored = await avirt_side(tmp, xml, runs)
+        b_total, b_down = await bare_side(tmp, stored, runs)
+    finally:
+        kill_leftovers(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    avirt_ms, bare_ms = summary([t * 1000 for t in a_total]), summary([t * 1000 for t in b_total])
+    ratio = round(avirt_ms["median"] / bare_ms["median"], 3)
+    down_a, down_b = statistics.median(a_down), statistics.median(b_down)
+    return {
+        "config": {"runs": runs, "memory_mib": 256, "disk_gib": 1, "storage": "shared"},
+        "avirt": {"total_ms": avirt_ms, "downtime_ms": down_a},
+        "bare": {"total_ms": bare_ms, "downtime_ms": down_b},
+        "ratio": ratio,
+        "targets": [
+            {"name": "total: avirt / bare (median)", "value": ratio, "limit": TARGET_RATIO, "unit": "x",
+             "ok": ratio <= TARGET_RATIO},
+            {"name": "downtime: avirt - bare (median)", "value": down_a - down_b, "limit": 1, "unit": "ms",
+             "ok": down_a - down_b <= 1},
+        ],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=10, help="timed migrations per side (default 10)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    report = anyio.run(measure, args.runs)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"migration: 256 MiB TCG guest writing to a 1 GiB disk, shared storage, {args.runs} runs each way")
+    for side in ("avirt", "bare"):
+        t = report[side]["total_ms"]
+        print(f"  {side:<6} total {t['median']:8.1f} ms (min {t['min']:.1f}, max {t['max']:.1f})   "
+              f"downtime {report[side]['downtime_ms']:.0f} ms")
+    for t in report["targets"]:
+        print(f"  {'ok  ' if t['ok'] else 'MISS'} {t['name']}: {t['value']} {t['unit']} (limit {t['limit']})")
+    print("  (libvirt refuses a migration to the same host: no libvirt figure here)")
+
+
+if __name__ == "__main__":
+    main()

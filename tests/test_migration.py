@@ -1,0 +1,307 @@
+"""Live migration between two state directories of this machine (shared storage): real QEMU on both
+sides, the tiny guest writing to its disk throughout, libvirt's events on both sides, and every refusal
+and failure leaving the guest running in exactly one place."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+import avirt
+from avirt import DomainState, EventKind, LifecycleEvent
+from avirt.connection import Connection
+from avirt.errors import DomainExistsError, InvalidArgumentError, MigrationError, OperationInvalidError
+from tests.guest import BASE_CMDLINE, GuestImages
+from tests.test_cli import CLI
+from tests.test_served import HOLDER
+from tests.waiting import wait_for_serial, wait_for_state
+from tests.xmls import XMLFactory
+
+pytestmark = [pytest.mark.anyio]
+
+SLOTS = 8
+WRITE = re.compile(r"avirt-wl: i=(\d+) slot=(\d+) pat=0x([0-9a-f]{2})")
+
+
+@pytest.fixture
+def two_dirs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    dirs = tmp_path / "source", tmp_path / "dest"
+    yield dirs
+    for pidfile in [*dirs[0].glob("run/*/qemu.pid"), *dirs[1].glob("run/*/qemu.pid")]:
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass
+
+
+@pytest.fixture
+async def pair(two_dirs: tuple[Path, Path]) -> AsyncIterator[tuple[Connection, Connection]]:
+    async with avirt.connect(state_dir=two_dirs[0]) as source, avirt.connect(state_dir=two_dirs[1]) as dest:
+        yield source, dest
+
+
+class Lifecycle:
+    """Every lifecycle event of one connection, as (type, detail)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self._changed = anyio.Event()
+        conn.subscribe(self._on, kinds={EventKind.LIFECYCLE})
+
+    def _on(self, event: avirt.Event) -> None:
+        assert isinstance(event, LifecycleEvent)
+        self.seen.append((event.type.name, event.detail))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def until(self, *wanted: tuple[str, str], timeout: float = 30) -> None:
+        with anyio.fail_after(timeout):
+            while not all(w in self.seen for w in wanted):
+                await self._changed.wait()
+
+
+@pytest.mark.guest
+async def test_a_writing_guest_moves_and_keeps_every_write(
+        pair: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path,
+        guest_images: GuestImages) -> None:
+    source, dest = pair
+    disk, serial = tmp_path / "disk.qcow2", tmp_path / "serial.log"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "32M"], check=True)
+    dom = await source.define_xml(xml(
+        "mover", type="qemu", memory_mib=256, kernel=str(guest_images.kernel),
+        initrd=str(guest_images.initrd), serial_file=str(serial), disks=[("vda", str(disk), "qcow2")],
+        cmdline=f"{BASE_CMDLINE} avirt.workload=write avirt.slots={SLOTS} avirt.count=0 avirt.sleep=0"))
+    await dom.start()
+    await wait_for_serial(serial, "avirt-wl: i=10 ")
+    at_source, at_dest = Lifecycle(source), Lifecycle(dest)
+
+    job = await dom.migrate(dest)
+    seen = [p async for p in job.progress()]
+    moved = await job
+    assert moved.name == "mover" and moved.uuid == dom.uuid
+    assert await moved.state() == (DomainState.RUNNING, "migrated")
+    assert await source.list_domains() == []  # undefine_source: gone from the source
+    assert (await dest.lookup("mover")) == moved  # persist: defined at the destination
+    await at_source.until(("SUSPENDED", "migrated"), ("STOPPED", "migrated"), ("UNDEFINED", "removed"))
+    await at_dest.until(("STARTED", "migrated"), ("RESUMED", "migrated"), ("DEFINED", "added"))
+    assert at_dest.seen.index(("STARTED", "migrated")) < at_dest.seen.index(("RESUMED", "migrated"))
+    assert all(p.ram_total > 0 for p in seen)
+    assert job.stats is not None and job.stats.status == "completed" and job.stats.total_ms > 0
+    assert job.stats.ram_transferred > 0
+
+    # The guest goes on writing at the destination (into the same log: append='on').
+    done = len(WRITE.findall(serial.read_text()))
+    await wait_for_serial(serial, f"avirt-wl: i={done + 2 * SLOTS} ")
+    await moved.shutdown(wait=60)
+    last: dict[int, int] = {}
+    for _, slot, pat in WRITE.findall(serial.read_text()):
+        last[int(slot)] = int(pat, 16)
+    assert len(last) == SLOTS
+    for slot, pat in last.items():  # every reported write is on the disk, whichever QEMU made it
+        out = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {pat:#x} {slot}M 64k", disk],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and "verification failed" not in out.stdout, (slot, out.stdout)
+
+
+async def test_a_paused_transient_copy_stays_paused_and_the_source_keeps_its_definition(
+        pair: tuple[Connection, Connection], xml: XMLFactory) -> None:
+    source, dest = pair
+    dom = await source.define_xml(xml("idle"))
+    await dom.start(paused=True)
+    at_source = Lifecycle(source)
+    moved = await (await dom.migrate(dest, persist=False, undefine_source=False, max_downtime=50))
+    assert (await moved.state())[0] is DomainState.PAUSED
+    assert await dom.state() == (DomainState.SHUTOFF, "migrated")
+    await at_source.until(("STOPPED", "migrated"))
+    await moved.destroy()
+    assert await dest.list_domains() == []  # it was transient there
+
+
+async def test_refusals_come_before_anything_moves(
+        pair: tuple[Connection, Connection], xml: XMLFactory) -> None:
+    source, dest = pair
+    off = await source.define_xml(xml("off"))
+    with pytest.raises(OperationInvalidError, match="shutoff"):
+        await off.migrate(dest)
+    dom = await source.define_xml(xml("busy"))
+    await dom.start()
+    await dest.define_xml(xml("busy"))  # a namesake at the destination
+    with pytest.raises(DomainExistsError):
+        await (await dom.migrate(dest))
+    with pytest.raises(InvalidArgumentError):
+        await dom.migrate(dest, copy_storage="all")
+    with pytest.raises(InvalidArgumentError):
+        await dom.migrate(source)
+    with pytest.raises(InvalidArgumentError):
+        await dom.migrate(dest, bandwidth=0)
+    async with avirt.connect("test:///default") as test_conn:
+        with pytest.raises(OperationInvalidError):
+            await (await dom.migrate(test_conn))
+    # The guest never stopped running at the source.
+    assert await dom.state() == (DomainState.RUNNING, "booted")
+    assert [d.name for d in await dest.list_domains()] == ["busy"]
+    assert (await (await dest.lookup("busy")).state())[0] is DomainState.SHUTOFF
+
+
+async def test_a_cancelled_migration_leaves_the_guest_running_at_the_source(
+        pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
+    source, dest = pair
+    dom = await source.define_xml(xml("slow"))
+    await dom.start()
+    job = await dom.migrate(dest, bandwidth=32 * 1024)  # a few hundred KiB to send: seconds at this rate
+    async for progress in job.progress():
+        if progress.status == "active" and progress.ram_transferred > 0:
+            await job.cancel()
+            break
+    with pytest.raises(MigrationError, match="cancelled"):
+        await job
+    assert (await dom.state())[0] is DomainState.RUNNING
+    assert await dest.list_domains() == []
+    assert list((two_dirs[1] / "run").glob("*")) == []  # nothing of the destination's QEMU is left
+
+
+def test_the_command_moves_a_domain_with_virsh_s_flags(
+        two_dirs: tuple[Path, Path], xml: XMLFactory, tmp_path: Path) -> None:
+    source, dest = CLI(two_dirs[0]), CLI(two_dirs[1])
+    (tmp_path / "d.xml").write_text(xml("cli-mover"))
+    source.ok("define", str(tmp_path / "d.xml"))
+    source.ok("start", "cli-mover")
+    assert "--live" in source.fails("migrate", "cli-mover", "qemu:///session",
+                                    "--dest-state-dir", str(two_dirs[1]))
+    out = source.ok("migrate", "cli-mover", "qemu:///session", "--dest-state-dir", str(two_dirs[1]),
+                    "--live", "--persistent", "--undefinesource", "--verbose", "--max-downtime", "100")
+    assert out.splitlines()[-2:] == ["Migration: [100 %]", "Domain 'cli-mover' migrated to qemu:///session"]
+    assert "cli-mover" not in source.ok("list", "--all")
+    assert re.search(r"cli-mover\s+running", dest.ok("list", "--all"))
+    dest.ok("destroy", "cli-mover")
+
+
+async def test_a_guest_migrates_back_onto_its_own_definition(
+        pair: tuple[Connection, Connection], xml: XMLFactory) -> None:
+    source, dest = pair
+    dom = await source.define_xml(xml("roundtrip"))
+    await dom.start()
+    there = await (await dom.migrate(dest, persist=False, undefine_source=False))
+    assert await dom.state() == (DomainState.SHUTOFF, "migrated")
+    back = await (await there.migrate(source))  # onto the shut-off definition of the same UUID
+    assert back == dom and await back.state() == (DomainState.RUNNING, "migrated")
+    assert await dest.list_domains() == []
+    await back.destroy()
+    assert (await dom.state())[0] is DomainState.SHUTOFF  # still defined here
+
+
+@pytest.fixture
+def dest_holder(two_dirs: tuple[Path, Path]) -> Iterator[subprocess.Popen[str]]:
+    """Another program holding the destination's state directory."""
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(two_dirs[1])], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "serving"
+    yield process
+    process.kill()
+    process.wait(timeout=30)
+
+
+async def test_a_guest_moves_into_a_state_directory_another_program_holds(
+        two_dirs: tuple[Path, Path], xml: XMLFactory, dest_holder: subprocess.Popen[str]) -> None:
+    """The destination's controller is another process: every destination phase goes through the served
+    protocol to it, and its own subscribers see the guest arrive."""
+    async with avirt.connect(state_dir=two_dirs[0]) as source, avirt.connect(state_dir=two_dirs[1]) as dest:
+        assert not dest.serving
+        dom = await source.define_xml(xml("handed"))
+        await dom.start()
+        at_dest = Lifecycle(dest)
+        moved = await (await dom.migrate(dest))
+        assert await moved.state() == (DomainState.RUNNING, "migrated")
+        await at_dest.until(("STARTED", "migrated"), ("RESUMED", "migrated"), ("DEFINED", "added"))
+        assert await source.list_domains() == []
+        await moved.destroy()
+
+
+# -- controllers killed mid-migration ---------------------------------------------------------------------
+
+SOURCE = textwrap.dedent("""
+    import sys, anyio, avirt
+    async def main():
+        async with avirt.connect(state_dir=sys.argv[1]) as source, \\
+                avirt.connect(state_dir=sys.argv[2]) as dest:
+            dom = await source.define_xml(sys.stdin.read())
+            await dom.start()
+            job = await dom.migrate(dest, bandwidth=16 * 1024)
+            async for p in job.progress():
+                if p.status == "active" and p.ram_transferred > 0:
+                    print("sending", flush=True)
+                    await anyio.sleep_forever()  # until the test kills this controller
+    anyio.run(main)
+""")
+
+
+def qemu_pids(*dirs: Path) -> list[int]:
+    pids = []
+    for d in dirs:
+        for pidfile in d.glob("run/*/qemu.pid"):
+            try:
+                pid = int(pidfile.read_text())
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError):
+                continue
+            pids.append(pid)
+    return pids
+
+
+async def test_a_source_controller_killed_while_sending_keeps_the_guest_at_the_source(
+        two_dirs: tuple[Path, Path], xml: XMLFactory) -> None:
+    async with avirt.connect(state_dir=two_dirs[1]) as dest:  # this process holds the destination
+        at_dest = Lifecycle(dest)
+        source_proc = await anyio.open_process([sys.executable, "-c", SOURCE, *map(str, two_dirs)])
+        try:
+            assert source_proc.stdin is not None and source_proc.stdout is not None
+            await source_proc.stdin.send(xml("killed").encode())
+            await source_proc.stdin.aclose()
+            with anyio.fail_after(60):
+                assert (await source_proc.stdout.receive()).startswith(b"sending")
+            assert [d.name for d in await dest.list_domains()] == ["killed"]  # waiting for the guest
+        finally:
+            source_proc.kill()
+            await source_proc.wait()
+        # A new controller of the source finds the record of a migration nobody committed.
+        async with avirt.connect(state_dir=two_dirs[0]) as source:
+            dom = await source.lookup("killed")
+            await at_dest.until(("STOPPED", "failed"), timeout=60)  # its stream was cancelled: QEMU ended
+            assert await dest.list_domains() == []
+            assert (await dom.state())[0] is DomainState.RUNNING
+            assert len(qemu_pids(*two_dirs)) == 1  # one QEMU: the source's
+            await dom.destroy()
+
+
+async def test_a_committed_migration_nobody_finished_is_settled_by_both_sides_records(
+        pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
+    """The source commits, then its controller goes away before finish: the destination, after its grace
+    period, reads the source's record and runs the guest; a new source controller ends its QEMU."""
+    source, dest = pair
+    dom = await source.define_xml(xml("orphan"))
+    await dom.start()
+    src, dst = source._driver, dest._driver
+    live, _, running = await src.migrate_begin("orphan")
+    uri = await dst.migrate_prepare(live, source=src.location(), resume=running, persistent_xml=live)
+    await src.migrate_perform("orphan", uri, dest=dst.location(), bandwidth=None, max_downtime=None)
+    at_dest = Lifecycle(dest)
+    await source.close()  # the source's controller is gone before finish and confirm
+    moved = await dest.lookup("orphan")
+    await at_dest.until(("RESUMED", "migrated"), timeout=60)
+    assert await moved.state() == (DomainState.RUNNING, "migrated")
+    assert len(qemu_pids(*two_dirs)) == 2  # the source's QEMU waits, paused, for its controller
+    async with avirt.connect(state_dir=two_dirs[0]) as again:
+        left = await again.lookup("orphan")
+        await wait_for_state(left, DomainState.SHUTOFF)
+        assert await left.state() == (DomainState.SHUTOFF, "migrated")
+    assert len(qemu_pids(*two_dirs)) == 1
+    assert (await dest.lookup("orphan")) == moved  # kept there: the record said persistent
