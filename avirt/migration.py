@@ -16,8 +16,9 @@ A failure or :meth:`MigrationJob.cancel` before finish unwinds it: the destinati
 source runs on as before (``confirm`` with ok=False); the job raises
 :class:`~avirt.errors.MigrationError`. The guest therefore runs in exactly one place whenever the job has
 ended. A controller killed in the middle, on either side, is resolved by the records both sides keep in
-their run directories, with one commit point (``drivers/qemu/migratecalls.py``). Events follow libvirt's: the source reports SUSPENDED/migrated then STOPPED/migrated, the
-destination STARTED/migrated then RESUMED/migrated.
+their run directories, with one commit point (``drivers/qemu/migratecalls.py``). Events follow
+libvirt's: the source reports SUSPENDED/migrated then STOPPED/migrated, the destination STARTED/migrated
+then RESUMED/migrated.
 
 What this version does not do yet: storage copy (``copy_storage``: both sides must see the same image
 files, which holds for two state directories of one machine), connections to other hosts (the stream goes
