@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     )
     from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
     from avirt.migration import MigrationJob
-    from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+    from avirt.models import DomainInfo, DomainState, DomainStats, ImageInfo, MigrationProgress
     from avirt.network import DHCPLease, Network
 
 __version__ = "0.1.0"
@@ -94,6 +94,7 @@ _NAMES = {
     "DomainInfo": "avirt.models",
     "MigrationProgress": "avirt.models",
     "DomainState": "avirt.models",
+    "DomainStats": "avirt.models",
     "ImageInfo": "avirt.models",
 }
 _MODULES = ("errors", "fleet", "offline")
@@ -128,6 +129,7 @@ __all__ = [
     "Domain",
     "DomainInfo",
     "DomainState",
+    "DomainStats",
     "Event",
     "EventKind",
     "EventStream",

@@ -19,12 +19,14 @@ from anyio.abc import ByteStream
 from avirt.domain import Domain
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
+from avirt.drivers.stats import DEFAULT_TIMEOUT as DEFAULT_STATS_TIMEOUT
+from avirt.drivers.stats import check_groups
 from avirt.drivers.test import TestDriver
-from avirt.errors import UnsupportedError
+from avirt.errors import InvalidArgumentError, UnsupportedError
 from avirt.events.bus import Callback, EventStream, Subscription
 from avirt.events.model import EventKind
 from avirt.hosts.base import Host
-from avirt.models import DomainState
+from avirt.models import DomainState, DomainStats
 from avirt.network import Network
 from avirt.served.server import serve_stream
 from avirt.served.shared import SharedDriver
@@ -93,6 +95,23 @@ class Connection:
 
     async def list_networks(self) -> list[Network]:
         return [Network(self._driver, ref.name, ref.uuid) for ref in await self._driver.list_networks()]
+
+    async def all_domain_stats(self, groups: Iterable[str] | None = None,
+                               domains: Iterable[Domain | str] | None = None, *,
+                               timeout: float = DEFAULT_STATS_TIMEOUT) -> list[DomainStats]:
+        """Statistics of many domains at once (virConnectGetAllDomainStats / virDomainListGetStats).
+
+        ``groups`` picks libvirt's groups: ``state``, ``cpu-total``, ``balloon``, ``vcpu``, ``block`` (all
+        if None); ``domains`` the domains (handles or names; every domain, by name, if None). Running
+        domains are asked concurrently and each gets ``timeout`` seconds: one whose QEMU does not answer
+        in time is reported with its state and ``stats.unresponsive`` instead of holding up the others.
+        A shut-off domain reports its state only. See docs/API.md for the fields.
+        """
+        if timeout < 0:
+            raise InvalidArgumentError("timeout must be >= 0 seconds")
+        names = None if domains is None else [_domain_name(d) or "" for d in domains]
+        found = await self._driver.all_domain_stats(check_groups(groups), names, timeout)
+        return [DomainStats(self._domain(ref), params) for ref, params in found]
 
     def subscribe(self, callback: Callback, *, kinds: Iterable[EventKind] | None = None,
                   domain: Domain | str | None = None, max_queue: int = 1024) -> Subscription:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from avirt import migration
-from avirt.errors import InvalidArgumentError
+from avirt.errors import InvalidArgumentError, OperationInvalidError, OperationTimeoutError
 from avirt.jobs import BlockJob
 from avirt.migration import MigrationJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -161,6 +161,68 @@ class Domain:
     async def info(self) -> DomainInfo:
         return await self._driver.info(self.name)
 
+    async def attach_device(self, xml: str, *, live: bool = True, config: bool = False) -> None:
+        """Attach a ``<disk>`` (virDomainAttachDeviceFlags): ``live`` plugs it into the running domain,
+        ``config`` adds it to the persistent definition (a shut-off domain: the definition only, when
+        both are given). Its address is filled in as at define time: a virtio disk takes a free PCI slot
+        (on q35 a free ``pcie-root-port``: a running guest cannot be given a new one, so keep spares in
+        the definition), a SCSI disk a unit of an existing virtio-scsi controller, a USB disk a port. Only
+        virtio, SCSI and USB disks can be plugged into a running domain."""
+        if not live and not config:
+            raise InvalidArgumentError("nothing to change: live and config are both False")
+        await self._driver.attach_device(self.name, xml, live=live, config=config)
+
+    async def detach_device(self, xml: str, *, live: bool = True, config: bool = False,
+                            timeout: float = 10.0) -> None:
+        """Detach the disk that ``xml`` names by its target (or its source) (virDomainDetachDeviceFlags).
+
+        Live, this asks the guest to let the device go and waits for it up to ``timeout`` seconds: a PCI
+        device needs the guest OS's consent (USB and SCSI devices go at once). A guest that does not
+        release it in time raises :class:`~avirt.errors.DeviceDetachTimeoutError`; the request stands,
+        and the detach completes by itself (with a ``DeviceRemovedEvent``) if the guest agrees later."""
+        if timeout < 0:
+            raise InvalidArgumentError("timeout must be >= 0 seconds")
+        if not live and not config:
+            raise InvalidArgumentError("nothing to change: live and config are both False")
+        await self._driver.detach_device(self.name, xml, live=live, config=config, timeout=timeout)
+
+    async def change_media(self, disk: str, source: str | None, *, format: str = "raw", force: bool = False,
+                           live: bool = True, config: bool = False) -> None:
+        """Insert image ``source`` into cdrom or floppy drive ``disk``, replacing its medium, or eject it
+        (``source=None``) (virDomainUpdateDeviceFlags on a ``<disk device='cdrom'>``). ``force`` opens a
+        tray the guest has locked. Each tray movement is a :class:`~avirt.events.TrayChangeEvent`."""
+        if format not in ("raw", "qcow2"):
+            raise InvalidArgumentError(f"format must be raw or qcow2, not {format!r}")
+        if not live and not config:
+            raise InvalidArgumentError("nothing to change: live and config are both False")
+        await self._driver.change_media(self.name, disk, source, format=format, force=force, live=live,
+                                        config=config)
+
+    async def set_block_threshold(self, dev: str, threshold: int) -> None:
+        """Be told once when the guest writes past ``threshold`` bytes of a disk layer
+        (virDomainSetBlockThreshold): ``dev`` is ``vda`` for the disk's top layer or ``vda[N]`` for the
+        N-th layer below it. The first write that ends past the threshold emits one
+        :class:`~avirt.events.BlockThresholdEvent`, and the threshold is then gone (QEMU disarms it), as
+        libvirt documents; 0 disarms it now. Statistics show it as ``block.N.threshold`` (top layers).
+        The domain must be running (or paused)."""
+        if threshold < 0:
+            raise InvalidArgumentError("threshold must be >= 0 bytes")
+        await self._driver.set_block_threshold(self.name, dev, threshold)
+
+    async def block_stats(self, disk: str, *, timeout: float = 5.0) -> dict[str, int]:
+        """The I/O counters of one disk of the running domain (virDomainBlockStatsFlags, virsh domblkstat):
+        ``rd_operations``, ``rd_bytes``, ``rd_total_times`` (ns), ``wr_*`` and ``flush_*`` likewise."""
+        from avirt.drivers.stats import STATE_NUMBERS, UNRESPONSIVE, block_stats
+
+        [(_, params)] = await self._driver.all_domain_stats(["state", "block"], [self.name], timeout)
+        if params.get("state.state") == STATE_NUMBERS[DomainState.SHUTOFF]:
+            raise OperationInvalidError(f"domain '{self.name}' is not running")
+        if params.get(UNRESPONSIVE):
+            raise OperationTimeoutError(f"domain '{self.name}': QEMU did not answer within {timeout:g} s")
+        counters = block_stats(params, disk)
+        if counters is None:
+            raise InvalidArgumentError(f"domain '{self.name}' has no disk {disk}")
+        return counters
     async def migrate(self, dest: Connection, *, live: bool = True, copy_storage: str | None = None,
                       storage_paths: dict[str, str] | None = None, bandwidth: int | None = None,
                       max_downtime: int | None = None, persist: bool = True,

@@ -192,3 +192,17 @@ class NetworkError(AvirtError):
 class NetworkPermissionError(NetworkError):
     """Host networking (bridges, taps, firewall rules) needs root or CAP_NET_ADMIN, which this controller
     lacks. ``<interface type='user'>`` needs neither; qemu-bridge-helper is the setuid alternative."""
+
+
+class DeviceDetachTimeoutError(OperationTimeoutError):
+    """The guest did not release a device within the detach's timeout (a PCI device waits for the
+    guest's OS to agree, and a guest without one, or paused, never does). The device is still attached
+    and in the live definition; the request stands, so if the guest releases it later the detach
+    completes by itself (a ``DeviceRemovedEvent`` says so). ``device`` is the disk's target."""
+
+    def __init__(self, domain: str, device: str, timeout: float) -> None:
+        self.domain = domain
+        self.device = device
+        self.timeout = timeout
+        super().__init__(f"domain '{domain}': the guest did not release device {device} within "
+                         f"{timeout:g} s; it stays attached until the guest does (the request stands)")

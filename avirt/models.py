@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from avirt.domain import Domain
 
 
 class DomainState(enum.Enum):
@@ -44,6 +48,21 @@ class DomainInfo:
     memory_kib: int
     vcpus: int
     cpu_time_ns: int
+
+
+@dataclass(frozen=True)
+class DomainStats:
+    """One domain's record of ``Connection.all_domain_stats()`` (virDomainStatsRecord): libvirt's typed
+    parameters as a flat map, e.g. ``{"state.state": 1, "cpu.time": 123456789, "block.0.wr.bytes": 4096}``.
+    A running domain whose QEMU did not answer in time has ``"stats.unresponsive": True`` and only the
+    fields it could be given without QEMU."""
+
+    domain: Domain
+    params: dict[str, Any]
+
+    @property
+    def unresponsive(self) -> bool:
+        return bool(self.params.get("stats.unresponsive"))
 
 
 @dataclass(frozen=True)

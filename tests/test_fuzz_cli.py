@@ -34,6 +34,9 @@ RUN_TIMEOUT = 30.0
 VALUES = {
     "DOM": ["test", "fuzz-seed", "web1", "00000000-0000-0000-0000-000000000000"],
     "DISK": ["vda", "vdb", "sda", "vda[1]"],
+    "TARGET": ["vda", "vdb", "sda", "hdc"],
+    "SOURCE": ["/var/lib/avirt/images/test.qcow2", "/tmp/x.iso", "", "a\x00b"],
+    "DOMAIN": ["test", "fuzz-seed", "nosuch"],
     "URI": ["urn:x", "http://example.org/app", "http://libosinfo.org/xmlns/libvirt/domain/1.0"],
     "NAME": ["snap1", "..", "a/b"],
     "BPS": ["0", "1G", "64M", "9" * 30, "9" * 5000, "-1", "1e3", "1X", "", "\u0661K"],
@@ -49,7 +52,8 @@ VALUES = {
 OFFLINE = ["define", "undefine", "list", "dominfo", "domstate", "dumpxml", "domblklist", "domblkchain",
            "metadata", "blockcommit", "blockpull", "snapshot-create-as", "blockjob", "shutdown", "destroy",
            "suspend", "resume"]
-EVERY = [*OFFLINE, "start", "reboot", "reset", "blockcopy"]
+EVERY = [*OFFLINE, "start", "reboot", "reset", "blockcopy", "domstats", "domblkstat", "attach-device",
+         "detach-device", "attach-disk", "detach-disk", "change-media"]
 
 
 @dataclass

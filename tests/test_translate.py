@@ -43,7 +43,8 @@ def recorded(name: str, **match: Any) -> dict[str, Any]:
 
 NAMES = Names(disk_of_node=lambda node: {"vda-1": "vda", "vda-2": "vda[1]"}.get(node, node),
               job=lambda job_id: {"commit-vda-1": ("vda", JobKind.COMMIT),
-                                  "active-commit-vda-1": ("vda", JobKind.ACTIVE_COMMIT)}.get(job_id))
+                                  "active-commit-vda-1": ("vda", JobKind.ACTIVE_COMMIT)}.get(job_id),
+              path_of_node=lambda node: {"vda-1": "/images/vda.qcow2"}.get(node, ""))
 
 EXPECTED: list[tuple[dict[str, Any], list[tuple[type, dict[str, Any]]]]] = [
     (recorded("RESET"), [(RebootEvent, {})]),
@@ -51,7 +52,8 @@ EXPECTED: list[tuple[dict[str, Any], list[tuple[type, dict[str, Any]]]]] = [
     (recorded("BLOCK_IO_ERROR"), [(IOErrorEvent, {"disk": "vda", "action": "stop",
                                                   "reason": "No space left on device"})]),
     (recorded("BLOCK_WRITE_THRESHOLD"), [(BlockThresholdEvent, {"disk": "vda", "threshold": 1 << 20,
-                                                                "excess": 1114112})]),
+                                                                "excess": 1114112,
+                                                                "path": "/images/vda.qcow2"})]),
     (recorded("DEVICE_TRAY_MOVED", **{"tray-open": True}),
      [(TrayChangeEvent, {"device": "cd0", "open": True})]),
     (recorded("DEVICE_TRAY_MOVED", **{"tray-open": False}),
@@ -139,10 +141,16 @@ def test_guest_shutdown_then_quit_is_announced_once() -> None:
 
 def test_node_names_map_to_disks_and_layers() -> None:
     guest, _ = _guest()
-    guest.chains = {"vda": [Layer("/base", "qcow2"), Layer("/mid", "qcow2"), Layer("/top", "qcow2")]}
+    guest.chains = {"vda": [Layer("/base", "qcow2", "vda-1"), Layer("/mid", "qcow2", "vda-2"),
+                            Layer("/top", "qcow2", "vda-3")]}
     assert guest.names.disk_of_node("vda-3") == "vda"
     assert guest.names.disk_of_node("vda-3-file") == "vda"
     assert guest.names.disk_of_node("vda-1") == "vda[2]"
+    # after a commit dropped the middle and a snapshot added vda-4: names are found, not computed
+    guest.chains = {"vda": [Layer("/base", "qcow2", "vda-1"), Layer("/snap", "qcow2", "vda-4")]}
+    assert guest.names.disk_of_node("vda-4") == "vda"
+    assert guest.names.disk_of_node("vda-1") == "vda[1]"
+    assert guest.names.disk_of_node("vda-2") == "vda-2"
     assert guest.names.disk_of_node("#block123") == "#block123"
     assert guest.names.job("active-commit-vda-7") == ("vda", JobKind.ACTIVE_COMMIT)
     assert guest.names.job("backup0") is None

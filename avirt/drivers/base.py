@@ -229,6 +229,28 @@ class Driver(ABC):
     @abstractmethod
     async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]: ...
 
+    # -- devices ---------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
+        """Add the ``<disk>`` of ``xml`` to the definitions :meth:`DomainRecord.affected` names (plugged
+        into the running QEMU for the live one)."""
+
+    @abstractmethod
+    async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
+        """Remove the disk ``xml`` names; live, wait up to ``timeout`` seconds for the guest to release it
+        (:class:`~avirt.errors.DeviceDetachTimeoutError` after that)."""
+
+    @abstractmethod
+    async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
+                           live: bool, config: bool) -> None:
+        """Put image ``source`` (None: nothing) in cdrom or floppy drive ``disk``."""
+
+    @abstractmethod
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        """Arm a one-shot write threshold of ``threshold`` bytes (0: disarm) on disk layer ``dev`` of the
+        running domain: ``vda`` is the disk's top layer, ``vda[N]`` the N-th below it."""
+
     # -- queries ---------------------------------------------------------------------------------------
 
     @abstractmethod
@@ -239,6 +261,12 @@ class Driver(ABC):
 
     @abstractmethod
     async def xml(self, name: str, *, inactive: bool) -> str: ...
+
+    @abstractmethod
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        """Each domain's statistics (``drivers/stats.py``'s fields) in the ``groups`` given, for the domains
+        ``names`` (every domain if None, by name), each given at most ``timeout`` seconds."""
 
     # -- metadata --------------------------------------------------------------------------------------
 

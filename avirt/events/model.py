@@ -164,10 +164,14 @@ class MetadataChangeEvent(Event):
 
 @dataclass(frozen=True, slots=True)
 class BlockThresholdEvent(Event):
+    """A write crossed the threshold ``Domain.set_block_threshold`` set (libvirt's BLOCK_THRESHOLD: its
+    ``dev`` is ``disk`` here). One-shot: the threshold is gone once this fires; set it again for more."""
+
     kind: ClassVar[EventKind] = EventKind.BLOCK_THRESHOLD
     disk: str  # target, or "vda[N]" for a backing layer, or QEMU's node name
     threshold: int
-    excess: int
+    excess: int  # bytes written past the threshold by the write that crossed it
+    path: str = ""  # the image of that layer ("" when avirt does not know the node)
 
 
 @dataclass(frozen=True, slots=True)

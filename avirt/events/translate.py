@@ -54,6 +54,8 @@ class Names:
     disk_of_node: Callable[[str], str]
     #: QMP job id -> (disk, kind), None for a job avirt did not start.
     job: Callable[[str], tuple[str, JobKind] | None]
+    #: QEMU node name -> the image file of that layer ("" when unknown).
+    path_of_node: Callable[[str], str] = lambda node: ""
 
 
 def timestamp_of(msg: dict[str, Any]) -> float | None:
@@ -76,7 +78,8 @@ def _io_error(data: Fields, names: Names) -> Translation:
 
 
 def _threshold(data: Fields, names: Names) -> Translation:
-    return [(BlockThresholdEvent, {"disk": names.disk_of_node(data.get("node-name", "")),
+    node = data.get("node-name", "")
+    return [(BlockThresholdEvent, {"disk": names.disk_of_node(node), "path": names.path_of_node(node),
                                    "threshold": int(data.get("write-threshold", 0)),
                                    "excess": int(data.get("amount-exceeded", 0))})]
 
@@ -87,7 +90,11 @@ def _tray(data: Fields, names: Names) -> Translation:
 
 
 def _device_deleted(data: Fields, names: Names) -> Translation:
-    return [(DeviceRemovedEvent, {"alias": data.get("device") or data.get("path", "")})]
+    # QEMU also reports the parts of a device that have no id of their own (a virtio disk's backend,
+    # "/machine/peripheral/vda/virtio-backend"): the device itself follows with its id. libvirt skips
+    # those too.
+    device = data.get("device")
+    return [(DeviceRemovedEvent, {"alias": device})] if device else []
 
 
 _JOB_TYPES = {"commit": JobKind.COMMIT, "stream": JobKind.PULL, "mirror": JobKind.COPY}

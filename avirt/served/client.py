@@ -266,6 +266,26 @@ class ClientDriver(Driver):
     async def xml(self, name: str, *, inactive: bool) -> str:
         return str(await self._call("xml", name=name, inactive=inactive))
 
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        found = await self._call("all_domain_stats", groups=groups, names=names, timeout=timeout)
+        return [(wire.ref_from(ref), dict(params)) for ref, params in found]
+
+    async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
+        await self._call("attach_device", name=name, xml=_sendable(xml), live=live, config=config)
+
+    async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
+        await self._call("detach_device", name=name, xml=_sendable(xml), live=live, config=config,
+                         timeout=timeout)
+
+    async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
+                           live: bool, config: bool) -> None:
+        await self._call("change_media", name=name, disk=disk, source=source, format=format, force=force,
+                         live=live, config=config)
+
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        await self._call("set_block_threshold", name=name, dev=dev, threshold=threshold)
+
     async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
         text = await self._call("metadata", name=name, uri=uri, inactive=inactive)
         return None if text is None else str(text)

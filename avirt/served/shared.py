@@ -374,6 +374,24 @@ class SharedDriver(Driver):
     async def xml(self, name: str, *, inactive: bool) -> str:
         return await (await self._driver()).xml(name, inactive=inactive)
 
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        return await (await self._driver()).all_domain_stats(groups, names, timeout)
+
+    async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
+        await (await self._driver()).attach_device(name, xml, live=live, config=config)
+
+    async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
+        await (await self._driver()).detach_device(name, xml, live=live, config=config, timeout=timeout)
+
+    async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
+                           live: bool, config: bool) -> None:
+        await (await self._driver()).change_media(name, disk, source, format=format, force=force, live=live,
+                                                  config=config)
+
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        await (await self._driver()).set_block_threshold(name, dev, threshold)
+
     async def metadata(self, name: str, uri: str, *, inactive: bool) -> str | None:
         return await (await self._driver()).metadata(name, uri, inactive=inactive)
 

@@ -47,6 +47,7 @@ Serial markers printed by the guest's /init (console=ttyS0; the tty sends ``\\r\
 Kernel command line knobs: ``avirt.workload=none|write`` (default none), ``avirt.slots=N`` (default
 4), ``avirt.count=N`` (0 = forever, the default), ``avirt.sleep=S`` (seconds between writes,
 fractions allowed, default 0), ``avirt.actions=rtc,suspend,panic`` (see ``init.sh``),
+``avirt.wait=S`` (seconds the write workload waits for a /dev/vda plugged in after boot, default 0),
 ``avirt.blocks=sda,sr0`` (block devices to wait for and report: size, read-only flag, the MD5 of
 their whole content, their sysfs path), ``avirt.shares=TAG,...`` (virtiofs tags to mount and use),
 ``avirt.net=dhcp`` (every ethN asks for a lease), ``avirt.hostname=NAME`` (the host name it sends),

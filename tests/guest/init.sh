@@ -47,6 +47,7 @@ net=
 pings=
 lookups=
 guest_name=avirt-guest
+wait_s=0
 # avirt.* parameters are not passed to init by the kernel (dotted names look like module
 # parameters), so read them from /proc/cmdline.
 for arg in $(cat /proc/cmdline); do
@@ -62,6 +63,7 @@ for arg in $(cat /proc/cmdline); do
         avirt.ping=*) pings=${arg#*=} ;;
         avirt.lookup=*) lookups=${arg#*=} ;;
         avirt.hostname=*) guest_name=${arg#*=} ;;
+        avirt.wait=*) wait_s=${arg#*=} ;;
     esac
 done
 
@@ -205,6 +207,16 @@ SCRIPT
 # (ash runs the trap after the foreground command), then the loop stops: a test can rely on
 # "the disk holds the last reported pattern of every slot" even across a powerdown.
 workload_write() {
+    # avirt.wait=S: a disk plugged in after boot; wait up to S seconds for /dev/vda to appear.
+    n=0
+    while [ ! -b /dev/vda ] && [ "$n" -lt "$((wait_s * 20))" ]; do
+        sleep 0.05
+        n=$((n + 1))
+    done
+    if [ ! -b /dev/vda ]; then
+        echo "avirt-wl: error no /dev/vda after ${wait_s} s"
+        return 1
+    fi
     stop=0
     trap 'stop=1' TERM
     i=0
@@ -263,7 +275,8 @@ wl_pid=
 case "$workload" in
     none) ;;
     write)
-        if [ ! -b /dev/vda ]; then
+        # With avirt.wait the disk may come later (plugged in after "ready"): workload_write waits.
+        if [ ! -b /dev/vda ] && [ "$wait_s" = 0 ]; then
             say "error avirt.workload=write but no /dev/vda"
             workload=none
         fi

@@ -88,18 +88,19 @@ class OnlineJobs:
 
     # -- chains ------------------------------------------------------------------------------------------
 
-    async def refresh_chains(self, guest: Guest) -> None:
+    async def refresh_chains(self, guest: Guest) -> list[dict[str, Any]]:
         """Read every disk's chain back from QEMU: files top-down (``query-block``, which names the top's
         node), each lower layer's node from the names avirt gave (``Guest.nodes``; the newest name of a
-        file wins: a file is open once)."""
+        file wins: a file is open once). Returns QEMU's answer, for callers that need more of it."""
         if not guest.config.disks:
             guest.chains = {}
-            return
-        blocks = await self._driver.monitor(guest).execute("query-block")
+            return []
+        blocks: list[dict[str, Any]] = await self._driver.monitor(guest).execute("query-block")
         known = {path: node for node, path in guest.nodes.items()}
         guest.chains = _chains_from(guest, blocks, known)
+        return blocks
 
-    async def _note_nodes(self, guest: Guest, *, add: dict[str, str] | None = None,
+    async def note_nodes(self, guest: Guest, *, add: dict[str, str] | None = None,
                           drop: list[str] | None = None) -> None:
         """Change ``Guest.nodes`` and write it to nodes.json (before a blockdev-add, after a blockdev-del)."""
         guest.nodes.update(add or {})
@@ -124,8 +125,8 @@ class OnlineJobs:
         monitor = self._driver.monitor(guest)
         added: list[str] = []
         actions = []
-        names = {disk: _next_node(disk, guest.nodes) for disk in overlays}
-        await self._note_nodes(guest, add={names[disk]: path for disk, path in overlays.items()})
+        names = {disk: next_node(disk, guest.nodes) for disk in overlays}
+        await self.note_nodes(guest, add={names[disk]: path for disk, path in overlays.items()})
         try:
             for disk, path in overlays.items():
                 top = guest.chains[disk][-1]
@@ -139,9 +140,9 @@ class OnlineJobs:
         except QMPError as e:
             closed = [node for node in names.values() if node not in added]  # never opened
             for node in reversed(added):
-                if await _close(monitor, node, "snapshot rollback"):
+                if await close_node(monitor, node, "snapshot rollback"):
                     closed.append(node)
-            await self._note_nodes(guest, drop=closed)
+            await self.note_nodes(guest, drop=closed)
             raise BlockJobError(f"disk snapshot of '{guest.name}' failed, no disk was switched: {e.desc}") \
                 from e
         await self.refresh_chains(guest)
@@ -196,9 +197,9 @@ class OnlineJobs:
                                                                            chain[0].format),
                                backing=backing.path if backing else None,
                                backing_format=backing.format if backing else None)
-        node = _next_node(disk, guest.nodes)
+        node = next_node(disk, guest.nodes)
         monitor = self._driver.monitor(guest)
-        await self._note_nodes(guest, add={node: dest})
+        await self.note_nodes(guest, add={node: dest})
         target: dict[str, Any] = {"driver": format, "node-name": node,
                                   "file": {"driver": "file", "node-name": f"{node}-file", "filename": dest}}
         if format == "qcow2":
@@ -206,7 +207,7 @@ class OnlineJobs:
         try:
             await monitor.execute("blockdev-add", target)
         except QMPError as e:
-            await self._note_nodes(guest, drop=[node])
+            await self.note_nodes(guest, drop=[node])
             if not reuse_external:
                 await host.remove_tree(dest)
             raise BlockJobError(f"cannot open copy target {dest}: {e.desc}") from e
@@ -356,14 +357,14 @@ class OnlineJobs:
         still = {layer.node for layer in guest.chains.get(job.disk, [])}
         nodes = [node for node in reversed(job.plan.get("nodes", []))  # top down: each backs the one above
                  if node and node not in still]
-        await self._close_nodes(guest, monitor, nodes, job.id)
+        await self.close_nodes(guest, monitor, nodes, job.id)
 
-    async def _close_nodes(self, guest: Guest, monitor: Monitor, nodes: list[str], why: str) -> None:
+    async def close_nodes(self, guest: Guest, monitor: Monitor, nodes: list[str], why: str) -> None:
         """blockdev-del each node (top down) and its protocol node; those closed leave nodes.json."""
         closed: list[str] = []
 
         async def delete(node: str) -> None:
-            if await _close(monitor, node, why):
+            if await close_node(monitor, node, why):
                 closed.append(node)
 
         # Pipelined: each task queues its commands before it first waits, so they leave in this order,
@@ -372,7 +373,7 @@ class OnlineJobs:
             for node in nodes:
                 group.start_soon(delete, node)
         if closed:
-            await self._note_nodes(guest, drop=closed)
+            await self.note_nodes(guest, drop=closed)
 
     async def _close_leftovers(self, guest: Guest) -> None:
         """After a re-attach: close the recorded nodes that no chain and no job QEMU still runs uses: those
@@ -388,7 +389,7 @@ class OnlineJobs:
         # A node's backing existed before it, so it has a lower number: the highest first is top down.
         leftovers.sort(key=lambda node: (node.rpartition("-")[0], -_number(node)))
         log.info("domain %s: closing nodes left open by an earlier controller: %s", guest.name, leftovers)
-        await self._close_nodes(guest, self._driver.monitor(guest), leftovers, "leftover")
+        await self.close_nodes(guest, self._driver.monitor(guest), leftovers, "leftover")
 
     async def reattach(self, guest: Guest) -> None:
         """After a controller restart: rebuild the handles of the jobs recorded for this guest from what
@@ -640,7 +641,7 @@ def _plain_filename(filename: str) -> str:
     return str(inner.get("filename", filename)) if isinstance(inner, dict) else filename
 
 
-def _next_node(disk: str, nodes: dict[str, str]) -> str:
+def next_node(disk: str, nodes: dict[str, str]) -> str:
     """A node name QEMU does not have: one past the highest ``<disk>-<n>`` that avirt may have open, not
     just in the chain (nodes a job dropped stay open until closed)."""
     numbers = [int(n) for node in nodes if (n := node.removeprefix(f"{disk}-")).isdigit()]
@@ -652,7 +653,7 @@ def _number(node: str) -> int:
     return int(number) if number.isdigit() else 0
 
 
-async def _close(monitor: Monitor, node: str, why: str) -> bool:
+async def close_node(monitor: Monitor, node: str, why: str) -> bool:
     """blockdev-del a format node, then its protocol node: whether QEMU no longer has it."""
     closed = True
     for name in (node, f"{node}-file"):

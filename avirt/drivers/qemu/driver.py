@@ -22,16 +22,18 @@ from typing import Any
 import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
+from avirt.config.devices import Disk
 from avirt.config.metadata import find as find_metadata
 from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
-from avirt.drivers.qemu import firmware, migration, tpm, virtiofs
+from avirt.drivers.qemu import firmware, migration, stats, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
+from avirt.drivers.qemu.hotplug import Devices
 from avirt.drivers.qemu.migratecalls import MigrationCalls
 from avirt.drivers.qemu.netcalls import NetworkCalls
 from avirt.drivers.qemu.offlinejobs import OfflineJobs
@@ -99,6 +101,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         self.jobs = OnlineJobs(self)
         self.images = ImageIndex(host, self.files.chains_path)
         self.offline_jobs = OfflineJobs(self)
+        self.devices = Devices(self)
         #: The guests that take part in a migration now (as source or destination) -> its status.
         self.migrations: dict[str, migration.Watch] = {}
         # Bridges, taps and the descriptors handed to QEMU are this machine's: no networks over SSH (yet).
@@ -405,18 +408,23 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         for disk in cfg.disks:
             if disk.source is None and disk.device != "disk":
                 continue  # an empty drive: a device without media
-            if disk.source is None or not await self.host.exists(disk.source):
-                raise DomainStartError(f"cannot start domain '{cfg.name}': disk {disk.target} image "
-                                       f"{disk.source} does not exist")
-            if disk.format == "raw":
-                chains[disk.target] = [Layer(disk.source, "raw")]
-                continue
             try:
-                layers = await chain_layers(self.host, disk.source, disk.format)
-            except ImageError as e:
-                raise DomainStartError(f"cannot start domain '{cfg.name}': disk {disk.target}: {e}") from e
-            chains[disk.target] = [Layer(path, fmt) for path, fmt in reversed(layers)]
+                chains[disk.target] = await self.disk_layers(cfg.name, disk)
+            except (OperationInvalidError, ImageError) as e:
+                raise DomainStartError(f"cannot start domain '{cfg.name}': {e}") from e
         return chains
+
+    async def disk_layers(self, name: str, disk: Disk) -> list[Layer]:
+        """One disk's layers, bottom first (for a start, a hotplug or a new medium)."""
+        if disk.source is None or not await self.host.exists(disk.source):
+            raise OperationInvalidError(f"disk {disk.target} image {disk.source} does not exist")
+        if disk.format == "raw":
+            return [Layer(disk.source, "raw")]
+        try:
+            layers = await chain_layers(self.host, disk.source, disk.format)
+        except ImageError as e:
+            raise ImageError(f"disk {disk.target}: {e}", e.returncode, e.stderr) from e
+        return [Layer(path, fmt) for path, fmt in reversed(layers)]
 
     async def _accelerator(self, cfg: DomainConfig) -> str:
         if cfg.hypervisor == "qemu":
@@ -605,6 +613,39 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                 raise
             return overlays
 
+    # -- devices -----------------------------------------------------------------------------------------
+
+    async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            await self.devices.attach(guest, xml, live=live, config=config)
+
+    async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            await self.devices.detach(guest, xml, live=live, config=config, timeout=timeout)
+
+    async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
+                           live: bool, config: bool) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            await self.devices.change_media(guest, disk, source, format=format, force=force, live=live,
+                                            config=config)
+
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        guest = self._find(name)
+        if not guest.active:
+            raise OperationInvalidError(f"domain '{name}' is not running")
+        target = dev.partition("[")[0]
+        layers = guest.chains.get(target)
+        if not layers:
+            raise OperationInvalidError(f"domain '{name}' has no disk {target}")
+        depth = resolve_index([layer.path for layer in reversed(layers)], target,
+                              dev if "[" in dev else None, 0)
+        # On the format node: the threshold counts the offsets the guest writes on that layer.
+        await self.monitor(guest).execute("block-set-write-threshold", {
+            "node-name": layers[-1 - depth].node, "write-threshold": threshold})
+
     def disk_images_changed(self, guest: Guest) -> None:
         """A job off line may have given a disk another image: the index reads its chains again."""
         if guest.definition is not None:
@@ -652,6 +693,15 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         cpu = await self.host.cpu_time_ns(guest.process.pid) if guest.process else 0
         return DomainInfo(guest.state, cfg.memory_kib, cfg.current_memory_kib or cfg.memory_kib,
                           cfg.vcpus, cpu)
+
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        guests = ([self._find(n) for n in names] if names is not None
+                  else sorted(self.guests.values(), key=lambda g: g.name))
+        if self.host.connection_error() is not None:
+            timeout = 0  # nothing can answer: every running guest is reported unresponsive at once
+        results = await stats.gather(self.host, guests, groups, timeout)
+        return [(DomainRef(g.name, g.uuid), params) for g, params in zip(guests, results, strict=True)]
 
     async def xml(self, name: str, *, inactive: bool) -> str:
         guest = self._find(name)
@@ -769,7 +819,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                     return None
                 guest.process = resumed
                 if resumed.monitor.connected:
-                    await self.jobs.refresh_chains(guest)
+                    await self.devices.forget_unplugged(guest, await self.jobs.refresh_chains(guest))
                     await self.jobs.resync(guest)
                     status = await resumed.monitor.execute("query-status")
                     state, reason = STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown"))
@@ -813,6 +863,8 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             self.jobs.on_qmp_event(guest, msg)
             if watch is not None:  # a storage copy's mirrors
                 watch.job_event(msg.get("event", ""), msg.get("data") or {})
+        elif msg.get("event") == "DEVICE_DELETED" and not self._closing:
+            self.devices.device_deleted(guest, (msg.get("data") or {}).get("device") or "")
         elif msg.get("event") == "MIGRATION" and watch is not None:
             watch.update(msg.get("data") or {})
         if self.bus.active:
@@ -934,7 +986,8 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             return
         try:
             guest.nodes = await self.files.read_nodes(name)  # the names avirt gave (see state.py)
-            await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
+            blocks = await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
+            await self.devices.forget_unplugged(guest, blocks)
             await self.jobs.reattach(guest)
             status = await process.monitor.execute("query-status")
             guest.restore(saved, status["status"])

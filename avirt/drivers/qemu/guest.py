@@ -80,6 +80,8 @@ class Guest(DomainRecord):
     #: One writer of jobs.json at a time, each writing the newest job table.
     jobs_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
     process: QemuProcess | None = None
+    #: Disks whose detach waits for the guest: target -> set when QEMU says DEVICE_DELETED.
+    detaching: dict[str, anyio.Event] = field(default_factory=dict)
     #: Serialises state-changing calls; queries never take it.
     lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
     #: Set once the current QEMU is gone and the state is SHUTOFF.
@@ -109,17 +111,21 @@ class Guest(DomainRecord):
     names: Names = field(init=False)
 
     def __post_init__(self) -> None:
-        self.names = Names(disk_of_node=self._disk_of_node, job=_job_of_id)
+        self.names = Names(disk_of_node=self._disk_of_node, job=_job_of_id, path_of_node=self._path_of_node)
 
     def _disk_of_node(self, node: str) -> str:
-        """``vda-3`` (or ``vda-3-file``) -> ``vda`` when layer 3 is the top, else ``vda[k]`` k layers down."""
-        target, _, rest = node.partition("-")
-        index = rest.removesuffix("-file")
-        layers = self.chains.get(target)
-        if not layers or not index.isdigit() or not 1 <= int(index) <= len(layers):
-            return node
-        depth = len(layers) - int(index)
-        return target if depth == 0 else f"{target}[{depth}]"
+        """``vda-3`` (or ``vda-3-file``) -> ``vda`` when that node is the top, else ``vda[k]`` k layers down
+        (a node's number says when it was opened, not where it sits: jobs drop layers, hotplug numbers
+        past names used before)."""
+        format_node = node.removesuffix("-file")
+        target = format_node.rpartition("-")[0]
+        for depth, layer in enumerate(reversed(self.chains.get(target, []))):
+            if layer.node == format_node:
+                return target if depth == 0 else f"{target}[{depth}]"
+        return node
+
+    def _path_of_node(self, node: str) -> str:
+        return self.nodes.get(node.removesuffix("-file"), "")
 
 
     def set_state(self, state: DomainState, reason: str, *, detail: str | None = None,
@@ -141,6 +147,7 @@ class Guest(DomainRecord):
     def began(self, process: QemuProcess, live: DomainConfig, chains: dict[str, list[Layer]]) -> None:
         """A QEMU for this guest now exists (spawned or re-attached)."""
         self.process, self.live, self.chains = process, live, chains
+        self.detaching = {}
         self.nodes = {layer.node: layer.path for layers in chains.values() for layer in layers}
         self.stopped = anyio.Event()
         self.exit_reason = None

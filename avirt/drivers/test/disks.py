@@ -65,6 +65,8 @@ class Disks:
         domain holds locked (written by one, or written by us and read by one)."""
         users = self._users(exclude=None)
         for disk in cfg.disks:
+            if disk.source is None and disk.device != "disk":
+                continue  # an empty drive: a device without media, as on QEMU
             prefix = f"cannot start domain '{cfg.name}': disk {disk.target}"
             if disk.source is None or disk.source not in self.images:
                 raise DomainStartError(f"{prefix} image {disk.source} does not exist")

@@ -28,16 +28,27 @@ from avirt.config.metadata import find as find_metadata
 from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record, wait_shut_off
+from avirt.drivers.devices import find_disk, new_controllers, with_disk, without_disk
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
+from avirt.drivers.qemu.blockjobs import resolve_index
+from avirt.drivers.qemu.hotplug import check_pluggable, check_unpluggable
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
+from avirt.drivers.test.stats import domain_stats
 from avirt.errors import (
     DomainExistsError,
     OperationInvalidError,
     UnsupportedError,
 )
 from avirt.events.bus import EventBus
-from avirt.events.model import LifecycleEvent, LifecycleType, MetadataChangeEvent, RebootEvent
+from avirt.events.model import (
+    DeviceRemovedEvent,
+    LifecycleEvent,
+    LifecycleType,
+    MetadataChangeEvent,
+    RebootEvent,
+    TrayChangeEvent,
+)
 from avirt.events.translate import lifecycle_for
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo
@@ -57,6 +68,8 @@ class SimDomain(DomainRecord):
     #: The power button was pressed while paused: the guest acts on it once it runs.
     button_pressed: bool = False
     reboot_pending: bool = False
+    #: Write thresholds set on the running domain's disks: target -> bytes (none: 0).
+    thresholds: dict[str, int] = field(default_factory=dict)
 
 
 
@@ -174,6 +187,7 @@ class TestDriver(Driver):
         dom.run += 1
         dom.stopped = anyio.Event()
         dom.button_pressed = dom.reboot_pending = False
+        dom.thresholds = {}
         if paused:
             dom.state, dom.reason = S.PAUSED, "user"
             self._announce(dom, LifecycleType.STARTED, "booted")
@@ -298,6 +312,77 @@ class TestDriver(Driver):
     async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
         return self.disks.snapshot(await self.find(name), snapshot, disks)
 
+    # -- devices: the QEMU driver's rules (drivers/devices.py, qemu/hotplug.py), applied at once ----------
+
+    async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
+        dom = await self.find(name)
+        to_live, to_config = dom.affected(live=live, config=config)
+        new_live = new_definition = None
+        if to_live:
+            assert dom.live is not None
+            new_live, disk = with_disk(dom.live, xml, MACHINE_ALIASES)
+            check_pluggable(dom.name, disk, new_controllers(dom.live, new_live))
+        if to_config:
+            assert dom.definition is not None
+            new_definition, disk = with_disk(dom.definition, xml, MACHINE_ALIASES)
+        if disk.source is not None:  # as define does: a named image exists (see images.py)
+            self.disks.images.ensure(disk.source, disk.format, [])
+        dom.live = new_live or dom.live
+        dom.definition = new_definition or dom.definition
+
+    async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
+        dom = await self.find(name)
+        to_live, to_config = dom.affected(live=live, config=config)
+        if to_live:
+            assert dom.live is not None
+            disk = find_disk(dom.live, xml)
+            check_unpluggable(dom.name, disk)
+            if self.disks.job(dom, disk.target) is not None:
+                raise OperationInvalidError(f"disk {disk.target} of '{name}' has a block job running")
+        if to_config:
+            assert dom.definition is not None
+            dom.definition = without_disk(dom.definition, find_disk(dom.definition, xml).target)
+        if to_live:
+            assert dom.live is not None
+            dom.live = without_disk(dom.live, disk.target)  # a simulated guest always lets go
+            self.bus.emit(DeviceRemovedEvent, dom.name, dom.uuid, alias=disk.target)
+
+    async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
+                           live: bool, config: bool) -> None:
+        dom = await self.find(name)
+        to_live, to_config = dom.affected(live=live, config=config)
+        drives = [d for cfg, wanted in ((dom.live, to_live), (dom.definition, to_config))
+                  if wanted and cfg is not None for d in [cfg.disk(disk)]]
+        for drive in drives:
+            if drive is None:
+                raise OperationInvalidError(f"domain '{name}' has no disk {disk}")
+            if drive.device not in ("cdrom", "floppy"):
+                raise OperationInvalidError(f"disk {disk} of '{name}' is a {drive.device}, not a cdrom or "
+                                            "floppy: its medium cannot change (detach it instead)")
+        if source is not None:
+            self.disks.images.ensure(source, format, [])
+        if dom.live is not None and dom.live is dom.definition:
+            dom.live = copy.deepcopy(dom.live)  # from now on the two may differ
+        for cfg, wanted in ((dom.live, to_live), (dom.definition, to_config)):
+            drive = cfg.disk(disk) if wanted and cfg is not None else None
+            if drive is not None:
+                drive.source = source
+                drive.format = format if source is not None else drive.format  # type: ignore[assignment]
+        if to_live:
+            self.bus.emit(TrayChangeEvent, dom.name, dom.uuid, device=disk, open=True)
+            if source is not None:
+                self.bus.emit(TrayChangeEvent, dom.name, dom.uuid, device=disk, open=False)
+
+    async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
+        dom = await self.find(name)
+        if not dom.active:
+            raise OperationInvalidError(f"domain '{name}' is not running")
+        target = dev.partition("[")[0]
+        chain = self.disks.chain(dom, target)
+        depth = resolve_index([image.path for image in chain], target, dev if "[" in dev else None, 0)
+        key = target if depth == 0 else f"{target}[{depth}]"
+        dom.thresholds[key] = threshold  # never crossed: nothing writes here
+
     # -- queries -----------------------------------------------------------------------------------------
 
     async def state(self, name: str) -> tuple[DomainState, str]:
@@ -310,6 +395,13 @@ class TestDriver(Driver):
         # Simulated CPU time: the time the domain has been up, as if one vCPU were always busy.
         cpu = int((anyio.current_time() - dom.started_at) * 1e9) if dom.active else 0
         return DomainInfo(dom.state, cfg.memory_kib, cfg.current_memory_kib or cfg.memory_kib, cfg.vcpus, cpu)
+
+    async def all_domain_stats(self, groups: list[str], names: list[str] | None,
+                               timeout: float) -> list[tuple[DomainRef, dict[str, Any]]]:
+        await anyio.lowlevel.checkpoint()
+        doms = ([find_record(self._domains, n) for n in names] if names is not None
+                else sorted(self._domains.values(), key=lambda d: d.name))
+        return [(DomainRef(d.name, d.uuid), domain_stats(d, groups, self.disks.images)) for d in doms]
 
     async def xml(self, name: str, *, inactive: bool) -> str:
         dom = await self.find(name)

@@ -13,13 +13,13 @@ libvirt's ``<driver cache=...>`` is two things in QEMU, as libvirt itself maps i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from avirt.config.devices import Disk
 from avirt.config.model import DomainConfig
 from avirt.drivers.qemu.cmdline.buses import pci_props, sata_bus, usb_bus
 
-__all__ = ["Layer", "disk_args", "node_name"]
+__all__ = ["Layer", "disk_args", "disk_device", "layer_nodes", "node_name"]
 
 # cache mode -> (cache.direct, cache.no-flush, device write-cache)
 _CACHE = {
@@ -49,33 +49,48 @@ def disk_args(cfg: DomainConfig, chains: dict[str, list[Layer]]) -> tuple[list[d
     nodes: list[dict[str, object]] = []
     devices: list[dict[str, object]] = []
     for disk in cfg.disks:
-        layers = chains.get(disk.target, [])
-        for i, layer in enumerate(layers, start=1):
-            nodes.append(_protocol_node(disk, layer, i))
-            nodes.append(_format_node(disk, layer, i, top=i == len(layers)))
-        device = _device(cfg, disk) | {"id": disk.target}
-        if layers:
-            device["drive"] = node_name(disk.target, len(layers))
-        if disk.serial:
-            device["serial"] = disk.serial
-        if disk.wwn and disk.bus in ("scsi", "sata", "ide"):
-            device["wwn"] = int(disk.wwn, 16)
-        if disk.boot_order is not None:
-            device["bootindex"] = disk.boot_order
-        if disk.removable is not None:
-            device["removable"] = disk.removable == "on"
-        if disk.shareable and disk.device == "disk":
-            device["share-rw"] = True
-        if disk.cache in _CACHE and disk.device == "disk" and disk.bus != "fdc":
-            device["write-cache"] = "on" if _CACHE[disk.cache][2] else "off"
-        if disk.error_policy is not None or disk.rerror_policy is not None:
-            # libvirt's error_policy sets both directions unless rerror_policy says otherwise;
-            # "stop" pauses the guest on an I/O error.
-            policy = disk.error_policy or "report"
-            device["werror"] = "enospc" if policy == "enospace" else policy
-            device["rerror"] = disk.rerror_policy or ("report" if policy == "enospace" else policy)
-        devices.append(device)
+        layers = [replace(layer, node=node_name(disk.target, i))
+                  for i, layer in enumerate(chains.get(disk.target, []), start=1)]
+        nodes.extend(layer_nodes(disk, layers))
+        devices.append(disk_device(cfg, disk, layers[-1].node if layers else None))
     return nodes, devices
+
+
+def layer_nodes(disk: Disk, layers: list[Layer]) -> list[dict[str, object]]:
+    """The ``blockdev-add`` arguments of a disk's layers (bottom first, each with its node name), in the
+    order QEMU must open them: each protocol node, then the format node on it, which backs the next."""
+    nodes: list[dict[str, object]] = []
+    for i, layer in enumerate(layers):
+        nodes.append(_protocol_node(disk, layer, first=i == 0))
+        nodes.append(_format_node(disk, layer, layers[i - 1].node if i else None, top=i == len(layers) - 1))
+    return nodes
+
+
+def disk_device(cfg: DomainConfig, disk: Disk, drive: str | None) -> dict[str, object]:
+    """The disk's ``-device`` (or ``device_add``) on its bus, on top of the format node ``drive`` (None: an
+    empty drive)."""
+    device = _device(cfg, disk) | {"id": disk.target}
+    if drive is not None:
+        device["drive"] = drive
+    if disk.serial:
+        device["serial"] = disk.serial
+    if disk.wwn and disk.bus in ("scsi", "sata", "ide"):
+        device["wwn"] = int(disk.wwn, 16)
+    if disk.boot_order is not None:
+        device["bootindex"] = disk.boot_order
+    if disk.removable is not None:
+        device["removable"] = disk.removable == "on"
+    if disk.shareable and disk.device == "disk":
+        device["share-rw"] = True
+    if disk.cache in _CACHE and disk.device == "disk" and disk.bus != "fdc":
+        device["write-cache"] = "on" if _CACHE[disk.cache][2] else "off"
+    if disk.error_policy is not None or disk.rerror_policy is not None:
+        # libvirt's error_policy sets both directions unless rerror_policy says otherwise;
+        # "stop" pauses the guest on an I/O error.
+        policy = disk.error_policy or "report"
+        device["werror"] = "enospc" if policy == "enospace" else policy
+        device["rerror"] = disk.rerror_policy or ("report" if policy == "enospace" else policy)
+    return device
 
 
 def _device(cfg: DomainConfig, disk: Disk) -> dict[str, object]:
@@ -115,10 +130,10 @@ def _cache(disk: Disk) -> dict[str, object]:
     return {"cache": {"direct": direct, "no-flush": no_flush}}
 
 
-def _protocol_node(disk: Disk, layer: Layer, index: int) -> dict[str, object]:
+def _protocol_node(disk: Disk, layer: Layer, *, first: bool) -> dict[str, object]:
     node: dict[str, object] = {
-        "driver": "host_device" if disk.type == "block" and index == 1 else "file",
-        "node-name": f"{node_name(disk.target, index)}-file",
+        "driver": "host_device" if disk.type == "block" and first else "file",
+        "node-name": f"{layer.node}-file",
         "filename": layer.path,
         # QEMU opens backing layers read-only and reopens them read-write only while a job needs it.
         "auto-read-only": True,
@@ -129,11 +144,11 @@ def _protocol_node(disk: Disk, layer: Layer, index: int) -> dict[str, object]:
     return node
 
 
-def _format_node(disk: Disk, layer: Layer, index: int, *, top: bool) -> dict[str, object]:
+def _format_node(disk: Disk, layer: Layer, backing: str | None, *, top: bool) -> dict[str, object]:
     node: dict[str, object] = {
         "driver": layer.format,
-        "node-name": node_name(disk.target, index),
-        "file": f"{node_name(disk.target, index)}-file",
+        "node-name": layer.node,
+        "file": f"{layer.node}-file",
         "read-only": disk.readonly or disk.device == "cdrom" or not top,
     } | _cache(disk)
     if disk.discard is not None:
@@ -144,5 +159,5 @@ def _format_node(disk: Disk, layer: Layer, index: int, *, top: bool) -> dict[str
         node["detect-zeroes"] = "on" if disk.detect_zeroes == "unmap" and not unmap_ok else disk.detect_zeroes
     if layer.format == "qcow2":
         # The chain is spelt out node by node; QEMU must not open backing files from the headers on its own.
-        node["backing"] = node_name(disk.target, index - 1) if index > 1 else None
+        node["backing"] = backing
     return node
