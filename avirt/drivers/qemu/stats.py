@@ -89,9 +89,11 @@ async def guest_stats(host: Host, guest: Guest, groups: list[str], timeout: floa
             for n, tid in enumerate(threads):
                 group.start_soon(thread_time, n, tid)
         answers["vcpu-times"] = times
+        if "cpu-total" in groups:  # read after its threads, so that the total is never below their sum
+            await cpu_total()
 
     tasks: list[Callable[[], Coroutine[Any, Any, None]]] = []
-    if "cpu-total" in groups:
+    if "cpu-total" in groups and "vcpu" not in groups:
         tasks.append(cpu_total)
     if "balloon" in groups and cfg.memballoon is not None and cfg.memballoon.model != "none":
         tasks.append(lambda: ask("query-balloon"))
