@@ -112,6 +112,12 @@ async def test_redefine_updates_and_uuid_clash_is_refused(conn: Connection, xml:
     stolen = text.replace("<name>r1</name>", "<name>r2</name>")
     with pytest.raises(DomainExistsError, match="r1"):
         await conn.define_xml(stolen)
+    # Once r1 is gone its UUID is free, under another name, and found by UUID under that name only.
+    await dom.undefine()
+    with pytest.raises(DomainNotFoundError):
+        await conn.lookup(dom.uuid)
+    moved = await conn.define_xml(stolen)
+    assert moved.name == "r2" and await conn.lookup(dom.uuid) == moved
 
 
 async def test_transient_domain_disappears_when_it_stops(conn: Connection, xml: XMLFactory,

@@ -131,15 +131,49 @@ async def wait_shut_off(name: str, stopped: anyio.Event, wait: float) -> None:
 R = TypeVar("R", bound=DomainRecord)
 
 
-def find_record(records: dict[str, R], name_or_uuid: str) -> R:
+class Records(dict[str, R]):
+    """A driver's domains by name, with an index by UUID beside it.
+
+    A fleet's state directory holds thousands of domains, and every define asks whether its UUID is
+    taken: the index keeps that question (and a lookup by UUID) from walking them all. A record's UUID
+    never changes, so entering and removing records is all the index has to follow.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_uuid: dict[str, R] = {}
+
+    def __setitem__(self, name: str, record: R) -> None:
+        old = self.get(name)
+        if old is not None:
+            self._by_uuid.pop(old.uuid, None)
+        super().__setitem__(name, record)
+        self._by_uuid[record.uuid] = record
+
+    def __delitem__(self, name: str) -> None:
+        self._by_uuid.pop(self[name].uuid, None)
+        super().__delitem__(name)
+
+    def pop(self, name: str, default: Any = None) -> Any:
+        if name not in self:
+            return default
+        record = self[name]
+        del self[name]
+        return record
+
+    def by_uuid(self, uuid: str) -> R | None:
+        """The record with this UUID (in its canonical spelling), if any."""
+        return self._by_uuid.get(uuid)
+
+
+def find_record(records: Records[R], name_or_uuid: str) -> R:
     """A domain by name, or by UUID in any spelling; DomainNotFoundError otherwise."""
     record = records.get(name_or_uuid)
     if record is None:
         try:
-            wanted = str(uuid_mod.UUID(name_or_uuid))
+            record = records.by_uuid(str(uuid_mod.UUID(name_or_uuid)))
         except ValueError:
-            wanted = None
-        record = next((r for r in records.values() if r.uuid == wanted), None)
+            pass
     if record is None:
         raise DomainNotFoundError(f"no domain with name or uuid '{name_or_uuid}'")
     return record

@@ -27,7 +27,15 @@ from avirt.config.metadata import find as find_metadata
 from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
-from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
+from avirt.drivers.base import (
+    DomainRef,
+    Driver,
+    Records,
+    assign_macs,
+    find_record,
+    overlay_path,
+    wait_shut_off,
+)
 from avirt.drivers.qemu import firmware, migration, stats, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
@@ -93,7 +101,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         self.uri = uri
         self.host = host
         self.files = StateDir(host, state_dir)
-        self.guests: dict[str, Guest] = {}
+        self.guests: Records[Guest] = Records()
         self.tasks = TaskOwner()
         # A bus given by the caller outlives this driver (a connection that changes its driver keeps it).
         self._own_bus = bus is None
@@ -209,9 +217,9 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         return DomainRef(guest.name, guest.uuid)
 
     def _check_uuid_free(self, cfg: DomainConfig, same: Guest | None) -> None:
-        for other in self.guests.values():
-            if other is not same and other.uuid == cfg.uuid:
-                raise DomainExistsError(f"domain '{other.name}' already has uuid {cfg.uuid}")
+        other = self.guests.by_uuid(cfg.uuid)
+        if other is not None and other is not same:
+            raise DomainExistsError(f"domain '{other.name}' already has uuid {cfg.uuid}")
 
     async def lookup(self, name_or_uuid: str) -> DomainRef:
         guest = self._find(name_or_uuid)

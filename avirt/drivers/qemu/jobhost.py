@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from avirt.drivers.base import Records
 from avirt.drivers.qemu.guest import Guest
 from avirt.drivers.qemu.state import StateDir
 from avirt.hosts.base import Host
@@ -25,7 +26,7 @@ class JobHost(Protocol):
     host: Host
     files: StateDir
     tasks: TaskOwner
-    guests: dict[str, Guest]
+    guests: Records[Guest]
 
     def monitor(self, guest: Guest) -> Monitor:
         """The guest's monitor (OperationInvalidError if it has none now)."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from avirt.config import domain_to_xml
-from avirt.drivers.base import DomainRef
+from avirt.drivers.base import DomainRef, Records
 from avirt.drivers.qemu import migration
 from avirt.drivers.qemu.state import StateDir
 from avirt.errors import DomainExistsError, MigrationError, OperationInvalidError, QMPError
@@ -62,7 +62,7 @@ class MigrationCalls:
 
     host: Host
     files: StateDir
-    guests: dict[str, Guest]
+    guests: Records[Guest]
     tasks: TaskOwner
     jobs: OnlineJobs
     #: The guests that take part in a migration now (as source or destination) -> its status.

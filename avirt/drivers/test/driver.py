@@ -27,7 +27,15 @@ from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.metadata import find as find_metadata
 from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
-from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record, wait_shut_off
+from avirt.drivers.base import (
+    DomainRecord,
+    DomainRef,
+    Driver,
+    Records,
+    assign_macs,
+    find_record,
+    wait_shut_off,
+)
 from avirt.drivers.devices import find_disk, new_controllers, with_disk, without_disk
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
 from avirt.drivers.qemu.blockjobs import resolve_index
@@ -78,7 +86,7 @@ class TestDriver(Driver):
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self._domains: dict[str, SimDomain] = {}
+        self._domains: Records[SimDomain] = Records()
         self.tasks = TaskOwner()
         self.bus = EventBus(self.tasks)
         self.disks = Disks(self)
@@ -140,9 +148,9 @@ class TestDriver(Driver):
         return DomainRef(dom.name, dom.uuid)
 
     def _check_uuid_free(self, cfg: DomainConfig, same: SimDomain | None) -> None:
-        for other in self._domains.values():
-            if other is not same and other.uuid == cfg.uuid:
-                raise DomainExistsError(f"domain '{other.name}' already has uuid {cfg.uuid}")
+        other = self._domains.by_uuid(cfg.uuid)
+        if other is not None and other is not same:
+            raise DomainExistsError(f"domain '{other.name}' already has uuid {cfg.uuid}")
 
     async def lookup(self, name_or_uuid: str) -> DomainRef:
         dom = await self.find(name_or_uuid)
