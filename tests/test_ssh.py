@@ -240,6 +240,9 @@ async def test_hosts_agree_on_process_liveness_and_cpu_time(sshd: SSHServer, kin
         pid = int(lines.split()[0])
         assert await host.pid_alive(pid)
         assert await host.cpu_time_ns(pid) > 0
+        # Many at once, in order; one that does not exist reads as 0 and does not shift the others.
+        times = await host.cpu_times_ns([pid, 2**22 + 1, pid, parent.pid])
+        assert times[0] > 0 and times[1] == 0 and times[2] >= times[0] and len(times) == 4
         pidfd = os.pidfd_open(pid)
         os.kill(pid, signal.SIGKILL)
         with anyio.fail_after(30):

@@ -144,9 +144,14 @@ class Host(ABC):
     async def kill(self, pid: int, signal: int) -> None:
         """Send ``signal`` to ``pid``; a process that is already gone is not an error."""
 
-    @abstractmethod
     async def cpu_time_ns(self, pid: int) -> int:
         """CPU time (user + system) that process ``pid`` has used, in nanoseconds; 0 if it is gone."""
+        return (await self.cpu_times_ns([pid]))[0]
+
+    @abstractmethod
+    async def cpu_times_ns(self, ids: Sequence[int]) -> list[int]:
+        """:meth:`cpu_time_ns` of many processes or threads (a thread id reads as a process), read in
+        the order given, in one go (statistics of a fleet ask for thousands)."""
 
     # -- files -------------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ What each group costs one guest:
 
 * ``state``: nothing (the driver knows it);
 * ``cpu-total``: one read of ``/proc/<pid>/stat`` (the whole QEMU process: vCPUs, emulator, I/O threads);
+  every guest's are read together, in one worker thread (a thread hop costs more than the read);
 * ``balloon``: ``query-balloon`` (a guest without a balloon device reports its definition's memory);
 * ``vcpu``: ``query-cpus-fast`` for the vCPU threads' ids, then one ``/proc/<tid>/stat`` each;
 * ``block``: ``query-blockstats`` (the counters) and ``query-block`` (sizes, the write threshold).
@@ -24,7 +25,7 @@ by its device id (QEMU's ``qdev``), which is the disk's target in avirt's comman
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -41,90 +42,126 @@ CONCURRENCY = 64
 
 
 async def gather(host: Host, guests: list[Guest], groups: list[str], timeout: float) -> list[dict[str, Any]]:
-    """Each guest's parameters, in the order of ``guests``."""
-    results: list[dict[str, Any]] = [{} for _ in guests]
+    """Each guest's parameters, in the order of ``guests``.
+
+    First every guest's QMP answers (concurrently, a timeout each), then every CPU time in one read of
+    the host (:meth:`Host.cpu_times_ns`: one worker thread locally, not one per file), each guest's vCPU
+    threads before its process, so that a total is never below the sum of its threads.
+    """
+    asked: list[_Asked] = [_Asked() for _ in guests]
     limiter = anyio.CapacityLimiter(CONCURRENCY)
 
     async def one(i: int, guest: Guest) -> None:
         async with limiter:
-            results[i] = await guest_stats(host, guest, groups, timeout)
+            asked[i] = await _ask_qemu(guest, groups, timeout)
 
     async with anyio.create_task_group() as group:
         for i, guest in enumerate(guests):
             group.start_soon(one, i, guest)
-    return results
+    await _read_cpu_times(host, guests, asked, groups, timeout)
+    return [_params(guest, groups, a) for guest, a in zip(guests, asked, strict=True)]
 
 
-async def guest_stats(host: Host, guest: Guest, groups: list[str], timeout: float) -> dict[str, Any]:
-    """One guest's parameters; a shut-off guest has only its state."""
-    params: dict[str, Any] = state_params(guest.state, guest.reason) if "state" in groups else {}
+@dataclass
+class _Asked:
+    """What one guest's statistics gathered: QMP answers by command, CPU times, whether any came late."""
+
+    answers: dict[str, Any] = field(default_factory=dict)
+    cpu: int | None = None
+    vcpu_times: list[int] | None = None
+    late: bool = False
+    running: bool = False  # a QEMU was there to ask
+
+
+async def _ask_qemu(guest: Guest, groups: list[str], timeout: float) -> _Asked:
+    """The QMP commands one guest's groups need, all in flight at once, ``timeout`` seconds in all."""
+    asked = _Asked()
     process = guest.process
     if not guest.active or process is None:
-        return params
+        return asked
+    asked.running = True
     monitor = process.monitor
     cfg = guest.config
-    answers: dict[str, Any] = {}
-    late = False
+    commands = []
+    if "balloon" in groups and cfg.memballoon is not None and cfg.memballoon.model != "none":
+        commands.append("query-balloon")
+    if "vcpu" in groups:
+        commands.append("query-cpus-fast")
+    if "block" in groups:
+        commands += ["query-blockstats", "query-block"]
+    if not commands:
+        return asked
+    if not monitor.connected:
+        asked.late = True
+        return asked
 
     async def ask(command: str) -> None:
-        nonlocal late
         try:
-            answers[command] = await monitor.execute(command, timeout=timeout)
+            asked.answers[command] = await monitor.execute(command, timeout=timeout)
         except QMPError as e:  # a missing device (no balloon) or a QEMU that went away: no answer
-            late = late or e.error_class == "Timeout"
+            asked.late = asked.late or e.error_class == "Timeout"
             log.debug("domain %s: %s for statistics failed: %s", guest.name, command, e)
 
-    async def cpu_total() -> None:
-        answers["cpu"] = await host.cpu_time_ns(process.pid)
-
-    async def vcpus() -> None:
-        await ask("query-cpus-fast")
-        threads = [c.get("thread-id", 0) for c in answers.get("query-cpus-fast", [])]
-        times = [0] * len(threads)
-
-        async def thread_time(n: int, tid: int) -> None:
-            times[n] = await host.cpu_time_ns(tid)  # /proc/<tid> reads a thread as a process
-
+    with anyio.move_on_after(timeout) as scope:
         async with anyio.create_task_group() as group:
-            for n, tid in enumerate(threads):
-                group.start_soon(thread_time, n, tid)
-        answers["vcpu-times"] = times
-        if "cpu-total" in groups:  # read after its threads, so that the total is never below their sum
-            await cpu_total()
+            for command in commands:
+                group.start_soon(ask, command)
+    asked.late = asked.late or scope.cancelled_caught
+    return asked
 
-    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = []
-    if "cpu-total" in groups and "vcpu" not in groups:
-        tasks.append(cpu_total)
-    if "balloon" in groups and cfg.memballoon is not None and cfg.memballoon.model != "none":
-        tasks.append(lambda: ask("query-balloon"))
-    if "vcpu" in groups:
-        tasks.append(vcpus)
-    if "block" in groups:
-        tasks.append(lambda: ask("query-blockstats"))
-        tasks.append(lambda: ask("query-block"))
-    if tasks and not monitor.connected:
-        params[UNRESPONSIVE] = True
-        return params
+
+async def _read_cpu_times(host: Host, guests: list[Guest], asked: list[_Asked], groups: list[str],
+                          timeout: float) -> None:
+    ids: list[int] = []
+    spans: list[tuple[_Asked, int, int]] = []  # whose, where its threads start, how many
+    for guest, a in zip(guests, asked, strict=True):
+        if not a.running or guest.process is None:
+            continue
+        threads = ([c.get("thread-id", 0) for c in a.answers.get("query-cpus-fast", [])]
+                   if "vcpu" in groups and "query-cpus-fast" in a.answers else [])
+        if "query-cpus-fast" in a.answers:
+            a.vcpu_times = []
+        if "cpu-total" not in groups and not threads:
+            continue
+        spans.append((a, len(ids), len(threads)))
+        ids += threads  # /proc/<tid> reads a thread as a process
+        if "cpu-total" in groups:
+            ids.append(guest.process.pid)
+    if not ids:
+        return
     try:
-        with anyio.move_on_after(timeout) as scope:
-            async with anyio.create_task_group() as group:
-                for task in tasks:
-                    group.start_soon(task)
-    except* HostError as e:  # the host is unreachable: what was asked of it is missing
-        log.debug("domain %s: statistics incomplete: %s", guest.name, e.exceptions[0])
-        late = True
-    if scope.cancelled_caught or late:
-        params[UNRESPONSIVE] = True
+        with anyio.fail_after(timeout):
+            times = await host.cpu_times_ns(ids)
+    except (HostError, TimeoutError) as e:  # the host is unreachable: what was asked of it is missing
+        log.debug("statistics: CPU times incomplete: %s", e)
+        for a, _, _ in spans:
+            a.late = True
+        return
+    for a, at, count in spans:
+        if count:
+            a.vcpu_times = times[at:at + count]
+        if "cpu-total" in groups:
+            a.cpu = times[at + count]
 
-    if "cpu" in answers:
-        params["cpu.time"] = answers["cpu"]
+
+def _params(guest: Guest, groups: list[str], asked: _Asked) -> dict[str, Any]:
+    """One guest's parameters from what was gathered; a shut-off guest has only its state."""
+    params: dict[str, Any] = state_params(guest.state, guest.reason) if "state" in groups else {}
+    if not asked.running:
+        return params
+    if asked.late:
+        params[UNRESPONSIVE] = True
+    cfg = guest.config
+    answers = asked.answers
+    if asked.cpu is not None:
+        params["cpu.time"] = asked.cpu
     if "balloon" in groups:
         actual = answers.get("query-balloon", {}).get("actual")
         params["balloon.current"] = (actual // 1024 if actual is not None
                                      else cfg.current_memory_kib or cfg.memory_kib)
         params["balloon.maximum"] = cfg.memory_kib
-    if "vcpu-times" in answers:
-        times = answers["vcpu-times"]
+    if asked.vcpu_times is not None:
+        times = asked.vcpu_times
         params["vcpu.current"] = len(times)
         params["vcpu.maximum"] = cfg.vcpus
         for n, ns in enumerate(times):
