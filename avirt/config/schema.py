@@ -141,6 +141,10 @@ class Int(Value):
     hex_width: int = 0
 
     def read(self, ctx: Ctx, el: El, attr: str | None, raw: str) -> object:
+        if raw.isascii() and raw.isdigit():  # plain decimal, as most are: no need to look further
+            value = int(raw)
+            if value >= self.minimum and (self.maximum is None or value <= self.maximum):
+                return value
         text = raw.strip()
         try:
             value = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
@@ -341,14 +345,17 @@ class Kind(Generic[T]):
         broken = False
         # el's children by tag, gathered in one pass (lxml's find() parses its path on every call).
         kids = children_by_tag(el) if self.plan.nested else _NO_CHILDREN
-        todo, attrs = self.plan.candidates(el, kids)
-        for index in todo:
-            entry = self.entries[index]
+        entries = self.entries
+        for index, holder, attr in self.plan.steps(el, kids):
+            entry = entries[index]
             before = len(unsupported)
             if isinstance(entry, Field):
-                found = attrs.get(index)
-                if found is not None and found[1].strip():  # an attribute with a value: the common case
-                    value = entry.value.read(ctx, found[0], entry.attr, found[1])
+                target = el if holder is None else kids[holder][0]
+                raw = target.get(attr) if attr is not None else None
+                if raw is not None and raw.strip():  # an attribute with a value: the common case
+                    value = entry.value.read(ctx, target, attr, raw)
+                elif raw is None and attr is not None and not entry.required:
+                    continue  # a child's optional attribute that it does not have: nothing to judge
                 else:
                     value = _read_field(ctx, el, kids, entry)
                 broken |= value is None and len(unsupported) > before  # the value is known but unsupported
@@ -390,6 +397,13 @@ class Kind(Generic[T]):
                     entry.kind.write(target, entry.path[-1], item)
 
 
+#: One entry to judge: its index, the child holding its attribute (None: the element itself) and the
+#: attribute's name (None: the entry is read some other way).
+_Step = tuple[int, str | None, str | None]
+#: An element's attribute names and its children's tags, in document order.
+_Shape = tuple[tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class _ReadPlan:
     """Which entries of a table may have a value in one element, asked of the element.
@@ -405,6 +419,7 @@ class _ReadPlan:
     child_attrs: dict[str, dict[str, int]]  # a child's tag -> its attribute -> the entry reading it
     inside: dict[str, tuple[int, ...]]  # a child's tag -> the other entries within that child
     nested: bool  # whether any entry lies below the element (else its children need no look)
+    shapes: dict[_Shape, tuple[_Step, ...]] = field(default_factory=dict, compare=False)  # filled as met
 
     @staticmethod
     def of(entries: tuple[Entry, ...]) -> _ReadPlan:
@@ -428,30 +443,43 @@ class _ReadPlan:
         return _ReadPlan(tuple(always), attrs, child_attrs, {tag: tuple(i) for tag, i in inside.items()},
                          any(_element_path(entry) for entry in entries))
 
-    def candidates(self, el: El, kids: dict[str, list[El]]) -> tuple[list[int], dict[int, tuple[El, str]]]:
-        """The indexes of the entries to judge for ``el``, in table order, and the attribute values found
-        for them on the way (entry index -> the element and the value)."""
+    def steps(self, el: El, kids: dict[str, list[El]]) -> tuple[_Step, ...]:
+        """The entries to judge for ``el``, in table order: (entry index, the child holding its attribute
+        or None for ``el`` itself, the attribute's name or None when the entry is read otherwise).
+
+        They depend only on which attributes ``el`` has and which children's tags, in a few shapes per
+        kind across all documents; each shape's steps are worked out once (up to ``_SHAPES_KEPT``).
+        """
+        shape = (cast("tuple[str, ...]", tuple(el.keys())), tuple(kids))  # lxml's stubs allow bytes
+        steps = self.shapes.get(shape)
+        if steps is None:
+            steps = self._steps(el, kids)
+            if len(self.shapes) < _SHAPES_KEPT:
+                self.shapes[shape] = steps
+        return steps
+
+    def _steps(self, el: El, kids: dict[str, list[El]]) -> tuple[_Step, ...]:
         todo = set(self.always)
-        attrs: dict[int, tuple[El, str]] = {}
-        if self.attrs:
-            _attributes(el, self.attrs, attrs)
-        for tag, found in kids.items():
+        found: dict[int, tuple[str | None, str]] = {}
+        for name in el.keys():
+            index = self.attrs.get(str(name))
+            if index is not None:
+                found[index] = (None, str(name))
+        for tag in kids:
             inside = self.inside.get(tag)
             if inside is not None:
                 todo.update(inside)
-            by_name = self.child_attrs.get(tag)
-            if by_name is not None:
-                _attributes(found[0], by_name, attrs)
-        todo.update(attrs)
-        return sorted(todo), attrs
+            # A child's attributes are not part of the shape: each one it may have is a step, skipped
+            # at once when the child lacks it.
+            for name, index in self.child_attrs.get(tag, {}).items():
+                found[index] = (tag, name)
+        todo.update(found)
+        return tuple((index, *found.get(index, (None, None))) for index in sorted(todo))
 
 
-def _attributes(el: El, wanted: dict[str, int], into: dict[int, tuple[El, str]]) -> None:
-    """Add the attributes of ``el`` that ``wanted`` names to ``into``, by entry index."""
-    for name, value in cast("list[tuple[str, str]]", el.items()):  # lxml's stubs allow bytes; read are str
-        index = wanted.get(name)
-        if index is not None:
-            into[index] = (el, value)
+#: How many element shapes a kind keeps the reading steps of (documents with unusual shapes beyond that
+#: are read just as well, with the steps worked out each time).
+_SHAPES_KEPT = 256
 
 
 _NO_CHILDREN: dict[str, list[El]] = {}
