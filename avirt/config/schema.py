@@ -142,9 +142,9 @@ class Int(Value):
 
     def read(self, ctx: Ctx, el: El, attr: str | None, raw: str) -> object:
         if raw.isascii() and raw.isdigit():  # plain decimal, as most are: no need to look further
-            value = int(raw)
-            if value >= self.minimum and (self.maximum is None or value <= self.maximum):
-                return value
+            number = int(raw)
+            if number >= self.minimum and (self.maximum is None or number <= self.maximum):
+                return number
         text = raw.strip()
         try:
             value = int(text, 16) if text.lower().startswith("0x") else int(text, 10)

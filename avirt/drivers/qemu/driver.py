@@ -875,6 +875,9 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             self.devices.device_deleted(guest, (msg.get("data") or {}).get("device") or "")
         elif msg.get("event") == "MIGRATION" and watch is not None:
             watch.update(msg.get("data") or {})
+        elif msg.get("event") == "BALLOON_CHANGE" and guest.process is not None:
+            actual = (msg.get("data") or {}).get("actual")
+            guest.process.balloon_actual = actual if isinstance(actual, int) else None
         if self.bus.active:
             for cls, fields in translate(msg, guest.names):
                 if cls is BlockJobEvent and fields["status"] is not BlockJobStatus.READY \

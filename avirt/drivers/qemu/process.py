@@ -40,6 +40,11 @@ class QemuProcess:
         self.pid = pid
         self.monitor = monitor
         self.pidfile = pidfile
+        # What statistics would otherwise ask this QEMU each time (drivers/qemu/stats.py): its vCPU
+        # threads (fixed while it runs: avirt plugs no vCPUs in or out) and the balloon's size in bytes
+        # (kept current by BALLOON_CHANGE events, as libvirt keeps it); None until first asked.
+        self.vcpu_threads: list[int] | None = None
+        self.balloon_actual: int | None = None
 
     @classmethod
     async def spawn(

@@ -5,8 +5,11 @@ What each group costs one guest:
 * ``state``: nothing (the driver knows it);
 * ``cpu-total``: one read of ``/proc/<pid>/stat`` (the whole QEMU process: vCPUs, emulator, I/O threads);
   every guest's are read together, in one worker thread (a thread hop costs more than the read);
-* ``balloon``: ``query-balloon`` (a guest without a balloon device reports its definition's memory);
-* ``vcpu``: ``query-cpus-fast`` for the vCPU threads' ids, then one ``/proc/<tid>/stat`` each;
+* ``balloon``: ``query-balloon`` once per QEMU, then what its BALLOON_CHANGE events say, as libvirt does
+  (QEMU sends them at most once a second, so the figure may lag the guest by that); a guest without a
+  balloon device reports its definition's memory;
+* ``vcpu``: ``query-cpus-fast`` once per QEMU for the vCPU threads' ids (they stay while it runs), then
+  one ``/proc/<tid>/stat`` each;
 * ``block``: ``query-blockstats`` (the counters) and ``query-block`` (sizes, the write threshold).
   Not ``query-named-block-nodes``: QEMU 7.2 crashes on it beside a concluded stream job not yet
   dismissed (see ``blockjobs.py``), and ``query-block`` names the same top nodes.
@@ -84,9 +87,15 @@ async def _ask_qemu(guest: Guest, groups: list[str], timeout: float) -> _Asked:
     cfg = guest.config
     commands = []
     if "balloon" in groups and cfg.memballoon is not None and cfg.memballoon.model != "none":
-        commands.append("query-balloon")
+        if process.balloon_actual is None:
+            commands.append("query-balloon")
+        else:
+            asked.answers["query-balloon"] = {"actual": process.balloon_actual}
     if "vcpu" in groups:
-        commands.append("query-cpus-fast")
+        if process.vcpu_threads is None:
+            commands.append("query-cpus-fast")
+        else:
+            asked.answers["query-cpus-fast"] = [{"thread-id": tid} for tid in process.vcpu_threads]
     if "block" in groups:
         commands += ["query-blockstats", "query-block"]
     if not commands:
@@ -107,6 +116,11 @@ async def _ask_qemu(guest: Guest, groups: list[str], timeout: float) -> _Asked:
             for command in commands:
                 group.start_soon(ask, command)
     asked.late = asked.late or scope.cancelled_caught
+    answers = asked.answers
+    if "query-cpus-fast" in commands and "query-cpus-fast" in answers:
+        process.vcpu_threads = [int(c.get("thread-id", 0)) for c in answers["query-cpus-fast"]]
+    if "query-balloon" in commands and isinstance(answers.get("query-balloon", {}).get("actual"), int):
+        process.balloon_actual = answers["query-balloon"]["actual"]
     return asked
 
 
