@@ -80,6 +80,7 @@ def per_definition(reps: int) -> dict[str, Any]:
     return {"definitions": len(files), "accepted": len(medians),
             "accepted_share": round(len(medians) / len(files), 3),
             "median_ms": round(statistics.median(medians.values()), 3),
+            "mean_ms": round(statistics.fmean(medians.values()), 3),
             "slowest": {"name": slowest, "median_ms": round(medians[slowest], 3)}}
 
 

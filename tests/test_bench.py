@@ -98,3 +98,27 @@ def test_clients_benchmark_reports_its_figures_as_json() -> None:
     assert report["fanout"]["expected"] == 2 * 2 * 3
     assert report["fanout"]["delivered"] == report["fanout"]["expected"] and report["fanout"]["lost"] == 0
     assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
+def test_realguests_benchmark_reports_its_figures_as_json() -> None:
+    bench = BENCH.with_name("realguests.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--runs", "1", "--reps", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["corpus"]["accepted"] > 0 and report["corpus"]["slowest"]["median_ms"] > 0
+    assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
+def test_stats_benchmark_reports_its_figures_as_json() -> None:
+    bench = BENCH.with_name("stats.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--guests", "3", "--reference", "2",
+                             "--rounds", "2", "--hotplug", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["fleet"]["guests"] == 3 and report["avirt_reference_set"]["guests"] == 2
+    assert report["fleet"]["per_guest_ms"] > 0 and report["avirt_hotplug_ms"] > 0
+    # libvirt's side runs where libvirtd, python3-libvirt and root are there; else it says why not.
+    reference = report["libvirt"]
+    assert reference["per_guest_ms"] > 0 if reference["available"] else reference["reason"]
+    assert all(isinstance(t["ok"], bool) for t in report["targets"])
