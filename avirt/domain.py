@@ -198,6 +198,19 @@ class Domain:
         await self._driver.change_media(self.name, disk, source, format=format, force=force, live=live,
                                         config=config)
 
+    async def set_vcpus(self, count: int, *, live: bool = True, config: bool = False,
+                        timeout: float = 10.0) -> None:
+        """Make ``count`` vCPUs online, up to the definition's ``<vcpu>`` (virDomainSetVcpusFlags): ``live``
+        plugs vCPUs into the running guest (the guest's OS then brings them online) or asks it to let the
+        last ones go, waiting up to ``timeout`` seconds for each (a guest that does not release one raises
+        :class:`~avirt.errors.DeviceDetachTimeoutError`; the request stands); ``config`` sets how many are
+        online at the next start (``<vcpu current=...>``). The first vCPU never leaves."""
+        if timeout < 0:
+            raise InvalidArgumentError("timeout must be >= 0 seconds")
+        if not live and not config:
+            raise InvalidArgumentError("nothing to change: live and config are both False")
+        await self._driver.set_vcpus(self.name, count, live=live, config=config, timeout=timeout)
+
     async def set_block_threshold(self, dev: str, threshold: int) -> None:
         """Be told once when the guest writes past ``threshold`` bytes of a disk layer
         (virDomainSetBlockThreshold): ``dev`` is ``vda`` for the disk's top layer or ``vda[N]`` for the

@@ -281,6 +281,11 @@ class Driver(ABC):
         """Put image ``source`` (None: nothing) in cdrom or floppy drive ``disk``."""
 
     @abstractmethod
+    async def set_vcpus(self, name: str, count: int, *, live: bool, config: bool, timeout: float) -> None:
+        """Make ``count`` vCPUs online (live: plugged in or out of the running guest, waiting up to
+        ``timeout`` seconds for it to release each one removed; config: at the next start)."""
+
+    @abstractmethod
     async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
         """Arm a one-shot write threshold of ``threshold`` bytes (0: disarm) on disk layer ``dev`` of the
         running domain: ``vda`` is the disk's top layer, ``vda[N]`` the N-th below it."""

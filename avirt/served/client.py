@@ -278,6 +278,9 @@ class ClientDriver(Driver):
         await self._call("detach_device", name=name, xml=_sendable(xml), live=live, config=config,
                          timeout=timeout)
 
+    async def set_vcpus(self, name: str, count: int, *, live: bool, config: bool, timeout: float) -> None:
+        await self._call("set_vcpus", name=name, count=count, live=live, config=config, timeout=timeout)
+
     async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
                            live: bool, config: bool) -> None:
         await self._call("change_media", name=name, disk=disk, source=source, format=format, force=force,

@@ -65,7 +65,7 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "destroy": lambda _: None, "reboot": lambda _: None, "reset": lambda _: None,
     "suspend": lambda _: None, "resume": lambda _: None, "set_metadata": lambda _: None,
     "set_block_threshold": lambda _: None, "attach_device": lambda _: None,
-    "detach_device": lambda _: None, "change_media": lambda _: None,
+    "detach_device": lambda _: None, "change_media": lambda _: None, "set_vcpus": lambda _: None,
     "qemu_monitor_command": lambda result: result,
     "block_chain": lambda chain: [wire.info_to(i) for i in chain],
     "snapshot_disks": dict,

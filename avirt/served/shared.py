@@ -384,6 +384,9 @@ class SharedDriver(Driver):
     async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
         await (await self._driver()).detach_device(name, xml, live=live, config=config, timeout=timeout)
 
+    async def set_vcpus(self, name: str, count: int, *, live: bool, config: bool, timeout: float) -> None:
+        await (await self._driver()).set_vcpus(name, count, live=live, config=config, timeout=timeout)
+
     async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
                            live: bool, config: bool) -> None:
         await (await self._driver()).change_media(name, disk, source, format=format, force=force, live=live,

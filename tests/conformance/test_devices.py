@@ -141,3 +141,42 @@ async def test_cdrom_media_change_with_tray_events(world: World) -> None:
     with pytest.raises(OperationInvalidError, match="vda of 'hp-hd' is a disk, not a cdrom or floppy"):
         await disk.change_media("vda", iso)
     await disk.destroy()
+
+
+def vcpus_of(xml: str) -> tuple[str, str | None]:
+    from lxml import etree
+
+    vcpu = etree.fromstring(xml.encode()).find("vcpu")
+    assert vcpu is not None
+    return vcpu.text or "", vcpu.get("current")
+
+
+async def test_vcpus_are_plugged_in_and_the_definitions_follow(world: World) -> None:
+    text = world.xml("cpus").replace("<vcpu>1</vcpu>", "<vcpu current='1'>2</vcpu>")
+    dom = await world.conn.define_xml(text)
+    with pytest.raises(OperationInvalidError, match="not running"):
+        await dom.set_vcpus(2)
+    await dom.start(paused=True)
+    assert vcpus_of(await dom.xml()) == ("2", "1")
+    await dom.set_vcpus(2)  # a new vCPU needs no word from the guest
+    assert vcpus_of(await dom.xml()) == ("2", None)
+    assert vcpus_of(await dom.xml(inactive=True)) == ("2", "1")  # live only
+    [record] = await world.conn.all_domain_stats({"vcpu"}, [dom])
+    assert record.params["vcpu.current"] == 2 and record.params["vcpu.maximum"] == 2
+    for wrong in (0, 3):
+        with pytest.raises(InvalidArgumentError, match="1 to 2 vCPUs"):
+            await dom.set_vcpus(wrong)
+    assert vcpus_of(await dom.xml()) == ("2", None)
+    if world.qemu:  # a guest without an OS has not taken over CPU hotplug: QEMU cannot ask it
+        with pytest.raises(OperationInvalidError, match="cannot let one go"):
+            await dom.set_vcpus(1, timeout=0.2)
+        assert vcpus_of(await dom.xml()) == ("2", None)
+    await dom.set_vcpus(2, live=False, config=True)
+    assert vcpus_of(await dom.xml(inactive=True)) == ("2", None)
+    await dom.destroy()
+    await dom.start(paused=True)  # the definition now starts both
+    [record] = await world.conn.all_domain_stats({"vcpu"}, [dom])
+    assert record.params["vcpu.current"] == 2
+    await dom.destroy()
+    await dom.set_vcpus(1, config=True)  # shut off: the definition
+    assert vcpus_of(await dom.xml(inactive=True)) == ("2", "1")

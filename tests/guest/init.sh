@@ -48,6 +48,7 @@ pings=
 lookups=
 guest_name=avirt-guest
 wait_s=0
+cpus=
 # avirt.* parameters are not passed to init by the kernel (dotted names look like module
 # parameters), so read them from /proc/cmdline.
 for arg in $(cat /proc/cmdline); do
@@ -64,6 +65,7 @@ for arg in $(cat /proc/cmdline); do
         avirt.lookup=*) lookups=${arg#*=} ;;
         avirt.hostname=*) guest_name=${arg#*=} ;;
         avirt.wait=*) wait_s=${arg#*=} ;;
+        avirt.cpus=*) cpus=${arg#*=} ;;
     esac
 done
 
@@ -93,6 +95,25 @@ run_actions() {
 # (M: MD5 of the whole device, "none" when it cannot be read, e.g. a cdrom drive without media; P:
 # its sysfs device path, which names the PCI slot, SCSI address or ATA port), or as
 # "avirt-guest: block NAME missing"; last comes "avirt-guest: blocks done: " and every /sys/block entry.
+# avirt.cpus=1: bring hot-added vCPUs online (what a distribution's udev rule does) and say which are,
+# "avirt-guest: cpus online=0-1", each time that changes (a removed vCPU the kernel offlines itself).
+report_cpus() {
+    last=
+    while :; do
+        for state in /sys/devices/system/cpu/cpu[0-9]*/online; do
+            [ -e "$state" ] || continue
+            read -r up <"$state"
+            [ "$up" = 1 ] || echo 1 >"$state" 2>/dev/null
+        done
+        read -r online </sys/devices/system/cpu/online
+        if [ "$online" != "$last" ]; then
+            say "cpus online=$online"
+            last=$online
+        fi
+        sleep 0.1
+    done
+}
+
 report_blocks() {
     for name in $(echo "$blocks" | tr ',' ' '); do
         n=0
@@ -299,6 +320,9 @@ if [ -n "$actions" ]; then
 fi
 if [ -n "$blocks" ]; then
     (exec 3<&-; report_blocks) &
+fi
+if [ -n "$cpus" ]; then
+    (exec 3<&-; report_cpus) &
 fi
 if [ -n "$shares" ]; then
     (exec 3<&-; report_shares) &

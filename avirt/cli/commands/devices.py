@@ -1,5 +1,6 @@
-"""Disks in and out of domains: ``attach-device``, ``detach-device``, ``attach-disk``, ``detach-disk``,
-``change-media``, on ``Domain.attach_device``, ``detach_device`` and ``change_media``.
+"""Disks and vCPUs in and out of domains: ``attach-device``, ``detach-device``, ``attach-disk``,
+``detach-disk``, ``change-media``, ``setvcpus``, on ``Domain.attach_device``, ``detach_device``,
+``change_media`` and ``set_vcpus``.
 
 Which definition changes, as virsh decides it: ``--live`` the running domain, ``--config`` the persistent
 definition, ``--persistent`` both (the definition only, on a shut-off domain), and without a flag the
@@ -102,6 +103,21 @@ async def _change_media(ctx: Context, args: argparse.Namespace) -> None:
             "Successfully inserted media." if args.insert else "Successfully updated media.")
 
 
+async def _setvcpus(ctx: Context, args: argparse.Namespace) -> None:
+    async with ctx.connect() as conn:
+        dom = await ctx.domain(conn, args.domain)
+        live, config = await _flags(dom, args)
+        await dom.set_vcpus(args.count, live=live, config=config, timeout=args.timeout)
+
+
+def _setvcpus_args(parser: argparse.ArgumentParser) -> None:
+    add_domain_argument(parser)
+    parser.add_argument("count", metavar="COUNT", type=int, help="how many vCPUs are to be online")
+    _which(parser)
+    parser.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
+                        help="how long the guest may take to release each vCPU removed (default 10)")
+
+
 def _which(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live", action="store_true", help="the running domain")
     parser.add_argument("--config", action="store_true", help="the persistent definition")
@@ -180,4 +196,9 @@ COMMANDS = (
             example="avirt change-media web1 sda /isos/debian.iso --insert\n"
                     "avirt change-media web1 sda --eject",
             group=DOMAIN_MANAGEMENT),
+    Command("setvcpus", "Change how many vCPUs are online", _setvcpus, _setvcpus_args,
+            details="Up to the definition's <vcpu> count. A running guest gets vCPUs plugged in, or is "
+                    "asked to let the last ones go (its OS must agree, within --timeout seconds); "
+                    "--config sets the count for the next start.",
+            example="avirt setvcpus web1 4 --live\navirt setvcpus web1 2 --config", group=DOMAIN_MANAGEMENT),
 )

@@ -36,7 +36,7 @@ from avirt.drivers.base import (
     overlay_path,
     wait_shut_off,
 )
-from avirt.drivers.qemu import firmware, migration, stats, tpm, virtiofs
+from avirt.drivers.qemu import firmware, migration, stats, tpm, vcpus, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
@@ -640,6 +640,20 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             await self.devices.change_media(guest, disk, source, format=format, force=force, live=live,
                                             config=config)
 
+    async def set_vcpus(self, name: str, count: int, *, live: bool, config: bool, timeout: float) -> None:
+        guest = self._find(name)
+        async with guest.lock:
+            to_live, to_config = guest.affected(live=live, config=config)
+            definition = None
+            if to_config:  # checked before anything changes
+                assert guest.definition is not None
+                definition = vcpus.with_vcpus(guest.definition, count)
+            if to_live:
+                await vcpus.set_vcpus(self, guest, count, timeout)
+            if definition is not None:
+                await self.files.write_definition(name, domain_to_xml(definition))
+                guest.definition = definition
+
     async def set_block_threshold(self, name: str, dev: str, threshold: int) -> None:
         guest = self._find(name)
         if not guest.active:
@@ -872,7 +886,10 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             if watch is not None:  # a storage copy's mirrors
                 watch.job_event(msg.get("event", ""), msg.get("data") or {})
         elif msg.get("event") == "DEVICE_DELETED" and not self._closing:
-            self.devices.device_deleted(guest, (msg.get("data") or {}).get("device") or "")
+            data = msg.get("data") or {}  # a device of the command line (a vCPU) has its QOM path only
+            self.devices.device_deleted(guest, data.get("device") or data.get("path") or "")
+            if str(data.get("path", "")).endswith("/lapic"):  # a vCPU left (see vcpus.py)
+                self.tasks.start_soon(self._vcpus_changed, guest, name=f"vcpus-{guest.name}")
         elif msg.get("event") == "MIGRATION" and watch is not None:
             watch.update(msg.get("data") or {})
         elif msg.get("event") == "BALLOON_CHANGE" and guest.process is not None:
@@ -892,6 +909,16 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                 return
             guest.refining = True
         self.tasks.start_soon(self._react, guest, reaction, name=f"react-{guest.name}")
+
+    async def _vcpus_changed(self, guest: Guest) -> None:
+        """A vCPU left, maybe long after the call that asked for it timed out: the live XML follows."""
+        try:
+            async with guest.lock:
+                if guest.active and guest.process is not None:
+                    guest.process.vcpu_threads = None
+                    await vcpus.reconcile(self, guest)
+        except (QMPError, HostError, OSError) as e:
+            log.warning("domain %s: reading its vCPUs after one left failed: %s", guest.name, e)
 
     def _new_guest(self, name: str, uuid: str, definition: DomainConfig | None) -> Guest:
         guest = Guest(name, uuid, definition)
@@ -999,6 +1026,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             guest.nodes = await self.files.read_nodes(name)  # the names avirt gave (see state.py)
             blocks = await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
             await self.devices.forget_unplugged(guest, blocks)
+            await vcpus.reconcile(self, guest)  # vCPUs plugged in or out while nobody recorded it
             await self.jobs.reattach(guest)
             status = await process.monitor.execute("query-status")
             guest.restore(saved, status["status"])

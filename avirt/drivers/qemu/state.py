@@ -11,6 +11,7 @@ Layout (see ``ARCHITECTURE.md``)::
         state.json                the state's reason and the pending intents (see below)
         qmp.sock                  the QMP monitor socket, mode 0600
         qemu.pid, qemu.log
+        vcpu-left         there when this QEMU was asked to unplug a vCPU (TCG cannot take one back)
         jobs.json                 block jobs QEMU may be running, written before QEMU can finish them
         nodes.json                every format node avirt may have open in this QEMU -> its file
 
@@ -204,6 +205,13 @@ class StateDir:
 
     async def read_live(self, name: str) -> str | None:
         return await self.host.read_text(os.path.join(self._run, name, "live.xml"))
+
+    async def mark_vcpu_left(self, name: str) -> None:
+        """Remember, for as long as this QEMU runs, that it was asked to let a vCPU go (see vcpus.py)."""
+        await self.host.write_atomic(os.path.join(self._run, name, "vcpu-left"), "", durable=False)
+
+    async def vcpu_left(self, name: str) -> bool:
+        return await self.host.exists(os.path.join(self._run, name, "vcpu-left"))
 
     async def read_jobs(self, name: str) -> str | None:
         return await self.host.read_text(os.path.join(self._run, name, "jobs.json"))

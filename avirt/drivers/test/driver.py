@@ -40,6 +40,7 @@ from avirt.drivers.devices import find_disk, new_controllers, with_disk, without
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
 from avirt.drivers.qemu.blockjobs import resolve_index
 from avirt.drivers.qemu.hotplug import check_pluggable, check_unpluggable
+from avirt.drivers.qemu.vcpus import with_vcpus
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
 from avirt.drivers.test.stats import domain_stats
@@ -354,6 +355,15 @@ class TestDriver(Driver):
             assert dom.live is not None
             dom.live = without_disk(dom.live, disk.target)  # a simulated guest always lets go
             self.bus.emit(DeviceRemovedEvent, dom.name, dom.uuid, alias=disk.target)
+
+    async def set_vcpus(self, name: str, count: int, *, live: bool, config: bool, timeout: float) -> None:
+        dom = await self.find(name)
+        to_live, to_config = dom.affected(live=live, config=config)
+        # A simulated guest brings vCPUs online and lets them go at once.
+        new_live = with_vcpus(dom.live, count) if to_live and dom.live is not None else None
+        new_definition = with_vcpus(dom.definition, count) if to_config and dom.definition else None
+        dom.live = new_live or dom.live
+        dom.definition = new_definition or dom.definition
 
     async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
                            live: bool, config: bool) -> None:
