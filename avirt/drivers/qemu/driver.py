@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from avirt.agent.client import AgentClient
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.devices import Disk
 from avirt.config.metadata import find as find_metadata
@@ -30,6 +31,7 @@ from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
 from avirt.drivers.qemu import firmware, migration, stats, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
+from avirt.drivers.qemu.agentcalls import AgentCalls
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
@@ -84,11 +86,13 @@ log = logging.getLogger(__name__)
 MONITOR_EOF_GRACE = 5.0
 #: Pause between attempts to re-attach to a guest after its host's connection came back and broke again.
 RESYNC_RETRY = 0.5
+#: How long the guest agent may take to answer the ping and the freeze of a quiesced snapshot.
+QUIESCE_TIMEOUT = 30.0
 #: How long a crash dump (on_crash='coredump-*') may take: about the time to write the guest's RAM.
 DUMP_TIMEOUT = 300.0
 
 
-class QemuDriver(MigrationCalls, NetworkCalls, Driver):
+class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
     def __init__(self, uri: str, host: Host, state_dir: str, *, bus: EventBus | None = None) -> None:
         self.uri = uri
         self.host = host
@@ -108,6 +112,9 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         self.networks = Networks(host, os.path.join(state_dir, "networks"), self.bus, self.tasks) \
             if isinstance(host, LocalHost) else None
         self._caps: dict[str, Any] | None = None
+        #: Each running guest's guest agent session, and the agent shutdowns waiting for the guest to go.
+        self._agents: dict[str, AgentClient] = {}
+        self._agent_down: dict[str, anyio.Event] = {}
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
         self._closing = False
@@ -577,9 +584,15 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             raise OperationInvalidError(f"domain '{name}' has no disk {disk}")
         return await image_chain(self.host, target.source, target.format)
 
-    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None,
+                             quiesce: bool = False) -> dict[str, str]:
         guest = self._find(name)
         async with guest.lock:
+            if quiesce:  # before anything is made: a guest whose filesystems cannot be frozen is refused
+                if not guest.active:
+                    raise OperationInvalidError(f"domain '{name}' is not running: a quiesced snapshot "
+                                                "freezes a running guest's filesystems")
+                await self.agent_ready(guest, QUIESCE_TIMEOUT)
             cfg = guest.config
             chosen = [d for d in cfg.disks
                       if (disks is None and not d.readonly) or (disks and d.target in disks)]
@@ -594,12 +607,16 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                 if await self.host.exists(path):
                     raise OperationInvalidError(f"snapshot image {path} already exists")
             created: list[str] = []
+            frozen = False
             try:
                 for disk in chosen:
                     assert disk.source is not None
                     await create_overlay(self.host, overlays[disk.target], disk.source, disk.format)
                     created.append(overlays[disk.target])
                 if guest.active:
+                    if quiesce:  # frozen for the transaction only; the overlays were made before
+                        await self.freeze(guest, QUIESCE_TIMEOUT)
+                        frozen = True
                     await self.jobs.snapshot(guest, overlays)
                 else:
                     for disk in chosen:
@@ -608,9 +625,13 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                         await self.files.write_definition(guest.name, domain_to_xml(guest.definition))
                         self.images.define(guest.name, _disks(guest.definition))
             except BaseException:
+                if frozen:
+                    await self.thaw(guest, quiet=True)
                 for path in created:
                     await self.host.remove_tree(path)
                 raise
+            if frozen:
+                await self.thaw(guest)
             return overlays
 
     # -- devices -----------------------------------------------------------------------------------------
@@ -779,6 +800,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                 break
             process = resumed
         await process.monitor.aclose()
+        await self.drop_agent(guest)
         await self._quietly(self.files.clear_run(guest.name))
         self.jobs.forget(guest)
         guest.ended()
@@ -859,6 +881,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         finally:
             self._event_time = None
         watch = self.migrations.get(guest.name)
+        self.agent_event(guest, msg)
         if msg.get("event", "").startswith(("JOB_", "BLOCK_JOB_")):
             self.jobs.on_qmp_event(guest, msg)
             if watch is not None:  # a storage copy's mirrors
