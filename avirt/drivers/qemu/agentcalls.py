@@ -15,8 +15,9 @@ the call returns when QEMU reports the guest going down (or the agent closing it
 fixed delay.
 
 Quiescing (``snapshot_disks(quiesce=True)``): :meth:`AgentCalls.freeze` and :meth:`AgentCalls.thaw`
-are what driver.py runs around the snapshot transaction; :meth:`AgentCalls.agent_ready` is the ping
-that refuses a quiesced snapshot before any overlay is made.
+are what driver.py runs around the snapshot, in libvirt's order: freeze first (so a guest without a
+working agent is refused before any overlay is made), then the overlays and the transaction, then thaw,
+also when a step failed or the call was cancelled.
 """
 
 from __future__ import annotations
@@ -96,10 +97,6 @@ class AgentCalls:
         finally:
             if self._agent_down.get(name) is down:
                 del self._agent_down[name]
-
-    async def agent_ready(self, guest: Guest, timeout: float) -> None:
-        """Refuse now, with the agent's typed error, unless the guest's agent answers a ping."""
-        await self._agent(guest).execute("guest-ping", None, timeout=timeout)
 
     async def freeze(self, guest: Guest, timeout: float) -> int:
         """Freeze the guest's filesystems; if that fails, thaw whatever the agent may have frozen."""

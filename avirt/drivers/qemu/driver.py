@@ -588,11 +588,9 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                              quiesce: bool = False) -> dict[str, str]:
         guest = self._find(name)
         async with guest.lock:
-            if quiesce:  # before anything is made: a guest whose filesystems cannot be frozen is refused
-                if not guest.active:
-                    raise OperationInvalidError(f"domain '{name}' is not running: a quiesced snapshot "
-                                                "freezes a running guest's filesystems")
-                await self.agent_ready(guest, QUIESCE_TIMEOUT)
+            if quiesce and not guest.active:
+                raise OperationInvalidError(f"domain '{name}' is not running: a quiesced snapshot "
+                                            "freezes a running guest's filesystems")
             cfg = guest.config
             chosen = [d for d in cfg.disks
                       if (disks is None and not d.readonly) or (disks and d.target in disks)]
@@ -608,15 +606,15 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                     raise OperationInvalidError(f"snapshot image {path} already exists")
             created: list[str] = []
             frozen = False
+            if quiesce:  # first, as libvirt: a guest that cannot be frozen is refused before anything is made
+                await self.freeze(guest, QUIESCE_TIMEOUT)
+                frozen = True
             try:
                 for disk in chosen:
                     assert disk.source is not None
                     await create_overlay(self.host, overlays[disk.target], disk.source, disk.format)
                     created.append(overlays[disk.target])
                 if guest.active:
-                    if quiesce:  # frozen for the transaction only; the overlays were made before
-                        await self.freeze(guest, QUIESCE_TIMEOUT)
-                        frozen = True
                     await self.jobs.snapshot(guest, overlays)
                 else:
                     for disk in chosen:
