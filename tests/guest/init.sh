@@ -292,8 +292,9 @@ esac
 # found by its name in sysfs. qemu-ga's guest-shutdown runs `/sbin/shutdown -P|-H|-r +0 MESSAGE`,
 # which a small script turns into busybox's poweroff, halt or reboot (after a sync and a line on the
 # console: "avirt-guest: agent shutdown -P"). The agent runs in a loop: when it ends (a test kills it
-# through guest-exec to see an agent that does not answer), the loop waits the seconds written to
-# /run/qga-pause (0 if none), says "avirt-guest: qga restart", and starts it again.
+# through guest-exec to see an agent that does not answer), the loop says "avirt-guest: qga stopped",
+# waits the seconds written to /run/qga-pause (0 if none), says "avirt-guest: qga restart", and starts
+# it again.
 start_agent() {
     port=
     for dev in /sys/class/virtio-ports/*; do
@@ -303,9 +304,13 @@ start_agent() {
     mkdir -p /var/run /var/log
     cat >/sbin/shutdown <<'SCRIPT'
 #!/bin/sh
-echo "avirt-guest: agent shutdown $1" >/dev/console
+how=-P
+for arg in "$@"; do
+    case "$arg" in -r|-H|-P) how=$arg ;; esac
+done
+echo "avirt-guest: agent shutdown $how" >/dev/console
 sync
-case "$1" in
+case "$how" in
     -r) reboot -f ;;
     -H) halt -f ;;
     *) poweroff -f ;;
@@ -316,8 +321,9 @@ SCRIPT
     (
         exec 3<&-
         while :; do
-            /usr/sbin/qemu-ga -m virtio-serial -p "$port" -f /run/qemu-ga.pid -t /run </dev/null \
+            /usr/sbin/qemu-ga -m virtio-serial -p "$port" -t /run </dev/null \
                 >/dev/null 2>/tmp/qemu-ga.err
+            say "qga stopped"
             read -r pause </run/qga-pause 2>/dev/null || pause=0
             rm -f /run/qga-pause
             sleep "$pause"
