@@ -13,15 +13,17 @@ argument)::
 
     .lock                     flock held while downloading or building
     debs/NAME_VERSION_ARCH.deb  downloaded packages (other versions of the same package are pruned)
+    qga/<version>/            the guest agent: qemu-ga from its .deb and bundle.json (see agent.py)
     guests/<key>/             vmlinuz, initrd.img, manifest.json; appears by an atomic rename
     resolved-<meta>.json      last version resolution, valid while the apt lists are unchanged
     tmp/                      scratch space (same filesystem, so the final rename is atomic)
 
 The key is ``<kernel release>-<16 hex>``; the hex part hashes the kernel package and version, the
-busybox-static version, the /init script (``init.sh`` beside this file), the module list and
-``LAYOUT_VERSION``. A new kernel in the apt lists or an edited /init gives a new key and a rebuild;
-otherwise a call is a few stat() calls. Resolving versions costs ~0.6 s per ``apt-cache`` run on a
-machine with apt's binary cache disabled (Docker-style images), hence ``resolved-<meta>.json``.
+busybox-static version, the /init script (``init.sh`` beside this file), the module list, the
+qemu-guest-agent version with the digest of its bundle (the binary and the host libraries it loads:
+``agent.py``) and ``LAYOUT_VERSION``. A new kernel in the apt lists or an edited /init gives a new key
+and a rebuild; otherwise a call is a few stat() calls. Resolving versions costs ~0.6 s per ``apt-cache``
+run on a machine with apt's binary cache disabled (Docker-style images), hence ``resolved-<meta>.json``.
 
 Concurrency: two processes (e.g. pytest-xdist workers or two pytest runs) may call
 :func:`build_guest` at once; the build runs under an exclusive ``flock`` and the finished directory
@@ -43,6 +45,9 @@ Serial markers printed by the guest's /init (console=ttyS0; the tty sends ``\\r\
   not get) a DHCP lease with ``avirt.net=dhcp``, then ``avirt-guest: net done``.
 - ``avirt-guest: lookup NAME ADDRESS`` (or ``lookup NAME failed``) for each ``avirt.lookup`` name.
 - ``avirt-guest: ping IP ok`` / ``ping IP fail``: each change of an ``avirt.ping`` address's answer.
+- ``avirt-guest: qga port /dev/vportNpM`` when the domain has the guest agent's channel (qemu-ga runs on
+  it), ``qga stopped`` / ``qga restart`` around a restart of the agent, ``agent shutdown -P|-H|-r`` when
+  the agent's guest-shutdown runs /sbin/shutdown.
 
 Kernel command line knobs: ``avirt.workload=none|write`` (default none), ``avirt.slots=N`` (default
 4), ``avirt.count=N`` (0 = forever, the default), ``avirt.sleep=S`` (seconds between writes,
