@@ -98,3 +98,16 @@ def test_clients_benchmark_reports_its_figures_as_json() -> None:
     assert report["fanout"]["expected"] == 2 * 2 * 3
     assert report["fanout"]["delivered"] == report["fanout"]["expected"] and report["fanout"]["lost"] == 0
     assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
+@pytest.mark.guest
+def test_agent_benchmark_reports_its_figures_as_json() -> None:
+    bench = BENCH.with_name("agent.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--runs", "3", "--snapshots", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("ping", "os_info", "fs_info", "exec_true", "ping_via_client", "snapshot_plain",
+                "snapshot_quiesced"):
+        assert report[key]["median"] > 0, key
+    assert report["absent_agent_error_ms"] is not None  # the absent agent was a typed timeout
