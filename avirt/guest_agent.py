@@ -165,6 +165,7 @@ class GuestAgent:
             arguments["input-data"] = base64.b64encode(input).decode()
         if env is not None:
             arguments["env"] = list(env)
+        pid: int | None = None
         with anyio.move_on_after(timeout) as scope:
             started = await self._call("guest-exec", arguments, timeout)
             pid = int(started["pid"])
@@ -176,6 +177,6 @@ class GuestAgent:
                 await anyio.sleep(pause)  # the protocol has no notification: polling is the way
                 pause = min(pause * 2, _EXEC_POLL[1])
         assert scope.cancelled_caught
-        which = f"pid {pid}" if "pid" in locals() else "the process"
-        raise AgentTimeoutError(f"domain '{self.name}': {argv[0]} ({which} in the guest) did not end "
-                                f"within {timeout:g} s; it is left running")
+        which = "not started" if pid is None else f"pid {pid} in the guest"
+        raise AgentTimeoutError(f"domain '{self.name}': {argv[0]} ({which}) did not end within "
+                                f"{timeout:g} s; it is left running")

@@ -164,7 +164,7 @@ async def test_a_write_waits_while_the_filesystems_are_frozen(booted: Booted) ->
     dom = booted.dom
     # A writer in the guest that writes once eth0 loses its carrier: the host pulls the cable (set_link)
     # after the freeze, so the write starts while frozen, whatever the timing.
-    await sh(dom, """(
+    await sh(dom, """ip link set eth0 up && (
         until [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ]; do sleep 0.05; done
         echo "avirt-guest: writer armed" >/dev/console
         while [ "$(cat /sys/class/net/eth0/carrier)" = 1 ]; do sleep 0.05; done
