@@ -32,6 +32,7 @@ from avirt.errors import (
     OperationTimeoutError,
 )
 from tests.guest import BASE_CMDLINE, GuestImages
+from tests.sshd import SSHServer
 from tests.test_cli import CLI, clean_env
 from tests.waiting import wait_for_serial
 from tests.xmls import XMLFactory
@@ -263,6 +264,24 @@ async def test_another_program_reaches_the_agent_through_the_controller(booted: 
         with pytest.raises(AgentCommandError) as unknown:  # the agent's error, typed on the client too
             await dom.agent.command({"execute": "guest-no-such-command"})
         assert unknown.value.error_class == "CommandNotFound"
+
+
+async def test_over_ssh_the_agent_is_reached_through_the_forwarded_socket(
+        sshd: SSHServer, tmp_path: Path, guest_images: GuestImages) -> None:
+    """A qemu+ssh:// connection driving the host directly: the channel's socket is reached over SSH."""
+    serial, disk = tmp_path / "serial.log", tmp_path / "ssh.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "1M"], check=True)
+    async with avirt.connect(sshd.uri(tmp_path / "state")) as conn:
+        dom = await conn.define_xml(guest_xml("sshagent", guest_images, serial, disk, AGENT_CHANNEL))
+        await dom.start()
+        try:
+            await wait_for_serial(serial, "avirt-guest: ready")
+            await ping_until_answered(dom)
+            assert (await dom.agent.os_info()).id == "avirt-test-guest"
+            result = await dom.agent.exec(["/bin/echo", "over", "ssh"])
+            assert (result.exit_code, result.stdout) == (0, b"over ssh\n")
+        finally:
+            await dom.destroy()
 
 
 async def run_cli(booted: Booted, *args: str) -> subprocess.CompletedProcess[bytes]:
