@@ -237,8 +237,8 @@ async def test_a_failed_quiesced_snapshot_thaws_the_guest(booted: Booted) -> Non
 async def test_an_agent_that_stops_answering_times_out_and_comes_back(booted: Booted) -> None:
     dom = booted.dom
     restarts = booted.serial.read_text().count("avirt-guest: qga restart")
-    # qemu-ga is killed in the guest and started again by /init's loop 10 s later.
-    await sh(dom, "echo 10 >/run/qga-pause && (sleep 0.2; kill $(pidof qemu-ga)) "
+    # qemu-ga is killed in the guest and started again by /init's loop 5 s later.
+    await sh(dom, "echo 5 >/run/qga-pause && (sleep 0.2; kill $(pidof qemu-ga)) "
                   "</dev/null >/dev/null 2>&1 &")
     await wait_for_serial(booted.serial, "avirt-guest: qga stopped")
     with pytest.raises(AgentTimeoutError) as timed_out:
