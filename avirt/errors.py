@@ -214,14 +214,15 @@ class AgentError(AvirtError):
 
 
 class AgentUnavailableError(AgentError):
-    """The guest agent cannot be reached: the domain has no ``org.qemu.guest_agent.0`` channel, or its
-    socket cannot be connected (QEMU is going away)."""
+    """The guest agent cannot be reached: the domain has no ``org.qemu.guest_agent.0`` channel, no agent
+    has the guest's end of it open (qemu-ga not installed, not started yet, stopped, the guest
+    rebooting), or its socket cannot be connected (QEMU is going away)."""
 
 
 class AgentTimeoutError(AgentUnavailableError, OperationTimeoutError):
-    """The guest agent did not answer in time: it is not running in the guest (not installed, stopped,
-    restarting, the guest still booting or rebooting), or the command takes longer than the timeout. The
-    connection is re-synchronised before the next call, so a late answer is never taken for another's."""
+    """The guest agent did not answer in time: it has the channel open but does not answer (stopped,
+    stuck, the guest too busy), or the command takes longer than the timeout. The connection is
+    re-synchronised before the next call, so a late answer is never taken for another's."""
 
 
 class AgentCommandError(AgentError):

@@ -9,10 +9,10 @@ with the agent (``avirt/agent/client.py``), the holder's over the served protoco
 made-up agent.
 
 Every call has a ``timeout`` (seconds). An agent that does not answer in time raises
-:class:`~avirt.errors.AgentTimeoutError` (also an ``OperationTimeoutError``): qemu-ga not installed or not
-running, or the guest booting. A domain without the ``org.qemu.guest_agent.0`` channel raises
-:class:`~avirt.errors.AgentUnavailableError` at once, a shut-off one
-:class:`~avirt.errors.OperationInvalidError`, and an error the agent answers
+:class:`~avirt.errors.AgentTimeoutError` (also an ``OperationTimeoutError``). No agent at all (qemu-ga not
+installed, not started yet, stopped: the guest has not opened its end of the channel) and a domain
+without the ``org.qemu.guest_agent.0`` channel raise :class:`~avirt.errors.AgentUnavailableError` at
+once, a shut-off one :class:`~avirt.errors.OperationInvalidError`, and an error the agent answers
 :class:`~avirt.errors.AgentCommandError` with the agent's class and description.
 """
 

@@ -10,6 +10,12 @@ again before its next command:
 * ``VSERPORT_CHANGE`` for the agent's port: qemu-ga opened or closed it (started, stopped, restarted);
 * ``RESET`` and ``SHUTDOWN``: the guest reboots or goes down, and its agent with it.
 
+The same events say whether qemu-ga has the port open at all (for a session made before any event, such
+as after a new controller's re-attach, ``query-chardev``'s ``frontend-open`` says it once). A port that
+is closed means no agent runs: the call fails at once with :class:`~avirt.errors.AgentUnavailableError`
+instead of waiting for a sync that nobody will answer. An agent that has the port open but does not
+answer (stopped, stuck, a frozen guest) is the sync's timeout, :class:`~avirt.errors.AgentTimeoutError`.
+
 The same events end :meth:`AgentCalls.agent_shutdown`'s wait: guest-shutdown answers only failures, so
 the call returns when QEMU reports the guest going down (or the agent closing its port), not after a
 fixed delay.
@@ -35,6 +41,7 @@ from avirt.drivers.qemu.state import StateDir
 from avirt.errors import AgentError, AgentUnavailableError, OperationInvalidError
 from avirt.hosts.base import Host
 from avirt.models import DomainState
+from avirt.qmp.monitor import Monitor
 
 __all__ = ["AGENT_CHANNEL", "AgentCalls", "agent_channel"]
 
@@ -60,11 +67,15 @@ class AgentCalls:
     files: StateDir
     _agents: dict[str, AgentClient]
     _agent_down: dict[str, anyio.Event]
+    _agent_open: dict[str, bool]
 
     def _find(self, name_or_uuid: str) -> Guest:
         raise NotImplementedError
 
-    def _agent(self, guest: Guest) -> AgentClient:
+    def monitor(self, guest: Guest) -> Monitor:
+        raise NotImplementedError
+
+    async def _agent(self, guest: Guest) -> AgentClient:
         if guest.state is not DomainState.RUNNING:
             raise OperationInvalidError(f"domain '{guest.name}' is {guest.state.value}: its guest agent "
                                         "answers only while it runs")
@@ -82,15 +93,30 @@ class AgentCalls:
                 return await host.connect_unix(where)
 
             client = self._agents[guest.name] = AgentClient(guest.name, connect)
+        if not await self._port_open(guest, found[0]):
+            raise AgentUnavailableError(f"domain '{guest.name}': the guest agent is not connected (qemu-ga "
+                                        "is not running in the guest, or has not started yet)")
         return client
+
+    async def _port_open(self, guest: Guest, index: int) -> bool:
+        """Whether the guest has the agent's port open (qemu-ga runs): known from VSERPORT_CHANGE, else
+        asked of QEMU once (query-chardev's frontend-open, as after a new controller's re-attach)."""
+        known = self._agent_open.get(guest.name)
+        if known is not None:
+            return known
+        chardevs = await self.monitor(guest).execute("query-chardev")
+        label = f"charchannel{index}"
+        state = next((bool(c.get("frontend-open")) for c in chardevs if c.get("label") == label),
+                     True)  # not listed: let the sync decide
+        return self._agent_open.setdefault(guest.name, state)
 
     async def agent_command(self, name: str, command: str, arguments: dict[str, Any] | None,
                             timeout: float) -> Any:
-        return await self._agent(self._find(name)).execute(command, arguments, timeout=timeout)
+        return await (await self._agent(self._find(name))).execute(command, arguments, timeout=timeout)
 
     async def agent_shutdown(self, name: str, mode: str, timeout: float) -> None:
         guest = self._find(name)
-        client = self._agent(guest)
+        client = await self._agent(guest)
         down = self._agent_down.setdefault(name, anyio.Event())
         try:
             await client.execute_no_reply("guest-shutdown", {"mode": mode}, timeout=timeout, done=down)
@@ -101,7 +127,11 @@ class AgentCalls:
     async def freeze(self, guest: Guest, timeout: float) -> int:
         """Freeze the guest's filesystems; if that fails, thaw whatever the agent may have frozen."""
         try:
-            return int(await self._agent(guest).execute("guest-fsfreeze-freeze", None, timeout=timeout))
+            agent = await self._agent(guest)
+        except AgentUnavailableError:
+            raise  # nothing was sent: nothing to thaw
+        try:
+            return int(await agent.execute("guest-fsfreeze-freeze", None, timeout=timeout))
         except AgentError:
             await self.thaw(guest, quiet=True)
             raise
@@ -110,7 +140,7 @@ class AgentCalls:
         """Thaw the guest's filesystems, even when the caller is being cancelled."""
         with anyio.CancelScope(shield=True):
             try:
-                await self._agent(guest).execute("guest-fsfreeze-thaw", None, timeout=THAW_TIMEOUT)
+                await (await self._agent(guest)).execute("guest-fsfreeze-thaw", None, timeout=THAW_TIMEOUT)
             except (AgentError, OperationInvalidError) as e:
                 if not quiet:
                     raise
@@ -125,8 +155,10 @@ class AgentCalls:
             if found is None or data.get("id") != f"channel{found[0]}":
                 return
             down = not data.get("open")
+            self._agent_open[guest.name] = not down
         elif event in ("RESET", "SHUTDOWN"):
             down = True
+            self._agent_open[guest.name] = False  # the guest's agent is gone; a new one opens the port
         else:
             return
         client = self._agents.get(guest.name)
@@ -138,6 +170,7 @@ class AgentCalls:
 
     async def drop_agent(self, guest: Guest) -> None:
         """The guest's QEMU ended: close its agent session."""
+        self._agent_open.pop(guest.name, None)
         client = self._agents.pop(guest.name, None)
         if client is not None:
             await client.aclose()

@@ -115,6 +115,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
         #: Each running guest's guest agent session, and the agent shutdowns waiting for the guest to go.
         self._agents: dict[str, AgentClient] = {}
         self._agent_down: dict[str, anyio.Event] = {}
+        self._agent_open: dict[str, bool] = {}
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
         self._closing = False
