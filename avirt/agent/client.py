@@ -14,11 +14,12 @@ client. The protocol differs from the monitor's in ways that shape this module:
   before the JSON; everything before that byte, and every sync answer with another id, is stale and
   dropped. The session is usable once the answer with this id arrives.
 * **Nobody may be listening.** QEMU accepts the connection whether or not qemu-ga runs in the guest
-  (the guest may be booting, rebooting, or have no agent): bytes sent then wait in QEMU. So "the agent
-  is not there" is learnt only as a sync that does not answer, which becomes
-  :class:`~avirt.errors.AgentTimeoutError` after its timeout, and the next call syncs again. The
-  driver calls :meth:`AgentClient.reset` when the guest resets or its agent closes the port, so the
-  next call syncs at once instead of trusting a session with a new agent.
+  (the guest may be booting, rebooting, or have no agent): bytes sent then wait in QEMU. On the socket
+  alone, "the agent is not there" shows only as a sync that does not answer, which becomes
+  :class:`~avirt.errors.AgentTimeoutError` after its timeout, and the next call syncs again. The driver
+  knows more from QMP (whether the guest has the port open: ``drivers/qemu/agentcalls.py`` refuses at
+  once when it does not), and calls :meth:`AgentClient.reset` when the guest resets or its agent closes
+  or opens the port, so the next call syncs instead of trusting a session with a different agent.
 * **QEMU closes the socket only when it ends.** A closed socket is reconnected at the next call; if
   that fails the agent is unavailable (:class:`~avirt.errors.AgentUnavailableError`).
 
