@@ -302,16 +302,26 @@ async def test_another_program_reaches_the_agent_through_the_controller(booted: 
 
 async def test_over_ssh_the_agent_is_reached_through_the_forwarded_socket(
         sshd: SSHServer, tmp_path: Path, guest_images: GuestImages) -> None:
-    """A qemu+ssh:// connection driving the host directly: the channel's socket is reached over SSH."""
+    """A qemu+ssh:// connection driving the host directly: the channel's socket is reached over SSH, by
+    the controller that started the guest and by the next one."""
     serial, disk = tmp_path / "serial.log", tmp_path / "ssh.raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "1M"], check=True)
-    async with avirt.connect(sshd.uri(tmp_path / "state")) as conn:
+    uri = sshd.uri(tmp_path / "state")
+    async with avirt.connect(uri) as conn:
         dom = await conn.define_xml(guest_xml("sshagent", guest_images, serial, disk, AGENT_CHANNEL))
         await dom.start()
         try:
             await wait_for_serial(serial, "avirt-guest: ready")
             await ping_until_answered(dom)
             assert (await dom.agent.os_info()).id == "avirt-test-guest"
+        except BaseException:
+            await dom.destroy()
+            raise
+    # The guest outlives its controller; the next one re-attaches, learns from QEMU that the agent's port
+    # is open (no event since it came), and opens a session of its own on the channel's socket.
+    async with avirt.connect(uri) as conn:
+        dom = await conn.lookup("sshagent")
+        try:
             result = await dom.agent.exec(["/bin/echo", "over", "ssh"])
             assert (result.exit_code, result.stdout) == (0, b"over ssh\n")
         finally:
