@@ -126,10 +126,7 @@ class AgentCalls:
 
     async def freeze(self, guest: Guest, timeout: float) -> int:
         """Freeze the guest's filesystems; if that fails, thaw whatever the agent may have frozen."""
-        try:
-            agent = await self._agent(guest)
-        except AgentUnavailableError:
-            raise  # nothing was sent: nothing to thaw
+        agent = await self._agent(guest)  # no agent: nothing was sent, nothing to thaw
         try:
             return int(await agent.execute("guest-fsfreeze-freeze", None, timeout=timeout))
         except AgentError:
