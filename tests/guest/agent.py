@@ -80,6 +80,10 @@ def bundle(root: Path, version: str, download: Callable[[], Path],
         run(["dpkg-deb", "-x", str(deb), str(tree)], what=f"extracting {deb.name}")
         binary = tree / BINARY
         out = run(["ldd", str(binary)], what="listing qemu-ga's libraries")
+        missing = [line.split()[0] for line in out.splitlines() if "not found" in line]
+        if missing:
+            raise RuntimeError(f"this host lacks qemu-ga's libraries {', '.join(missing)} (scripts/setup "
+                               "installs them)")
         libs = []
         for line in out.splitlines():
             m = _LDD_LINE.match(line)
