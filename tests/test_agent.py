@@ -353,6 +353,23 @@ async def test_cli_commands(booted: Booted) -> None:
     snap = await run_cli(booted, "snapshot-create-as", "agentguest", "q4", "--disk-only", "--quiesce")
     assert snap.returncode == 0, snap.stderr
     assert await booted.dom.agent.fsfreeze_status() == "thawed"
+    # Two more at once (each is a process of its own): the guest's clock and its filesystems as a table.
+    found: dict[str, subprocess.CompletedProcess[bytes]] = {}
+
+    async def one(*args: str) -> None:
+        found[args[0]] = await run_cli(booted, *args, "agentguest")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(one, "domtime")
+        group.start_soon(one, "domfsinfo")
+    clock = found["domtime"]
+    assert clock.returncode == 0 and clock.stdout.startswith(b"Time: "), clock.stderr
+    assert abs(int(clock.stdout.split()[1]) - await booted.dom.agent.time() // 10**9) < 3600
+    table = found["domfsinfo"]
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.decode().split()[:4] == ["Mountpoint", "Name", "Type", "Target"]
+    rows = [line.split() for line in table.stdout.decode().splitlines()]
+    assert ["/mnt/data", "vda", "ext2", "/dev/vda"] in rows
 
 
 async def test_without_the_channel_the_agent_is_unavailable(booted: Booted, tmp_path: Path) -> None:
