@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from avirt import errors, fleet, offline
+    from avirt.agent.results import ExecResult, Filesystem, FSDisk, IPAddress, NetworkInterface, OSInfo
     from avirt.connection import Connection, connect
     from avirt.domain import Domain
     from avirt.events import (
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         TrayChangeEvent,
         WatchdogEvent,
     )
+    from avirt.guest_agent import GuestAgent
     from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
     from avirt.migration import MigrationJob
     from avirt.models import DomainInfo, DomainState, DomainStats, ImageInfo, MigrationProgress
@@ -62,6 +64,13 @@ _NAMES = {
     "Connection": "avirt.connection",
     "connect": "avirt.connection",
     "Domain": "avirt.domain",
+    "GuestAgent": "avirt.guest_agent",
+    "ExecResult": "avirt.agent.results",
+    "Filesystem": "avirt.agent.results",
+    "FSDisk": "avirt.agent.results",
+    "IPAddress": "avirt.agent.results",
+    "NetworkInterface": "avirt.agent.results",
+    "OSInfo": "avirt.agent.results",
     "Network": "avirt.network",
     "DHCPLease": "avirt.network",
     "NetworkLifecycleEvent": "avirt.events",
@@ -133,7 +142,12 @@ __all__ = [
     "Event",
     "EventKind",
     "EventStream",
+    "ExecResult",
+    "FSDisk",
+    "Filesystem",
+    "GuestAgent",
     "IOErrorEvent",
+    "IPAddress",
     "ImageInfo",
     "JobKind",
     "JobPhase",
@@ -143,7 +157,9 @@ __all__ = [
     "MigrationJob",
     "MigrationProgress",
     "Network",
+    "NetworkInterface",
     "NetworkLifecycleEvent",
+    "OSInfo",
     "PMEvent",
     "PMWakeupEvent",
     "QMPEvent",

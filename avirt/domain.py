@@ -17,6 +17,7 @@ from avirt.models import DomainInfo, DomainState, ImageInfo
 if TYPE_CHECKING:
     from avirt.connection import Connection
     from avirt.drivers.base import Driver
+    from avirt.guest_agent import GuestAgent
 
 
 class Domain:
@@ -136,15 +137,33 @@ class Domain:
         """The disk's images, top first, with their sizes and what each stores itself."""
         return await self._driver.block_chain(self.name, disk)
 
-    async def snapshot_disks(self, name: str, *, disks: list[str] | None = None) -> dict[str, str]:
+    async def snapshot_disks(self, name: str, *, disks: list[str] | None = None,
+                             quiesce: bool = False) -> dict[str, str]:
         """External disk-only snapshot: a new qcow2 overlay on each disk (every writable disk if None).
 
         Running, the overlays are switched in one transaction: all disks or none. Returns disk -> new
         overlay path (beside the image it covers, named ``<image>.<name>.qcow2``).
+
+        ``quiesce=True`` (running domains): the guest agent freezes the guest's filesystems first (their
+        data flushed, writes held), so the images below the overlays hold consistent filesystems, and
+        thaws them after, also when the snapshot fails. A domain without the agent's channel raises
+        :class:`~avirt.errors.AgentUnavailableError`, an agent that does not answer
+        :class:`~avirt.errors.AgentTimeoutError`, before anything is created. A shut-off domain has no
+        running filesystem to quiesce: ``quiesce`` is refused there (``OperationInvalidError``).
         """
         if not name or "/" in name or name.startswith("."):
             raise InvalidArgumentError(f"bad snapshot name {name!r}")
+        if quiesce:
+            return await self._driver.snapshot_disks(self.name, name, disks, quiesce=True)
         return await self._driver.snapshot_disks(self.name, name, disks)
+
+    @property
+    def agent(self) -> GuestAgent:
+        """The domain's QEMU guest agent (qemu-ga in the guest, over the ``org.qemu.guest_agent.0``
+        channel): ``await dom.agent.ping()``. See :mod:`avirt.guest_agent`."""
+        from avirt.guest_agent import GuestAgent
+
+        return GuestAgent(self._driver, self.name)
 
     async def block_job(self, disk: str) -> BlockJob | None:
         """The block job running on ``disk``, or None.

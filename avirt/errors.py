@@ -206,3 +206,31 @@ class DeviceDetachTimeoutError(OperationTimeoutError):
         self.timeout = timeout
         super().__init__(f"domain '{domain}': the guest did not release device {device} within "
                          f"{timeout:g} s; it stays attached until the guest does (the request stands)")
+
+
+class AgentError(AvirtError):
+    """A call to the QEMU guest agent (qemu-ga, in the guest, over the ``org.qemu.guest_agent.0``
+    channel) failed. Subclasses say how."""
+
+
+class AgentUnavailableError(AgentError):
+    """The guest agent cannot be reached: the domain has no ``org.qemu.guest_agent.0`` channel, no agent
+    has the guest's end of it open (qemu-ga not installed, not started yet, stopped, the guest
+    rebooting), or its socket cannot be connected (QEMU is going away)."""
+
+
+class AgentTimeoutError(AgentUnavailableError, OperationTimeoutError):
+    """The guest agent did not answer in time: it has the channel open but does not answer (stopped,
+    stuck, the guest too busy), or the command takes longer than the timeout. The connection is
+    re-synchronised before the next call, so a late answer is never taken for another's."""
+
+
+class AgentCommandError(AgentError):
+    """The guest agent answered with an error: ``error_class`` (e.g. ``GenericError``,
+    ``CommandNotFound``) and ``desc`` are the agent's own."""
+
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+        super().__init__(f"{command}: {error_class}: {desc}")

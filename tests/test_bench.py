@@ -122,3 +122,16 @@ def test_stats_benchmark_reports_its_figures_as_json() -> None:
     reference = report["libvirt"]
     assert reference["per_guest_ms"] > 0 if reference["available"] else reference["reason"]
     assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
+@pytest.mark.guest
+def test_agent_benchmark_reports_its_figures_as_json() -> None:
+    bench = BENCH.with_name("agent.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--runs", "3", "--snapshots", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("ping", "os_info", "fs_info", "exec_true", "ping_via_client", "snapshot_plain",
+                "snapshot_quiesced"):
+        assert report[key]["median"] > 0, key
+    assert report["absent_agent"]["error"] == "AgentUnavailableError"  # at once: the port is closed

@@ -32,7 +32,8 @@ from lxml import etree
 from tests.xmls import XMLFactory
 
 COMMANDS = ["define", "undefine", "start", "shutdown", "destroy", "reboot", "reset", "suspend", "resume",
-            "list", "dominfo", "domstate", "dumpxml", "domblklist", "event"]
+            "list", "dominfo", "domstate", "dumpxml", "domblklist", "event", "guestinfo", "domfsinfo",
+            "domfsfreeze", "domfsthaw", "domtime", "qemu-agent-command"]
 
 
 def avirt_executable() -> str:

@@ -261,7 +261,10 @@ class Driver(ABC):
     async def block_chain(self, name: str, disk: str) -> list[ImageInfo]: ...
 
     @abstractmethod
-    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]: ...
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None,
+                             quiesce: bool = False) -> dict[str, str]:
+        """A disk-only snapshot; with ``quiesce`` the running guest's filesystems are frozen through its
+        agent around it (and thawed whatever happens), refused before anything changes without one."""
 
     # -- devices ---------------------------------------------------------------------------------------
 
@@ -320,6 +323,19 @@ class Driver(ABC):
         element in namespace ``uri``, in the definitions :meth:`DomainRecord.affected` names, and announce
         a :class:`~avirt.events.model.MetadataChangeEvent`."""
 
+
+    # -- the guest agent (qemu-ga over the org.qemu.guest_agent.0 channel; see avirt/guest_agent.py) --------
+
+    async def agent_command(self, name: str, command: str, arguments: dict[str, Any] | None,
+                            timeout: float) -> Any:
+        """Run one guest agent command in the running domain and return its ``return`` value
+        (:class:`~avirt.errors.AgentError` and its subclasses for the agent's failures)."""
+        raise UnsupportedError(["agent_command"], f"{self.uri} has no guest agents")
+
+    async def agent_shutdown(self, name: str, mode: str, timeout: float) -> None:
+        """guest-shutdown with ``mode`` (powerdown, reboot, halt): it answers only a failure, so this
+        returns once the guest goes down, or after ``timeout`` with no error answer."""
+        raise UnsupportedError(["agent_shutdown"], f"{self.uri} has no guest agents")
 
     # -- migration: the phases avirt/migration.py runs in order; a driver without them refuses at once --
 

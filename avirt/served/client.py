@@ -252,8 +252,18 @@ class ClientDriver(Driver):
     async def block_chain(self, name: str, disk: str) -> list[ImageInfo]:
         return [wire.info_from(ImageInfo, i) for i in await self._call("block_chain", name=name, disk=disk)]
 
-    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
-        return dict(await self._call("snapshot_disks", name=name, snapshot=snapshot, disks=disks))
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None,
+                             quiesce: bool = False) -> dict[str, str]:
+        extra = {"quiesce": True} if quiesce else {}  # a controller without quiescing refuses the name
+        return dict(await self._call("snapshot_disks", name=name, snapshot=snapshot, disks=disks, **extra))
+
+    async def agent_command(self, name: str, command: str, arguments: dict[str, Any] | None,
+                            timeout: float) -> Any:
+        return await self._call("agent_command", name=name, command=command, arguments=arguments,
+                                timeout=timeout)
+
+    async def agent_shutdown(self, name: str, mode: str, timeout: float) -> None:
+        await self._call("agent_shutdown", name=name, mode=mode, timeout=timeout)
 
     async def state(self, name: str) -> tuple[DomainState, str]:
         state, reason = await self._call("state", name=name)

@@ -69,6 +69,7 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "qemu_monitor_command": lambda result: result,
     "block_chain": lambda chain: [wire.info_to(i) for i in chain],
     "snapshot_disks": dict,
+    "agent_command": lambda result: result, "agent_shutdown": lambda _: None,
     "state": lambda pair: [pair[0].value, pair[1]],
     "info": wire.info_to,
     "xml": str, "metadata": lambda text: text,

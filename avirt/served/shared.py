@@ -362,8 +362,18 @@ class SharedDriver(Driver):
     async def block_chain(self, name: str, disk: str) -> list[ImageInfo]:
         return await (await self._driver()).block_chain(name, disk)
 
-    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None,
+                             quiesce: bool = False) -> dict[str, str]:
+        if quiesce:
+            return await (await self._driver()).snapshot_disks(name, snapshot, disks, quiesce=True)
         return await (await self._driver()).snapshot_disks(name, snapshot, disks)
+
+    async def agent_command(self, name: str, command: str, arguments: dict[str, Any] | None,
+                            timeout: float) -> Any:
+        return await (await self._driver()).agent_command(name, command, arguments, timeout)
+
+    async def agent_shutdown(self, name: str, mode: str, timeout: float) -> None:
+        await (await self._driver()).agent_shutdown(name, mode, timeout)
 
     async def state(self, name: str) -> tuple[DomainState, str]:
         return await (await self._driver()).state(name)

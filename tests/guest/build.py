@@ -13,15 +13,17 @@ argument)::
 
     .lock                     flock held while downloading or building
     debs/NAME_VERSION_ARCH.deb  downloaded packages (other versions of the same package are pruned)
+    qga/<version>/            the guest agent: qemu-ga from its .deb and bundle.json (see agent.py)
     guests/<key>/             vmlinuz, initrd.img, manifest.json; appears by an atomic rename
     resolved-<meta>.json      last version resolution, valid while the apt lists are unchanged
     tmp/                      scratch space (same filesystem, so the final rename is atomic)
 
 The key is ``<kernel release>-<16 hex>``; the hex part hashes the kernel package and version, the
-busybox-static version, the /init script (``init.sh`` beside this file), the module list and
-``LAYOUT_VERSION``. A new kernel in the apt lists or an edited /init gives a new key and a rebuild;
-otherwise a call is a few stat() calls. Resolving versions costs ~0.6 s per ``apt-cache`` run on a
-machine with apt's binary cache disabled (Docker-style images), hence ``resolved-<meta>.json``.
+busybox-static version, the /init script (``init.sh`` beside this file), the module list, the
+qemu-guest-agent version with the digest of its bundle (the binary and the host libraries it loads:
+``agent.py``) and ``LAYOUT_VERSION``. A new kernel in the apt lists or an edited /init gives a new key
+and a rebuild; otherwise a call is a few stat() calls. Resolving versions costs ~0.6 s per ``apt-cache``
+run on a machine with apt's binary cache disabled (Docker-style images), hence ``resolved-<meta>.json``.
 
 Concurrency: two processes (e.g. pytest-xdist workers or two pytest runs) may call
 :func:`build_guest` at once; the build runs under an exclusive ``flock`` and the finished directory
@@ -43,6 +45,9 @@ Serial markers printed by the guest's /init (console=ttyS0; the tty sends ``\\r\
   not get) a DHCP lease with ``avirt.net=dhcp``, then ``avirt-guest: net done``.
 - ``avirt-guest: lookup NAME ADDRESS`` (or ``lookup NAME failed``) for each ``avirt.lookup`` name.
 - ``avirt-guest: ping IP ok`` / ``ping IP fail``: each change of an ``avirt.ping`` address's answer.
+- ``avirt-guest: qga port /dev/vportNpM`` when the domain has the guest agent's channel (qemu-ga runs on
+  it), ``qga stopped`` / ``qga restart`` around a restart of the agent, ``agent shutdown -P|-H|-r`` when
+  the agent's guest-shutdown runs /sbin/shutdown.
 
 Kernel command line knobs: ``avirt.workload=none|write`` (default none), ``avirt.slots=N`` (default
 4), ``avirt.count=N`` (0 = forever, the default), ``avirt.sleep=S`` (seconds between writes,
@@ -79,12 +84,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import agent as qga_agent
+
 __all__ = ["GUEST_MODULES", "GuestBuildError", "GuestImages", "build_guest", "default_cache_root"]
 
 log = logging.getLogger(__name__)
 
 #: Bump when the initramfs layout or the build steps change in a way the inputs don't show.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 DEFAULT_KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -107,6 +114,7 @@ GUEST_MODULES: tuple[str, ...] = (
     "sr_mod",  # SCSI and ATA cdroms: /dev/srN
     "virtiofs",  # host directories shared through <filesystem><driver type='virtiofs'/>
     "virtio_net",  # NICs on host networks (<interface type='network'|'bridge'|'ethernet'>)
+    "virtio_console",  # virtio-serial ports: the guest agent's org.qemu.guest_agent.0 channel
 )
 
 #: Modules loaded after :data:`GUEST_MODULES` when the kernel has them: the cloud kernel builds no AHCI
@@ -144,6 +152,7 @@ class _Resolved:
     kernel_package: str
     kernel_version: str
     busybox_version: str
+    qga_version: str
 
 
 def default_cache_root() -> Path:
@@ -185,7 +194,15 @@ def build_guest(cache_root: Path | None = None, *, kernel_meta: str | None = Non
                     _apt_update()
                     updated = True
                     continue
-        key, inputs = _key(resolved, init_bytes)
+        try:
+            qga = _qga_bundle(root, resolved)
+        except _AptError as e:
+            if updated:
+                raise GuestBuildError(f"{e}\n(apt-get update did not help)") from e
+            _apt_update()
+            updated = True
+            continue
+        key, inputs = _key(resolved, init_bytes, qga)
         final = root / "guests" / key
         if _complete(final):
             return _images(final, key)
@@ -201,8 +218,29 @@ def build_guest(cache_root: Path | None = None, *, kernel_meta: str | None = Non
                 _apt_update()
                 updated = True
                 continue
-            _build(root, final, debs, init_bytes, inputs)
+            _build(root, final, debs, init_bytes, inputs, qga)
             return _images(final, key)
+
+
+def _qga_bundle(root: Path, resolved: _Resolved) -> qga_agent.Bundle:
+    """The guest agent's files (``agent.py``): found with a few stat() calls, made under the lock."""
+    def download() -> Path:
+        return _download_one(root, qga_agent.PACKAGE, resolved.qga_version)
+
+    def unavailable() -> Path:
+        raise RuntimeError("not cached")
+
+    try:
+        return qga_agent.bundle(root, resolved.qga_version, unavailable, _run)
+    except RuntimeError:
+        pass
+    with _locked(root):
+        try:
+            return qga_agent.bundle(root, resolved.qga_version, download, _run)
+        except GuestBuildError:
+            raise
+        except (RuntimeError, OSError) as e:
+            raise GuestBuildError(f"bundling the guest agent: {e}") from e
 
 
 def _read_init() -> bytes:
@@ -322,8 +360,8 @@ def _resolve(meta: str) -> _Resolved:
 
     ``meta`` may also name a real kernel package (one whose Depends name no other linux-image).
     """
-    cands = _candidates([meta, BUSYBOX_PACKAGE])
-    missing = [p for p in (meta, BUSYBOX_PACKAGE) if p not in cands]
+    cands = _candidates([meta, BUSYBOX_PACKAGE, qga_agent.PACKAGE])
+    missing = [p for p in (meta, BUSYBOX_PACKAGE, qga_agent.PACKAGE) if p not in cands]
     if missing:
         raise _AptError(
             f"apt has no installable candidate for {', '.join(missing)} (empty or stale package "
@@ -350,7 +388,7 @@ def _resolve(meta: str) -> _Resolved:
         kernel_version = real[kernel_package]
     log.info("resolved %s -> %s %s, %s %s", meta, kernel_package, kernel_version, BUSYBOX_PACKAGE,
              cands[BUSYBOX_PACKAGE])
-    return _Resolved(kernel_package, kernel_version, cands[BUSYBOX_PACKAGE])
+    return _Resolved(kernel_package, kernel_version, cands[BUSYBOX_PACKAGE], cands[qga_agent.PACKAGE])
 
 
 def _deb_glob(package: str, version: str) -> str:
@@ -366,33 +404,36 @@ def _download(root: Path, resolved: _Resolved) -> dict[str, Path]:
         resolved.kernel_package: resolved.kernel_version,
         BUSYBOX_PACKAGE: resolved.busybox_version,
     }
-    result: dict[str, Path] = {}
-    for package, version in wanted.items():
-        have = sorted(debs_dir.glob(_deb_glob(package, version)))
-        if have:
-            result[package] = have[0]
-            continue
-        tmp_root = root / "tmp"
-        tmp_root.mkdir(exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="download-", dir=tmp_root) as tmp:
-            log.info("apt-get download %s=%s", package, version)
-            t0 = time.monotonic()
-            _run(["apt-get", "download", f"{package}={version}"], cwd=Path(tmp),
-                 what=f"downloading {package}={version}", apt=True, timeout=_APT_TIMEOUT_S)
-            got = list(Path(tmp).glob("*.deb"))
-            if len(got) != 1:
-                raise GuestBuildError(
-                    f"apt-get download {package}={version} left {len(got)} .deb files, expected 1")
-            target = debs_dir / got[0].name
-            os.replace(got[0], target)
-            log.info("downloaded %s (%.1f MB) in %.1f s", target.name, target.stat().st_size / 1e6,
-                     time.monotonic() - t0)
-        # Keep the cache from growing with every kernel update: drop other versions of this package.
-        for old in debs_dir.glob(f"{package}_*.deb"):
-            if old != target and old.name.split("_")[0] == package:
-                old.unlink(missing_ok=True)
-        result[package] = target
-    return result
+    return {package: _download_one(root, package, version) for package, version in wanted.items()}
+
+
+def _download_one(root: Path, package: str, version: str) -> Path:
+    """One package's .deb from the cache, downloaded if missing (caller holds the lock)."""
+    debs_dir = root / "debs"
+    debs_dir.mkdir(exist_ok=True)
+    have = sorted(debs_dir.glob(_deb_glob(package, version)))
+    if have:
+        return have[0]
+    tmp_root = root / "tmp"
+    tmp_root.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="download-", dir=tmp_root) as tmp:
+        log.info("apt-get download %s=%s", package, version)
+        t0 = time.monotonic()
+        _run(["apt-get", "download", f"{package}={version}"], cwd=Path(tmp),
+             what=f"downloading {package}={version}", apt=True, timeout=_APT_TIMEOUT_S)
+        got = list(Path(tmp).glob("*.deb"))
+        if len(got) != 1:
+            raise GuestBuildError(
+                f"apt-get download {package}={version} left {len(got)} .deb files, expected 1")
+        target = debs_dir / got[0].name
+        os.replace(got[0], target)
+        log.info("downloaded %s (%.1f MB) in %.1f s", target.name, target.stat().st_size / 1e6,
+                 time.monotonic() - t0)
+    # Keep the cache from growing with every kernel update: drop other versions of this package.
+    for old in debs_dir.glob(f"{package}_*.deb"):
+        if old != target and old.name.split("_")[0] == package:
+            old.unlink(missing_ok=True)
+    return target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +444,8 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
 
 
-def _key(resolved: _Resolved, init_bytes: bytes) -> tuple[str, dict[str, object]]:
+def _key(resolved: _Resolved, init_bytes: bytes,
+         qga: qga_agent.Bundle) -> tuple[str, dict[str, object]]:
     inputs: dict[str, object] = {
         "layout": LAYOUT_VERSION,
         "kernel_package": resolved.kernel_package,
@@ -413,6 +455,8 @@ def _key(resolved: _Resolved, init_bytes: bytes) -> tuple[str, dict[str, object]
         "init_sha256": hashlib.sha256(init_bytes).hexdigest(),
         "modules": list(GUEST_MODULES),
         "optional_modules": list(OPTIONAL_MODULES),
+        "qga_version": resolved.qga_version,
+        "qga_bundle": qga.digest,
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     release = resolved.kernel_package.removeprefix("linux-image-")
@@ -420,7 +464,7 @@ def _key(resolved: _Resolved, init_bytes: bytes) -> tuple[str, dict[str, object]
 
 
 def _build(root: Path, final: Path, debs: dict[str, Path], init_bytes: bytes,
-           inputs: dict[str, object]) -> None:
+           inputs: dict[str, object], qga: qga_agent.Bundle) -> None:
     """Extract the .debs, assemble the initramfs, and rename the result to ``final`` (lock held)."""
     t0 = time.monotonic()
     tmp_root = root / "tmp"
@@ -459,6 +503,20 @@ def _build(root: Path, final: Path, debs: dict[str, Path], init_bytes: bytes,
         cpio.add_file("bin/busybox", busybox.read_bytes(), 0o755)
         for name, data in modules:
             cpio.add_file(f"lib/modules/{name}.ko", data, 0o644)
+        # The guest agent and the libraries it loads, each at its host path (see agent.py).
+        made = {"bin", "dev", "etc", "lib", "lib/modules", "mnt", "proc", "root", "run", "sbin", "sys",
+                "tmp", "usr", "usr/bin", "usr/sbin"}
+        for guest_path, source in sorted(qga.files.items()):
+            parts = guest_path.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in made:
+                    cpio.add_dir(d, 0o755)
+                    made.add(d)
+            cpio.add_file(guest_path, source.read_bytes(), 0o755)
+        # What the agent's guest-get-osinfo reads besides uname().
+        cpio.add_file("etc/os-release", b'ID=avirt-test-guest\nNAME="avirt test guest"\n'
+                      b'PRETTY_NAME="avirt test guest"\nVERSION_ID=1\n', 0o644)
         order = "".join(f"{name}\n" for name, _ in modules)
         cpio.add_file("etc/avirt-modules", order.encode(), 0o644)
         cpio.add_file("etc/avirt-guest", f"release={release}\nkey={final.name}\n".encode(), 0o644)

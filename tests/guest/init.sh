@@ -308,6 +308,52 @@ case "$workload" in
         ;;
 esac
 
+# The QEMU guest agent, when the domain has its channel (<channel type='unix'><target type='virtio'
+# name='org.qemu.guest_agent.0'/>). busybox's mdev makes no /dev/virtio-ports links, so the port is
+# found by its name in sysfs. qemu-ga's guest-shutdown runs `/sbin/shutdown -P|-H|-r +0 MESSAGE`,
+# which a small script turns into busybox's poweroff, halt or reboot (after a sync and a line on the
+# console: "avirt-guest: agent shutdown -P"). The agent runs in a loop: when it ends (a test kills it
+# through guest-exec to see an agent that does not answer), the loop says "avirt-guest: qga stopped",
+# waits the seconds written to /run/qga-pause (0 if none), says "avirt-guest: qga restart", and starts
+# it again.
+start_agent() {
+    port=
+    for dev in /sys/class/virtio-ports/*; do
+        [ "$(cat "$dev/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${dev##*/}
+    done
+    [ -n "$port" ] || return 0
+    mkdir -p /var/run /var/log
+    cat >/sbin/shutdown <<'SCRIPT'
+#!/bin/sh
+how=-P
+for arg in "$@"; do
+    case "$arg" in -r|-H|-P) how=$arg ;; esac
+done
+echo "avirt-guest: agent shutdown $how" >/dev/console
+sync
+case "$how" in
+    -r) reboot -f ;;
+    -H) halt -f ;;
+    *) poweroff -f ;;
+esac
+SCRIPT
+    chmod +x /sbin/shutdown
+    say "qga port $port"
+    (
+        exec 3<&-
+        while :; do
+            /usr/sbin/qemu-ga -m virtio-serial -p "$port" -t /run </dev/null \
+                >/dev/null 2>/tmp/qemu-ga.err
+            say "qga stopped"
+            read -r pause </run/qga-pause 2>/dev/null || pause=0
+            rm -f /run/qga-pause
+            sleep "$pause"
+            say "qga restart"
+        done
+    ) &
+}
+start_agent
+
 read -r up _ </proc/uptime
 say "ready uptime=$up"
 

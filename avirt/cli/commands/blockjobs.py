@@ -480,7 +480,7 @@ async def _snapshot_create_as(ctx: Context, args: argparse.Namespace) -> None:
         disks = [await _disk(dom, d) for group in args.disks for d in group] if args.disks else None
         for disk in disks if disks is not None else [name for name, _ in disks_of(await dom.xml())]:
             await _no_job_in_the_way(ctx, dom, disk)
-        overlays = await dom.snapshot_disks(args.name, disks=disks)
+        overlays = await dom.snapshot_disks(args.name, disks=disks, quiesce=args.quiesce)
     ctx.say(f"Domain snapshot {args.name} created")
     ctx.say(table(("Target", "Overlay"), sorted(overlays.items())))
 
@@ -499,6 +499,9 @@ def _snapshot_create_as_args(parser: argparse.ArgumentParser) -> None:
                         help="snapshot the disks only, no memory state (required: the only kind avirt takes)")
     parser.add_argument("--disks", metavar="DISKS", action="append", type=_disk_list,
                         help="only these disks, comma-separated (default: every writable disk)")
+    parser.add_argument("--quiesce", action="store_true",
+                        help="freeze the running guest's filesystems around the snapshot (needs its guest "
+                             "agent)")
 
 
 # -- domblkchain -------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from avirt.agent.client import AgentClient
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.devices import Disk
 from avirt.config.metadata import find as find_metadata
@@ -38,6 +39,7 @@ from avirt.drivers.base import (
 )
 from avirt.drivers.qemu import firmware, migration, stats, tpm, vcpus, virtiofs
 from avirt.drivers.qemu.abi import stabilise
+from avirt.drivers.qemu.agentcalls import AgentCalls
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
@@ -92,11 +94,13 @@ log = logging.getLogger(__name__)
 MONITOR_EOF_GRACE = 5.0
 #: Pause between attempts to re-attach to a guest after its host's connection came back and broke again.
 RESYNC_RETRY = 0.5
+#: How long the guest agent may take to answer the ping and the freeze of a quiesced snapshot.
+QUIESCE_TIMEOUT = 30.0
 #: How long a crash dump (on_crash='coredump-*') may take: about the time to write the guest's RAM.
 DUMP_TIMEOUT = 300.0
 
 
-class QemuDriver(MigrationCalls, NetworkCalls, Driver):
+class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
     def __init__(self, uri: str, host: Host, state_dir: str, *, bus: EventBus | None = None) -> None:
         self.uri = uri
         self.host = host
@@ -116,6 +120,10 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         self.networks = Networks(host, os.path.join(state_dir, "networks"), self.bus, self.tasks) \
             if isinstance(host, LocalHost) else None
         self._caps: dict[str, Any] | None = None
+        #: Each running guest's guest agent session, and the agent shutdowns waiting for the guest to go.
+        self._agents: dict[str, AgentClient] = {}
+        self._agent_down: dict[str, anyio.Event] = {}
+        self._agent_open: dict[str, bool] = {}
         self._caps_lock = anyio.Lock()
         self._event_time: float | None = None
         self._closing = False
@@ -585,9 +593,13 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             raise OperationInvalidError(f"domain '{name}' has no disk {disk}")
         return await image_chain(self.host, target.source, target.format)
 
-    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None,
+                             quiesce: bool = False) -> dict[str, str]:
         guest = self._find(name)
         async with guest.lock:
+            if quiesce and not guest.active:
+                raise OperationInvalidError(f"domain '{name}' is not running: a quiesced snapshot "
+                                            "freezes a running guest's filesystems")
             cfg = guest.config
             chosen = [d for d in cfg.disks
                       if (disks is None and not d.readonly) or (disks and d.target in disks)]
@@ -602,6 +614,10 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                 if await self.host.exists(path):
                     raise OperationInvalidError(f"snapshot image {path} already exists")
             created: list[str] = []
+            frozen = False
+            if quiesce:  # first, as libvirt: a guest that cannot be frozen is refused before anything is made
+                await self.freeze(guest, QUIESCE_TIMEOUT)
+                frozen = True
             try:
                 for disk in chosen:
                     assert disk.source is not None
@@ -616,9 +632,13 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                         await self.files.write_definition(guest.name, domain_to_xml(guest.definition))
                         self.images.define(guest.name, _disks(guest.definition))
             except BaseException:
+                if frozen:
+                    await self.thaw(guest, quiet=True)
                 for path in created:
                     await self.host.remove_tree(path)
                 raise
+            if frozen:
+                await self.thaw(guest)
             return overlays
 
     # -- devices -----------------------------------------------------------------------------------------
@@ -801,6 +821,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                 break
             process = resumed
         await process.monitor.aclose()
+        await self.drop_agent(guest)
         await self._quietly(self.files.clear_run(guest.name))
         self.jobs.forget(guest)
         guest.ended()
@@ -881,6 +902,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         finally:
             self._event_time = None
         watch = self.migrations.get(guest.name)
+        self.agent_event(guest, msg)
         if msg.get("event", "").startswith(("JOB_", "BLOCK_JOB_")):
             self.jobs.on_qmp_event(guest, msg)
             if watch is not None:  # a storage copy's mirrors

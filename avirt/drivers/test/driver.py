@@ -38,13 +38,16 @@ from avirt.drivers.base import (
 )
 from avirt.drivers.devices import find_disk, new_controllers, with_disk, without_disk
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
+from avirt.drivers.qemu.agentcalls import AGENT_CHANNEL, agent_channel
 from avirt.drivers.qemu.blockjobs import resolve_index
 from avirt.drivers.qemu.hotplug import check_pluggable, check_unpluggable
 from avirt.drivers.qemu.vcpus import with_vcpus
 from avirt.drivers.test import default
+from avirt.drivers.test.agent import SimAgent
 from avirt.drivers.test.disks import Disks
 from avirt.drivers.test.stats import domain_stats
 from avirt.errors import (
+    AgentUnavailableError,
     DomainExistsError,
     OperationInvalidError,
     UnsupportedError,
@@ -79,6 +82,8 @@ class SimDomain(DomainRecord):
     reboot_pending: bool = False
     #: Write thresholds set on the running domain's disks: target -> bytes (none: 0).
     thresholds: dict[str, int] = field(default_factory=dict)
+    #: The guest agent of the current run (made at its first call).
+    agent: SimAgent | None = None
 
 
 
@@ -318,8 +323,49 @@ class TestDriver(Driver):
     async def block_chain(self, name: str, disk: str) -> list[ImageInfo]:
         return [image.info() for image in self.disks.chain(await self.find(name), disk)]
 
-    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None) -> dict[str, str]:
-        return self.disks.snapshot(await self.find(name), snapshot, disks)
+    async def snapshot_disks(self, name: str, snapshot: str, disks: list[str] | None,
+                             quiesce: bool = False) -> dict[str, str]:
+        dom = await self.find(name)
+        if not quiesce:
+            return self.disks.snapshot(dom, snapshot, disks)
+        if not dom.active:
+            raise OperationInvalidError(f"domain '{name}' is not running: a quiesced snapshot "
+                                        "freezes a running guest's filesystems")
+        agent = self._agent(dom)
+        agent.execute("guest-fsfreeze-freeze", None)
+        try:
+            return self.disks.snapshot(dom, snapshot, disks)
+        finally:
+            agent.execute("guest-fsfreeze-thaw", None)
+
+    # -- the guest agent (agent.py: made-up answers of qemu-ga's shape) -------------------------------------
+
+    def _agent(self, dom: SimDomain) -> SimAgent:
+        if dom.state is not S.RUNNING:
+            raise OperationInvalidError(f"domain '{dom.name}' is {dom.state.value}: its guest agent "
+                                        "answers only while it runs")
+        if agent_channel(dom.config) is None:
+            raise AgentUnavailableError(f"domain '{dom.name}' has no guest agent channel (<channel "
+                                        f"type='unix'><target type='virtio' name='{AGENT_CHANNEL}'/>)")
+        if dom.agent is None or dom.agent.config is not dom.config:
+            dom.agent = SimAgent(dom.name, dom.config)
+        return dom.agent
+
+    async def agent_command(self, name: str, command: str, arguments: dict[str, Any] | None,
+                            timeout: float) -> Any:
+        await anyio.lowlevel.checkpoint()
+        return self._agent(await self.find(name)).execute(command, arguments)
+
+    async def agent_shutdown(self, name: str, mode: str, timeout: float) -> None:
+        dom = await self.find(name)
+        agent = self._agent(dom)
+        if agent.frozen:  # refused while frozen, in qemu-ga's words
+            agent.execute("guest-shutdown", None)
+        if mode == "reboot":
+            dom.agent = None
+            self.bus.emit(RebootEvent, dom.name, dom.uuid)
+        else:
+            self._stop(dom, "shutdown")
 
     # -- devices: the QEMU driver's rules (drivers/devices.py, qemu/hotplug.py), applied at once ----------
 
