@@ -52,7 +52,16 @@ if TYPE_CHECKING:
     )
     from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
     from avirt.migration import MigrationJob
-    from avirt.models import DomainInfo, DomainState, DomainStats, ImageInfo, MigrationProgress
+    from avirt.models import (
+        DomainInfo,
+        DomainState,
+        DomainStats,
+        ImageInfo,
+        InterfaceAddress,
+        InterfaceAddresses,
+        InterfaceStats,
+        MigrationProgress,
+    )
     from avirt.network import DHCPLease, Network
 
 __version__ = "0.1.0"
@@ -96,6 +105,9 @@ _NAMES = {
     "DomainState": "avirt.models",
     "DomainStats": "avirt.models",
     "ImageInfo": "avirt.models",
+    "InterfaceAddress": "avirt.models",
+    "InterfaceAddresses": "avirt.models",
+    "InterfaceStats": "avirt.models",
 }
 _MODULES = ("errors", "fleet", "offline")
 
@@ -135,6 +147,9 @@ __all__ = [
     "EventStream",
     "IOErrorEvent",
     "ImageInfo",
+    "InterfaceAddress",
+    "InterfaceAddresses",
+    "InterfaceStats",
     "JobKind",
     "JobPhase",
     "LifecycleEvent",

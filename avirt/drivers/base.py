@@ -29,7 +29,7 @@ from avirt.errors import (
 )
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddresses, MigrationProgress
 from avirt.networks.model import DHCPLease
 
 
@@ -324,6 +324,10 @@ class Driver(ABC):
     async def set_link(self, name: str, interface: str, up: bool) -> None:
         """Set the link of the domain's NIC ``interface`` (its MAC or its tap's name) up or down."""
         raise self._no_networks("set_link")
+
+    async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
+        """The addresses of the running domain's NICs that ``source`` (``lease`` or ``arp``) knows."""
+        raise self._no_networks("interface_addresses")
 
     async def define_network(self, xml: str) -> DomainRef:
         raise self._no_networks("define_network_xml")

@@ -34,7 +34,7 @@ from avirt.drivers.qemu.blockjobs import resolve_index
 from avirt.drivers.qemu.hotplug import check_pluggable, check_unpluggable
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
-from avirt.drivers.test.stats import domain_stats
+from avirt.drivers.test.stats import domain_stats, nic_name
 from avirt.errors import (
     DomainExistsError,
     OperationInvalidError,
@@ -51,7 +51,7 @@ from avirt.events.model import (
 )
 from avirt.events.translate import lifecycle_for
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddress, InterfaceAddresses
 from avirt.tasks import TaskOwner
 
 S = DomainState
@@ -83,6 +83,7 @@ class TestDriver(Driver):
         self.bus = EventBus(self.tasks)
         self.disks = Disks(self)
         self._ids = itertools.count(1)
+        self._taps = itertools.count(0)
         self._announcing = True
 
     # -- connection --------------------------------------------------------------------------------------
@@ -184,6 +185,8 @@ class TestDriver(Driver):
     def _start(self, dom: SimDomain, cfg: DomainConfig, *, paused: bool) -> None:
         self.disks.check_startable(cfg)
         dom.live, dom.id, dom.started_at = copy.deepcopy(cfg), next(self._ids), anyio.current_time()
+        for nic in dom.live.interfaces:  # every simulated NIC has a tap, named as the kernel names them
+            nic.target_dev = nic.target_dev or f"vnet{next(self._taps)}"
         dom.run += 1
         dom.stopped = anyio.Event()
         dom.button_pressed = dom.reboot_pending = False
@@ -411,6 +414,16 @@ class TestDriver(Driver):
             return domain_to_xml(dom.config)
         return domain_to_xml(dom.live, live_id=dom.id, backing_chains=self.disks.live_chains(dom),
                              mirrors=self.disks.mirrors(dom))
+
+    async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
+        """Each simulated NIC with a MAC has one address in 192.168.122.0/24, libvirt's default network
+        (the same from both sources; the neighbour table knows no prefix)."""
+        dom = await self.find(name)
+        if dom.live is None:
+            raise OperationInvalidError(f"domain '{name}' is not running")
+        return [InterfaceAddresses(nic_name(nic, n), nic.mac.lower(), (
+                    InterfaceAddress("ipv4", f"192.168.122.{100 + n}", 24 if source == "lease" else 0),))
+                for n, nic in enumerate(dom.live.interfaces) if nic.mac]
 
     # -- metadata ----------------------------------------------------------------------------------------
 
