@@ -200,19 +200,23 @@ class Domain:
         return await self._driver.info(self.name)
 
     async def attach_device(self, xml: str, *, live: bool = True, config: bool = False) -> None:
-        """Attach a ``<disk>`` (virDomainAttachDeviceFlags): ``live`` plugs it into the running domain,
-        ``config`` adds it to the persistent definition (a shut-off domain: the definition only, when
-        both are given). Its address is filled in as at define time: a virtio disk takes a free PCI slot
-        (on q35 a free ``pcie-root-port``: a running guest cannot be given a new one, so keep spares in
+        """Attach a ``<disk>`` or an ``<interface>`` (virDomainAttachDeviceFlags): ``live`` plugs it into the
+        running domain, ``config`` adds it to the persistent definition (a shut-off domain: the definition
+        only, when both are given). Its address is filled in as at define time: a virtio disk takes a free PCI
+        slot (on q35 a free ``pcie-root-port``: a running guest cannot be given a new one, so keep spares in
         the definition), a SCSI disk a unit of an existing virtio-scsi controller, a USB disk a port. Only
-        virtio, SCSI and USB disks can be plugged into a running domain."""
+        virtio, SCSI and USB disks can be plugged into a running domain. A NIC (type ``network``, ``bridge``,
+        ``ethernet`` or ``user``) gets a PCI slot the same way and, on a host network, a tap avirt opens and
+        hands to QEMU over its monitor; a NIC without a ``<mac>`` gets one."""
         if not live and not config:
             raise InvalidArgumentError("nothing to change: live and config are both False")
         await self._driver.attach_device(self.name, xml, live=live, config=config)
 
     async def detach_device(self, xml: str, *, live: bool = True, config: bool = False,
                             timeout: float = 10.0) -> None:
-        """Detach the disk that ``xml`` names by its target (or its source) (virDomainDetachDeviceFlags).
+        """Detach the disk that ``xml`` names by its target (or its source), or the ``<interface>`` it names
+        by its MAC (or its tap's ``<target dev>``) (virDomainDetachDeviceFlags). A NIC's tap is deleted
+        once the guest has let the NIC go.
 
         Live, this asks the guest to let the device go and waits for it up to ``timeout`` seconds: a PCI
         device needs the guest OS's consent (USB and SCSI devices go at once). A guest that does not

@@ -116,3 +116,40 @@ def test_domifaddr_domifstat_and_domstats_interface(cli: CLI) -> None:
     assert "  net.count=1" in stats and "  net.0.name=vnet0" in stats and "state.state" not in stats
     assert "no interface with MAC or device 'vnet7'" in cli.fails("-c", "test:///default", "domifstat",
                                                                   "test", "vnet7")
+
+
+SPARE = """<domain type='qemu'><name>spare</name><memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices><controller type='pci' model='pcie-root-port'/></devices></domain>"""
+NIC = "<interface type='network'><source network='lab'/><mac address='52:54:00:aa:00:01'/></interface>"
+
+
+async def test_nics_plugged_in_and_out_of_the_test_driver(conn: Connection) -> None:
+    test = await conn.lookup("test")
+    with pytest.raises(OperationInvalidError, match="needs <controller type='pci' index='3'"):
+        await test.attach_device(NIC)  # no spare root port: the running domain cannot take the NIC
+    await test.attach_device(NIC.replace("<mac address='52:54:00:aa:00:01'/>", ""), live=False, config=True)
+    [added] = [line for line in (await test.xml(inactive=True)).splitlines() if "mac address" in line][1:]
+    assert "52:54:00:" in added  # a MAC was given
+
+    dom = await conn.define_xml(SPARE)
+    await dom.start()
+    with pytest.raises(UnsupportedError, match="direct"):
+        await dom.attach_device("<interface type='direct'><source dev='eth0'/></interface>")
+    removed = []
+    conn.subscribe(removed.append, kinds={avirt.EventKind.DEVICE_REMOVED})
+    await dom.attach_device(NIC)
+    assert "52:54:00:aa:00:01" in await dom.xml() and "52:54:00:aa:00:01" not in await dom.xml(inactive=True)
+    with pytest.raises(OperationInvalidError, match="already has an interface with MAC 52:54:00:aa:00:01"):
+        await dom.attach_device(NIC)
+    [nic] = await dom.interface_addresses()
+    assert nic.hwaddr == "52:54:00:aa:00:01"
+    assert (await dom.interface_stats("52:54:00:aa:00:01")).rx_errs == 0
+    with pytest.raises(OperationInvalidError, match="no interface with MAC 52:54:00:aa:00:02"):
+        await dom.detach_device(NIC.replace("aa:00:01", "aa:00:02"))
+    await dom.detach_device(f"<interface type='network'><target dev='{nic.name}'/></interface>")
+    assert await dom.interface_addresses() == []
+    with anyio.fail_after(5):
+        while not removed:  # noqa: ASYNC110 (the callback's consumer task delivers it)
+            await anyio.sleep(0.01)
+    assert removed[0].alias == "net0"

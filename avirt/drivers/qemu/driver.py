@@ -28,6 +28,7 @@ from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
+from avirt.drivers.devices import device_kind
 from avirt.drivers.qemu import firmware, migration, stats, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
@@ -36,6 +37,7 @@ from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.hotplug import Devices
 from avirt.drivers.qemu.migratecalls import MigrationCalls
 from avirt.drivers.qemu.netcalls import NetworkCalls
+from avirt.drivers.qemu.nichotplug import Nics
 from avirt.drivers.qemu.offlinejobs import OfflineJobs
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
@@ -102,6 +104,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
         self.images = ImageIndex(host, self.files.chains_path)
         self.offline_jobs = OfflineJobs(self)
         self.devices = Devices(self)
+        self.nics = Nics(self)
         #: The guests that take part in a migration now (as source or destination) -> its status.
         self.migrations: dict[str, migration.Watch] = {}
         # Bridges, taps and the descriptors handed to QEMU are this machine's: no networks over SSH (yet).
@@ -618,12 +621,18 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
     async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
         guest = self._find(name)
         async with guest.lock:
-            await self.devices.attach(guest, xml, live=live, config=config)
+            if device_kind(xml) == "interface":
+                await self.nics.attach(guest, xml, live=live, config=config)
+            else:
+                await self.devices.attach(guest, xml, live=live, config=config)
 
     async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
         guest = self._find(name)
         async with guest.lock:
-            await self.devices.detach(guest, xml, live=live, config=config, timeout=timeout)
+            if device_kind(xml) == "interface":
+                await self.nics.detach(guest, xml, live=live, config=config, timeout=timeout)
+            else:
+                await self.devices.detach(guest, xml, live=live, config=config, timeout=timeout)
 
     async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
                            live: bool, config: bool) -> None:
@@ -761,7 +770,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             if index is None:
                 raise InvalidArgumentError(
                     f"domain '{name}' has no interface with MAC or device '{interface}'")
-            await self.monitor(guest).execute("set_link", {"name": f"net{index}", "up": up})
+            await self.monitor(guest).execute("set_link", {"name": guest.nic_ids[index], "up": up})
             cfg.interfaces[index].link_state = None if up else "down"
             await self.files.write_live(name, domain_to_xml(cfg))
 
@@ -864,7 +873,9 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             if watch is not None:  # a storage copy's mirrors
                 watch.job_event(msg.get("event", ""), msg.get("data") or {})
         elif msg.get("event") == "DEVICE_DELETED" and not self._closing:
-            self.devices.device_deleted(guest, (msg.get("data") or {}).get("device") or "")
+            device = (msg.get("data") or {}).get("device") or ""
+            if not self.nics.device_deleted(guest, device):
+                self.devices.device_deleted(guest, device)
         elif msg.get("event") == "MIGRATION" and watch is not None:
             watch.update(msg.get("data") or {})
         if self.bus.active:
@@ -986,6 +997,7 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
             return
         try:
             guest.nodes = await self.files.read_nodes(name)  # the names avirt gave (see state.py)
+            guest.nic_ids = await self.files.read_nics(name) or guest.nic_ids
             blocks = await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
             await self.devices.forget_unplugged(guest, blocks)
             await self.jobs.reattach(guest)

@@ -28,10 +28,21 @@ from avirt.config.metadata import find as find_metadata
 from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record, wait_shut_off
-from avirt.drivers.devices import find_disk, new_controllers, with_disk, without_disk
+from avirt.drivers.devices import (
+    device_kind,
+    find_disk,
+    find_interface,
+    new_controllers,
+    with_disk,
+    with_interface,
+    with_mac,
+    without_disk,
+    without_interface,
+)
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
 from avirt.drivers.qemu.blockjobs import resolve_index
 from avirt.drivers.qemu.hotplug import check_pluggable, check_unpluggable
+from avirt.drivers.qemu.nichotplug import check_nic_pluggable
 from avirt.drivers.test import default
 from avirt.drivers.test.disks import Disks
 from avirt.drivers.test.stats import domain_stats, nic_name
@@ -319,6 +330,9 @@ class TestDriver(Driver):
 
     async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
         dom = await self.find(name)
+        if device_kind(xml) == "interface":
+            await self._attach_interface(dom, xml, live=live, config=config)
+            return
         to_live, to_config = dom.affected(live=live, config=config)
         new_live = new_definition = None
         if to_live:
@@ -335,6 +349,9 @@ class TestDriver(Driver):
 
     async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
         dom = await self.find(name)
+        if device_kind(xml) == "interface":
+            await self._detach_interface(dom, xml, live=live, config=config)
+            return
         to_live, to_config = dom.affected(live=live, config=config)
         if to_live:
             assert dom.live is not None
@@ -349,6 +366,39 @@ class TestDriver(Driver):
             assert dom.live is not None
             dom.live = without_disk(dom.live, disk.target)  # a simulated guest always lets go
             self.bus.emit(DeviceRemovedEvent, dom.name, dom.uuid, alias=disk.target)
+
+    async def _attach_interface(self, dom: SimDomain, xml: str, *, live: bool, config: bool) -> None:
+        """A NIC joins as in the QEMU driver (same address rules and refusals); its simulated tap is
+        named as at start."""
+        to_live, to_config = dom.affected(live=live, config=config)
+        await anyio.lowlevel.checkpoint()
+        xml = with_mac(xml)
+        new_live = new_definition = None
+        if to_live:
+            assert dom.live is not None
+            new_live, nic = with_interface(dom.live, xml, MACHINE_ALIASES)
+            check_nic_pluggable(dom.name, nic, new_controllers(dom.live, new_live))
+            nic.target_dev = nic.target_dev or f"vnet{next(self._taps)}"
+        if to_config:
+            assert dom.definition is not None
+            new_definition, _ = with_interface(dom.definition, xml, MACHINE_ALIASES)
+        dom.live = new_live or dom.live
+        dom.definition = new_definition or dom.definition
+
+    async def _detach_interface(self, dom: SimDomain, xml: str, *, live: bool, config: bool) -> None:
+        to_live, to_config = dom.affected(live=live, config=config)
+        await anyio.lowlevel.checkpoint()
+        live_index = None
+        if to_live:
+            assert dom.live is not None
+            live_index = find_interface(dom.live, xml)
+        if to_config:
+            assert dom.definition is not None
+            dom.definition = without_interface(dom.definition, find_interface(dom.definition, xml))
+        if live_index is not None:
+            assert dom.live is not None
+            dom.live = without_interface(dom.live, live_index)  # a simulated guest always lets go
+            self.bus.emit(DeviceRemovedEvent, dom.name, dom.uuid, alias=f"net{live_index}")
 
     async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
                            live: bool, config: bool) -> None:
