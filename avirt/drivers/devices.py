@@ -82,10 +82,19 @@ def with_disk(cfg: DomainConfig, xml: str, machines: dict[str, str]) -> tuple[Do
     if devices is None:
         devices = etree.SubElement(root, "devices")
     devices.append(element)
-    added = stabilise(parse_domain_xml(etree.tostring(root)), machines)
+    added = _keep_taps(cfg, stabilise(parse_domain_xml(etree.tostring(root)), machines))
     disk = added.disk(dev)
     assert disk is not None
     return added, disk
+
+
+def _keep_taps(before: DomainConfig, after: DomainConfig) -> DomainConfig:
+    """``after`` (``before`` parsed again, plus a device) with the tap names of ``before``'s NICs: the
+    parser drops generated names (``vnetN``, as libvirt does with input XML), the live definition must
+    not."""
+    for old, new in zip(before.interfaces, after.interfaces, strict=False):
+        new.target_dev = old.target_dev
+    return after
 
 
 def find_disk(cfg: DomainConfig, xml: str) -> Disk:
@@ -138,7 +147,7 @@ def with_interface(cfg: DomainConfig, xml: str, machines: dict[str, str]) -> tup
     if devices is None:
         devices = etree.SubElement(root, "devices")
     devices.append(element)
-    added = stabilise(parse_domain_xml(etree.tostring(root)), machines)
+    added = _keep_taps(cfg, stabilise(parse_domain_xml(etree.tostring(root)), machines))
     nic = next(n for n in added.interfaces if (n.mac or "").lower() == mac)
     return added, nic
 

@@ -44,7 +44,7 @@ Serial markers printed by the guest's /init (console=ttyS0; the tty sends ``\\r\
 - ``avirt-guest: net ethN ...`` again for each NIC plugged in later, with ``avirt.hotnet=1``, and
   ``avirt-guest: net ethN gone`` for each one that goes away.
 - ``avirt-guest: nc connected uptime=T0``, ``nc received N bytes uptime=T1`` (``avirt.nc=listen:PORT``)
-  and ``nc sent N`` (``avirt.nc=send:IP:PORT:BYTES``): one TCP transfer between two guests.
+  and ``nc sent N`` (``avirt.nc=send:IP:PORT:BYTES[:COUNT]``): TCP transfers between two guests.
 - ``avirt-guest: lookup NAME ADDRESS`` (or ``lookup NAME failed``) for each ``avirt.lookup`` name.
 - ``avirt-guest: ping IP ok`` / ``ping IP fail``: each change of an ``avirt.ping`` address's answer.
 
@@ -57,7 +57,7 @@ their whole content, their sysfs path), ``avirt.shares=TAG,...`` (virtiofs tags 
 ``avirt.net=dhcp`` (every ethN asks for a lease), ``avirt.hostname=NAME`` (the host name it sends),
 ``avirt.lookup=NAME@SERVER,...`` (names asked of a DNS server after the leases), ``avirt.ping=IP,...``
 (addresses pinged once a second after the leases and lookups, changes reported), ``avirt.hotnet=1``
-(NICs plugged in after boot get leases too), ``avirt.nc=listen:PORT`` or ``send:IP:PORT:BYTES``.
+(NICs plugged in after boot get leases too), ``avirt.nc=listen:PORT`` or ``send:IP:PORT:BYTES[:COUNT]``.
 
 Run ``python -m tests.guest.build`` from the repository root to build and print the paths.
 """

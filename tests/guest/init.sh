@@ -171,12 +171,13 @@ watch_nics() {
     done
 }
 
-# A TCP transfer between two guests, after "net done" (busybox nc; for bench/networks.py):
-# avirt.nc=listen:PORT takes one connection and counts what it receives, reporting on the console
+# TCP transfers between two guests, after "net done" (busybox nc; for bench/networks.py):
+# avirt.nc=listen:PORT takes one connection after another and counts what each brings, reporting
 #   avirt-guest: nc connected uptime=T0
 #   avirt-guest: nc received N bytes uptime=T1
-# avirt.nc=send:IP:PORT:BYTES sends BYTES zero bytes to IP:PORT (retrying until the listener is
-# there), then "avirt-guest: nc sent BYTES".
+# avirt.nc=send:IP:PORT:BYTES[:COUNT] sends BYTES zero bytes to IP:PORT, COUNT times (default once)
+# one after the other (retrying until the listener is there), reporting "avirt-guest: nc sent BYTES"
+# after each.
 nc_job() {
     case "$ncjob" in
         listen:*)
@@ -190,14 +191,20 @@ echo "avirt-guest: nc received $n bytes uptime=$t1" >/dev/ttyS0
 SCRIPT
             chmod +x /tmp/avirt-recv.sh
             say "nc listening"
-            nc -l -p "${ncjob#listen:}" -e /tmp/avirt-recv.sh
+            while :; do nc -l -p "${ncjob#listen:}" -e /tmp/avirt-recv.sh; done
             ;;
         send:*)
             rest=${ncjob#send:}
             ip=${rest%%:*}; rest=${rest#*:}
-            port=${rest%%:*}; bytes=${rest#*:}
-            until head -c "$bytes" /dev/zero | nc "$ip" "$port"; do sleep 0.2; done
-            say "nc sent $bytes"
+            port=${rest%%:*}; rest=${rest#*:}
+            bytes=${rest%%:*}; times=1
+            [ "$rest" = "$bytes" ] || times=${rest#*:}
+            i=0
+            while [ "$i" -lt "$times" ]; do
+                until head -c "$bytes" /dev/zero | nc "$ip" "$port"; do sleep 0.2; done
+                say "nc sent $bytes"
+                i=$((i + 1))
+            done
             ;;
     esac
 }
