@@ -98,3 +98,21 @@ def test_clients_benchmark_reports_its_figures_as_json() -> None:
     assert report["fanout"]["expected"] == 2 * 2 * 3
     assert report["fanout"]["delivered"] == report["fanout"]["expected"] and report["fanout"]["lost"] == 0
     assert all(isinstance(t["ok"], bool) for t in report["targets"])
+
+
+def test_networks_benchmark_reports_its_figures_as_json() -> None:
+    """Part (a) only (network start and destroy): the guests' parts take minutes under TCG."""
+    from tests.test_networks import _namespaces_usable
+
+    reason = _namespaces_usable()
+    if reason:
+        pytest.skip(reason)
+    bench = BENCH.with_name("networks.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--parts", "network", "--runs", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["network"]["avirt"]["runs"] == 2
+    assert report["network"]["avirt"]["start_ms"]["median"] > 0
+    assert "unavailable" in report["network"]["libvirt"] or "start_ms" in report["network"]["libvirt"]
+    assert "throughput" not in report and report["targets"] == []
