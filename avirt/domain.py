@@ -62,6 +62,19 @@ class Domain:
         pulled; ``interface`` is its MAC address or its tap's name (``vnet0``)."""
         await self._driver.set_link(self.name, interface, up)
 
+    async def set_memory(self, kib: int, *, live: bool = True, config: bool = False) -> None:
+        """Set the domain's current memory, in KiB (virDomainSetMemoryFlags, virsh setmem). ``live``: the
+        running guest, through its balloon device (QMP ``balloon``; the guest's balloon driver gives the
+        memory back in its own time: watch ``balloon.current`` or ``BalloonChangeEvent``); ``config``:
+        the persistent definition's ``<currentMemory>``, flags as for :meth:`attach_device`. More than
+        the maximum (``<memory>``) is an :class:`~avirt.errors.InvalidArgumentError`; a live change
+        without ``<memballoon model='virtio'/>`` an :class:`~avirt.errors.OperationInvalidError`."""
+        if isinstance(kib, bool) or not isinstance(kib, int) or kib <= 0:
+            raise InvalidArgumentError(f"memory must be a positive number of KiB, not {kib!r}")
+        if not live and not config:
+            raise InvalidArgumentError("nothing to change: live and config are both False")
+        await self._driver.set_memory(self.name, kib, live=live, config=config)
+
     async def interface_addresses(self, source: str = "lease") -> list[InterfaceAddresses]:
         """The addresses of the running guest's NICs, as the host knows them (virDomainInterfaceAddresses).
 

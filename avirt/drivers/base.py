@@ -251,6 +251,11 @@ class Driver(ABC):
         """Arm a one-shot write threshold of ``threshold`` bytes (0: disarm) on disk layer ``dev`` of the
         running domain: ``vda`` is the disk's top layer, ``vda[N]`` the N-th below it."""
 
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        """Set the domain's current memory to ``kib`` KiB in the definitions :meth:`DomainRecord.affected`
+        names (the running guest through its balloon)."""
+        raise UnsupportedError(["set_memory"], f"{self.uri} cannot change a domain's memory")
+
     # -- queries ---------------------------------------------------------------------------------------
 
     @abstractmethod
@@ -362,6 +367,23 @@ class Driver(ABC):
 
     def _no_networks(self, call: str) -> UnsupportedError:
         return UnsupportedError([call], f"{self.uri} has no host networks")
+
+
+def check_memory(record: DomainRecord, kib: int, *, live: bool, config: bool) -> tuple[bool, bool]:
+    """The rules of a memory change, for every driver: which definitions change (as
+    :meth:`DomainRecord.affected`), ``kib`` within each one's maximum, and a balloon in the live one."""
+    to_live, to_config = record.affected(live=live, config=config)
+    for cfg in (record.live if to_live else None, record.definition if to_config else None):
+        if cfg is not None and kib > cfg.memory_kib:
+            raise InvalidArgumentError(f"domain '{record.name}': {kib} KiB is more than its maximum memory "
+                                       f"({cfg.memory_kib} KiB)")
+    if to_live:
+        assert record.live is not None
+        balloon = record.live.memballoon
+        if balloon is None or balloon.model == "none":
+            raise OperationInvalidError(f"domain '{record.name}' has no balloon device to change its memory "
+                                        "while it runs (<memballoon model='virtio'/>)")
+    return to_live, to_config
 
 
 def assign_macs(cfg: DomainConfig) -> DomainConfig:

@@ -297,6 +297,9 @@ class ClientDriver(Driver):
     async def set_link(self, name: str, interface: str, up: bool) -> None:
         await self._call("set_link", name=name, interface=interface, up=up)
 
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        await self._call("set_memory", name=name, kib=kib, live=live, config=config)
+
     async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
         return [wire.addresses_from(a) for a in await self._call("interface_addresses", name=name,
                                                                  source=source)]

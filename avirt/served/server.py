@@ -76,7 +76,7 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "migrate_begin": list, "migrate_prepare": list, "migrate_perform": wire.info_to,
     "migrate_progress": wire.info_to, "migrate_cancel": lambda _: None, "migrate_finish": lambda _: None,
     "migrate_confirm": lambda _: None,
-    "set_link": lambda _: None,
+    "set_link": lambda _: None, "set_memory": lambda _: None,
     "interface_addresses": lambda found: [wire.addresses_to(a) for a in found],
     "define_network": _ref, "lookup_network": _ref,
     "list_networks": lambda refs: [wire.ref_to(r) for r in refs],

@@ -402,6 +402,9 @@ class SharedDriver(Driver):
     async def set_link(self, name: str, interface: str, up: bool) -> None:
         await (await self._driver()).set_link(name, interface, up)
 
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        await (await self._driver()).set_memory(name, kib, live=live, config=config)
+
     async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
         return await (await self._driver()).interface_addresses(name, source)
 

@@ -27,7 +27,15 @@ from avirt.config.metadata import find as find_metadata
 from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
-from avirt.drivers.base import DomainRef, Driver, assign_macs, find_record, overlay_path, wait_shut_off
+from avirt.drivers.base import (
+    DomainRef,
+    Driver,
+    assign_macs,
+    check_memory,
+    find_record,
+    overlay_path,
+    wait_shut_off,
+)
 from avirt.drivers.devices import device_kind
 from avirt.drivers.qemu import firmware, migration, stats, tpm, virtiofs
 from avirt.drivers.qemu.abi import stabilise
@@ -755,6 +763,25 @@ class QemuDriver(MigrationCalls, NetworkCalls, Driver):
                 await self.files.write_live(guest.name, domain_to_xml(changed))
                 guest.live.metadata = changed.metadata
         self.bus.emit(MetadataChangeEvent, guest.name, guest.uuid, type="element", uri=uri)
+
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        """Live, QMP ``balloon``: QEMU asks the guest's balloon driver for the new size and returns at once;
+        the guest gets there in its own time (``BalloonChangeEvent``s, ``balloon.current``)."""
+        guest = self._find(name)
+        async with guest.lock:
+            to_live, to_config = check_memory(guest, kib, live=live, config=config)
+            if guest.live is not None and guest.live is guest.definition:
+                guest.live = copy.deepcopy(guest.live)  # from now on the two may differ
+            if to_live:
+                assert guest.live is not None
+                await self.monitor(guest).execute("balloon", {"value": kib * 1024})
+                guest.live.current_memory_kib = kib
+                await self.files.write_live(name, domain_to_xml(guest.live))
+            if to_config:
+                assert guest.definition is not None
+                changed = replace(guest.definition, current_memory_kib=kib)
+                await self.files.write_definition(name, domain_to_xml(changed))
+                guest.definition.current_memory_kib = kib
 
     # -- interfaces and networks ---------------------------------------------------------------------------
 

@@ -27,7 +27,15 @@ from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.metadata import find as find_metadata
 from avirt.config.metadata import replace as replace_metadata
 from avirt.config.model import DomainConfig
-from avirt.drivers.base import DomainRecord, DomainRef, Driver, assign_macs, find_record, wait_shut_off
+from avirt.drivers.base import (
+    DomainRecord,
+    DomainRef,
+    Driver,
+    assign_macs,
+    check_memory,
+    find_record,
+    wait_shut_off,
+)
 from avirt.drivers.devices import (
     device_kind,
     find_disk,
@@ -53,6 +61,7 @@ from avirt.errors import (
 )
 from avirt.events.bus import EventBus
 from avirt.events.model import (
+    BalloonChangeEvent,
     DeviceRemovedEvent,
     LifecycleEvent,
     LifecycleType,
@@ -464,6 +473,20 @@ class TestDriver(Driver):
             return domain_to_xml(dom.config)
         return domain_to_xml(dom.live, live_id=dom.id, backing_chains=self.disks.live_chains(dom),
                              mirrors=self.disks.mirrors(dom))
+
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        """The simulated balloon driver gets there at once, and says so (BalloonChangeEvent)."""
+        dom = await self.find(name)
+        to_live, to_config = check_memory(dom, kib, live=live, config=config)
+        if dom.live is not None and dom.live is dom.definition:
+            dom.live = copy.deepcopy(dom.live)
+        if to_config:
+            assert dom.definition is not None
+            dom.definition.current_memory_kib = kib
+        if to_live:
+            assert dom.live is not None
+            dom.live.current_memory_kib = kib
+            self.bus.emit(BalloonChangeEvent, dom.name, dom.uuid, actual_kib=kib)
 
     async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
         """Each simulated NIC with a MAC has one address in 192.168.122.0/24, libvirt's default network
