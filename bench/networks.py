@@ -314,7 +314,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 size = args.mib << 20
                 avirt_s, bare_s = await throughput(conn, images, work, size, args.transfers, args.rounds)
                 a, b = mb_s(size, avirt_s), mb_s(size, bare_s)
-                med_a, med_b = statistics.median(a), statistics.median(b)
+                med_a, med_b = round(statistics.median(a), 2), round(statistics.median(b), 2)
                 ratio = round(med_b / med_a, 3) if med_a else None
                 report["throughput"] = {"bytes": size, "transfers": args.transfers, "rounds": args.rounds,
                                         "avirt": {"mb_s": a, "median_mb_s": med_a},
