@@ -8,10 +8,12 @@ What it measures
 ----------------
 (a) **Network start and destroy.** A NAT network with a DHCP range (bridge, addresses, the network's
     nftables table, dnsmasq) is started and destroyed ``--runs`` times (default 5): the medians of
-    ``Network.start()`` and ``Network.destroy()``. The reference would be libvirt's ``virsh net-start`` /
-    ``net-destroy`` of the same network; it is measured only where libvirt's network driver can run in
-    the namespace, and otherwise reported as unavailable with the reason (libvirt 9.0's network driver
-    programs its NAT rules with the ``iptables`` command, which a host with nftables alone lacks).
+    ``Network.start()`` and ``Network.destroy()``. The reference is libvirt's ``virsh net-start`` /
+    ``net-destroy`` of the same network, under a libvirtd (9.0 here) run in a network and mount
+    namespace of its own with private copies of its directories (see ``LIBVIRT_SCRIPT``); each virsh
+    figure includes virsh's own start and connection, measured alone as ``virsh net-list``. Where
+    libvirtd, its network driver or the ``iptables`` command it programs NAT with is missing, the
+    reference is reported as unavailable with the reason.
 
 (b) **Guest-to-guest TCP throughput.** Two tiny test guests (``tests/guest``: a Debian kernel and a busybox
     initramfs, under TCG) on avirt's NAT network: one sends ``--mib`` MiB (default 32) of zeros to the other
@@ -36,7 +38,8 @@ What it measures
     sudo .venv/bin/python bench/networks.py --parts network --runs 3
 
 JSON keys: ``machine`` (cpus, loadavg, other QEMU processes at the start), ``network`` (``avirt``:
-``start_ms`` and ``destroy_ms`` summaries; ``libvirt``: the same, or ``unavailable``: the reason),
+``start_ms`` and ``destroy_ms`` summaries; ``libvirt``: the same and ``noop_ms``, or ``unavailable``: the
+reason),
 ``throughput`` (``bytes``, ``transfers``, ``rounds``, ``avirt`` and ``bare``: ``mb_s`` per transfer and
 ``median_mb_s``; ``ratio``), ``lease`` (``ms``: summary), ``targets`` (name, value, limit, unit, ok) and
 ``error`` when the namespace cannot be made. Parts not asked for (``--parts``) are absent.
@@ -128,15 +131,76 @@ async def network_cycle(conn: avirt.Connection, runs: int) -> dict[str, Any]:
 
 
 def libvirt_unavailable() -> str | None:
-    """Why libvirt's network driver cannot serve as the reference here (None: it could)."""
-    if shutil.which("libvirtd") is None and shutil.which("virtnetworkd") is None:
-        return "no libvirtd or virtnetworkd installed"
+    """Why libvirt's network driver cannot serve as the reference here (None: it can)."""
+    for tool in ("libvirtd", "virsh"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
     if not Path("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_network.so").exists():
         return "libvirt's network driver (libvirt_driver_network.so) is not installed"
     if shutil.which("iptables") is None:
         return ("libvirt 9.0's network driver programs NAT with the iptables command, which is not "
-                "installed (this host has nftables only)")
-    return "running libvirtd inside the benchmark's namespace is not automated yet"
+                "installed (apt-get install iptables)")
+    return None
+
+
+#: libvirtd in a network and mount namespace of its own (inside the benchmark's): its directories, the
+#: passwd and group entries its QEMU driver insists on (the libvirt-qemu user, resolved at start even
+#: when no guest runs), and /etc/libvirt are private copies bound over the real ones, so nothing of the
+#: host's is read or written. Prints "noop S", "start S", "destroy S" lines (wall seconds of each virsh).
+LIBVIRT_SCRIPT = r"""
+set -e
+T=$1; RUNS=$2
+ip link set lo up
+mkdir -p $T/etc $T/run $T/lib $T/cache $T/log
+cp -a /etc/libvirt/. $T/etc/
+cp /etc/passwd $T/passwd; cp /etc/group $T/group
+grep -q '^libvirt-qemu:' $T/passwd ||
+    echo 'libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin' >>$T/passwd
+grep -q '^libvirt-qemu:' $T/group || echo 'libvirt-qemu:x:64055:' >>$T/group
+grep -q '^kvm:' $T/group || echo 'kvm:x:64056:' >>$T/group
+mount --bind $T/passwd /etc/passwd
+mount --bind $T/group /etc/group
+mount --bind $T/run /run
+mount --bind $T/etc /etc/libvirt
+for d in lib cache log; do mkdir -p /var/$d/libvirt; done
+mount --bind $T/lib /var/lib/libvirt
+mount --bind $T/cache /var/cache/libvirt
+mount --bind $T/log /var/log/libvirt
+libvirtd --pid-file /run/libvirtd.pid >$T/libvirtd.log 2>&1 &
+trap 'kill $! 2>/dev/null; wait' EXIT
+n=0; until [ -S /run/libvirt/libvirt-sock ] || [ $n -ge 300 ]; do sleep 0.05; n=$((n + 1)); done
+V="virsh -q -c qemu:///system"
+$V net-define $T/net.xml >/dev/null
+t() { a=$(date +%s%N); "$@" >/dev/null; b=$(date +%s%N); echo "$((b - a))"; }
+i=0
+while [ $i -lt $RUNS ]; do
+    echo "noop $(t $V net-list --all)"
+    echo "start $(t $V net-start benchnet)"
+    echo "destroy $(t $V net-destroy benchnet)"
+    i=$((i + 1))
+done
+$V net-undefine benchnet >/dev/null
+"""
+
+
+async def libvirt_cycle(work: Path, runs: int) -> dict[str, Any]:
+    """``virsh net-start`` and ``net-destroy`` of the same network under libvirtd (see LIBVIRT_SCRIPT);
+    ``noop_ms`` is a ``virsh net-list`` (virsh's own start and connection), part of every figure."""
+    root = work / "libvirt"
+    root.mkdir()
+    (root / "net.xml").write_text(NETWORK.replace("avbench0", "lvbench0"))
+    done = await anyio.run_process(["unshare", "--net", "--mount", "--propagation", "private", "--", "sh",
+                                    "-c", LIBVIRT_SCRIPT, "libvirt", str(root), str(runs)], check=False)
+    times: dict[str, list[float]] = {"noop": [], "start": [], "destroy": []}
+    for line in done.stdout.decode().splitlines():
+        key, _, ns = line.partition(" ")
+        if key in times and ns.isdigit():
+            times[key].append(int(ns) / 1e9)
+    if done.returncode != 0 or not times["start"]:
+        log = (root / "libvirtd.log").read_text()[-300:] if (root / "libvirtd.log").exists() else ""
+        return {"unavailable": f"libvirtd did not run here: {done.stderr.decode().strip()[-300:]} {log}"}
+    return {"runs": len(times["start"]), "start_ms": summary(times["start"]),
+            "destroy_ms": summary(times["destroy"]), "noop_ms": summary(times["noop"])}
 
 
 # -- (b) throughput -----------------------------------------------------------------------------------
@@ -308,7 +372,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if "network" in parts:
                 reason = libvirt_unavailable()
                 report["network"] = {"avirt": await network_cycle(conn, args.runs),
-                                     "libvirt": {"unavailable": reason}}
+                                     "libvirt": {"unavailable": reason} if reason is not None
+                                     else await libvirt_cycle(work, args.runs)}
             if "throughput" in parts:
                 assert images is not None
                 size = args.mib << 20
@@ -343,8 +408,14 @@ def print_table(report: dict[str, Any]) -> None:
             s = a[key]
             print(f"    avirt {label:<8}{'':26}{s['median']:8.1f} {s['p10']:7.1f} {s['p90']:7.1f}")
         lib = report["network"]["libvirt"]
-        print(f"    libvirt net-start/net-destroy: unavailable ({lib['unavailable']})" if "unavailable" in lib
-              else f"    libvirt: {lib}")
+        if "unavailable" in lib:
+            print(f"    libvirt net-start/net-destroy: unavailable ({lib['unavailable']})")
+        else:
+            for key, label in (("start_ms", "net-start"), ("destroy_ms", "net-destroy"),
+                               ("noop_ms", "net-list")):
+                s = lib[key]
+                print(f"    virsh {label:<12}{'':22}{s['median']:8.1f} {s['p10']:7.1f} {s['p90']:7.1f}")
+            print("    (each virsh figure includes virsh's own start and connection: see net-list)")
     if "throughput" in report:
         t = report["throughput"]
         print(f"(b) guest to guest TCP, {t['bytes'] >> 20} MiB, {t['transfers']} transfers x {t['rounds']} "
