@@ -21,6 +21,7 @@ import anyio
 
 import avirt
 from avirt import Connection, Domain, EventKind, LifecycleType
+from avirt.errors import NetworkNotFoundError
 from tests.guest import BASE_CMDLINE, GuestImages, build_guest
 from tests.waiting import wait_for_serial
 
@@ -213,6 +214,16 @@ async def nic_hotplug(conn: Connection, work: Path, net: avirt.Network, dom: Dom
     mac = "52:54:00:77:00:21"
     xml = nic("network", "natnet", mac)
     before = set(ports("avtestnat0"))
+    taps_before = {name for name in links() if name.startswith("vnet")}
+    for bad, error in ((nic("network", "nosuch", mac), NetworkNotFoundError),
+                       (nic("bridge", "nosuchbr", mac), NetworkNotFoundError)):
+        try:
+            await dom.attach_device(bad)
+            raise AssertionError(f"attached {bad}")
+        except error:
+            pass
+    assert {name for name in links() if name.startswith("vnet")} == taps_before  # nothing left behind
+    assert mac not in await dom.xml()
     await dom.attach_device(xml, live=True, config=True)
     [tap] = set(ports("avtestnat0")) - before
     assert links()[tap]["address"] == "fe:54:00:77:00:21"

@@ -103,8 +103,8 @@ class Nics:
                                             f"only, not {self._driver.host.name}")
             require_admin(f"domain '{guest.name}': interface type '{nic.type}'")
             opened = await taps.open_taps(self._driver.host, [nic], networks.port)
-        monitor = self._driver.monitor(guest)
         try:
+            monitor = self._driver.monitor(guest)
             netdev: dict[str, object] = {"type": "user", "id": ident}
             if opened:
                 await monitor.send_fd(opened[0].fd, ident)
