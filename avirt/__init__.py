@@ -54,7 +54,16 @@ if TYPE_CHECKING:
     from avirt.guest_agent import GuestAgent
     from avirt.jobs import BlockJob, BlockJobInfo, JobPhase
     from avirt.migration import MigrationJob
-    from avirt.models import DomainInfo, DomainState, DomainStats, ImageInfo, MigrationProgress
+    from avirt.models import (
+        DomainInfo,
+        DomainState,
+        DomainStats,
+        ImageInfo,
+        InterfaceAddress,
+        InterfaceAddresses,
+        InterfaceStats,
+        MigrationProgress,
+    )
     from avirt.network import DHCPLease, Network
 
 __version__ = "0.1.0"
@@ -105,6 +114,9 @@ _NAMES = {
     "DomainState": "avirt.models",
     "DomainStats": "avirt.models",
     "ImageInfo": "avirt.models",
+    "InterfaceAddress": "avirt.models",
+    "InterfaceAddresses": "avirt.models",
+    "InterfaceStats": "avirt.models",
 }
 _MODULES = ("errors", "fleet", "offline")
 
@@ -149,6 +161,9 @@ __all__ = [
     "IOErrorEvent",
     "IPAddress",
     "ImageInfo",
+    "InterfaceAddress",
+    "InterfaceAddresses",
+    "InterfaceStats",
     "JobKind",
     "JobPhase",
     "LifecycleEvent",

@@ -101,10 +101,11 @@ class Connection:
                                timeout: float = DEFAULT_STATS_TIMEOUT) -> list[DomainStats]:
         """Statistics of many domains at once (virConnectGetAllDomainStats / virDomainListGetStats).
 
-        ``groups`` picks libvirt's groups: ``state``, ``cpu-total``, ``balloon``, ``vcpu``, ``block`` (all
-        if None); ``domains`` the domains (handles or names; every domain, by name, if None). Running
-        domains are asked concurrently and each gets ``timeout`` seconds: one whose QEMU does not answer
-        in time is reported with its state and ``stats.unresponsive`` instead of holding up the others.
+        ``groups`` picks libvirt's groups: ``state``, ``cpu-total``, ``balloon``, ``vcpu``, ``interface``
+        (``net.*``), ``block`` (all if None); ``domains`` the domains (handles or names; every domain, by
+        name, if None). Running domains are asked concurrently and each gets ``timeout`` seconds: one whose
+        QEMU does not answer in time is reported with its state and ``stats.unresponsive`` instead of holding
+        up the others.
         A shut-off domain reports its state only. See docs/API.md for the fields.
         """
         if timeout < 0:

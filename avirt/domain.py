@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from avirt import migration
-from avirt.errors import InvalidArgumentError, OperationInvalidError, OperationTimeoutError
+from avirt.errors import InvalidArgumentError, OperationInvalidError, OperationTimeoutError, UnsupportedError
 from avirt.jobs import BlockJob
 from avirt.migration import MigrationJob
-from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddresses, InterfaceStats
 
 if TYPE_CHECKING:
     from avirt.connection import Connection
@@ -62,6 +62,57 @@ class Domain:
         """Set a NIC's link up or down while the guest runs (QMP ``set_link``), as a cable plugged in or
         pulled; ``interface`` is its MAC address or its tap's name (``vnet0``)."""
         await self._driver.set_link(self.name, interface, up)
+
+    async def set_memory(self, kib: int, *, live: bool = True, config: bool = False) -> None:
+        """Set the domain's current memory, in KiB (virDomainSetMemoryFlags, virsh setmem). ``live``: the
+        running guest, through its balloon device (QMP ``balloon``; the guest's balloon driver gives the
+        memory back in its own time: watch ``balloon.current`` or ``BalloonChangeEvent``); ``config``:
+        the persistent definition's ``<currentMemory>``, flags as for :meth:`attach_device`. More than
+        the maximum (``<memory>``) is an :class:`~avirt.errors.InvalidArgumentError`; a live change
+        without ``<memballoon model='virtio'/>`` an :class:`~avirt.errors.OperationInvalidError`."""
+        if isinstance(kib, bool) or not isinstance(kib, int) or kib <= 0:
+            raise InvalidArgumentError(f"memory must be a positive number of KiB, not {kib!r}")
+        if not live and not config:
+            raise InvalidArgumentError("nothing to change: live and config are both False")
+        await self._driver.set_memory(self.name, kib, live=live, config=config)
+
+    async def interface_addresses(self, source: str = "lease") -> list[InterfaceAddresses]:
+        """The addresses of the running guest's NICs, as the host knows them (virDomainInterfaceAddresses).
+
+        ``source='lease'``: the leases the network's dnsmasq gave each NIC's MAC (NICs of
+        ``type='network'``); ``'arp'``: the host's neighbour table on each NIC's bridge (any address the
+        guest has used recently, IPv4 and IPv6, with prefix 0 since the table does not know it). NICs the
+        source knows no address of are left out, as libvirt leaves them out. libvirt's third source, the
+        guest agent, is not available (:class:`~avirt.errors.UnsupportedError`)."""
+        from avirt.networks.nicinfo import SOURCES  # lazily: the networks package is not needed before
+
+        if source == "agent":
+            raise UnsupportedError(["interface_addresses(source='agent')"],
+                                   "avirt reads addresses from the host only, not through a guest agent:")
+        if source not in SOURCES:
+            raise InvalidArgumentError(f"the address source is one of {', '.join(SOURCES)}, not {source!r}")
+        return await self._driver.interface_addresses(self.name, source)
+
+    async def interface_stats(self, interface: str, *, timeout: float = 5.0) -> InterfaceStats:
+        """The traffic counters of one NIC of the running guest (virDomainInterfaceStats, virsh
+        domifstat), named by its tap's name (``vnet0``) or its MAC. The counters are the tap's, seen from
+        the guest: the host side of a tap receives what the guest sends, so the directions are swapped (as
+        libvirt swaps them): ``rx_bytes`` is what the guest received."""
+        from avirt.drivers.stats import STATE_NUMBERS, UNRESPONSIVE, interface_stats
+
+        [(_, params)] = await self._driver.all_domain_stats(["state", "interface"], [self.name], timeout)
+        if params.get("state.state") == STATE_NUMBERS[DomainState.SHUTOFF]:
+            raise OperationInvalidError(f"domain '{self.name}' is not running")
+        if params.get(UNRESPONSIVE):
+            raise OperationTimeoutError(f"domain '{self.name}': no answer within {timeout:g} s")
+        name = interface
+        if ":" in interface:  # a MAC: its tap's name is in the live definition
+            name = _tap_of(await self.xml(), interface) or interface
+        counters = interface_stats(params, name)
+        if counters is None:
+            raise InvalidArgumentError(f"domain '{self.name}' has no interface with MAC or device "
+                                       f"'{interface}'")
+        return counters
 
     async def suspend(self) -> None:
         """Pause the guest's CPUs (no-op if already paused)."""
@@ -181,19 +232,23 @@ class Domain:
         return await self._driver.info(self.name)
 
     async def attach_device(self, xml: str, *, live: bool = True, config: bool = False) -> None:
-        """Attach a ``<disk>`` (virDomainAttachDeviceFlags): ``live`` plugs it into the running domain,
-        ``config`` adds it to the persistent definition (a shut-off domain: the definition only, when
-        both are given). Its address is filled in as at define time: a virtio disk takes a free PCI slot
-        (on q35 a free ``pcie-root-port``: a running guest cannot be given a new one, so keep spares in
+        """Attach a ``<disk>`` or an ``<interface>`` (virDomainAttachDeviceFlags): ``live`` plugs it into the
+        running domain, ``config`` adds it to the persistent definition (a shut-off domain: the definition
+        only, when both are given). Its address is filled in as at define time: a virtio disk takes a free PCI
+        slot (on q35 a free ``pcie-root-port``: a running guest cannot be given a new one, so keep spares in
         the definition), a SCSI disk a unit of an existing virtio-scsi controller, a USB disk a port. Only
-        virtio, SCSI and USB disks can be plugged into a running domain."""
+        virtio, SCSI and USB disks can be plugged into a running domain. A NIC (type ``network``, ``bridge``,
+        ``ethernet`` or ``user``) gets a PCI slot the same way and, on a host network, a tap avirt opens and
+        hands to QEMU over its monitor; a NIC without a ``<mac>`` gets one."""
         if not live and not config:
             raise InvalidArgumentError("nothing to change: live and config are both False")
         await self._driver.attach_device(self.name, xml, live=live, config=config)
 
     async def detach_device(self, xml: str, *, live: bool = True, config: bool = False,
                             timeout: float = 10.0) -> None:
-        """Detach the disk that ``xml`` names by its target (or its source) (virDomainDetachDeviceFlags).
+        """Detach the disk that ``xml`` names by its target (or its source), or the ``<interface>`` it names
+        by its MAC (or its tap's ``<target dev>``) (virDomainDetachDeviceFlags). A NIC's tap is deleted
+        once the guest has let the NIC go.
 
         Live, this asks the guest to let the device go and waits for it up to ``timeout`` seconds: a PCI
         device needs the guest OS's consent (USB and SCSI devices go at once). A guest that does not
@@ -325,3 +380,16 @@ class Domain:
                     "a namespace prefix is needed to store a metadata element (prefix=...)")
             stored = element(uri, xml, prefix)
         await self._driver.set_metadata(self.name, uri, stored, live=live, config=config)
+
+
+def _tap_of(xml: str, mac: str) -> str | None:
+    """The tap's name (``<target dev>``) of the NIC with MAC ``mac`` in a live domain XML."""
+    from lxml import etree
+
+    root = etree.fromstring(xml.encode())
+    for nic in root.iterfind("devices/interface"):
+        address = nic.find("mac")
+        target = nic.find("target")
+        if address is not None and target is not None and address.get("address", "").lower() == mac.lower():
+            return target.get("dev")
+    return None

@@ -81,3 +81,38 @@ class MigrationProgress:
     expected_downtime_ms: int
     total_ms: int = 0
     downtime_ms: int = 0
+
+
+@dataclass(frozen=True)
+class InterfaceAddress:
+    """One address of a guest's NIC (virDomainIPAddress): ``type`` is ``ipv4`` or ``ipv6``; ``prefix`` the
+    subnet's length where the source knows it (a DHCP lease), 0 where it does not (the neighbour table)."""
+
+    type: str
+    addr: str
+    prefix: int
+
+
+@dataclass(frozen=True)
+class InterfaceAddresses:
+    """One NIC of ``Domain.interface_addresses()`` (virDomainInterface): its tap's name on the host, the
+    guest's MAC, and the addresses the source knows for that MAC."""
+
+    name: str
+    hwaddr: str
+    addrs: tuple[InterfaceAddress, ...]
+
+
+@dataclass(frozen=True)
+class InterfaceStats:
+    """A NIC's traffic counters as the guest sees them (virDomainInterfaceStats): ``rx`` is what the guest
+    received, ``tx`` what it sent."""
+
+    rx_bytes: int
+    rx_packets: int
+    rx_errs: int
+    rx_drop: int
+    tx_bytes: int
+    tx_packets: int
+    tx_errs: int
+    tx_drop: int

@@ -21,6 +21,7 @@ import anyio
 
 import avirt
 from avirt import Connection, Domain, EventKind, LifecycleType
+from avirt.errors import NetworkNotFoundError
 from tests.guest import BASE_CMDLINE, GuestImages, build_guest
 from tests.waiting import wait_for_serial
 
@@ -120,9 +121,10 @@ async def nat_two_guests(conn: Connection, work: Path, images: GuestImages) -> N
     for n, peer in ((11, 12), (12, 11)):
         serial = work / f"g{n}.log"
         knobs = (f"avirt.net=dhcp avirt.hostname=guest{n} avirt.ping=10.77.0.{peer},10.77.0.1 "
-                 f"avirt.lookup=printer@10.77.0.1,guest{peer}.lab.test@10.77.0.1")
+                 f"avirt.lookup=printer@10.77.0.1,guest{peer}.lab.test@10.77.0.1 avirt.hotnet=1")
+        spare = "<controller type='pci' model='pcie-root-port'/>" * 2  # one for the NIC plugged in below
         dom = await conn.define_xml(guest_xml(f"g{n}", images, serial,
-                                              nic("network", "natnet", f"52:54:00:77:00:{n}"), knobs))
+                                              nic("network", "natnet", f"52:54:00:77:00:{n}") + spare, knobs))
         await dom.start()
         guests[f"g{n}"] = (dom, serial)
     for n in (11, 12):
@@ -159,6 +161,9 @@ async def nat_two_guests(conn: Connection, work: Path, images: GuestImages) -> N
     assert "10.77.0.11/24" in leases and "guest12" in leases, leases
     print("set_link down and up, domiflist, net-dhcp-leases: ok", flush=True)
 
+    await nic_addresses_and_counters(work, g11)
+    await nic_hotplug(conn, work, net, g11, serial11)
+
     taps = ports("avtestnat0")
     for dom, _serial in guests.values():
         await dom.destroy()
@@ -174,6 +179,82 @@ async def nat_two_guests(conn: Connection, work: Path, images: GuestImages) -> N
     assert [e.type for e in events] == [LifecycleType.DEFINED, LifecycleType.STARTED, LifecycleType.STOPPED,
                                         LifecycleType.UNDEFINED]
     print("teardown: ok", flush=True)
+
+
+async def nic_addresses_and_counters(work: Path, dom: Domain) -> None:
+    """What the host knows of a guest's NIC: its lease, its neighbour entry, its tap's counters (seen
+    from the guest), through the API and through a second program's command line."""
+    [tap] = [t for t in ports("avtestnat0") if links()[t]["address"] == "fe:54:00:77:00:11"]
+    [by_lease] = await dom.interface_addresses()
+    assert by_lease == avirt.InterfaceAddresses(tap, "52:54:00:77:00:11",
+                                                (avirt.InterfaceAddress("ipv4", "10.77.0.11", 24),))
+    [by_arp] = await dom.interface_addresses(source="arp")  # the guest pings the bridge: the host knows it
+    assert by_arp.name == tap and avirt.InterfaceAddress("ipv4", "10.77.0.11", 0) in by_arp.addrs, by_arp
+    counters = await dom.interface_stats(tap)
+    # (sysfs shows the namespace it was mounted in, not this one: ip's counters are the kernel's own.)
+    stats64 = json.loads(sh("ip", "-j", "-s", "link", "show", "dev", tap))[0]["stats64"]
+    # The guest pings every second, so the counters only grow: ours were read before ip's.
+    assert 0 < counters.tx_packets <= stats64["rx"]["packets"]  # the guest's tx is the tap's rx
+    assert 0 < counters.rx_packets <= stats64["tx"]["packets"]
+    assert counters.rx_bytes > 0 and counters.tx_bytes > 0
+    assert (await dom.interface_stats("52:54:00:77:00:11")).tx_packets >= counters.tx_packets
+    conn_stats = (await avirt_cli(work, "domstats", "--interface", "g11")).splitlines()
+    assert "  net.count=1" in conn_stats and f"  net.0.name={tap}" in conn_stats, conn_stats
+    out = await avirt_cli(work, "domifaddr", "g11")
+    assert f"{tap}" in out and "10.77.0.11/24" in out and "ipv4" in out, out
+    assert "10.77.0.11/0" in await avirt_cli(work, "domifaddr", "g11", "--source", "arp")
+    stat = dict(line.split()[1:] for line in (await avirt_cli(work, "domifstat", "g11", tap)).splitlines())
+    assert int(stat["rx_packets"]) >= counters.rx_packets and int(stat["tx_bytes"]) >= counters.tx_bytes
+    print("interface addresses and counters: ok", flush=True)
+
+
+async def nic_hotplug(conn: Connection, work: Path, net: avirt.Network, dom: Domain, serial: Path) -> None:
+    """A NIC plugged into a running guest on the NAT network (its tap handed to QEMU over QMP): the guest
+    sees it and gets a lease on it; unplugged, the guest sees it go and its tap is gone from the host."""
+    mac = "52:54:00:77:00:21"
+    xml = nic("network", "natnet", mac)
+    before = set(ports("avtestnat0"))
+    taps_before = {name for name in links() if name.startswith("vnet")}
+    for bad, error in ((nic("network", "nosuch", mac), NetworkNotFoundError),
+                       (nic("bridge", "nosuchbr", mac), NetworkNotFoundError)):
+        try:
+            await dom.attach_device(bad)
+            raise AssertionError(f"attached {bad}")
+        except error:
+            pass
+    assert {name for name in links() if name.startswith("vnet")} == taps_before  # nothing left behind
+    assert mac not in await dom.xml()
+    await dom.attach_device(xml, live=True, config=True)
+    [tap] = set(ports("avtestnat0")) - before
+    assert links()[tap]["address"] == "fe:54:00:77:00:21"
+    assert f'<target dev="{tap}"/>' in await dom.xml() and mac in await dom.xml(inactive=True)
+    await wait_for_serial(serial, f"avirt-guest: net eth1 mac={mac} ip=10.77.0.1", timeout=120)
+    leases = {lease.mac: lease for lease in await net.dhcp_leases()}
+    assert leases[mac].ip.startswith("10.77.0.1"), leases  # from the range, 10.77.0.100-150
+    found = {a.hwaddr: a for a in await dom.interface_addresses()}
+    assert found[mac].name == tap and found[mac].addrs[0].addr == leases[mac].ip
+    await dom.set_link(mac, False)  # the plugged NIC is known to QEMU by its own id
+    await dom.set_link(mac, True)
+    [record] = await conn.all_domain_stats(["interface"], [dom])
+    assert record.params["net.count"] == 2 and record.params["net.1.name"] == tap, (tap, record.params)
+    out = await avirt_cli(work, "domiflist", "g11")
+    assert tap in out and mac in out, out
+    print("NIC attached: ok", flush=True)
+
+    await dom.detach_device(xml, live=True, config=True, timeout=60)
+    await wait_for_serial(serial, "avirt-guest: net eth1 gone", timeout=60)
+    await until(lambda: tap not in links(), "the unplugged NIC's tap to go")
+    assert mac not in await dom.xml() and mac not in await dom.xml(inactive=True)
+    [record] = await conn.all_domain_stats(["interface"], [dom])
+    assert record.params["net.count"] == 1
+    # Plugged in again, under the id the first one left free, and out again through the command line.
+    await dom.attach_device(xml)
+    await wait_for_serial(serial, f"avirt-guest: net eth1 mac={mac}", count=2, timeout=120)
+    (work / "nic.xml").write_text(xml)
+    out = await avirt_cli(work, "detach-device", "g11", str(work / "nic.xml"))
+    await wait_for_serial(serial, "avirt-guest: net eth1 gone", count=2, timeout=60)
+    assert mac not in await dom.xml()
+    print("NIC detached: ok", flush=True)
 
 
 async def isolated_and_bridge(conn: Connection, work: Path, images: GuestImages) -> None:

@@ -135,3 +135,21 @@ def test_agent_benchmark_reports_its_figures_as_json() -> None:
                 "snapshot_quiesced"):
         assert report[key]["median"] > 0, key
     assert report["absent_agent"]["error"] == "AgentUnavailableError"  # at once: the port is closed
+
+
+def test_networks_benchmark_reports_its_figures_as_json() -> None:
+    """Part (a) only (network start and destroy): the guests' parts take minutes under TCG."""
+    from tests.test_networks import _namespaces_usable
+
+    reason = _namespaces_usable()
+    if reason:
+        pytest.skip(reason)
+    bench = BENCH.with_name("networks.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--parts", "network", "--runs", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["network"]["avirt"]["runs"] == 2
+    assert report["network"]["avirt"]["start_ms"]["median"] > 0
+    assert "unavailable" in report["network"]["libvirt"] or "start_ms" in report["network"]["libvirt"]
+    assert "throughput" not in report and report["targets"] == []

@@ -29,7 +29,7 @@ from avirt.errors import (
 )
 from avirt.events.bus import EventBus
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddresses, MigrationProgress
 from avirt.networks.model import DHCPLease
 
 
@@ -293,6 +293,11 @@ class Driver(ABC):
         """Arm a one-shot write threshold of ``threshold`` bytes (0: disarm) on disk layer ``dev`` of the
         running domain: ``vda`` is the disk's top layer, ``vda[N]`` the N-th below it."""
 
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        """Set the domain's current memory to ``kib`` KiB in the definitions :meth:`DomainRecord.affected`
+        names (the running guest through its balloon)."""
+        raise UnsupportedError(["set_memory"], f"{self.uri} cannot change a domain's memory")
+
     # -- queries ---------------------------------------------------------------------------------------
 
     @abstractmethod
@@ -380,6 +385,10 @@ class Driver(ABC):
         """Set the link of the domain's NIC ``interface`` (its MAC or its tap's name) up or down."""
         raise self._no_networks("set_link")
 
+    async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
+        """The addresses of the running domain's NICs that ``source`` (``lease`` or ``arp``) knows."""
+        raise self._no_networks("interface_addresses")
+
     async def define_network(self, xml: str) -> DomainRef:
         raise self._no_networks("define_network_xml")
 
@@ -413,6 +422,23 @@ class Driver(ABC):
 
     def _no_networks(self, call: str) -> UnsupportedError:
         return UnsupportedError([call], f"{self.uri} has no host networks")
+
+
+def check_memory(record: DomainRecord, kib: int, *, live: bool, config: bool) -> tuple[bool, bool]:
+    """The rules of a memory change, for every driver: which definitions change (as
+    :meth:`DomainRecord.affected`), ``kib`` within each one's maximum, and a balloon in the live one."""
+    to_live, to_config = record.affected(live=live, config=config)
+    for cfg in (record.live if to_live else None, record.definition if to_config else None):
+        if cfg is not None and kib > cfg.memory_kib:
+            raise InvalidArgumentError(f"domain '{record.name}': {kib} KiB is more than its maximum memory "
+                                       f"({cfg.memory_kib} KiB)")
+    if to_live:
+        assert record.live is not None
+        balloon = record.live.memballoon
+        if balloon is None or balloon.model == "none":
+            raise OperationInvalidError(f"domain '{record.name}' has no balloon device to change its memory "
+                                        "while it runs (<memballoon model='virtio'/>)")
+    return to_live, to_config
 
 
 def assign_macs(cfg: DomainConfig) -> DomainConfig:

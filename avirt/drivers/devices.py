@@ -9,28 +9,46 @@ controller it needs is added. A running QEMU cannot take new controllers (a PCIe
 hotplugged), so a live attach that would need one is refused, naming it; the persistent definition
 takes it, for the next start.
 
-A device to detach is found by its target (``<target dev='vdb'/>``), or by its source when the XML gives
-no target, as libvirt finds it. Both drivers use these functions, so they agree on what is accepted.
+An ``<interface>`` is judged the same way (its PCI address filled in; a NIC without a ``<mac>`` gets one
+first, the same for the live and the persistent definition); one to detach is found by its MAC, else
+by its tap's name. A disk to detach is found by its target (``<target dev='vdb'/>``), or by its source
+when the XML gives no target, as libvirt finds it. Both drivers use these functions, so they agree on
+what is accepted.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import secrets
 
 from lxml import etree
 
 from avirt.config import domain_to_xml, parse_domain_xml
-from avirt.config.devices import Controller, Disk
+from avirt.config.devices import Controller, Disk, Interface
 from avirt.config.model import DomainConfig
 from avirt.drivers.qemu.abi import stabilise
 from avirt.errors import InvalidXMLError, OperationInvalidError, UnsupportedError
 
-__all__ = ["describe", "device_element", "find_disk", "new_controllers", "with_disk", "without_disk"]
+__all__ = ["describe", "device_element", "device_kind", "find_disk", "find_interface", "new_controllers",
+           "with_disk", "with_interface", "with_mac", "without_disk", "without_interface"]
 
 
-def device_element(xml: str) -> etree._Element:
-    """The one ``<disk>`` element of ``xml``; other device kinds are not hotpluggable in avirt yet."""
+def device_kind(xml: str) -> str:
+    """The kind of the one device of ``xml``: ``disk`` or ``interface`` (the kinds avirt plugs in)."""
+    return str(_element(xml).tag)
+
+
+def device_element(xml: str, kind: str = "disk") -> etree._Element:
+    """The one ``<disk>`` (or ``kind``) element of ``xml``."""
+    element = _element(xml)
+    if element.tag != kind:
+        raise InvalidXMLError(f"expected a <{kind}> element, not <{element.tag}>")
+    return element
+
+
+def _element(xml: str) -> etree._Element:
+    """The one device element of ``xml``; device kinds other than disks and NICs are not hotpluggable."""
     # As parse_domain_xml reads a document: a str is already decoded, and no DTD or entity is honoured.
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True,
                              remove_pis=True, encoding="utf-8")
@@ -43,8 +61,9 @@ def device_element(xml: str) -> etree._Element:
     tree = element.getroottree()
     if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
         raise InvalidXMLError("DOCTYPE declarations are not accepted", 1)
-    if not isinstance(element.tag, str) or element.tag != "disk":
-        raise UnsupportedError([f"/{element.tag}"], "avirt attaches and detaches <disk> devices only, not")
+    if not isinstance(element.tag, str) or element.tag not in ("disk", "interface"):
+        raise UnsupportedError([f"/{element.tag}"],
+                               "avirt attaches and detaches <disk> and <interface> devices only, not")
     return element
 
 
@@ -63,10 +82,19 @@ def with_disk(cfg: DomainConfig, xml: str, machines: dict[str, str]) -> tuple[Do
     if devices is None:
         devices = etree.SubElement(root, "devices")
     devices.append(element)
-    added = stabilise(parse_domain_xml(etree.tostring(root)), machines)
+    added = _keep_taps(cfg, stabilise(parse_domain_xml(etree.tostring(root)), machines))
     disk = added.disk(dev)
     assert disk is not None
     return added, disk
+
+
+def _keep_taps(before: DomainConfig, after: DomainConfig) -> DomainConfig:
+    """``after`` (``before`` parsed again, plus a device) with the tap names of ``before``'s NICs: the
+    parser drops generated names (``vnetN``, as libvirt does with input XML), the live definition must
+    not."""
+    for old, new in zip(before.interfaces, after.interfaces, strict=False):
+        new.target_dev = old.target_dev
+    return after
 
 
 def find_disk(cfg: DomainConfig, xml: str) -> Disk:
@@ -94,6 +122,59 @@ def without_disk(cfg: DomainConfig, target: str) -> DomainConfig:
     """A new definition: ``cfg`` without disk ``target`` (its controllers stay, as libvirt keeps them)."""
     changed = copy.deepcopy(cfg)
     changed.disks = [d for d in changed.disks if d.target != target]
+    return changed
+
+
+def with_mac(xml: str) -> str:
+    """The ``<interface>`` of ``xml`` with a ``<mac>``: its own, else a new one (as define gives one), so
+    that the live and the persistent definitions get the same NIC."""
+    element = device_element(xml, "interface")
+    if element.find("mac") is None:
+        mac = etree.SubElement(element, "mac")
+        mac.set("address", "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3)))
+    return etree.tostring(element, encoding="unicode")
+
+
+def with_interface(cfg: DomainConfig, xml: str, machines: dict[str, str]) -> tuple[DomainConfig, Interface]:
+    """A new definition: ``cfg`` with the ``<interface>`` of ``xml`` added last, its PCI address filled
+    in (``cfg`` is not changed), and that NIC. A MAC another NIC of ``cfg`` has is refused."""
+    element = device_element(with_mac(xml), "interface")
+    mac = str(element.find("mac").get("address", "")).lower()  # type: ignore[union-attr]
+    if any((nic.mac or "").lower() == mac for nic in cfg.interfaces):
+        raise OperationInvalidError(f"domain '{cfg.name}' already has an interface with MAC {mac}")
+    root = etree.fromstring(domain_to_xml(cfg).encode())
+    devices = root.find("devices")
+    if devices is None:
+        devices = etree.SubElement(root, "devices")
+    devices.append(element)
+    added = _keep_taps(cfg, stabilise(parse_domain_xml(etree.tostring(root)), machines))
+    nic = next(n for n in added.interfaces if (n.mac or "").lower() == mac)
+    return added, nic
+
+
+def find_interface(cfg: DomainConfig, xml: str) -> int:
+    """The index in ``cfg`` of the NIC the ``<interface>`` of ``xml`` names: by MAC, else by its tap
+    (``<target dev>``), as libvirt finds it."""
+    element = device_element(xml, "interface")
+    mac_el, target_el = element.find("mac"), element.find("target")
+    mac = (mac_el.get("address") or "").lower() if mac_el is not None else ""
+    dev = (target_el.get("dev") or "") if target_el is not None else ""
+    if not mac and not dev:
+        raise InvalidXMLError("the interface to detach has neither <mac address='...'/> nor "
+                              "<target dev='...'/>")
+    found = [i for i, nic in enumerate(cfg.interfaces)
+             if (mac and (nic.mac or "").lower() == mac) or (not mac and nic.target_dev == dev)]
+    if len(found) != 1:
+        what = f"MAC {mac}" if mac else f"device {dev}"
+        raise OperationInvalidError(f"domain '{cfg.name}' has {'no' if not found else 'more than one'} "
+                                    f"interface with {what}")
+    return found[0]
+
+
+def without_interface(cfg: DomainConfig, index: int) -> DomainConfig:
+    """A new definition: ``cfg`` without its ``index``-th NIC."""
+    changed = copy.deepcopy(cfg)
+    del changed.interfaces[index]
     return changed
 
 

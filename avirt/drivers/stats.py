@@ -1,12 +1,11 @@
 """Bulk statistics: the field names and numbers every driver reports with.
 
-``Connection.all_domain_stats()`` is libvirt's virConnectGetAllDomainStats: one flat map of typed
-parameters per domain, grouped by a prefix (``state.``, ``cpu.``, ``balloon.``, ``vcpu.``, ``block.``)
-with libvirt's own names, so code and dashboards written for ``virsh domstats`` read avirt's unchanged.
-This module holds what the drivers share: which groups exist, libvirt's numbers for states and
-reasons (``state.state`` and ``state.reason`` are numbers in libvirt, not names), and the one marker
-avirt adds, :data:`UNRESPONSIVE`. How a driver measures is its own business (``drivers/qemu/stats.py``
-for QEMU).
+``Connection.all_domain_stats()`` is libvirt's virConnectGetAllDomainStats: one flat map of typed parameters
+per domain, grouped by a prefix (``state.``, ``cpu.``, ``balloon.``, ``vcpu.``, ``net.``, ``block.``) with
+libvirt's own names, so code and dashboards written for ``virsh domstats`` read avirt's unchanged. This module
+holds what the drivers share: which groups exist, libvirt's numbers for states and reasons (``state.state``
+and ``state.reason`` are numbers in libvirt, not names), and the one marker avirt adds, :data:`UNRESPONSIVE`.
+How a driver measures is its own business (``drivers/qemu/stats.py`` for QEMU).
 """
 
 from __future__ import annotations
@@ -15,10 +14,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from avirt.errors import InvalidArgumentError
-from avirt.models import DomainState
+from avirt.models import DomainState, InterfaceStats
 
 #: The groups a caller may ask for, by libvirt's names (virsh domstats --state --cpu-total ...).
-GROUPS: tuple[str, ...] = ("state", "cpu-total", "balloon", "vcpu", "block")
+GROUPS: tuple[str, ...] = ("state", "cpu-total", "balloon", "vcpu", "interface", "block")
 
 #: Set (to True) when a running domain's QEMU did not answer within the timeout: the groups it could not
 #: give are missing, ``state.*`` is still there. avirt's own field; libvirt has none.
@@ -54,6 +53,29 @@ BLOCK_STATS: dict[str, str] = {
     "wr_operations": "wr.reqs", "wr_bytes": "wr.bytes", "wr_total_times": "wr.times",
     "flush_operations": "fl.reqs", "flush_total_times": "fl.times",
 }
+
+
+#: virDomainInterfaceStats' names (InterfaceStats' fields) -> the ``net.N.`` field each is read from.
+NET_STATS: dict[str, str] = {
+    "rx_bytes": "rx.bytes", "rx_packets": "rx.pkts", "rx_errs": "rx.errs", "rx_drop": "rx.drop",
+    "tx_bytes": "tx.bytes", "tx_packets": "tx.pkts", "tx_errs": "tx.errs", "tx_drop": "tx.drop",
+}
+
+
+def net_params(n: int, name: str, counters: InterfaceStats) -> dict[str, Any]:
+    """The ``net.N.*`` fields of one NIC (group ``interface``)."""
+    prefix = f"net.{n}."
+    return {prefix + "name": name,
+            **{prefix + field: getattr(counters, attr) for attr, field in NET_STATS.items()}}
+
+
+def interface_stats(params: dict[str, Any], name: str) -> InterfaceStats | None:
+    """One NIC's counters out of a domain's ``net.*`` parameters; None when no ``net.N.name`` is ``name``."""
+    for i in range(int(params.get("net.count", 0))):
+        if params.get(f"net.{i}.name") == name:
+            return InterfaceStats(**{attr: int(params.get(f"net.{i}.{field}", 0))
+                                     for attr, field in NET_STATS.items()})
+    return None
 
 
 def check_groups(groups: Iterable[str] | None) -> list[str]:

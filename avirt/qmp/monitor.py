@@ -152,6 +152,19 @@ class Monitor:
         except TimeoutError:
             raise QMPError("Timeout", f"{command} did not answer within {timeout:g} s") from None
 
+    async def send_fd(self, fd: int, name: str, *, timeout: float = COMMAND_TIMEOUT) -> None:
+        """Give QEMU a copy of the open descriptor ``fd`` under ``name`` (QMP ``getfd``), for a later
+        command to take by that name (``netdev_add``'s ``fd``). The descriptor travels as SCM_RIGHTS with
+        one byte of whitespace on the monitor socket, which QEMU keeps for the next command that asks;
+        the caller still owns (and closes) its own copy."""
+        try:
+            self._client.send_fd_scm(fd)
+        except StateError as e:
+            raise self._why_closed() or MonitorClosedError() from e
+        except OSError as e:
+            raise QMPError("GenericError", f"cannot pass a descriptor to QEMU: {e.strerror}") from e
+        await self.execute("getfd", {"fdname": name}, timeout=timeout)
+
     async def closed(self) -> None:
         """Return once the session has ended (EOF from QEMU, a broken connection, or :meth:`aclose`)."""
         while self._client.runstate == Runstate.RUNNING:

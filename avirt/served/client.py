@@ -34,7 +34,7 @@ from avirt.events.bus import EventBus
 from avirt.events.model import Event
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddresses, MigrationProgress
 from avirt.networks.model import DHCPLease
 from avirt.rpc import Lost, Peer, PeerClosedError
 from avirt.served import wire
@@ -309,6 +309,13 @@ class ClientDriver(Driver):
 
     async def set_link(self, name: str, interface: str, up: bool) -> None:
         await self._call("set_link", name=name, interface=interface, up=up)
+
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        await self._call("set_memory", name=name, kib=kib, live=live, config=config)
+
+    async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
+        return [wire.addresses_from(a) for a in await self._call("interface_addresses", name=name,
+                                                                 source=source)]
 
     async def define_network(self, xml: str) -> DomainRef:
         return wire.ref_from(await self._call("define_network", xml=_sendable(xml)))

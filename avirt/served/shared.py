@@ -44,7 +44,7 @@ from avirt.events.bus import EventBus
 from avirt.events.model import BlockJobStatus
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob, JobPhase
-from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddresses, MigrationProgress
 from avirt.networks.model import DHCPLease
 from avirt.rpc import PeerClosedError
 from avirt.served.client import ClientDriver
@@ -414,6 +414,12 @@ class SharedDriver(Driver):
 
     async def set_link(self, name: str, interface: str, up: bool) -> None:
         await (await self._driver()).set_link(name, interface, up)
+
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        await (await self._driver()).set_memory(name, kib, live=live, config=config)
+
+    async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
+        return await (await self._driver()).interface_addresses(name, source)
 
     async def define_network(self, xml: str) -> DomainRef:
         return await (await self._driver()).define_network(xml)

@@ -17,11 +17,18 @@ from avirt.errors import AvirtError
 from avirt.events import model as events
 from avirt.events.model import BlockJobStatus, Event, JobKind, LifecycleType
 from avirt.jobs import BlockJob, JobPhase
-from avirt.models import DomainInfo, DomainState, ImageInfo, MigrationProgress
+from avirt.models import (
+    DomainInfo,
+    DomainState,
+    ImageInfo,
+    InterfaceAddress,
+    InterfaceAddresses,
+    MigrationProgress,
+)
 from avirt.networks.model import DHCPLease
 
-__all__ = ["event_from", "event_to", "info_from", "info_to", "job_from", "job_to", "lease_from", "lease_to",
-           "ref_from", "ref_to"]
+__all__ = ["addresses_from", "addresses_to", "event_from", "event_to", "info_from", "info_to", "job_from",
+           "job_to", "lease_from", "lease_to", "ref_from", "ref_to"]
 
 #: Event classes by name: the only classes an event from the wire can become.
 _EVENTS: dict[str, type[Event]] = {
@@ -69,6 +76,19 @@ def lease_from(data: Any) -> DHCPLease:
         return DHCPLease(**dict(data))
     except (TypeError, ValueError) as e:
         raise WireError(f"not a DHCP lease: {e}") from None
+
+
+def addresses_to(found: InterfaceAddresses) -> dict[str, Any]:
+    return dataclasses.asdict(found)
+
+
+def addresses_from(data: Any) -> InterfaceAddresses:
+    try:
+        values = dict(data)
+        addrs = tuple(InterfaceAddress(**dict(a)) for a in values.pop("addrs"))
+        return InterfaceAddresses(addrs=addrs, **values)
+    except (TypeError, ValueError, KeyError) as e:
+        raise WireError(f"not a NIC's addresses: {e}") from None
 
 
 def event_to(event: Event) -> dict[str, Any]:

@@ -180,3 +180,39 @@ async def test_vcpus_are_plugged_in_and_the_definitions_follow(world: World) -> 
     await dom.destroy()
     await dom.set_vcpus(1, config=True)  # shut off: the definition
     assert vcpus_of(await dom.xml(inactive=True)) == ("2", "1")
+
+
+async def test_a_nic_joins_a_running_domain_and_its_definition(world: World) -> None:
+    """A user-mode NIC (no host network needed: every world can run it) plugged into a running domain:
+    both definitions get it with one MAC, a second with that MAC is refused; the definition's copy goes
+    again by MAC. (Its live detach waits for the guest's consent: tests/netns_scenarios.py.)"""
+    dom = await world.conn.define_xml(world.xml("hp-nic", extra_devices=ROOT_PORT * 2))
+    await dom.start(paused=True)
+    nic = "<interface type='user'><model type='virtio'/></interface>"
+    await dom.attach_device(nic, live=True, config=True)
+    live, persistent = await dom.xml(), await dom.xml(inactive=True)
+    [mac] = [line.split("'")[1] if "'" in line else line.split('"')[1]
+             for line in live.splitlines() if "<mac address" in line]
+    assert mac.startswith("52:54:00:") and mac in persistent
+    with pytest.raises(OperationInvalidError, match=f"already has an interface with MAC {mac}"):
+        await dom.attach_device(f"<interface type='user'><mac address='{mac}'/></interface>")
+    await dom.detach_device(f"<interface type='user'><mac address='{mac}'/></interface>", live=False,
+                            config=True)
+    assert mac not in await dom.xml(inactive=True) and mac in await dom.xml()
+    with pytest.raises(OperationInvalidError, match="no interface with MAC"):
+        await dom.detach_device(f"<interface type='user'><mac address='{mac}'/></interface>", live=False,
+                                config=True)
+
+
+async def test_memory_changes_through_the_balloon(world: World) -> None:
+    dom = await world.conn.define_xml(world.xml("mem", extra_devices="<memballoon model='virtio'/>"))
+    await dom.start(paused=True)
+    await dom.set_memory(32 * 1024, live=True, config=True)  # the target; a guest OS would follow it
+    assert '<currentMemory unit="KiB">32768</currentMemory>' in await dom.xml()
+    assert '<currentMemory unit="KiB">32768</currentMemory>' in await dom.xml(inactive=True)
+    with pytest.raises(InvalidArgumentError, match="more than its maximum memory"):
+        await dom.set_memory(1 << 30)
+    bare = await world.conn.define_xml(world.xml("mem-bare"))
+    await bare.start(paused=True)
+    with pytest.raises(OperationInvalidError, match="no balloon device"):
+        await bare.set_memory(32 * 1024)

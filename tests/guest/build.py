@@ -43,6 +43,10 @@ Serial markers printed by the guest's /init (console=ttyS0; the tty sends ``\\r\
   ``avirt.shares``: mounted at /mnt/TAG, the first line of its host.txt read, its guest.txt written.
 - ``avirt-guest: net ethN mac=M ip=A/P`` (or ``net ethN error no lease``) for each NIC that got (or did
   not get) a DHCP lease with ``avirt.net=dhcp``, then ``avirt-guest: net done``.
+- ``avirt-guest: net ethN ...`` again for each NIC plugged in later, with ``avirt.hotnet=1``, and
+  ``avirt-guest: net ethN gone`` for each one that goes away.
+- ``avirt-guest: nc connected uptime=T0``, ``nc received N bytes uptime=T1`` (``avirt.nc=listen:PORT``)
+  and ``nc sent N`` (``avirt.nc=send:IP:PORT:BYTES[:COUNT]``): TCP transfers between two guests.
 - ``avirt-guest: lookup NAME ADDRESS`` (or ``lookup NAME failed``) for each ``avirt.lookup`` name.
 - ``avirt-guest: ping IP ok`` / ``ping IP fail``: each change of an ``avirt.ping`` address's answer.
 - ``avirt-guest: qga port /dev/vportNpM`` when the domain has the guest agent's channel (qemu-ga runs on
@@ -57,7 +61,8 @@ fractions allowed, default 0), ``avirt.actions=rtc,suspend,panic`` (see ``init.s
 their whole content, their sysfs path), ``avirt.shares=TAG,...`` (virtiofs tags to mount and use),
 ``avirt.net=dhcp`` (every ethN asks for a lease), ``avirt.hostname=NAME`` (the host name it sends),
 ``avirt.lookup=NAME@SERVER,...`` (names asked of a DNS server after the leases), ``avirt.ping=IP,...``
-(addresses pinged once a second after the leases and lookups, changes reported).
+(addresses pinged once a second after the leases and lookups, changes reported), ``avirt.hotnet=1``
+(NICs plugged in after boot get leases too), ``avirt.nc=listen:PORT`` or ``send:IP:PORT:BYTES[:COUNT]``.
 
 Run ``python -m tests.guest.build`` from the repository root to build and print the paths.
 """

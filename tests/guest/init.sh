@@ -49,6 +49,8 @@ lookups=
 guest_name=avirt-guest
 wait_s=0
 cpus=
+hotnet=
+ncjob=
 # avirt.* parameters are not passed to init by the kernel (dotted names look like module
 # parameters), so read them from /proc/cmdline.
 for arg in $(cat /proc/cmdline); do
@@ -66,6 +68,8 @@ for arg in $(cat /proc/cmdline); do
         avirt.hostname=*) guest_name=${arg#*=} ;;
         avirt.wait=*) wait_s=${arg#*=} ;;
         avirt.cpus=*) cpus=${arg#*=} ;;
+        avirt.hotnet=*) hotnet=${arg#*=} ;;
+        avirt.nc=*) ncjob=${arg#*=} ;;
     esac
 done
 
@@ -162,6 +166,70 @@ report_shares() {
 # "avirt-guest: lookup NAME ADDRESS" (or "lookup NAME failed"). With
 # avirt.ping=IP,... each address is then pinged once a second, forever, and every change of its answer
 # is reported: "avirt-guest: ping IP ok" or "ping IP fail" (the first result of each is a change).
+# With avirt.net=dhcp and avirt.hotnet=1, NICs plugged in after "net done" are watched for (five times
+# a second): each new ethN asks for a lease as above and is reported the same way; each one that
+# goes away is reported as "avirt-guest: net ethN gone".
+watch_nics() {
+    known=" $(ls /sys/class/net | tr '\n' ' ')"
+    while :; do
+        now=" $(ls /sys/class/net | tr '\n' ' ')"
+        for name in $now; do
+            case "$known" in *" $name "*) continue ;; esac
+            case "$name" in eth*) ;; *) continue ;; esac
+            ip link set "$name" up
+            if udhcpc -i "$name" -s /tmp/avirt-udhcpc.sh -q -n -t 30 -T 1 -x "hostname:$guest_name" \
+                    >/dev/null 2>&1; then
+                say "net $name mac=$(cat "/sys/class/net/$name/address") ip=$(cat "/tmp/avirt-net-$name")"
+            else
+                say "net $name error no lease"
+            fi
+        done
+        for name in $known; do
+            case "$now" in *" $name "*) ;; *) say "net $name gone" ;; esac
+        done
+        known=$now
+        sleep 0.2
+    done
+}
+
+# TCP transfers between two guests, after "net done" (busybox nc; for bench/networks.py):
+# avirt.nc=listen:PORT takes one connection after another and counts what each brings, reporting
+#   avirt-guest: nc connected uptime=T0
+#   avirt-guest: nc received N bytes uptime=T1
+# avirt.nc=send:IP:PORT:BYTES[:COUNT] sends BYTES zero bytes to IP:PORT, COUNT times (default once)
+# one after the other (retrying until the listener is there), reporting "avirt-guest: nc sent BYTES"
+# after each.
+nc_job() {
+    case "$ncjob" in
+        listen:*)
+            cat >/tmp/avirt-recv.sh <<'SCRIPT'
+#!/bin/sh
+read -r t0 _ </proc/uptime
+echo "avirt-guest: nc connected uptime=$t0" >/dev/ttyS0
+n=$(wc -c)
+read -r t1 _ </proc/uptime
+echo "avirt-guest: nc received $n bytes uptime=$t1" >/dev/ttyS0
+SCRIPT
+            chmod +x /tmp/avirt-recv.sh
+            say "nc listening"
+            while :; do nc -l -p "${ncjob#listen:}" -e /tmp/avirt-recv.sh; done
+            ;;
+        send:*)
+            rest=${ncjob#send:}
+            ip=${rest%%:*}; rest=${rest#*:}
+            port=${rest%%:*}; rest=${rest#*:}
+            bytes=${rest%%:*}; times=1
+            [ "$rest" = "$bytes" ] || times=${rest#*:}
+            i=0
+            while [ "$i" -lt "$times" ]; do
+                until head -c "$bytes" /dev/zero | nc "$ip" "$port"; do sleep 0.2; done
+                say "nc sent $bytes"
+                i=$((i + 1))
+            done
+            ;;
+    esac
+}
+
 report_net() {
     ip link set lo up
     cat >/tmp/avirt-udhcpc.sh <<'SCRIPT'
@@ -193,6 +261,12 @@ SCRIPT
         fi
     done
     say "net done"
+    if [ -n "$hotnet" ]; then
+        watch_nics &
+    fi
+    if [ -n "$ncjob" ]; then
+        nc_job &
+    fi
     for item in $(echo "$lookups" | tr ',' ' '); do
         name=${item%@*}
         server=${item#*@}

@@ -1,4 +1,4 @@
-"""Disks and vCPUs in and out of domains: ``attach-device``, ``detach-device``, ``attach-disk``,
+"""Disks, NICs and vCPUs in and out of domains: ``attach-device``, ``detach-device``, ``attach-disk``,
 ``detach-disk``, ``change-media``, ``setvcpus``, on ``Domain.attach_device``, ``detach_device``,
 ``change_media`` and ``set_vcpus``.
 
@@ -177,13 +177,14 @@ def _change_media_args(parser: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = (
-    Command("attach-device", "Attach a disk described by an XML file", _attach_device, _device_args,
-            details="Virtio, SCSI and USB disks can be plugged into a running domain; on q35 a virtio disk "
-                    "needs a free pcie-root-port in the definition.",
+    Command("attach-device", "Attach a disk or a NIC described by an XML file", _attach_device, _device_args,
+            details="Virtio, SCSI and USB disks and <interface> NICs can be plugged into a running domain; "
+                    "on q35 each PCI device needs a free pcie-root-port in the definition.",
             example="avirt attach-device web1 data.xml --persistent", group=DOMAIN_MANAGEMENT),
-    Command("detach-device", "Detach the disk an XML file names (by target, or by source)", _detach_device,
+    Command("detach-device", "Detach the disk (by target or source) or NIC (by MAC) an XML file names",
+            _detach_device,
             _detach_device_args,
-            details="A PCI disk leaves a running domain only when the guest lets it go: after --timeout "
+            details="A PCI device leaves a running domain only when the guest lets it go: after --timeout "
                     "seconds the command fails, and the detach completes later if the guest agrees.",
             example="avirt detach-device web1 data.xml --live", group=DOMAIN_MANAGEMENT),
     Command("attach-disk", "Attach an image as a disk", _attach_disk, _attach_disk_args,

@@ -1,14 +1,19 @@
-"""A domain's network interfaces: ``domiflist`` (read from its XML) and ``domif-setlink``.
+"""A domain's network interfaces: ``domiflist`` (read from its XML), ``domif-setlink``, ``domifaddr`` and
+``domifstat``.
 
 ``domiflist`` prints what the (live, else persistent) definition says of each ``<interface>``, as
 virsh does: the tap's name while the guest runs, its type, source, model and MAC. ``domif-setlink``
 pulls or plugs a NIC's virtual cable on a running guest (``Domain.set_link``); the interface is named
-by its MAC or its tap's name.
+by its MAC or its tap's name. ``domifaddr`` prints the addresses the host knows of each NIC
+(``Domain.interface_addresses``: DHCP leases, or the neighbour table with ``--source arp``), one line per
+address, and ``domifstat`` one NIC's traffic counters seen from the guest (``Domain.interface_stats``),
+both in virsh's layout.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from avirt.cli.command import NETWORKS, Command, CommandError, Context, add_domain_argument
 from avirt.cli.output import table
@@ -53,9 +58,55 @@ def _domif_setlink_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("state", metavar="STATE", help="up or down")
 
 
+async def _domifaddr(ctx: Context, args: argparse.Namespace) -> None:
+    async with ctx.connect() as conn:
+        dom = await ctx.domain(conn, args.domain)
+        found = await dom.interface_addresses(source=args.source)
+    rows = []
+    for nic in found:
+        if args.interface not in (None, nic.name, nic.hwaddr):
+            continue
+        for n, addr in enumerate(nic.addrs):
+            first = n == 0 or args.full  # virsh shows a NIC's name and MAC once, unless --full
+            rows.append([nic.name if first else "-", nic.hwaddr if first else "-", addr.type,
+                         f"{addr.addr}/{addr.prefix}"])
+    if args.interface is not None and not rows and not any(
+            args.interface in (nic.name, nic.hwaddr) for nic in found):
+        raise CommandError(f"no address known for interface {args.interface} (source {args.source})")
+    ctx.say(table(["Name", "MAC address", "Protocol", "Address"], rows))
+
+
+def _domifaddr_args(parser: argparse.ArgumentParser) -> None:
+    add_domain_argument(parser)
+    parser.add_argument("--interface", metavar="INTERFACE", help="only this NIC (tap name or MAC)")
+    parser.add_argument("--full", action="store_true", help="repeat the name and MAC on every line")
+    parser.add_argument("--source", choices=("lease", "arp"), default="lease",
+                        help="the network's DHCP leases (default) or the host's neighbour table")
+
+
+async def _domifstat(ctx: Context, args: argparse.Namespace) -> None:
+    async with ctx.connect() as conn:
+        dom = await ctx.domain(conn, args.domain)
+        counters = await dom.interface_stats(args.interface)
+    values = dataclasses.asdict(counters)
+    ctx.say("\n".join(f"{args.interface} {name} {value}" for name, value in values.items()))
+
+
+def _domifstat_args(parser: argparse.ArgumentParser) -> None:
+    add_domain_argument(parser)
+    parser.add_argument("interface", metavar="INTERFACE", help="the NIC's tap name or MAC address")
+
+
 COMMANDS = (
     Command("domiflist", "List a domain's network interfaces", _domiflist, _domiflist_args,
             example="avirt domiflist web1", group=NETWORKS),
     Command("domif-setlink", "Set a running domain's NIC link up or down", _domif_setlink,
             _domif_setlink_args, example="avirt domif-setlink web1 52:54:00:12:34:56 down", group=NETWORKS),
+    Command("domifaddr", "Show the addresses of a running domain's NICs", _domifaddr, _domifaddr_args,
+            details="Read on the host: the network's DHCP leases for each NIC's MAC, or with --source arp "
+                    "the host's neighbour table on each NIC's bridge (no prefix known: /0).",
+            example="avirt domifaddr web1 --source arp", group=NETWORKS),
+    Command("domifstat", "Show the traffic counters of a running domain's NIC", _domifstat, _domifstat_args,
+            details="The tap's counters seen from the guest: rx is what the guest received.",
+            example="avirt domifstat web1 vnet0", group=NETWORKS),
 )

@@ -20,7 +20,8 @@ import argparse
 from avirt.cli.command import DOMAIN_MONITORING, Command, Context, add_domain_argument, seconds
 
 #: The group flags, virsh's spelling -> the API's group.
-_FLAGS = {"state": "state", "cpu_total": "cpu-total", "balloon": "balloon", "vcpu": "vcpu", "block": "block"}
+_FLAGS = {"state": "state", "cpu_total": "cpu-total", "balloon": "balloon", "vcpu": "vcpu",
+          "interface": "interface", "block": "block"}
 #: virDomainBlockStats' names -> virsh domblkstat's.
 _VIRSH_NAMES = {"rd_operations": "rd_req", "rd_bytes": "rd_bytes", "wr_operations": "wr_req",
                 "wr_bytes": "wr_bytes", "flush_operations": "flush_operations",
@@ -54,6 +55,8 @@ def _domstats_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-total", action="store_true", help="CPU time of the whole QEMU process")
     parser.add_argument("--balloon", action="store_true", help="current and maximum memory, KiB")
     parser.add_argument("--vcpu", action="store_true", help="vCPUs: count, state and time of each")
+    parser.add_argument("--interface", action="store_true",
+                        help="NICs: traffic counters of each tap, seen from the guest (net.*)")
     parser.add_argument("--block", action="store_true", help="disks: I/O counters and sizes")
     parser.add_argument("--timeout", type=seconds, default=5.0, metavar="SECONDS",
                         help="how long each domain may take to answer (default 5)")

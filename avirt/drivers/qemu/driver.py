@@ -33,10 +33,12 @@ from avirt.drivers.base import (
     Driver,
     Records,
     assign_macs,
+    check_memory,
     find_record,
     overlay_path,
     wait_shut_off,
 )
+from avirt.drivers.devices import device_kind
 from avirt.drivers.qemu import firmware, migration, stats, tpm, vcpus, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.agentcalls import AgentCalls
@@ -46,6 +48,7 @@ from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.hotplug import Devices
 from avirt.drivers.qemu.migratecalls import MigrationCalls
 from avirt.drivers.qemu.netcalls import NetworkCalls
+from avirt.drivers.qemu.nichotplug import Nics
 from avirt.drivers.qemu.offlinejobs import OfflineJobs
 from avirt.drivers.qemu.process import QemuProcess
 from avirt.drivers.qemu.state import SOCKET_PATH_MAX, StateDir
@@ -114,6 +117,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
         self.images = ImageIndex(host, self.files.chains_path)
         self.offline_jobs = OfflineJobs(self)
         self.devices = Devices(self)
+        self.nics = Nics(self)
         #: The guests that take part in a migration now (as source or destination) -> its status.
         self.migrations: dict[str, migration.Watch] = {}
         # Bridges, taps and the descriptors handed to QEMU are this machine's: no networks over SSH (yet).
@@ -646,12 +650,18 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
     async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
         guest = self._find(name)
         async with guest.lock:
-            await self.devices.attach(guest, xml, live=live, config=config)
+            if device_kind(xml) == "interface":
+                await self.nics.attach(guest, xml, live=live, config=config)
+            else:
+                await self.devices.attach(guest, xml, live=live, config=config)
 
     async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
         guest = self._find(name)
         async with guest.lock:
-            await self.devices.detach(guest, xml, live=live, config=config, timeout=timeout)
+            if device_kind(xml) == "interface":
+                await self.nics.detach(guest, xml, live=live, config=config, timeout=timeout)
+            else:
+                await self.devices.detach(guest, xml, live=live, config=config, timeout=timeout)
 
     async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
                            live: bool, config: bool) -> None:
@@ -789,6 +799,25 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                 guest.live.metadata = changed.metadata
         self.bus.emit(MetadataChangeEvent, guest.name, guest.uuid, type="element", uri=uri)
 
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        """Live, QMP ``balloon``: QEMU asks the guest's balloon driver for the new size and returns at once;
+        the guest gets there in its own time (``BalloonChangeEvent``s, ``balloon.current``)."""
+        guest = self._find(name)
+        async with guest.lock:
+            to_live, to_config = check_memory(guest, kib, live=live, config=config)
+            if guest.live is not None and guest.live is guest.definition:
+                guest.live = copy.deepcopy(guest.live)  # from now on the two may differ
+            if to_live:
+                assert guest.live is not None
+                await self.monitor(guest).execute("balloon", {"value": kib * 1024})
+                guest.live.current_memory_kib = kib
+                await self.files.write_live(name, domain_to_xml(guest.live))
+            if to_config:
+                assert guest.definition is not None
+                changed = replace(guest.definition, current_memory_kib=kib)
+                await self.files.write_definition(name, domain_to_xml(changed))
+                guest.definition.current_memory_kib = kib
+
     # -- interfaces and networks ---------------------------------------------------------------------------
 
     async def set_link(self, name: str, interface: str, up: bool) -> None:
@@ -803,7 +832,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
             if index is None:
                 raise InvalidArgumentError(
                     f"domain '{name}' has no interface with MAC or device '{interface}'")
-            await self.monitor(guest).execute("set_link", {"name": f"net{index}", "up": up})
+            await self.monitor(guest).execute("set_link", {"name": guest.nic_ids[index], "up": up})
             cfg.interfaces[index].link_state = None if up else "down"
             await self.files.write_live(name, domain_to_xml(cfg))
 
@@ -909,7 +938,9 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                 watch.job_event(msg.get("event", ""), msg.get("data") or {})
         elif msg.get("event") == "DEVICE_DELETED" and not self._closing:
             data = msg.get("data") or {}  # a device of the command line (a vCPU) has its QOM path only
-            self.devices.device_deleted(guest, data.get("device") or data.get("path") or "")
+            device = data.get("device") or data.get("path") or ""
+            if not self.nics.device_deleted(guest, device):
+                self.devices.device_deleted(guest, device)
             if str(data.get("path", "")).endswith("/lapic"):  # a vCPU left (see vcpus.py)
                 self.tasks.start_soon(self._vcpus_changed, guest, name=f"vcpus-{guest.name}")
         elif msg.get("event") == "MIGRATION" and watch is not None:
@@ -1046,6 +1077,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
             return
         try:
             guest.nodes = await self.files.read_nodes(name)  # the names avirt gave (see state.py)
+            guest.nic_ids = await self.files.read_nics(name) or guest.nic_ids
             blocks = await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
             await self.devices.forget_unplugged(guest, blocks)
             await vcpus.reconcile(self, guest)  # vCPUs plugged in or out while nobody recorded it

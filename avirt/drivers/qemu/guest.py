@@ -80,7 +80,10 @@ class Guest(DomainRecord):
     #: One writer of jobs.json at a time, each writing the newest job table.
     jobs_lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
     process: QemuProcess | None = None
-    #: Disks whose detach waits for the guest: target -> set when QEMU says DEVICE_DELETED.
+    #: QEMU's id of each NIC of the live definition, in its order: ``net<i>`` from the start, the ids
+    #: of NICs plugged in later after them (mirrored in nics.json once it differs; see nichotplug.py).
+    nic_ids: list[str] = field(default_factory=list)
+    #: Disks (and NICs, by id) whose detach waits for the guest: set when QEMU says DEVICE_DELETED.
     detaching: dict[str, anyio.Event] = field(default_factory=dict)
     #: Serialises state-changing calls; queries never take it.
     lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))
@@ -147,6 +150,7 @@ class Guest(DomainRecord):
     def began(self, process: QemuProcess, live: DomainConfig, chains: dict[str, list[Layer]]) -> None:
         """A QEMU for this guest now exists (spawned or re-attached)."""
         self.process, self.live, self.chains = process, live, chains
+        self.nic_ids = [f"net{i}" for i in range(len(live.interfaces))]
         self.detaching = {}
         self.nodes = {layer.node: layer.path for layers in chains.values() for layer in layers}
         self.stopped = anyio.Event()

@@ -7,11 +7,14 @@ guests. Each call is one step into the manager; networks exist on the local host
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avirt.drivers.base import DomainRef
-from avirt.errors import UnsupportedError
+from avirt.drivers.qemu.guest import Guest
+from avirt.errors import OperationInvalidError, UnsupportedError
 from avirt.hosts.base import Host
+from avirt.models import InterfaceAddresses
+from avirt.networks import nicinfo
 from avirt.networks.manager import Networks
 from avirt.networks.model import DHCPLease
 
@@ -21,6 +24,9 @@ __all__ = ["NetworkCalls"]
 class NetworkCalls:
     host: Host
     networks: Networks | None
+
+    if TYPE_CHECKING:
+        def _find(self, name: str) -> Guest: ...
 
     def _networks(self) -> Networks:
         if self.networks is None:
@@ -60,3 +66,21 @@ class NetworkCalls:
 
     async def network_dhcp_leases(self, name: str) -> list[DHCPLease]:
         return await self._networks().leases(name)
+
+    # -- what the host knows of a guest's NICs (networks/nicinfo.py) -----------------------------------------
+
+    async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
+        guest = self._find(name)
+        cfg = guest.live
+        if cfg is None:
+            raise OperationInvalidError(f"domain '{name}' is not running")
+        if self.networks is None:
+            return []  # no taps on this host: no NIC has a lease or a neighbour entry avirt can name
+        nets = self.networks.nets
+        if source == "lease":
+            wanted = {nic.source_network for nic in cfg.interfaces if nic.type == "network"}
+            leases = {net: await self.networks.leases(net) for net in wanted if net in nets}
+            return nicinfo.by_lease(cfg.interfaces, leases)
+        bridges = {n: str(net.live.bridge) for n, net in nets.items()
+                   if net.live is not None and net.live.bridge is not None}
+        return nicinfo.by_neighbours(cfg.interfaces, await nicinfo.neighbours(self.host), bridges)

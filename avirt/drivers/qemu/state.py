@@ -13,6 +13,7 @@ Layout (see ``ARCHITECTURE.md``)::
         qemu.pid, qemu.log
         vcpu-left         there when this QEMU was asked to unplug a vCPU (TCG cannot take one back)
         jobs.json                 block jobs QEMU may be running, written before QEMU can finish them
+        nics.json                 QEMU's ids of the NICs, once a NIC was plugged in or out (nichotplug.py)
         nodes.json                every format node avirt may have open in this QEMU -> its file
 
     /tmp/avirt-<uid>/<hash>       a short link to run/<name>/, only while its socket paths would be too long
@@ -225,6 +226,16 @@ class StateDir:
 
     async def write_nodes(self, name: str, nodes: dict[str, str]) -> None:
         await self.host.write_atomic(os.path.join(self._run, name, "nodes.json"), json.dumps(nodes, indent=2),
+                                     durable=False)
+
+    async def read_nics(self, name: str) -> list[str] | None:
+        """QEMU's ids of the running guest's NICs, in the live definition's order (None: never changed
+        since the start, so ``net0``, ``net1``...; see ``nichotplug.py``)."""
+        text = await self.host.read_text(os.path.join(self._run, name, "nics.json"))
+        return [str(v) for v in json.loads(text)] if text else None
+
+    async def write_nics(self, name: str, ids: list[str]) -> None:
+        await self.host.write_atomic(os.path.join(self._run, name, "nics.json"), json.dumps(ids),
                                      durable=False)
 
     async def read_state(self, name: str) -> SavedState | None:

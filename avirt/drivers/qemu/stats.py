@@ -10,6 +10,9 @@ What each group costs one guest:
   balloon device reports its definition's memory;
 * ``vcpu``: ``query-cpus-fast`` once per QEMU for the vCPU threads' ids (they stay while it runs), then
   one ``/proc/<tid>/stat`` each;
+* ``interface``: nothing: one read of ``/proc/net/dev`` serves every guest's taps
+  (``networks/nicinfo.py``; NICs of ``type='user'`` have no tap and are not counted; ``net.N.rx.*`` is
+  what the guest received);
 * ``block``: ``query-blockstats`` (the counters) and ``query-block`` (sizes, the write threshold).
   Not ``query-named-block-nodes``: QEMU 7.2 crashes on it beside a concluded stream job not yet
   dismissed (see ``blockjobs.py``), and ``query-block`` names the same top nodes.
@@ -34,9 +37,11 @@ from typing import Any
 import anyio
 
 from avirt.drivers.qemu.guest import Guest
-from avirt.drivers.stats import UNRESPONSIVE, state_params
+from avirt.drivers.stats import UNRESPONSIVE, net_params, state_params
 from avirt.errors import HostError, QMPError
 from avirt.hosts.base import Host
+from avirt.networks import nicinfo
+from avirt.networks.nicinfo import guest_counters
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,13 @@ async def gather(host: Host, guests: list[Guest], groups: list[str], timeout: fl
     """
     asked: list[_Asked] = [_Asked() for _ in guests]
     limiter = anyio.CapacityLimiter(CONCURRENCY)
+    taps: dict[str, list[int]] | None = None
+    if "interface" in groups and any(g.active for g in guests):  # one read for every guest's taps
+        with anyio.move_on_after(timeout):
+            try:
+                taps = await nicinfo.tap_counters(host)
+            except HostError as e:
+                log.debug("interface statistics unavailable: %s", e)
 
     async def one(i: int, guest: Guest) -> None:
         async with limiter:
@@ -62,7 +74,7 @@ async def gather(host: Host, guests: list[Guest], groups: list[str], timeout: fl
         for i, guest in enumerate(guests):
             group.start_soon(one, i, guest)
     await _read_cpu_times(host, guests, asked, groups, timeout)
-    return [_params(guest, groups, a) for guest, a in zip(guests, asked, strict=True)]
+    return [_params(guest, groups, a, taps) for guest, a in zip(guests, asked, strict=True)]
 
 
 @dataclass
@@ -158,8 +170,10 @@ async def _read_cpu_times(host: Host, guests: list[Guest], asked: list[_Asked], 
             a.cpu = times[at + count]
 
 
-def _params(guest: Guest, groups: list[str], asked: _Asked) -> dict[str, Any]:
-    """One guest's parameters from what was gathered; a shut-off guest has only its state."""
+def _params(guest: Guest, groups: list[str], asked: _Asked,
+            taps: dict[str, list[int]] | None) -> dict[str, Any]:
+    """One guest's parameters from what was gathered; a shut-off guest has only its state. ``taps``: the
+    host's interface counters (``nicinfo.tap_counters``), read once for all guests; None: not available."""
     params: dict[str, Any] = state_params(guest.state, guest.reason) if "state" in groups else {}
     if not asked.running:
         return params
@@ -181,6 +195,16 @@ def _params(guest: Guest, groups: list[str], asked: _Asked) -> dict[str, Any]:
         for n, ns in enumerate(times):
             params[f"vcpu.{n}.state"] = 1  # VIR_VCPU_RUNNING: a thread QEMU lists is a vCPU online
             params[f"vcpu.{n}.time"] = ns
+    if "interface" in groups and taps is not None:
+        names = [nic.target_dev for nic in cfg.interfaces if nic.type != "user" and nic.target_dev]
+        params["net.count"] = len(names)
+        for n, tap in enumerate(names):
+            params.update(net_params(n, tap, guest_counters(taps.get(tap) or [0] * 16)))
+    if "interface" in groups and taps is not None:
+        names = [nic.target_dev for nic in cfg.interfaces if nic.type != "user" and nic.target_dev]
+        params["net.count"] = len(names)
+        for n, tap in enumerate(names):
+            params.update(net_params(n, tap, guest_counters(taps.get(tap) or [0] * 16)))
     if "query-blockstats" in answers and "query-block" in answers:
         params.update(_block_params(guest, answers["query-blockstats"], answers["query-block"]))
     return params

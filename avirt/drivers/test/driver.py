@@ -33,19 +33,31 @@ from avirt.drivers.base import (
     Driver,
     Records,
     assign_macs,
+    check_memory,
     find_record,
     wait_shut_off,
 )
-from avirt.drivers.devices import find_disk, new_controllers, with_disk, without_disk
+from avirt.drivers.devices import (
+    device_kind,
+    find_disk,
+    find_interface,
+    new_controllers,
+    with_disk,
+    with_interface,
+    with_mac,
+    without_disk,
+    without_interface,
+)
 from avirt.drivers.qemu.abi import MACHINE_ALIASES, stabilise
 from avirt.drivers.qemu.agentcalls import AGENT_CHANNEL, agent_channel
 from avirt.drivers.qemu.blockjobs import resolve_index
 from avirt.drivers.qemu.hotplug import check_pluggable, check_unpluggable
+from avirt.drivers.qemu.nichotplug import check_nic_pluggable
 from avirt.drivers.qemu.vcpus import with_vcpus
 from avirt.drivers.test import default
 from avirt.drivers.test.agent import SimAgent
 from avirt.drivers.test.disks import Disks
-from avirt.drivers.test.stats import domain_stats
+from avirt.drivers.test.stats import domain_stats, nic_name
 from avirt.errors import (
     AgentUnavailableError,
     DomainExistsError,
@@ -54,6 +66,7 @@ from avirt.errors import (
 )
 from avirt.events.bus import EventBus
 from avirt.events.model import (
+    BalloonChangeEvent,
     DeviceRemovedEvent,
     LifecycleEvent,
     LifecycleType,
@@ -63,7 +76,7 @@ from avirt.events.model import (
 )
 from avirt.events.translate import lifecycle_for
 from avirt.jobs import BlockJob
-from avirt.models import DomainInfo, DomainState, ImageInfo
+from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddress, InterfaceAddresses
 from avirt.tasks import TaskOwner
 
 S = DomainState
@@ -97,6 +110,7 @@ class TestDriver(Driver):
         self.bus = EventBus(self.tasks)
         self.disks = Disks(self)
         self._ids = itertools.count(1)
+        self._taps = itertools.count(0)
         self._announcing = True
 
     # -- connection --------------------------------------------------------------------------------------
@@ -198,6 +212,8 @@ class TestDriver(Driver):
     def _start(self, dom: SimDomain, cfg: DomainConfig, *, paused: bool) -> None:
         self.disks.check_startable(cfg)
         dom.live, dom.id, dom.started_at = copy.deepcopy(cfg), next(self._ids), anyio.current_time()
+        for nic in dom.live.interfaces:  # every simulated NIC has a tap, named as the kernel names them
+            nic.target_dev = nic.target_dev or f"vnet{next(self._taps)}"
         dom.run += 1
         dom.stopped = anyio.Event()
         dom.button_pressed = dom.reboot_pending = False
@@ -371,6 +387,9 @@ class TestDriver(Driver):
 
     async def attach_device(self, name: str, xml: str, *, live: bool, config: bool) -> None:
         dom = await self.find(name)
+        if device_kind(xml) == "interface":
+            await self._attach_interface(dom, xml, live=live, config=config)
+            return
         to_live, to_config = dom.affected(live=live, config=config)
         new_live = new_definition = None
         if to_live:
@@ -387,6 +406,9 @@ class TestDriver(Driver):
 
     async def detach_device(self, name: str, xml: str, *, live: bool, config: bool, timeout: float) -> None:
         dom = await self.find(name)
+        if device_kind(xml) == "interface":
+            await self._detach_interface(dom, xml, live=live, config=config)
+            return
         to_live, to_config = dom.affected(live=live, config=config)
         if to_live:
             assert dom.live is not None
@@ -410,6 +432,39 @@ class TestDriver(Driver):
         new_definition = with_vcpus(dom.definition, count) if to_config and dom.definition else None
         dom.live = new_live or dom.live
         dom.definition = new_definition or dom.definition
+
+    async def _attach_interface(self, dom: SimDomain, xml: str, *, live: bool, config: bool) -> None:
+        """A NIC joins as in the QEMU driver (same address rules and refusals); its simulated tap is
+        named as at start."""
+        to_live, to_config = dom.affected(live=live, config=config)
+        await anyio.lowlevel.checkpoint()
+        xml = with_mac(xml)
+        new_live = new_definition = None
+        if to_live:
+            assert dom.live is not None
+            new_live, nic = with_interface(dom.live, xml, MACHINE_ALIASES)
+            check_nic_pluggable(dom.name, nic, new_controllers(dom.live, new_live))
+            nic.target_dev = nic.target_dev or f"vnet{next(self._taps)}"
+        if to_config:
+            assert dom.definition is not None
+            new_definition, _ = with_interface(dom.definition, xml, MACHINE_ALIASES)
+        dom.live = new_live or dom.live
+        dom.definition = new_definition or dom.definition
+
+    async def _detach_interface(self, dom: SimDomain, xml: str, *, live: bool, config: bool) -> None:
+        to_live, to_config = dom.affected(live=live, config=config)
+        await anyio.lowlevel.checkpoint()
+        live_index = None
+        if to_live:
+            assert dom.live is not None
+            live_index = find_interface(dom.live, xml)
+        if to_config:
+            assert dom.definition is not None
+            dom.definition = without_interface(dom.definition, find_interface(dom.definition, xml))
+        if live_index is not None:
+            assert dom.live is not None
+            dom.live = without_interface(dom.live, live_index)  # a simulated guest always lets go
+            self.bus.emit(DeviceRemovedEvent, dom.name, dom.uuid, alias=f"net{live_index}")
 
     async def change_media(self, name: str, disk: str, source: str | None, *, format: str, force: bool,
                            live: bool, config: bool) -> None:
@@ -475,6 +530,30 @@ class TestDriver(Driver):
             return domain_to_xml(dom.config)
         return domain_to_xml(dom.live, live_id=dom.id, backing_chains=self.disks.live_chains(dom),
                              mirrors=self.disks.mirrors(dom))
+
+    async def set_memory(self, name: str, kib: int, *, live: bool, config: bool) -> None:
+        """The simulated balloon driver gets there at once, and says so (BalloonChangeEvent)."""
+        dom = await self.find(name)
+        to_live, to_config = check_memory(dom, kib, live=live, config=config)
+        if dom.live is not None and dom.live is dom.definition:
+            dom.live = copy.deepcopy(dom.live)
+        if to_config:
+            assert dom.definition is not None
+            dom.definition.current_memory_kib = kib
+        if to_live:
+            assert dom.live is not None
+            dom.live.current_memory_kib = kib
+            self.bus.emit(BalloonChangeEvent, dom.name, dom.uuid, actual_kib=kib)
+
+    async def interface_addresses(self, name: str, source: str) -> list[InterfaceAddresses]:
+        """Each simulated NIC with a MAC has one address in 192.168.122.0/24, libvirt's default network
+        (the same from both sources; the neighbour table knows no prefix)."""
+        dom = await self.find(name)
+        if dom.live is None:
+            raise OperationInvalidError(f"domain '{name}' is not running")
+        return [InterfaceAddresses(nic_name(nic, n), nic.mac.lower(), (
+                    InterfaceAddress("ipv4", f"192.168.122.{100 + n}", 24 if source == "lease" else 0),))
+                for n, nic in enumerate(dom.live.interfaces) if nic.mac]
 
     # -- metadata ----------------------------------------------------------------------------------------
 

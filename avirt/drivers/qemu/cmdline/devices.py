@@ -13,11 +13,11 @@ pick a host backend of its own.
 
 from __future__ import annotations
 
-from avirt.config.devices import Video
+from avirt.config.devices import Interface, Video
 from avirt.config.model import DomainConfig
 from avirt.drivers.qemu.cmdline.buses import pci_props, usb_bus
 
-__all__ = ["device_args", "display_args", "fs_socket", "tpm_socket"]
+__all__ = ["device_args", "display_args", "fs_socket", "nic_device", "tpm_socket"]
 
 _NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139"}
 _INPUTS = {("tablet", "usb"): "usb-tablet", ("mouse", "usb"): "usb-mouse", ("keyboard", "usb"): "usb-kbd",
@@ -34,6 +34,19 @@ def tpm_socket(run_dir: str) -> str:
 def fs_socket(run_dir: str, index: int) -> str:
     """The vhost-user socket between QEMU and the virtiofsd of the ``index``-th ``<filesystem>``."""
     return f"{run_dir}/fs{index}.sock"
+
+
+def nic_device(cfg: DomainConfig, nic: Interface, ident: str) -> dict[str, object]:
+    """The ``-device`` (or ``device_add``) of a NIC whose netdev and device are both named ``ident``."""
+    dev: dict[str, object] = {"driver": _NIC_MODELS[nic.model or "virtio"], "netdev": ident,
+                              "id": ident} | pci_props(cfg, nic.address)
+    if nic.mac:
+        dev["mac"] = nic.mac
+    if nic.boot_order is not None:
+        dev["bootindex"] = nic.boot_order
+    if nic.mtu is not None and (nic.model or "virtio") == "virtio":
+        dev["host_mtu"] = nic.mtu
+    return dev
 
 
 def device_args(cfg: DomainConfig, run_dir: str,
@@ -53,20 +66,12 @@ def device_args(cfg: DomainConfig, run_dir: str,
             if fd is None:
                 raise ValueError(f"interface {i} (type='{nic.type}') has no tap descriptor")
             argv += ["-netdev", f"tap,id=net{i},fd={fd}"]
-        dev: dict[str, object] = {"driver": _NIC_MODELS[nic.model or "virtio"], "netdev": f"net{i}",
-                                  "id": f"net{i}"} | pci_props(cfg, nic.address)
-        if nic.mac:
-            dev["mac"] = nic.mac
-        if nic.boot_order is not None:
-            dev["bootindex"] = nic.boot_order
-        if nic.mtu is not None and (nic.model or "virtio") == "virtio":
-            dev["host_mtu"] = nic.mtu
-        devices.append(dev)
+        devices.append(nic_device(cfg, nic, f"net{i}"))
     for i, inp in enumerate(cfg.inputs):
         bus = inp.bus or ("usb" if inp.type == "tablet" else "ps2")
         if bus == "ps2":
             continue  # the machine's i8042
-        dev = {"driver": _INPUTS[(inp.type, bus)], "id": f"input{i}"}
+        dev: dict[str, object] = {"driver": _INPUTS[(inp.type, bus)], "id": f"input{i}"}
         dev |= usb_bus(inp.address, cfg.controllers) if bus == "usb" else pci_props(cfg, inp.address)
         devices.append(dev)
     for i, video in enumerate(cfg.videos):
