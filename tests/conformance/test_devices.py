@@ -102,8 +102,8 @@ async def test_attach_and_detach_on_a_shut_off_domain_change_the_definition(worl
     assert targets(await dom.xml(inactive=True)) == []
     with pytest.raises(OperationInvalidError, match="no disk sdz"):
         await dom.detach_device("<disk><target dev='sdz'/></disk>", live=False, config=True)
-    with pytest.raises(UnsupportedError):
-        await dom.attach_device("<interface type='user'/>", config=True)
+    with pytest.raises(UnsupportedError, match="<disk> and <interface> devices only"):
+        await dom.attach_device("<sound model='ich9'/>", config=True)
     with pytest.raises(InvalidXMLError):
         await dom.attach_device("<disk>", config=True)
     with pytest.raises(InvalidArgumentError):

@@ -107,8 +107,8 @@ async def _unplug(driver: DeviceHost, guest: Guest, slot: dict[str, Any], timeou
 
 async def reconcile(driver: DeviceHost, guest: Guest) -> None:
     """The live definition's vCPU count made QEMU's (after a change, or when a controller re-attaches)."""
-    if guest.live is None:
-        return
+    if guest.live is None or guest.live.vcpus == 1:
+        return  # one slot, always filled: nothing to ask
     online = len(await driver.monitor(guest).execute("query-cpus-fast"))
     live = with_vcpus(guest.live, min(max(online, 1), guest.live.vcpus))
     if live.vcpus_current != guest.live.vcpus_current:
