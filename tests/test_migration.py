@@ -172,6 +172,50 @@ async def test_a_cancelled_migration_leaves_the_guest_running_at_the_source(
     assert list((two_dirs[1] / "run").glob("*")) == []  # nothing of the destination's QEMU is left
 
 
+async def test_a_migration_cancelled_before_it_sends_or_after_it_ended(
+        pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
+    source, dest = pair
+    dom = await source.define_xml(xml("early"))
+    await dom.start()
+    job = await dom.migrate(dest)
+    assert job.phase in ("begin", "prepare")  # the job's task has not reached perform yet
+    await job.cancel()
+    with pytest.raises(MigrationError, match="cancelled"):
+        await job
+    assert (await dom.state())[0] is DomainState.RUNNING
+    assert await dest.list_domains() == []
+    assert list((two_dirs[1] / "run").glob("*")) == []  # the destination QEMU prepared for it is gone
+    done = await dom.migrate(dest)
+    moved = await done
+    with pytest.raises(OperationInvalidError, match="too late to cancel"):
+        await done.cancel()
+    assert (await moved.state())[0] is DomainState.RUNNING
+
+
+async def test_a_destination_qemu_killed_mid_migration_leaves_the_guest_running_at_the_source(
+        pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
+    source, dest = pair
+    dom = await source.define_xml(xml("victim"))
+    await dom.start()
+    job = await dom.migrate(dest, bandwidth=32 * 1024)  # seconds at this rate: time to pull the plug
+    async for progress in job.progress():
+        if progress.status == "active" and progress.ram_transferred > 0:
+            pid = int((two_dirs[1] / "run/victim/qemu.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            break
+    with pytest.raises(MigrationError):
+        await job
+    assert (await dom.state())[0] is DomainState.RUNNING
+    assert (await dom.qemu_monitor_command("query-status"))["status"] == "running"
+    assert await dest.list_domains() == []
+    with anyio.fail_after(30):
+        while list((two_dirs[1] / "run").glob("*")):  # noqa: ASYNC110 (the dead QEMU's run directory goes)
+            await anyio.sleep(0.05)
+    again = await dom.migrate(dest)  # and the guest can still move
+    moved = await again
+    assert (await moved.state())[0] is DomainState.RUNNING
+
+
 def test_the_command_moves_a_domain_with_virsh_s_flags(
         two_dirs: tuple[Path, Path], xml: XMLFactory, tmp_path: Path) -> None:
     source, dest = CLI(two_dirs[0]), CLI(two_dirs[1])
