@@ -28,6 +28,11 @@ the top layer onto the same backing chain with "inc"), waits until every mirror 
 memory; QEMU pauses before the switch-over, the mirrors write what is left and end, and only then does
 the guest move.
 
+**Memory.** Precopy, as QEMU does it by default: memory is sent while the guest runs, again for what it
+dirtied meanwhile, until what is left fits ``max_downtime``. ``auto_converge`` throttles a guest that
+dirties faster than the stream carries, ``compressed`` sends changed pages as XBZRLE deltas, ``parallel``
+uses that many connections (multifd); see :func:`tuning`.
+
 What this version does not do yet: connections to other hosts (the streams go through unix sockets of
 the destination's run directory), postcopy.
 """
@@ -110,20 +115,20 @@ class MigrationJob:
     # -- the phases ------------------------------------------------------------------------------------
 
     async def run(self, plan: _Plan, *, bandwidth: int | None, max_downtime: int | None,
-                  undefine_source: bool) -> None:
+                  undefine_source: bool, tuning: dict[str, Any] | None) -> None:
         dest = self._dest._driver
         try:
             self.phase = "prepare"
             uri, nbd = await dest.migrate_prepare(plan.live_xml, source=self._source.location(),
                                                   resume=plan.running, persistent_xml=plan.kept_xml,
-                                                  copies=plan.copies or None)
+                                                  copies=plan.copies or None, tuning=tuning)
             try:
                 self.phase = "perform"
                 if self._cancelled:
                     raise MigrationError("the migration was cancelled")
                 self.stats = await self._source.migrate_perform(
                     self.name, uri, dest=dest.location(), bandwidth=bandwidth, max_downtime=max_downtime,
-                    nbd=nbd, copies={c["target"]: c["sync"] for c in plan.copies} or None)
+                    nbd=nbd, copies={c["target"]: c["sync"] for c in plan.copies} or None, tuning=tuning)
                 self.phase = "finish"
                 await dest.migrate_finish(self.name, ok=True, resume=plan.running,
                                           persistent_xml=plan.kept_xml)
@@ -180,6 +185,21 @@ def _plan(begun: tuple[str, str | None, bool, list[dict[str, Any]]], *, persist:
     return _Plan(_retarget(live_xml, paths), kept and _retarget(kept, paths), running, copies)
 
 
+def tuning(*, auto_converge: bool, compressed: bool, parallel: int | None) -> dict[str, Any] | None:
+    """QEMU's migration capabilities and parameters for these options (None: QEMU's defaults).
+
+    ``auto_converge`` slows the guest's vCPUs while it dirties memory faster than the stream carries
+    it (the source's business); ``compressed`` sends pages that changed as XBZRLE deltas against a
+    cache of what was sent; ``parallel`` sends memory over that many connections at once (multifd,
+    which the destination must expect too)."""
+    capabilities = [name for name, on in (("auto-converge", auto_converge), ("xbzrle", compressed),
+                                          ("multifd", parallel is not None)) if on]
+    if not capabilities:
+        return None
+    return {"capabilities": capabilities,
+            "parameters": {"multifd-channels": parallel} if parallel is not None else {}}
+
+
 def _retarget(xml: str, paths: dict[str, str]) -> str:
     """``xml`` with each copied disk's image at its destination path."""
     cfg = parse_domain_xml(xml)
@@ -191,7 +211,8 @@ def _retarget(xml: str, paths: dict[str, str]) -> str:
 
 async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool, copy_storage: str | None,
                 storage_paths: dict[str, str] | None, bandwidth: int | None, max_downtime: int | None,
-                persist: bool, undefine_source: bool) -> MigrationJob:
+                persist: bool, undefine_source: bool, auto_converge: bool = False, compressed: bool = False,
+                parallel: int | None = None) -> MigrationJob:
     """Check the arguments, run begin (its refusals raise here), and leave the rest to a job."""
     if not live:
         raise InvalidArgumentError("only live migration is supported (live=True)")
@@ -202,6 +223,9 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
     for value, what in ((bandwidth, "bandwidth"), (max_downtime, "max_downtime")):
         if value is not None and value <= 0:
             raise InvalidArgumentError(f"{what} must be positive")
+    if parallel is not None and not 1 <= parallel <= 255:
+        raise InvalidArgumentError(f"parallel is 1 to 255 connections, not {parallel}")
+    options = tuning(auto_converge=auto_converge, compressed=compressed, parallel=parallel)
     if dest._driver is source:
         raise InvalidArgumentError("the destination is the domain's own connection")
     for side in (source, dest._driver):
@@ -214,7 +238,8 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
                  storage_paths=dict(storage_paths or {}))
 
     async def run() -> None:
-        await job.run(plan, bandwidth=bandwidth, max_downtime=max_downtime, undefine_source=undefine_source)
+        await job.run(plan, bandwidth=bandwidth, max_downtime=max_downtime, undefine_source=undefine_source,
+                      tuning=options)
 
     source.start_task(run, name=f"migrate-{domain.name}")
     return job

@@ -172,6 +172,31 @@ async def test_a_cancelled_migration_leaves_the_guest_running_at_the_source(
     assert list((two_dirs[1] / "run").glob("*")) == []  # nothing of the destination's QEMU is left
 
 
+async def test_auto_converge_compression_and_parallel_connections_reach_qemu(
+        pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
+    source, dest = pair
+    dom = await source.define_xml(xml("tuned"))
+    await dom.start()
+    with pytest.raises(InvalidArgumentError, match="1 to 255"):
+        await dom.migrate(dest, parallel=0)
+    job = await dom.migrate(dest, bandwidth=64 * 1024, auto_converge=True, compressed=True, parallel=2)
+    async for progress in job.progress():
+        if progress.status == "active":
+            caps = {c["capability"]: c["state"]
+                    for c in await dom.qemu_monitor_command("query-migrate-capabilities")}
+            assert caps["auto-converge"] and caps["xbzrle"] and caps["multifd"]
+            params = await dom.qemu_monitor_command("query-migrate-parameters")
+            assert params["multifd-channels"] == 2
+            arriving = await (await dest.lookup("tuned")).qemu_monitor_command("query-migrate-capabilities")
+            assert {c["capability"]: c["state"] for c in arriving}["multifd"]  # it expects the connections
+            await job.cancel()  # what was to be seen is seen; a slow stream need not run to its end
+            break
+    with pytest.raises(MigrationError, match="cancelled"):
+        await job
+    moved = await (await dom.migrate(dest, parallel=4, compressed=True))  # unthrottled: to the end
+    assert (await moved.state())[0] is DomainState.RUNNING
+
+
 async def test_a_migration_cancelled_before_it_sends_or_after_it_ended(
         pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
     source, dest = pair

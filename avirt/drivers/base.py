@@ -357,14 +357,17 @@ class Driver(ABC):
         raise OperationInvalidError(f"{type(self).__name__} takes no part in migrations")
 
     async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
-                              copies: list[dict[str, Any]] | None = None) -> tuple[str, str | None]:
+                              copies: list[dict[str, Any]] | None = None,
+                              tuning: dict[str, Any] | None = None) -> tuple[str, str | None]:
         """Destination: a QEMU waiting for the guest; the URI the source sends it to, and the NBD socket
-        of the storage ``copies``' new images (None without)."""
+        of the storage ``copies``' new images (None without). ``tuning``: QEMU's migration capabilities
+        and parameters both sides need (:func:`avirt.migration.tuning`)."""
         raise OperationInvalidError("migration into this connection is not supported")
 
     async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
                               max_downtime: int | None, nbd: str | None = None,
-                              copies: dict[str, str] | None = None) -> MigrationProgress:
+                              copies: dict[str, str] | None = None,
+                              tuning: dict[str, Any] | None = None) -> MigrationProgress:
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
     async def migrate_progress(self, name: str) -> MigrationProgress:

@@ -358,17 +358,21 @@ class ClientDriver(Driver):
         return self.state_dir
 
     async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
-                              copies: list[dict[str, Any]] | None = None) -> tuple[str, str | None]:
+                              copies: list[dict[str, Any]] | None = None,
+                              tuning: dict[str, Any] | None = None) -> tuple[str, str | None]:
+        extra = {"tuning": tuning} if tuning else {}  # only when used: a holder without it still serves
         uri, nbd = await self._call("migrate_prepare", xml=_sendable(xml), source=source, resume=resume,
-                                    persistent_xml=persistent_xml, copies=copies)
+                                    persistent_xml=persistent_xml, copies=copies, **extra)
         return str(uri), None if nbd is None else str(nbd)
 
     async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
                               max_downtime: int | None, nbd: str | None = None,
-                              copies: dict[str, str] | None = None) -> MigrationProgress:
+                              copies: dict[str, str] | None = None,
+                              tuning: dict[str, Any] | None = None) -> MigrationProgress:
+        extra = {"tuning": tuning} if tuning else {}
         result: MigrationProgress = wire.info_from(MigrationProgress, await self._call(
             "migrate_perform", name=name, uri=uri, dest=dest, bandwidth=bandwidth, max_downtime=max_downtime,
-            nbd=nbd, copies=copies))
+            nbd=nbd, copies=copies, **extra))
         return result
 
     async def migrate_progress(self, name: str) -> MigrationProgress:

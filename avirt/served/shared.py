@@ -308,15 +308,19 @@ class SharedDriver(Driver):
         return self.state_dir
 
     async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
-                              copies: list[dict[str, Any]] | None = None) -> tuple[str, str | None]:
+                              copies: list[dict[str, Any]] | None = None,
+                              tuning: dict[str, Any] | None = None) -> tuple[str, str | None]:
         return await (await self._driver()).migrate_prepare(xml, source=source, resume=resume,
-                                                            persistent_xml=persistent_xml, copies=copies)
+                                                            persistent_xml=persistent_xml, copies=copies,
+                                                            tuning=tuning)
 
     async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
                               max_downtime: int | None, nbd: str | None = None,
-                              copies: dict[str, str] | None = None) -> MigrationProgress:
+                              copies: dict[str, str] | None = None,
+                              tuning: dict[str, Any] | None = None) -> MigrationProgress:
         return await (await self._driver()).migrate_perform(name, uri, dest=dest, bandwidth=bandwidth,
-                                                            max_downtime=max_downtime, nbd=nbd, copies=copies)
+                                                            max_downtime=max_downtime, nbd=nbd, copies=copies,
+                                                            tuning=tuning)
 
     async def migrate_progress(self, name: str) -> MigrationProgress:
         return await (await self._driver()).migrate_progress(name)

@@ -39,7 +39,9 @@ async def _migrate(ctx: Context, args: argparse.Namespace) -> None:
         job = await dom.migrate(dest, copy_storage=copy, storage_paths=dict(args.storage_path) or None,
                                 bandwidth=args.bandwidth and args.bandwidth * 2**20,
                                 max_downtime=args.max_downtime, persist=args.persistent,
-                                undefine_source=args.undefinesource)
+                                undefine_source=args.undefinesource, auto_converge=args.auto_converge,
+                                compressed=args.compressed,
+                                parallel=args.parallel_connections if args.parallel else None)
         async with anyio.create_task_group() as group:
             if args.verbose:
                 group.start_soon(_draw_progress, ctx, job)
@@ -75,6 +77,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                       help="copy only each disk's top layer, onto the same backing chain")
     parser.add_argument("--storage-path", type=_disk_path, action="append", default=[], metavar="DISK=PATH",
                         help="the destination's image of DISK in a storage copy (repeatable)")
+    parser.add_argument("--auto-converge", action="store_true",
+                        help="throttle a guest that dirties memory faster than it is sent")
+    parser.add_argument("--compressed", action="store_true", help="send changed pages as XBZRLE deltas")
+    parser.add_argument("--parallel", action="store_true", help="send memory over several connections")
+    parser.add_argument("--parallel-connections", type=_positive, default=2, metavar="N",
+                        help="how many, with --parallel (default 2)")
     parser.add_argument("--verbose", action="store_true", help="show the progress")
 
 

@@ -130,7 +130,8 @@ class MigrationCalls:
         return disks
 
     async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
-                              copies: list[dict[str, Any]] | None = None) -> tuple[str, str | None]:
+                              copies: list[dict[str, Any]] | None = None,
+                              tuning: dict[str, Any] | None = None) -> tuple[str, str | None]:
         """Destination: QEMU started for the incoming guest, listening; the URI to send it to, and with
         storage ``copies`` (``_copyable``'s entries with this side's paths and a ``sync``) the NBD socket
         its new images are exported on. ``source``: the source's state directory, whose record says who
@@ -165,7 +166,8 @@ class MigrationCalls:
                         "role": "destination", "source": source, "resume": resume,
                         "persistent_xml": persistent_xml, "created": created})
                     sockets = await self.files.socket_dir(cfg.name)
-                    uri = await migration.listen(self.monitor(guest), os.path.join(sockets, "migrate.sock"))
+                    uri = await migration.listen(self.monitor(guest), os.path.join(sockets, "migrate.sock"),
+                                                 tuning)
                     if copies:
                         nbd = os.path.join(sockets, "nbd.sock")
                         await migration.export_disks(self.monitor(guest), nbd, {
@@ -188,7 +190,8 @@ class MigrationCalls:
 
     async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
                               max_downtime: int | None, nbd: str | None = None,
-                              copies: dict[str, str] | None = None) -> MigrationProgress:
+                              copies: dict[str, str] | None = None,
+                              tuning: dict[str, Any] | None = None) -> MigrationProgress:
         """Source: send the guest; once QEMU has sent it all (the source is then paused), commit and
         return QEMU's figures. ``dest``: the destination's state directory; ``copies`` (disk target ->
         "full" or "top"): the disks mirrored first into the destination's exports at ``nbd``."""
@@ -207,7 +210,7 @@ class MigrationCalls:
                         target: (guest.chains[target][-1].node, sync) for target, sync in copies.items()},
                         bandwidth)
                 stats = await migration.send(monitor, watch, uri, bandwidth=bandwidth,
-                                             max_downtime=max_downtime)
+                                             max_downtime=max_downtime, tuning=tuning)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self.files.write_migration(name, {**record, "phase": "aborted"})

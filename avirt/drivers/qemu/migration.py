@@ -108,11 +108,20 @@ async def _enable_events(monitor: Monitor, *extra: str) -> None:
     await monitor.execute("migrate-set-capabilities", {"capabilities": capabilities})
 
 
-async def listen(monitor: Monitor, socket_path: str) -> str:
+#: The capabilities the destination must have on too (the others are the sender's business).
+BOTH_SIDES = frozenset({"multifd"})
+
+
+async def listen(monitor: Monitor, socket_path: str, tuning: dict[str, Any] | None = None) -> str:
     """Destination: listen for the migration stream; the URI the source sends it to. The images stay
     inactive (not locked) until the guest runs here (late-block-activate), so that a source whose
-    migration is undone, even after the last byte, can take them back."""
-    await _enable_events(monitor, "late-block-activate")
+    migration is undone, even after the last byte, can take them back. ``tuning``: the capabilities and
+    parameters of :func:`avirt.migration.tuning`; this side takes those both sides need."""
+    tuning = tuning or {}
+    both = [name for name in tuning.get("capabilities", ()) if name in BOTH_SIDES]
+    await _enable_events(monitor, "late-block-activate", *both)
+    if both and tuning.get("parameters"):
+        await monitor.execute("migrate-set-parameters", dict(tuning["parameters"]))
     uri = f"unix:{socket_path}"
     await monitor.execute("migrate-incoming", {"uri": uri})
     return uri
@@ -164,15 +173,17 @@ async def drop_mirrors(monitor: Monitor, watch: Watch) -> None:
 
 
 async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | None,
-               max_downtime: int | None) -> MigrationProgress:
+               max_downtime: int | None, tuning: dict[str, Any] | None = None) -> MigrationProgress:
     """Source: migrate to ``uri`` and return QEMU's final figures once it is done; MigrationError if it
     failed or was cancelled (the source then runs on as before: QEMU resumes it by itself).
 
     With storage mirrors running, QEMU stops before the switch-over (``pause-before-switchover``) with
     the guest paused: the mirrors are then completed without a pivot (``block-job-cancel`` of a READY
     mirror writes what is left and ends), and only then does QEMU hand the guest over."""
-    await _enable_events(monitor, *(["pause-before-switchover"] if watch.mirrors else []))
-    parameters: dict[str, Any] = {"max-bandwidth": bandwidth or UNLIMITED}
+    tuning = tuning or {}
+    await _enable_events(monitor, *(["pause-before-switchover"] if watch.mirrors else []),
+                         *tuning.get("capabilities", ()))
+    parameters: dict[str, Any] = {"max-bandwidth": bandwidth or UNLIMITED, **tuning.get("parameters", {})}
     if max_downtime is not None:
         parameters["downtime-limit"] = max_downtime
     await monitor.execute("migrate-set-parameters", parameters)
