@@ -892,6 +892,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                 guest.process = resumed
                 if resumed.monitor.connected:
                     await self.devices.forget_unplugged(guest, await self.jobs.refresh_chains(guest))
+                    await self.nics.forget_unplugged(guest)
                     await self.jobs.resync(guest)
                     status = await resumed.monitor.execute("query-status")
                     state, reason = STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown"))
@@ -1080,6 +1081,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
             guest.nic_ids = await self.files.read_nics(name) or guest.nic_ids
             blocks = await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
             await self.devices.forget_unplugged(guest, blocks)
+            await self.nics.forget_unplugged(guest)  # NICs, likewise
             await vcpus.reconcile(self, guest)  # vCPUs plugged in or out while nobody recorded it
             await self.jobs.reattach(guest)
             status = await process.monitor.execute("query-status")
