@@ -129,6 +129,14 @@ async def test_ping_and_what_the_guest_reports(booted: Booted) -> None:
     assert nics["eth0"].hardware_address == MAC
     assert [(a.type, a.address, a.prefix) for a in nics["eth0"].addresses if a.type == "ipv4"] == \
         [("ipv4", "10.0.2.15", 24)]
+    # The same through interface_addresses(source='agent'), in the host sources' types: the guest's names,
+    # and an old-style alias (eth0:1, reported by qemu-ga as an interface of its own) under its parent.
+    await sh(dom, "ip addr add 10.0.2.16/24 dev eth0 label eth0:1")
+    assert "eth0:1" in {nic.name for nic in await dom.agent.network_interfaces()}
+    found = {nic.name: nic for nic in await dom.interface_addresses(source="agent")}
+    assert "eth0:1" not in found and found["eth0"].hwaddr == MAC
+    assert {a for a in found["eth0"].addrs if a.type == "ipv4"} == {
+        avirt.InterfaceAddress("ipv4", "10.0.2.15", 24), avirt.InterfaceAddress("ipv4", "10.0.2.16", 24)}
     # The clock: set to a known second, read back at or after it (and not hours later). qemu-ga writes
     # it to the hardware clock too, so the guest's time from its RTC (None) is after it as well.
     second = 2_000_000_000
@@ -293,6 +301,8 @@ async def test_another_program_reaches_the_agent_through_the_controller(booted: 
         dom = await client.lookup("agentguest")
         await dom.agent.ping()
         assert (await dom.agent.os_info()).id == "avirt-test-guest"
+        found = {nic.hwaddr: nic for nic in await dom.interface_addresses(source="agent")}
+        assert found[MAC].name == "eth0" and found[MAC].addrs  # the same answer, over the wire
         result = await dom.agent.exec(["/bin/echo", "through", "the", "controller"])
         assert (result.exit_code, result.stdout) == (0, b"through the controller\n")
         with pytest.raises(AgentCommandError) as unknown:  # the agent's error, typed on the client too
@@ -347,6 +357,11 @@ async def test_cli_commands(booted: Booted) -> None:
     assert (status.returncode, status.stdout) == (0, b'{"return":"frozen"}\n'), status.stderr
     thawed = await run_cli(booted, "domfsthaw", "agentguest")
     assert (thawed.returncode, thawed.stdout) == (0, b"Thawed 1 filesystem(s)\n"), thawed.stderr
+    addrs = await run_cli(booted, "domifaddr", "agentguest", "--source", "agent", "--interface", "eth0")
+    assert addrs.returncode == 0, addrs.stderr
+    rows = [line.split() for line in addrs.stdout.decode().splitlines()[2:]]
+    assert rows[0][:2] == ["eth0", MAC] and all(row[0] in ("eth0", "-") for row in rows), rows
+    assert any(row[2] == "ipv4" and row[3].endswith("/24") for row in rows), rows
     bad = await run_cli(booted, "qemu-agent-command", "agentguest", "{oops")
     assert bad.returncode == 1 and bad.stderr.decode().startswith("error: ")
     assert b"Traceback" not in bad.stderr
@@ -429,7 +444,8 @@ async def test_the_test_driver_has_a_plausible_agent() -> None:
         dom = await conn.define_xml(f"""<domain type='kvm'><name>withagent</name><memory>65536</memory>
           <os><type>hvm</type></os><devices>
           <disk type='file' device='disk'><source file='/images/withagent.qcow2'/><driver type='qcow2'/>
-            <target dev='vda' bus='virtio'/></disk>{AGENT_CHANNEL}</devices></domain>""")
+            <target dev='vda' bus='virtio'/></disk>{AGENT_CHANNEL}
+          <interface type='user'><mac address='{MAC}'/></interface></devices></domain>""")
         with pytest.raises(OperationInvalidError):
             await dom.agent.ping()
         await dom.start()
@@ -445,6 +461,9 @@ async def test_the_test_driver_has_a_plausible_agent() -> None:
         with pytest.raises(AgentCommandError, match="frozen"):
             await dom.agent.exec(["true"])
         assert await dom.agent.fsthaw() == 1
+        nics = await dom.interface_addresses(source="agent")  # the agent's made-up interfaces, typed
+        assert [(n.name, n.hwaddr) for n in nics] == [("lo", "00:00:00:00:00:00"), ("eth0", MAC)]
+        assert nics[1].addrs == (avirt.InterfaceAddress("ipv4", "192.168.122.10", 24),)
         overlays = await dom.snapshot_disks("q", quiesce=True)
         assert overlays == {"vda": "/images/withagent.q.qcow2"}
         assert await dom.agent.fsfreeze_status() == "thawed"
