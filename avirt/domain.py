@@ -293,10 +293,11 @@ class Domain:
     async def set_block_threshold(self, dev: str, threshold: int) -> None:
         """Be told once when the guest writes past ``threshold`` bytes of a disk layer
         (virDomainSetBlockThreshold): ``dev`` is ``vda`` for the disk's top layer or ``vda[N]`` for the
-        N-th layer below it. The first write that ends past the threshold emits one
-        :class:`~avirt.events.BlockThresholdEvent`, and the threshold is then gone (QEMU disarms it), as
-        libvirt documents; 0 disarms it now. Statistics show it as ``block.N.threshold`` (top layers).
-        The domain must be running (or paused)."""
+        N-th layer below it; while a block copy runs on the disk, ``vda[N]`` with N the chain's length
+        (the live XML's ``<mirror index>``) is the copy's destination. The first write that ends past
+        the threshold emits one :class:`~avirt.events.BlockThresholdEvent`, and the threshold is then
+        gone (QEMU disarms it), as libvirt documents; 0 disarms it now. Statistics show it as
+        ``block.N.threshold`` (top layers). The domain must be running (or paused)."""
         if threshold < 0:
             raise InvalidArgumentError("threshold must be >= 0 bytes")
         await self._driver.set_block_threshold(self.name, dev, threshold)

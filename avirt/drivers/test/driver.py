@@ -497,8 +497,8 @@ class TestDriver(Driver):
         if not dom.active:
             raise OperationInvalidError(f"domain '{name}' is not running")
         target = dev.partition("[")[0]
-        chain = self.disks.chain(dom, target)
-        depth = resolve_index([image.path for image in chain], target, dev if "[" in dev else None, 0)
+        paths = self.disks.threshold_paths(dom, target)
+        depth = resolve_index(paths, target, dev if "[" in dev else None, 0)
         key = target if depth == 0 else f"{target}[{depth}]"
         dom.thresholds[key] = threshold  # never crossed: nothing writes here
 
