@@ -11,6 +11,7 @@ The test driver's made-up agent is checked at the end against the same calls.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ import anyio
 import pytest
 
 import avirt
-from avirt import Connection, Domain, DomainState
+from avirt import AgentReason, AgentState, Connection, Domain, DomainState
 from avirt.errors import (
     AgentCommandError,
     AgentTimeoutError,
@@ -31,6 +32,7 @@ from avirt.errors import (
     OperationInvalidError,
     OperationTimeoutError,
 )
+from tests.events_help import read_until
 from tests.guest import BASE_CMDLINE, GuestImages
 from tests.sshd import SSHServer
 from tests.test_cli import CLI, clean_env
@@ -274,8 +276,20 @@ async def test_an_agent_that_does_not_answer_times_out_and_its_stale_answers_are
 
 
 async def test_an_agent_that_is_not_running_is_unavailable_at_once_and_comes_back(booted: Booted) -> None:
-    dom = booted.dom
     restarts = booted.serial.read_text().count("avirt-guest: qga restart")
+    async with contextlib.AsyncExitStack() as stack:
+        # Another program watches the agent come and go: the events cross the served protocol.
+        client = await stack.enter_async_context(avirt.connect("qemu:///session", state_dir=booted.state_dir))
+        stream = await stack.enter_async_context(client.events(kinds={avirt.EventKind.AGENT_LIFECYCLE},
+                                                               domain="agentguest"))
+        await _agent_goes_and_comes_back(booted, restarts)
+        seen = await read_until(stream, lambda e: getattr(e, "state", None) is AgentState.CONNECTED)
+    assert [(e.state, e.reason) for e in seen if isinstance(e, avirt.AgentLifecycleEvent)] == [
+        (AgentState.DISCONNECTED, AgentReason.CHANNEL), (AgentState.CONNECTED, AgentReason.CHANNEL)]
+
+
+async def _agent_goes_and_comes_back(booted: Booted, restarts: int) -> None:
+    dom = booted.dom
     # qemu-ga is killed in the guest and started again by /init's loop 5 s later.
     await sh(dom, "echo 5 >/run/qga-pause && (sleep 0.2; kill $(pidof qemu-ga)) "
                   "</dev/null >/dev/null 2>&1 &")
@@ -410,6 +424,24 @@ async def test_without_the_channel_the_agent_is_unavailable(booted: Booted, tmp_
         await dom.undefine()
 
 
+async def test_a_started_domain_with_the_channel_has_no_agent_yet(booted: Booted, xml: XMLFactory) -> None:
+    """libvirt's DISCONNECTED with reason DOMAIN_STARTED, after the lifecycle's STARTED."""
+    kinds = {avirt.EventKind.AGENT_LIFECYCLE, avirt.EventKind.LIFECYCLE}
+    async with booted.conn.events(kinds=kinds) as stream:
+        dom = await booted.conn.define_xml(xml("agentstart", extra_devices=AGENT_CHANNEL))
+        await dom.start(paused=True)
+        seen = await read_until(stream, lambda e: isinstance(e, avirt.AgentLifecycleEvent))
+    try:
+        assert [type(e).__name__ for e in seen] == ["LifecycleEvent", "LifecycleEvent", "LifecycleEvent",
+                                                    "AgentLifecycleEvent"], seen  # defined, started, paused
+        agent = seen[-1]
+        assert isinstance(agent, avirt.AgentLifecycleEvent) and agent.domain == "agentstart"
+        assert (agent.state, agent.reason) == (AgentState.DISCONNECTED, AgentReason.DOMAIN_STARTED)
+    finally:
+        await dom.destroy()
+        await dom.undefine()
+
+
 async def test_a_reboot_through_the_agent_then_the_new_agent_answers(booted: Booted) -> None:
     dom = booted.dom
     readies = booted.serial.read_text().count("avirt-guest: ready")
@@ -448,7 +480,12 @@ async def test_the_test_driver_has_a_plausible_agent() -> None:
           <interface type='user'><mac address='{MAC}'/></interface></devices></domain>""")
         with pytest.raises(OperationInvalidError):
             await dom.agent.ping()
-        await dom.start()
+        async with conn.events(kinds={avirt.EventKind.AGENT_LIFECYCLE}) as stream:
+            await dom.start()
+            seen = await read_until(stream, lambda e: getattr(e, "state", None) is AgentState.CONNECTED)
+        assert [(e.domain, e.state, e.reason) for e in seen if isinstance(e, avirt.AgentLifecycleEvent)] == [
+            ("withagent", AgentState.DISCONNECTED, AgentReason.DOMAIN_STARTED),
+            ("withagent", AgentState.CONNECTED, AgentReason.CHANNEL)]
         await dom.agent.ping()
         assert (await dom.agent.os_info()).kernel_release
         assert await dom.agent.host_name() == "withagent"

@@ -363,6 +363,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
         if paused:
             self._announce(guest, LifecycleType.STARTED, "booted")
             self._announce(guest, LifecycleType.SUSPENDED, "paused")
+            self.agent_started(guest)
             return
         guest.resume_reason = "booted"  # the RESUME that cont causes
         try:
@@ -373,6 +374,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
         finally:
             guest.resume_reason = None
         guest.set_state(DomainState.RUNNING, "booted")
+        self.agent_started(guest)
 
     async def _find_taps(self) -> None:
         """After re-attaching: each running guest's taps by MAC. Their names return to the live definitions
