@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from avirt.connection import Connection, connect
     from avirt.domain import Domain
     from avirt.events import (
+        AgentLifecycleEvent,
+        AgentReason,
+        AgentState,
         BalloonChangeEvent,
         BlockJobEvent,
         BlockJobStatus,
@@ -83,6 +86,9 @@ _NAMES = {
     "Network": "avirt.network",
     "DHCPLease": "avirt.network",
     "NetworkLifecycleEvent": "avirt.events",
+    "AgentLifecycleEvent": "avirt.events",
+    "AgentReason": "avirt.events",
+    "AgentState": "avirt.events",
     "BalloonChangeEvent": "avirt.events",
     "BlockJobEvent": "avirt.events",
     "BlockJobStatus": "avirt.events",
@@ -137,6 +143,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AgentLifecycleEvent",
+    "AgentReason",
+    "AgentState",
     "BalloonChangeEvent",
     "BlockJob",
     "BlockJobEvent",

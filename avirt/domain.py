@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from avirt import migration
-from avirt.errors import InvalidArgumentError, OperationInvalidError, OperationTimeoutError, UnsupportedError
+from avirt.errors import InvalidArgumentError, OperationInvalidError, OperationTimeoutError
 from avirt.jobs import BlockJob
 from avirt.migration import MigrationJob
 from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddresses, InterfaceStats
@@ -77,20 +77,25 @@ class Domain:
         await self._driver.set_memory(self.name, kib, live=live, config=config)
 
     async def interface_addresses(self, source: str = "lease") -> list[InterfaceAddresses]:
-        """The addresses of the running guest's NICs, as the host knows them (virDomainInterfaceAddresses).
+        """The addresses of the running guest's NICs (virDomainInterfaceAddresses).
 
         ``source='lease'``: the leases the network's dnsmasq gave each NIC's MAC (NICs of
         ``type='network'``); ``'arp'``: the host's neighbour table on each NIC's bridge (any address the
         guest has used recently, IPv4 and IPv6, with prefix 0 since the table does not know it). NICs the
-        source knows no address of are left out, as libvirt leaves them out. libvirt's third source, the
-        guest agent, is not available (:class:`~avirt.errors.UnsupportedError`)."""
+        host's source knows no address of are left out, as libvirt leaves them out. ``'agent'``: the
+        guest's own word, through its agent (``guest-network-get-interfaces``): every interface of the
+        guest (``lo`` too, any without an address too) under the guest's name for it, with prefixes; the
+        agent's errors (:class:`~avirt.errors.AgentUnavailableError`,
+        :class:`~avirt.errors.AgentTimeoutError`) as for :attr:`agent`'s calls."""
         from avirt.networks.nicinfo import SOURCES  # lazily: the networks package is not needed before
 
         if source == "agent":
-            raise UnsupportedError(["interface_addresses(source='agent')"],
-                                   "avirt reads addresses from the host only, not through a guest agent:")
+            from avirt.agent.results import interface_addresses
+
+            return interface_addresses(await self.agent.network_interfaces())
         if source not in SOURCES:
-            raise InvalidArgumentError(f"the address source is one of {', '.join(SOURCES)}, not {source!r}")
+            raise InvalidArgumentError(f"the address source is one of {', '.join((*SOURCES, 'agent'))}, "
+                                       f"not {source!r}")
         return await self._driver.interface_addresses(self.name, source)
 
     async def interface_stats(self, interface: str, *, timeout: float = 5.0) -> InterfaceStats:
@@ -288,10 +293,11 @@ class Domain:
     async def set_block_threshold(self, dev: str, threshold: int) -> None:
         """Be told once when the guest writes past ``threshold`` bytes of a disk layer
         (virDomainSetBlockThreshold): ``dev`` is ``vda`` for the disk's top layer or ``vda[N]`` for the
-        N-th layer below it. The first write that ends past the threshold emits one
-        :class:`~avirt.events.BlockThresholdEvent`, and the threshold is then gone (QEMU disarms it), as
-        libvirt documents; 0 disarms it now. Statistics show it as ``block.N.threshold`` (top layers).
-        The domain must be running (or paused)."""
+        N-th layer below it; while a block copy runs on the disk, ``vda[N]`` with N the chain's length
+        (the live XML's ``<mirror index>``) is the copy's destination. The first write that ends past
+        the threshold emits one :class:`~avirt.events.BlockThresholdEvent`, and the threshold is then
+        gone (QEMU disarms it), as libvirt documents; 0 disarms it now. Statistics show it as
+        ``block.N.threshold`` (top layers). The domain must be running (or paused)."""
         if threshold < 0:
             raise InvalidArgumentError("threshold must be >= 0 bytes")
         await self._driver.set_block_threshold(self.name, dev, threshold)

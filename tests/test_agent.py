@@ -11,6 +11,7 @@ The test driver's made-up agent is checked at the end against the same calls.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ import anyio
 import pytest
 
 import avirt
-from avirt import Connection, Domain, DomainState
+from avirt import AgentReason, AgentState, Connection, Domain, DomainState
 from avirt.errors import (
     AgentCommandError,
     AgentTimeoutError,
@@ -31,6 +32,7 @@ from avirt.errors import (
     OperationInvalidError,
     OperationTimeoutError,
 )
+from tests.events_help import read_until
 from tests.guest import BASE_CMDLINE, GuestImages
 from tests.sshd import SSHServer
 from tests.test_cli import CLI, clean_env
@@ -129,6 +131,14 @@ async def test_ping_and_what_the_guest_reports(booted: Booted) -> None:
     assert nics["eth0"].hardware_address == MAC
     assert [(a.type, a.address, a.prefix) for a in nics["eth0"].addresses if a.type == "ipv4"] == \
         [("ipv4", "10.0.2.15", 24)]
+    # The same through interface_addresses(source='agent'), in the host sources' types: the guest's names,
+    # and an old-style alias (eth0:1, reported by qemu-ga as an interface of its own) under its parent.
+    await sh(dom, "ip addr add 10.0.2.16/24 dev eth0 label eth0:1")
+    assert "eth0:1" in {nic.name for nic in await dom.agent.network_interfaces()}
+    found = {nic.name: nic for nic in await dom.interface_addresses(source="agent")}
+    assert "eth0:1" not in found and found["eth0"].hwaddr == MAC
+    assert {a for a in found["eth0"].addrs if a.type == "ipv4"} == {
+        avirt.InterfaceAddress("ipv4", "10.0.2.15", 24), avirt.InterfaceAddress("ipv4", "10.0.2.16", 24)}
     # The clock: set to a known second, read back at or after it (and not hours later). qemu-ga writes
     # it to the hardware clock too, so the guest's time from its RTC (None) is after it as well.
     second = 2_000_000_000
@@ -266,8 +276,20 @@ async def test_an_agent_that_does_not_answer_times_out_and_its_stale_answers_are
 
 
 async def test_an_agent_that_is_not_running_is_unavailable_at_once_and_comes_back(booted: Booted) -> None:
-    dom = booted.dom
     restarts = booted.serial.read_text().count("avirt-guest: qga restart")
+    async with contextlib.AsyncExitStack() as stack:
+        # Another program watches the agent come and go: the events cross the served protocol.
+        client = await stack.enter_async_context(avirt.connect("qemu:///session", state_dir=booted.state_dir))
+        stream = await stack.enter_async_context(client.events(kinds={avirt.EventKind.AGENT_LIFECYCLE},
+                                                               domain="agentguest"))
+        await _agent_goes_and_comes_back(booted, restarts)
+        seen = await read_until(stream, lambda e: getattr(e, "state", None) is AgentState.CONNECTED)
+    assert [(e.state, e.reason) for e in seen if isinstance(e, avirt.AgentLifecycleEvent)] == [
+        (AgentState.DISCONNECTED, AgentReason.CHANNEL), (AgentState.CONNECTED, AgentReason.CHANNEL)]
+
+
+async def _agent_goes_and_comes_back(booted: Booted, restarts: int) -> None:
+    dom = booted.dom
     # qemu-ga is killed in the guest and started again by /init's loop 5 s later.
     await sh(dom, "echo 5 >/run/qga-pause && (sleep 0.2; kill $(pidof qemu-ga)) "
                   "</dev/null >/dev/null 2>&1 &")
@@ -293,6 +315,8 @@ async def test_another_program_reaches_the_agent_through_the_controller(booted: 
         dom = await client.lookup("agentguest")
         await dom.agent.ping()
         assert (await dom.agent.os_info()).id == "avirt-test-guest"
+        found = {nic.hwaddr: nic for nic in await dom.interface_addresses(source="agent")}
+        assert found[MAC].name == "eth0" and found[MAC].addrs  # the same answer, over the wire
         result = await dom.agent.exec(["/bin/echo", "through", "the", "controller"])
         assert (result.exit_code, result.stdout) == (0, b"through the controller\n")
         with pytest.raises(AgentCommandError) as unknown:  # the agent's error, typed on the client too
@@ -347,6 +371,11 @@ async def test_cli_commands(booted: Booted) -> None:
     assert (status.returncode, status.stdout) == (0, b'{"return":"frozen"}\n'), status.stderr
     thawed = await run_cli(booted, "domfsthaw", "agentguest")
     assert (thawed.returncode, thawed.stdout) == (0, b"Thawed 1 filesystem(s)\n"), thawed.stderr
+    addrs = await run_cli(booted, "domifaddr", "agentguest", "--source", "agent", "--interface", "eth0")
+    assert addrs.returncode == 0, addrs.stderr
+    rows = [line.split() for line in addrs.stdout.decode().splitlines()[2:]]
+    assert rows[0][:2] == ["eth0", MAC] and all(row[0] in ("eth0", "-") for row in rows), rows
+    assert any(row[2] == "ipv4" and row[3].endswith("/24") for row in rows), rows
     bad = await run_cli(booted, "qemu-agent-command", "agentguest", "{oops")
     assert bad.returncode == 1 and bad.stderr.decode().startswith("error: ")
     assert b"Traceback" not in bad.stderr
@@ -395,6 +424,24 @@ async def test_without_the_channel_the_agent_is_unavailable(booted: Booted, tmp_
         await dom.undefine()
 
 
+async def test_a_started_domain_with_the_channel_has_no_agent_yet(booted: Booted, xml: XMLFactory) -> None:
+    """libvirt's DISCONNECTED with reason DOMAIN_STARTED, after the lifecycle's STARTED."""
+    kinds = {avirt.EventKind.AGENT_LIFECYCLE, avirt.EventKind.LIFECYCLE}
+    async with booted.conn.events(kinds=kinds) as stream:
+        dom = await booted.conn.define_xml(xml("agentstart", extra_devices=AGENT_CHANNEL))
+        await dom.start(paused=True)
+        seen = await read_until(stream, lambda e: isinstance(e, avirt.AgentLifecycleEvent))
+    try:
+        assert [type(e).__name__ for e in seen] == ["LifecycleEvent", "LifecycleEvent", "LifecycleEvent",
+                                                    "AgentLifecycleEvent"], seen  # defined, started, paused
+        agent = seen[-1]
+        assert isinstance(agent, avirt.AgentLifecycleEvent) and agent.domain == "agentstart"
+        assert (agent.state, agent.reason) == (AgentState.DISCONNECTED, AgentReason.DOMAIN_STARTED)
+    finally:
+        await dom.destroy()
+        await dom.undefine()
+
+
 async def test_a_reboot_through_the_agent_then_the_new_agent_answers(booted: Booted) -> None:
     dom = booted.dom
     readies = booted.serial.read_text().count("avirt-guest: ready")
@@ -429,10 +476,16 @@ async def test_the_test_driver_has_a_plausible_agent() -> None:
         dom = await conn.define_xml(f"""<domain type='kvm'><name>withagent</name><memory>65536</memory>
           <os><type>hvm</type></os><devices>
           <disk type='file' device='disk'><source file='/images/withagent.qcow2'/><driver type='qcow2'/>
-            <target dev='vda' bus='virtio'/></disk>{AGENT_CHANNEL}</devices></domain>""")
+            <target dev='vda' bus='virtio'/></disk>{AGENT_CHANNEL}
+          <interface type='user'><mac address='{MAC}'/></interface></devices></domain>""")
         with pytest.raises(OperationInvalidError):
             await dom.agent.ping()
-        await dom.start()
+        async with conn.events(kinds={avirt.EventKind.AGENT_LIFECYCLE}) as stream:
+            await dom.start()
+            seen = await read_until(stream, lambda e: getattr(e, "state", None) is AgentState.CONNECTED)
+        assert [(e.domain, e.state, e.reason) for e in seen if isinstance(e, avirt.AgentLifecycleEvent)] == [
+            ("withagent", AgentState.DISCONNECTED, AgentReason.DOMAIN_STARTED),
+            ("withagent", AgentState.CONNECTED, AgentReason.CHANNEL)]
         await dom.agent.ping()
         assert (await dom.agent.os_info()).kernel_release
         assert await dom.agent.host_name() == "withagent"
@@ -445,6 +498,9 @@ async def test_the_test_driver_has_a_plausible_agent() -> None:
         with pytest.raises(AgentCommandError, match="frozen"):
             await dom.agent.exec(["true"])
         assert await dom.agent.fsthaw() == 1
+        nics = await dom.interface_addresses(source="agent")  # the agent's made-up interfaces, typed
+        assert [(n.name, n.hwaddr) for n in nics] == [("lo", "00:00:00:00:00:00"), ("eth0", MAC)]
+        assert nics[1].addrs == (avirt.InterfaceAddress("ipv4", "192.168.122.10", 24),)
         overlays = await dom.snapshot_disks("q", quiesce=True)
         assert overlays == {"vda": "/images/withagent.q.qcow2"}
         assert await dom.agent.fsfreeze_status() == "thawed"

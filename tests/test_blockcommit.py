@@ -155,7 +155,7 @@ async def test_live_xml_shows_the_mirror_and_define_accepts_it_back(conn: Connec
     job = await dom.block_commit("vda")
     await job.wait_ready()
     live = await dom.xml()
-    assert '<mirror type="file" job="active-commit" ready="yes">' in live
+    assert '<mirror type="file" job="active-commit" ready="yes" index="3">' in live
     assert f'<source file="{chain.base}"/>' in live.split("<mirror")[1]
     await conn.define_xml(live)  # output-only elements are accepted back
     assert await job.abort() == BlockJobStatus.CANCELED

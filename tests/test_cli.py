@@ -396,7 +396,8 @@ def test_event_names_as_virsh_has_them(cli: CLI) -> None:
     names = cli.ok("event", "--list").split()
     assert names[0] == "lifecycle" and "block-job" in names and names[-1] == "qmp"
     for which in (["--all"], *(["--event", name] for name in
-                                ("io-error-reason", "block-job-2", "pm-suspend", "metadata-change"))):
+                                ("io-error-reason", "block-job-2", "pm-suspend", "metadata-change",
+                                 "agent-lifecycle"))):
         result = cli("-c", "test:///default", "event", *which, "--loop", "--timeout", "0")
         assert result.returncode == 0, result.stderr
     for wrong in (["--event", "graphics"], ["--all", "--event", "lifecycle"]):

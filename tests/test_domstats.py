@@ -79,7 +79,8 @@ async def test_a_guest_that_writes_shows_its_bytes(
     before = (await conn.all_domain_stats({"block"}, [dom]))[0].params
     await wait_for_serial(serial, "avirt-wl: done")
     after = (await conn.all_domain_stats({"block", "vcpu", "cpu-total"}, [dom]))[0].params
-    assert after["block.0.wr.bytes"] - before.get("block.0.wr.bytes", 0) >= count * 64 * 1024
+    # Exactly what the guest wrote: dd's blocks, aligned whole pages, nothing else writes to the disk.
+    assert after["block.0.wr.bytes"] - before.get("block.0.wr.bytes", 0) == count * 64 * 1024
     assert after["block.0.wr.reqs"] >= count
     assert after["block.0.fl.reqs"] >= 1
     assert after["block.0.allocation"] >= (count - 1) % 4 * MiB  # the guest wrote at slot K MiB
@@ -177,3 +178,107 @@ async def test_a_write_threshold_fires_once_and_is_gone(
         assert event == replace(again, threshold=12 << 20, excess=64 * 1024, timestamp=event.timestamp,
                                 seq=event.seq)
     await dom.destroy()
+
+
+async def test_a_threshold_on_a_block_copy_target_fires_once_named_after_its_mirror(
+        conn: Connection, xml: XMLFactory, tmp_path: Path, state_dir: Path) -> None:
+    """vdsm's thin-provisioned copy: the destination of a running copy has a threshold of its own, named
+    ``vda[N]`` with the index the live XML's ``<mirror>`` shows (one past the deepest layer)."""
+    base = qcow2(tmp_path / "base.qcow2")
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(top)],
+                   check=True)
+    dest = tmp_path / "dest.qcow2"
+    dom = await conn.define_xml(xml("cpthr", disks=[("vda", str(top), "qcow2")]))
+    await dom.start(paused=True)
+
+    async def write(offset: str, length: str) -> None:
+        answer = await dom.qemu_monitor_command("human-monitor-command", {
+            "command-line": f'qemu-io -d /machine/peripheral/vda/virtio-backend '
+                            f'"write -P 0x5c {offset} {length}"'})
+        assert answer == "", answer
+
+    async def copied() -> None:
+        """Until the mirror has written everything the disk was given (READY jobs copy in the background)."""
+        with anyio.fail_after(20):
+            while True:
+                [info] = await dom.qemu_monitor_command("query-block-jobs")
+                if info["ready"] and info["offset"] == info["len"] and not info["busy"]:
+                    return
+                await anyio.sleep(0.05)
+
+    job = await dom.block_copy("vda", str(dest))
+    await job.wait_ready()
+    live = await dom.xml()
+    assert '<mirror type="file" job="copy" ready="yes" index="2">' in live, live
+    with pytest.raises(avirt.errors.OperationInvalidError, match="only 3 layers"):
+        await dom.set_block_threshold("vda[3]", MiB)
+    async with conn.events(kinds={EventKind.BLOCK_THRESHOLD}) as stream:
+        await dom.set_block_threshold("vda[2]", 4 * MiB)
+        await write("1M", "64k")  # below: nothing
+        await write("6M", "64k")
+        [event] = await read_until(stream, lambda e: True, timeout=10)
+        assert isinstance(event, BlockThresholdEvent)
+        assert (event.domain, event.disk, event.path) == ("cpthr", "vda[2]", str(dest))
+        assert event.threshold == 4 * MiB and event.excess >= 2 * MiB
+        await write("10M", "64k")  # past it again: the target's threshold is gone, no second event
+        await copied()
+        await dom.set_block_threshold("vda[2]", 14 * MiB)  # re-armed
+        await dom.set_block_threshold("vda", 12 * MiB)
+        await write("12M", "64k")
+        [top_event] = await read_until(stream, lambda e: True, timeout=10)
+        assert (top_event.disk, top_event.threshold) == ("vda", 12 * MiB)  # nothing came in between
+        await copied()
+        await write("14M", "64k")
+        [again] = await read_until(stream, lambda e: True, timeout=10)
+        assert (again.disk, again.threshold) == ("vda[2]", 14 * MiB), again
+    async with avirt.connect(state_dir=state_dir) as client:  # through the controller: the same names
+        await (await client.lookup("cpthr")).set_block_threshold("vda[2]", MiB)
+    assert await job.abort() is not None
+    await dom.destroy()
+
+
+async def test_fifty_guests_in_one_call_match_each_guests_own_queries(
+        conn: Connection, xml: XMLFactory, tmp_path: Path) -> None:
+    """One ``all_domain_stats()`` over 50 paused guests says of each what that guest's own queries say
+    (the per-guest call, ``block_stats``, QEMU's own answers), and each answer is that guest's: guest n
+    has a disk of (n % 5 + 1) x 4 MiB. (Bytes a guest writes are counted by the disk's device, so a
+    booted guest shows them: test_a_guest_that_writes_shows_its_bytes.)"""
+    count = 50
+    limit = anyio.CapacityLimiter(4)  # a few QEMUs starting at once, not fifty
+    doms: dict[int, avirt.Domain] = {}
+
+    async def one(n: int) -> None:
+        async with limit:
+            disk = qcow2(tmp_path / f"f{n}.qcow2", f"{(n % 5 + 1) * 4}M")
+            dom = await conn.define_xml(xml(f"fifty{n:02d}", disks=[("vda", str(disk), "qcow2")]))
+            await dom.start(paused=True)
+            doms[n] = dom
+
+    async with anyio.create_task_group() as group:
+        for n in range(count):
+            group.start_soon(one, n)
+    found = await conn.all_domain_stats(timeout=30)
+    by_name = {record.domain.name: record for record in found}
+    assert set(by_name) == {dom.name for dom in doms.values()}
+
+    def steady(params: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in params.items() if "time" not in k}  # CPU times move on (QEMU's own)
+
+    for n, dom in sorted(doms.items()):
+        record = by_name[dom.name]
+        assert not record.unresponsive, dom.name
+        params = record.params
+        assert params["block.0.capacity"] == (n % 5 + 1) * 4 * MiB, dom.name
+        assert params["block.0.path"] == str(tmp_path / f"f{n}.qcow2")
+        [alone] = await conn.all_domain_stats(domains=[dom])
+        assert steady(alone.params) == steady(params), dom.name
+        counters = await dom.block_stats("vda")
+        assert (counters["rd_bytes"], counters["wr_bytes"]) == (params["block.0.rd.bytes"],
+                                                                params["block.0.wr.bytes"])
+        [qemu] = await dom.qemu_monitor_command("query-blockstats")
+        assert qemu["stats"]["rd_operations"] == params["block.0.rd.reqs"]
+        [cpu] = await dom.qemu_monitor_command("query-cpus-fast")
+        assert params["vcpu.current"] == 1 and params["state.state"] == 3 and cpu["cpu-index"] == 0
+    for dom in doms.values():
+        await dom.destroy()

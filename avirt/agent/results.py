@@ -16,8 +16,10 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
+from avirt.models import InterfaceAddress, InterfaceAddresses
+
 __all__ = ["ExecResult", "FSDisk", "Filesystem", "IPAddress", "NetworkInterface", "OSInfo", "exec_result",
-           "filesystems", "interfaces", "os_info"]
+           "filesystems", "interface_addresses", "interfaces", "os_info"]
 
 
 def _str(value: Any) -> str | None:
@@ -130,6 +132,22 @@ def interfaces(raw: Any) -> list[NetworkInterface]:
         out.append(NetworkInterface(name=str(nic.get("name", "")),
                                     hardware_address=_str(nic.get("hardware-address")), addresses=addresses))
     return out
+
+
+def interface_addresses(nics: list[NetworkInterface]) -> list[InterfaceAddresses]:
+    """The agent's interfaces as ``Domain.interface_addresses(source='agent')`` gives them, in the types
+    of the host's sources and libvirt's way: every interface the guest has, named as the guest names
+    it (``lo`` and ``eth0``, not the tap), its MAC (empty if the guest has none), its addresses with
+    their prefixes. An old-style alias (``eth0:1``) is an address of its parent, not an interface."""
+    merged: dict[str, tuple[str, list[InterfaceAddress]]] = {}
+    for nic in nics:
+        name = nic.name.split(":", 1)[0]
+        hwaddr, addrs = merged.setdefault(name, (nic.hardware_address or "", []))
+        if not hwaddr and nic.hardware_address:
+            merged[name] = (nic.hardware_address, addrs)
+        addrs += [InterfaceAddress(a.type, a.address, a.prefix) for a in nic.addresses
+                  if a.type in ("ipv4", "ipv6")]
+    return [InterfaceAddresses(name, hwaddr, tuple(addrs)) for name, (hwaddr, addrs) in merged.items()]
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,9 @@ class Mirror:
     path: str
     format: str
     ready: bool
+    #: How ``vda[N]`` names the target (a copy's: one past the deepest layer; a commit's base: its own
+    #: place in the chain); None: not shown.
+    index: int | None = None
 
 
 def _disk(el: Node, chain: list[tuple[str, str]] | None, mirror: Mirror | None) -> None:
@@ -193,6 +196,8 @@ def _disk(el: Node, chain: list[tuple[str, str]] | None, mirror: Mirror | None) 
     if mirror is not None:
         ready = "yes" if mirror.ready else "no"
         el_mirror = Node("mirror", {"type": "file", "job": mirror.job, "ready": ready})
+        if mirror.index is not None:
+            el_mirror.set("index", str(mirror.index))
         el_mirror.add("format", {"type": mirror.format})
         el_mirror.add("source", {"file": mirror.path})
         extra.append(el_mirror)

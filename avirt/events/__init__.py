@@ -15,6 +15,9 @@ tables), and ``bus`` delivers them: one bounded queue per subscriber, losses cou
 
 from avirt.events.bus import EventStream, Subscription
 from avirt.events.model import (
+    AgentLifecycleEvent,
+    AgentReason,
+    AgentState,
     BalloonChangeEvent,
     BlockJobEvent,
     BlockJobStatus,
@@ -39,6 +42,9 @@ from avirt.events.model import (
 )
 
 __all__ = [
+    "AgentLifecycleEvent",
+    "AgentReason",
+    "AgentState",
     "BalloonChangeEvent",
     "BlockJobEvent",
     "BlockJobStatus",

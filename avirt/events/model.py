@@ -28,6 +28,7 @@ class EventKind(enum.IntEnum):
     BALLOON_CHANGE = 13
     DEVICE_REMOVED = 15
     BLOCK_JOB = 16  # libvirt's BLOCK_JOB_2, which names disks by target ("vda")
+    AGENT_LIFECYCLE = 18
     METADATA_CHANGE = 23
     BLOCK_THRESHOLD = 24
     #: A virtual network was defined, started, stopped or undefined (libvirt numbers network events
@@ -47,6 +48,22 @@ class LifecycleType(enum.Enum):
     SHUTDOWN = "shutdown"
     PMSUSPENDED = "pmsuspended"
     CRASHED = "crashed"
+
+
+class AgentState(enum.Enum):
+    """Whether the guest agent has its end of the channel open (libvirt's
+    virConnectDomainEventAgentLifecycleState)."""
+
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+class AgentReason(enum.Enum):
+    """Why an :class:`AgentLifecycleEvent` came (virConnectDomainEventAgentLifecycleReason)."""
+
+    UNKNOWN = "unknown"
+    DOMAIN_STARTED = "domain-started"  # a new QEMU: no agent yet
+    CHANNEL = "channel"  # the agent opened or closed its port (started, stopped, the guest rebooted)
 
 
 class BlockJobStatus(enum.Enum):
@@ -172,6 +189,17 @@ class BlockThresholdEvent(Event):
     threshold: int
     excess: int  # bytes written past the threshold by the write that crossed it
     path: str = ""  # the image of that layer ("" when avirt does not know the node)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLifecycleEvent(Event):
+    """The guest agent connected or disconnected (libvirt's AGENT_LIFECYCLE): QEMU's VSERPORT_CHANGE for
+    the ``org.qemu.guest_agent.0`` port (reason CHANNEL), or a domain started with that channel and no
+    agent on it yet (DISCONNECTED, reason DOMAIN_STARTED)."""
+
+    kind: ClassVar[EventKind] = EventKind.AGENT_LIFECYCLE
+    state: AgentState
+    reason: AgentReason
 
 
 @dataclass(frozen=True, slots=True)

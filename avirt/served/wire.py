@@ -15,7 +15,7 @@ from typing import Any
 from avirt.drivers.base import DomainRef
 from avirt.errors import AvirtError
 from avirt.events import model as events
-from avirt.events.model import BlockJobStatus, Event, JobKind, LifecycleType
+from avirt.events.model import AgentReason, AgentState, BlockJobStatus, Event, JobKind, LifecycleType
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import (
     DomainInfo,
@@ -36,7 +36,8 @@ _EVENTS: dict[str, type[Event]] = {
     if isinstance(cls, type) and issubclass(cls, Event) and cls is not Event
 }
 #: The enums event fields hold, by the name their annotations give them.
-_ENUMS: dict[str, type[enum.Enum]] = {cls.__name__: cls for cls in (LifecycleType, JobKind, BlockJobStatus)}
+_ENUMS: dict[str, type[enum.Enum]] = {cls.__name__: cls for cls in (LifecycleType, JobKind, BlockJobStatus,
+                                                                    AgentState, AgentReason)}
 
 
 class WireError(AvirtError):

@@ -111,7 +111,7 @@ async def test_abort_at_ready_leaves_the_chain_as_it_was(world: World) -> None:
         job = await dom.block_commit("vda")
         await job.wait_ready()
         live = await dom.xml()
-        assert '<mirror type="file" job="active-commit" ready="yes">' in live
+        assert '<mirror type="file" job="active-commit" ready="yes" index="3">' in live
         assert f'<source file="{chain.base}"/>' in live.split("<mirror")[1]
         await world.conn.define_xml(live)  # the output-only <mirror> is accepted back
         assert await job.abort() == BlockJobStatus.CANCELED
@@ -189,7 +189,10 @@ async def test_copy_and_pivot(world: World, shallow: bool) -> None:
         job = await dom.block_copy("vda", dest, shallow=shallow)
         assert (job.kind, job.two_phase) == (JobKind.COPY, True)
         await job.wait_ready()
-        assert '<mirror type="file" job="copy" ready="yes">' in await dom.xml()
+        assert '<mirror type="file" job="copy" ready="yes" index="4">' in await dom.xml()
+        await dom.set_block_threshold("vda[4]", 1 << 20)  # the destination: past the chain's 4 layers
+        with pytest.raises(OperationInvalidError, match="only 5 layers"):
+            await dom.set_block_threshold("vda[5]", 1 << 20)
         assert await job.pivot() == BlockJobStatus.COMPLETED
         events = await read_until(stream, lambda e: getattr(e, "status", None) is BlockJobStatus.COMPLETED)
     assert _statuses(events) == [(JobKind.COPY, BlockJobStatus.READY),

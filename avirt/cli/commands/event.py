@@ -21,7 +21,7 @@ Kinds (``--event``, or its older spelling ``--kind``; repeatable or comma-separa
 ``io-error``, ``block-job``...); virsh's names (``io-error-reason``, ``block-job-2``, ``pm-wakeup``...)
 and libvirt's numbers work too. ``--all``, or no ``--event``, is every kind but ``qmp`` (every raw QMP
 event, which would repeat the others; libvirt has it only in libvirt-qemu). virsh's names for events
-avirt never reports (``graphics``, ``agent-lifecycle``...) are refused as usage errors, rather than
+avirt never reports (``graphics``, ``tunable``...) are refused as usage errors, rather than
 waited for in vain.
 """
 
@@ -42,7 +42,7 @@ def _key(name: str) -> str:
 
 
 #: virsh's event names (``virsh event --list``) that avirt has no kind for: a usage error, with this reason.
-_NOT_REPORTED = {"graphics", "diskchange", "pmsuspenddisk", "tunable", "agentlifecycle", "deviceadded",
+_NOT_REPORTED = {"graphics", "diskchange", "pmsuspenddisk", "tunable", "deviceadded",
                  "migrationiteration", "jobcompleted", "deviceremovalfailed", "memoryfailure",
                  "memorydevicesizechange"}
 
@@ -125,9 +125,10 @@ def _event_args(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--event", "--kind", metavar="NAME", dest="kind", action="append", type=parse_kinds,
                        help="only events of this kind (repeatable, or comma-separated): lifecycle, reboot, "
                             "rtc-change, watchdog, io-error, control-error, tray-change, pmwakeup, "
-                            "pmsuspend, balloon-change, device-removed, block-job, metadata-change, "
-                            "block-threshold, qmp (raw QMP events; not shown unless asked for); virsh's "
-                            "names (io-error-reason, block-job-2, pm-wakeup...) and numbers too")
+                            "pmsuspend, balloon-change, device-removed, block-job, agent-lifecycle, "
+                            "metadata-change, block-threshold, qmp (raw QMP events; not shown unless "
+                            "asked for); virsh's names (io-error-reason, block-job-2, pm-wakeup...) and "
+                            "numbers too")
     which.add_argument("--all", action="store_true",
                        help="every kind of event but qmp (the default without --event)")
     which.add_argument("--list", action="store_true", help="print the event names --event takes, and exit")

@@ -5,9 +5,9 @@
 virsh does: the tap's name while the guest runs, its type, source, model and MAC. ``domif-setlink``
 pulls or plugs a NIC's virtual cable on a running guest (``Domain.set_link``); the interface is named
 by its MAC or its tap's name. ``domifaddr`` prints the addresses the host knows of each NIC
-(``Domain.interface_addresses``: DHCP leases, or the neighbour table with ``--source arp``), one line per
-address, and ``domifstat`` one NIC's traffic counters seen from the guest (``Domain.interface_stats``),
-both in virsh's layout.
+(``Domain.interface_addresses``: DHCP leases, the neighbour table with ``--source arp``, or the guest's
+own word through its agent with ``--source agent``), one line per address, and ``domifstat`` one NIC's
+traffic counters seen from the guest (``Domain.interface_stats``), both in virsh's layout.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ async def _domifaddr(ctx: Context, args: argparse.Namespace) -> None:
     for nic in found:
         if args.interface not in (None, nic.name, nic.hwaddr):
             continue
+        if not nic.addrs:  # only the agent names an interface it knows no address of
+            rows.append([nic.name, nic.hwaddr or "-", "N/A", "N/A"])
         for n, addr in enumerate(nic.addrs):
             first = n == 0 or args.full  # virsh shows a NIC's name and MAC once, unless --full
             rows.append([nic.name if first else "-", nic.hwaddr if first else "-", addr.type,
@@ -78,10 +80,12 @@ async def _domifaddr(ctx: Context, args: argparse.Namespace) -> None:
 
 def _domifaddr_args(parser: argparse.ArgumentParser) -> None:
     add_domain_argument(parser)
-    parser.add_argument("--interface", metavar="INTERFACE", help="only this NIC (tap name or MAC)")
+    parser.add_argument("--interface", metavar="INTERFACE",
+                        help="only this NIC (tap name or MAC; with --source agent the guest's name or MAC)")
     parser.add_argument("--full", action="store_true", help="repeat the name and MAC on every line")
-    parser.add_argument("--source", choices=("lease", "arp"), default="lease",
-                        help="the network's DHCP leases (default) or the host's neighbour table")
+    parser.add_argument("--source", choices=("lease", "arp", "agent"), default="lease",
+                        help="the network's DHCP leases (default), the host's neighbour table, or the "
+                             "guest agent")
 
 
 async def _domifstat(ctx: Context, args: argparse.Namespace) -> None:

@@ -16,6 +16,11 @@ is closed means no agent runs: the call fails at once with :class:`~avirt.errors
 instead of waiting for a sync that nobody will answer. An agent that has the port open but does not
 answer (stopped, stuck, a frozen guest) is the sync's timeout, :class:`~avirt.errors.AgentTimeoutError`.
 
+The port's changes are also the domain's ``AgentLifecycleEvent`` (libvirt's AGENT_LIFECYCLE): CONNECTED
+or DISCONNECTED with reason CHANNEL, and, when a domain with the channel starts, DISCONNECTED with reason
+DOMAIN_STARTED (a new QEMU has no agent on the port yet). RESET and SHUTDOWN give none of their own:
+the guest's closing of the port, if QEMU sees one, is the event.
+
 The same events end :meth:`AgentCalls.agent_shutdown`'s wait: guest-shutdown answers only failures, so
 the call returns when QEMU reports the guest going down (or the agent closing its port), not after a
 fixed delay.
@@ -39,6 +44,9 @@ from avirt.drivers.qemu.cmdline import channel_path
 from avirt.drivers.qemu.guest import Guest
 from avirt.drivers.qemu.state import StateDir
 from avirt.errors import AgentError, AgentUnavailableError, OperationInvalidError
+from avirt.events.bus import EventBus
+from avirt.events.model import AgentLifecycleEvent, AgentReason, AgentState
+from avirt.events.translate import timestamp_of
 from avirt.hosts.base import Host
 from avirt.models import DomainState
 from avirt.qmp.monitor import Monitor
@@ -64,6 +72,7 @@ def agent_channel(cfg: DomainConfig) -> tuple[int, str | None] | None:
 
 class AgentCalls:
     host: Host
+    bus: EventBus
     files: StateDir
     _agents: dict[str, AgentClient]
     _agent_down: dict[str, anyio.Event]
@@ -153,6 +162,9 @@ class AgentCalls:
                 return
             down = not data.get("open")
             self._agent_open[guest.name] = not down
+            self.bus.emit(AgentLifecycleEvent, guest.name, guest.uuid, timestamp_of(msg),
+                          state=AgentState.DISCONNECTED if down else AgentState.CONNECTED,
+                          reason=AgentReason.CHANNEL)
         elif event in ("RESET", "SHUTDOWN"):
             down = True
             self._agent_open[guest.name] = False  # the guest's agent is gone; a new one opens the port
@@ -164,6 +176,12 @@ class AgentCalls:
         waiter = self._agent_down.get(guest.name)
         if down and waiter is not None:
             waiter.set()
+
+    def agent_started(self, guest: Guest) -> None:
+        """A domain with the agent's channel started: no agent is on it yet (libvirt says so too)."""
+        if agent_channel(guest.config) is not None:
+            self.bus.emit(AgentLifecycleEvent, guest.name, guest.uuid, state=AgentState.DISCONNECTED,
+                          reason=AgentReason.DOMAIN_STARTED)
 
     async def drop_agent(self, guest: Guest) -> None:
         """The guest's QEMU ended: close its agent session."""

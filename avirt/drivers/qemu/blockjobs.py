@@ -82,6 +82,15 @@ class OnlineJobs:
     def job_on(self, guest: Guest, disk: str) -> BlockJob | None:
         return next((job for g, job in self._jobs.values() if g is guest and job.disk == disk), None)
 
+    def copy_target(self, guest: Guest, disk: str) -> tuple[str, str] | None:
+        """The destination of the block copy running on ``disk``, as ``(path, node)``; None without one.
+        It counts as the layer past the deepest of the disk's chain (``vda[N]``, N the chain's length,
+        as the live XML's ``<mirror index>`` says): thresholds and their events name it so."""
+        job = self.job_on(guest, disk)
+        if job is None or job.kind is not JobKind.COPY or not job.plan.get("dest"):
+            return None
+        return str(job.plan["dest"]), str(job.plan["nodes"][0])
+
     def take_settled(self, guest: Guest, disk: str) -> BlockJob | None:
         """A job that concluded while no controller watched, once (see reattach)."""
         return self._settled.pop((guest.name, disk), None)
@@ -613,6 +622,15 @@ def resolve_index(paths: list[str], disk: str, spec: str | None, default: int) -
         if os.path.normpath(path) == wanted:
             return index
     raise OperationInvalidError(f"{spec} is not in the backing chain of {disk}")
+
+
+def mirror_index(paths: list[str], target: str, *, copy: bool) -> int | None:
+    """The ``N`` of ``vda[N]`` that names a two-phase job's target (``paths`` top first): a copy's
+    destination is one past the deepest layer, an active commit's base keeps its place in the chain."""
+    if copy:
+        return len(paths)
+    wanted = os.path.normpath(target)
+    return next((i for i, path in enumerate(paths) if os.path.normpath(path) == wanted), None)
 
 
 def plan_commit(paths: list[str], disk: str, *, base: str | None, top: str | None,

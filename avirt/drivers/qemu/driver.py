@@ -42,7 +42,7 @@ from avirt.drivers.devices import device_kind
 from avirt.drivers.qemu import firmware, migration, stats, tpm, vcpus, virtiofs
 from avirt.drivers.qemu.abi import stabilise
 from avirt.drivers.qemu.agentcalls import AgentCalls
-from avirt.drivers.qemu.blockjobs import OnlineJobs, plan_commit, resolve_index
+from avirt.drivers.qemu.blockjobs import OnlineJobs, mirror_index, plan_commit, resolve_index
 from avirt.drivers.qemu.cmdline import DEFAULT_EMULATOR, Layer, build_argv, node_name, startup_commands
 from avirt.drivers.qemu.guest import STATUS_TO_STATE, Guest, Reaction
 from avirt.drivers.qemu.hotplug import Devices
@@ -363,6 +363,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
         if paused:
             self._announce(guest, LifecycleType.STARTED, "booted")
             self._announce(guest, LifecycleType.SUSPENDED, "paused")
+            self.agent_started(guest)
             return
         guest.resume_reason = "booted"  # the RESUME that cont causes
         try:
@@ -373,6 +374,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
         finally:
             guest.resume_reason = None
         guest.set_state(DomainState.RUNNING, "booted")
+        self.agent_started(guest)
 
     async def _find_taps(self) -> None:
         """After re-attaching: each running guest's taps by MAC. Their names return to the live definitions
@@ -692,11 +694,15 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
         layers = guest.chains.get(target)
         if not layers:
             raise OperationInvalidError(f"domain '{name}' has no disk {target}")
-        depth = resolve_index([layer.path for layer in reversed(layers)], target,
-                              dev if "[" in dev else None, 0)
+        paths, nodes = [layer.path for layer in reversed(layers)], [layer.node for layer in reversed(layers)]
+        copy = self.jobs.copy_target(guest, target)
+        if copy is not None:  # a running copy's destination: the layer past the deepest (<mirror index>)
+            paths.append(copy[0])
+            nodes.append(copy[1])
+        depth = resolve_index(paths, target, dev if "[" in dev else None, 0)
         # On the format node: the threshold counts the offsets the guest writes on that layer.
         await self.monitor(guest).execute("block-set-write-threshold", {
-            "node-name": layers[-1 - depth].node, "write-threshold": threshold})
+            "node-name": nodes[depth], "write-threshold": threshold})
 
     def disk_images_changed(self, guest: Guest) -> None:
         """A job off line may have given a disk another image: the index reads its chains again."""
@@ -768,7 +774,9 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
             job = self.jobs.job_on(guest, target)
             if job is not None and job.two_phase:
                 path, fmt = job.plan.get("dest") or job.plan["base"], job.plan.get("format", "qcow2")
-                mirrors[target] = Mirror(job.kind.value, path, fmt, job.phase is JobPhase.READY)
+                paths = [layer.path for layer in reversed(guest.chains[target])]
+                mirrors[target] = Mirror(job.kind.value, path, fmt, job.phase is JobPhase.READY,
+                                         mirror_index(paths, path, copy=job.kind is JobKind.COPY))
         return domain_to_xml(guest.live, live_id=guest.process.pid if guest.process else None,
                              backing_chains=chains, mirrors=mirrors)
 
@@ -892,6 +900,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                 guest.process = resumed
                 if resumed.monitor.connected:
                     await self.devices.forget_unplugged(guest, await self.jobs.refresh_chains(guest))
+                    await self.nics.forget_unplugged(guest)
                     await self.jobs.resync(guest)
                     status = await resumed.monitor.execute("query-status")
                     state, reason = STATUS_TO_STATE.get(status["status"], (DomainState.PAUSED, "unknown"))
@@ -1080,6 +1089,7 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
             guest.nic_ids = await self.files.read_nics(name) or guest.nic_ids
             blocks = await self.jobs.refresh_chains(guest)  # the chain as QEMU has it now, with those names
             await self.devices.forget_unplugged(guest, blocks)
+            await self.nics.forget_unplugged(guest)  # NICs, likewise
             await vcpus.reconcile(self, guest)  # vCPUs plugged in or out while nobody recorded it
             await self.jobs.reattach(guest)
             status = await process.monitor.execute("query-status")

@@ -122,9 +122,15 @@ class Guest(DomainRecord):
         past names used before)."""
         format_node = node.removesuffix("-file")
         target = format_node.rpartition("-")[0]
-        for depth, layer in enumerate(reversed(self.chains.get(target, []))):
+        chain = self.chains.get(target, [])
+        for depth, layer in enumerate(reversed(chain)):
             if layer.node == format_node:
                 return target if depth == 0 else f"{target}[{depth}]"
+        if chain and format_node in self.nodes:
+            # A node of the disk's outside its chain that is written to: a running copy's destination
+            # (what jobs leave behind is not written), named one past the deepest layer, as the live
+            # XML's <mirror index> and set_block_threshold name it.
+            return f"{target}[{len(chain)}]"
         return node
 
     def _path_of_node(self, node: str) -> str:

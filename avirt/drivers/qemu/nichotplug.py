@@ -15,6 +15,13 @@ deletes it), and a netdev that was added is deleted.
 tap. A guest that does not let go in time gets :class:`~avirt.errors.DeviceDetachTimeoutError`; the
 request stands and a later ``DEVICE_DELETED`` finishes the detach.
 
+**Gone while nobody watched.** A guest may let go of a NIC while no controller runs (the one that asked
+died first, or someone's own ``device_del``): the event is lost with the monitor connection that would
+have carried it. A new controller therefore asks QEMU which devices it still has (``qom-list`` of
+``/machine/peripheral``, where every device with an id lives) and finishes the detach of each NIC
+missing there as the event would have: ``netdev_del`` closes QEMU's descriptor, so the tap goes too,
+and the NIC leaves the live definition (:meth:`Nics.forget_unplugged`).
+
 **Ids.** QEMU names a start's NICs ``net0``, ``net1``... by their place in the definition, and
 ``set_link`` finds them so. Once NICs come and go the places shift but QEMU's ids do not, so the guest
 keeps its NICs' ids in the live definition's order (``Guest.nic_ids``) and, from the first change on,
@@ -195,6 +202,19 @@ class Nics:
                     await self._unplugged(guest, ident)
         except (AvirtError, OSError) as e:
             log.warning("domain %s: finishing the detach of %s failed: %s", guest.name, ident, e)
+
+    async def forget_unplugged(self, guest: Guest) -> None:
+        """After a re-attach: the NICs whose device QEMU no longer has are detached now (their netdevs
+        deleted, their taps with them), so that the live definition and QEMU agree again."""
+        if not guest.nic_ids:
+            return
+        children = await self._driver.monitor(guest).execute("qom-list", {"path": "/machine/peripheral"})
+        present = {child["name"] for child in children}
+        gone = [ident for ident in guest.nic_ids if ident not in present]
+        if gone:
+            log.info("domain %s: NIC %s left while no controller watched", guest.name, ", ".join(gone))
+        for ident in gone:
+            await self._unplugged(guest, ident)
 
     async def _unplugged(self, guest: Guest, ident: str) -> None:
         """The device is gone from QEMU: its netdev goes (QEMU closes the tap, the kernel deletes it), and

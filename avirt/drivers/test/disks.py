@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from avirt.config.model import DomainConfig
 from avirt.config.serialize import Mirror
 from avirt.drivers.base import overlay_path
-from avirt.drivers.qemu.blockjobs import plan_commit, resolve_index
+from avirt.drivers.qemu.blockjobs import mirror_index, plan_commit, resolve_index
 from avirt.drivers.test import images as ops
 from avirt.drivers.test.images import Image, ImageStore, declared_chains
 from avirt.drivers.test.jobs import SimulatedJobs
@@ -122,9 +122,23 @@ class Disks:
                 for disk in dom.live.disks if (chain := self._chain_or_none(disk.source))}
 
     def mirrors(self, dom: SimDomain) -> dict[str, Mirror]:
-        return {disk: Mirror(job.kind.value, job.plan.get("dest") or job.plan["base"],
-                             job.plan.get("format", "qcow2"), job.phase is JobPhase.READY)
-                for (name, disk), job in self._jobs.items() if name == dom.name and job.two_phase}
+        found = {}
+        for (name, disk), job in self._jobs.items():
+            if name == dom.name and job.two_phase:
+                path = job.plan.get("dest") or job.plan["base"]
+                index = mirror_index(_paths(self.chain(dom, disk)), path, copy=job.kind is JobKind.COPY)
+                found[disk] = Mirror(job.kind.value, path, job.plan.get("format", "qcow2"),
+                                     job.phase is JobPhase.READY, index)
+        return found
+
+    def threshold_paths(self, dom: SimDomain, disk: str) -> list[str]:
+        """The layers a threshold can be set on, top first: the chain, then a running copy's destination
+        (``vda[N]``, N the chain's length), as on QEMU."""
+        paths = _paths(self.chain(dom, disk))
+        job = self._jobs.get((dom.name, disk))
+        if job is not None and job.kind is JobKind.COPY and not job.offline and job.plan.get("dest"):
+            paths.append(str(job.plan["dest"]))
+        return paths
 
     def _switch(self, dom: SimDomain, disk: str, image: Image) -> None:
         """The disk's image is now ``image``: live and persistent definitions alike."""

@@ -66,6 +66,9 @@ from avirt.errors import (
 )
 from avirt.events.bus import EventBus
 from avirt.events.model import (
+    AgentLifecycleEvent,
+    AgentReason,
+    AgentState,
     BalloonChangeEvent,
     DeviceRemovedEvent,
     LifecycleEvent,
@@ -97,6 +100,8 @@ class SimDomain(DomainRecord):
     thresholds: dict[str, int] = field(default_factory=dict)
     #: The guest agent of the current run (made at its first call).
     agent: SimAgent | None = None
+    #: Whether the simulated agent has its port open (None while a run starts: nothing announced yet).
+    agent_connected: bool | None = False
 
 
 
@@ -218,12 +223,14 @@ class TestDriver(Driver):
         dom.stopped = anyio.Event()
         dom.button_pressed = dom.reboot_pending = False
         dom.thresholds = {}
+        dom.agent_connected = None
         if paused:
             dom.state, dom.reason = S.PAUSED, "user"
             self._announce(dom, LifecycleType.STARTED, "booted")
             self._announce(dom, LifecycleType.SUSPENDED, "paused")
         else:
             self._set_state(dom, S.RUNNING, "booted")
+        self._agent_lifecycle(dom)
 
     async def shutdown(self, name: str, *, wait: float | None) -> None:
         dom = await self.find(name)
@@ -310,6 +317,25 @@ class TestDriver(Driver):
         event = lifecycle_for(state, reason)
         if changed and event is not None:
             self._announce(dom, *event)
+        if dom.agent_connected is not None:
+            self._agent_lifecycle(dom)
+
+    def _agent_lifecycle(self, dom: SimDomain) -> None:
+        """The simulated agent's port, as QEMU's driver reports a real one: closed when a run starts
+        (DISCONNECTED, reason DOMAIN_STARTED), opened as soon as the guest runs, closed when it stops."""
+        if agent_channel(dom.config) is None or not self._announcing:
+            return
+        if dom.agent_connected is None:
+            dom.agent_connected = False
+            self.bus.emit(AgentLifecycleEvent, dom.name, dom.uuid, state=AgentState.DISCONNECTED,
+                          reason=AgentReason.DOMAIN_STARTED)
+        opens = dom.state is S.RUNNING and not dom.agent_connected
+        closes = dom.state is S.SHUTOFF and dom.agent_connected
+        if opens or closes:  # (a pause leaves the port as it was)
+            dom.agent_connected = opens
+            self.bus.emit(AgentLifecycleEvent, dom.name, dom.uuid,
+                          state=AgentState.CONNECTED if dom.agent_connected else AgentState.DISCONNECTED,
+                          reason=AgentReason.CHANNEL)
 
     def _announce(self, dom: SimDomain, type: LifecycleType, detail: str) -> None:
         if self._announcing:
@@ -497,8 +523,8 @@ class TestDriver(Driver):
         if not dom.active:
             raise OperationInvalidError(f"domain '{name}' is not running")
         target = dev.partition("[")[0]
-        chain = self.disks.chain(dom, target)
-        depth = resolve_index([image.path for image in chain], target, dev if "[" in dev else None, 0)
+        paths = self.disks.threshold_paths(dom, target)
+        depth = resolve_index(paths, target, dev if "[" in dev else None, 0)
         key = target if depth == 0 else f"{target}[{depth}]"
         dom.thresholds[key] = threshold  # never crossed: nothing writes here
 
