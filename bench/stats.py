@@ -314,8 +314,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hotplug", type=int, default=20, help="attach + detach round trips (c)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.reference > args.guests:
-        parser.error("--reference cannot exceed --guests")
+    if not 1 <= args.reference <= args.guests:
+        parser.error("--reference is 1 to --guests")
     report = anyio.run(run, args.guests, args.reference, args.rounds, args.hotplug)
     if args.json:
         print(json.dumps(report, indent=2))
