@@ -76,6 +76,35 @@ async def test_a_booted_guest_writes_to_a_plugged_disk_and_lets_it_go(
     await dom.destroy()
 
 
+async def test_a_booted_guest_writes_to_a_plugged_scsi_disk_which_leaves_at_once(
+        conn: Connection, xml: XMLFactory, tmp_path: Path, guest_images: GuestImages) -> None:
+    image = tmp_path / "hot-sda.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    serial = tmp_path / "serial.log"
+    scsi = ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+            f"<source file='{image}'/><target dev='sda' bus='scsi'/></disk>")
+    dom = await conn.define_xml(xml(
+        "hotscsi", type="qemu", memory_mib=256, kernel=str(guest_images.kernel),
+        initrd=str(guest_images.initrd), serial_file=str(serial),
+        extra_devices="<controller type='scsi' model='virtio-scsi'/>",
+        cmdline=f"{BASE_CMDLINE} avirt.workload=write avirt.wldev=sda avirt.count=4 avirt.wait=120"))
+    await dom.start()
+    await wait_for_serial(serial, "avirt-guest: ready")
+    await dom.attach_device(scsi)  # the guest's workload waits for /dev/sda
+    await wait_for_serial(serial, "avirt-wl: done")
+    assert "avirt-wl: error" not in serial.read_text()
+    [record] = await conn.all_domain_stats({"block"}, [dom])
+    assert record.params["block.0.name"] == "sda" and record.params["block.0.wr.bytes"] >= 4 * 65536
+    await dom.detach_device(scsi, timeout=5)  # a SCSI disk needs no word from the guest
+    assert 'target dev="sda"' not in await dom.xml()
+    for slot in range(4):  # QEMU has closed the image: the guest's writes are in it
+        subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {slot + 1:#x} {slot}M 64k",
+                        str(image)], check=True, capture_output=True)
+    await dom.attach_device(scsi)  # and it comes back
+    assert 'target dev="sda"' in await dom.xml()
+    await dom.destroy()
+
+
 async def test_a_guest_without_an_os_keeps_its_pci_disk_and_the_detach_times_out(
         conn: Connection, xml: XMLFactory, tmp_path: Path, state_dir: Path) -> None:
     chain = make_chain(tmp_path)

@@ -49,6 +49,7 @@ lookups=
 guest_name=avirt-guest
 wait_s=0
 cpus=
+wldev=vda
 hotnet=
 ncjob=
 # avirt.* parameters are not passed to init by the kernel (dotted names look like module
@@ -68,6 +69,7 @@ for arg in $(cat /proc/cmdline); do
         avirt.hostname=*) guest_name=${arg#*=} ;;
         avirt.wait=*) wait_s=${arg#*=} ;;
         avirt.cpus=*) cpus=${arg#*=} ;;
+        avirt.wldev=*) wldev=${arg#*=} ;;
         avirt.hotnet=*) hotnet=${arg#*=} ;;
         avirt.nc=*) ncjob=${arg#*=} ;;
     esac
@@ -302,14 +304,15 @@ SCRIPT
 # (ash runs the trap after the foreground command), then the loop stops: a test can rely on
 # "the disk holds the last reported pattern of every slot" even across a powerdown.
 workload_write() {
-    # avirt.wait=S: a disk plugged in after boot; wait up to S seconds for /dev/vda to appear.
+    # avirt.wait=S: a disk plugged in after boot; wait up to S seconds for /dev/$wldev (avirt.wldev,
+    # default vda) to appear.
     n=0
-    while [ ! -b /dev/vda ] && [ "$n" -lt "$((wait_s * 20))" ]; do
+    while [ ! -b "/dev/$wldev" ] && [ "$n" -lt "$((wait_s * 20))" ]; do
         sleep 0.05
         n=$((n + 1))
     done
-    if [ ! -b /dev/vda ]; then
-        echo "avirt-wl: error no /dev/vda after ${wait_s} s"
+    if [ ! -b "/dev/$wldev" ]; then
+        echo "avirt-wl: error no /dev/$wldev after ${wait_s} s"
         return 1
     fi
     stop=0
@@ -326,7 +329,7 @@ workload_write() {
             head -c 65536 /dev/zero | tr '\000' "\\$(printf '%03o' "$pat")" >"$src.tmp"
             mv "$src.tmp" "$src"
         fi
-        if ! dd if="$src" of=/dev/vda bs=65536 count=1 seek=$((slot * 16)) conv=fsync \
+        if ! dd if="$src" of="/dev/$wldev" bs=65536 count=1 seek=$((slot * 16)) conv=fsync \
                 2>/tmp/avirt-dd.err; then
             echo "avirt-wl: error i=$i slot=$slot: $(tail -n 1 /tmp/avirt-dd.err)"
             return 1
@@ -371,8 +374,8 @@ case "$workload" in
     none) ;;
     write)
         # With avirt.wait the disk may come later (plugged in after "ready"): workload_write waits.
-        if [ ! -b /dev/vda ] && [ "$wait_s" = 0 ]; then
-            say "error avirt.workload=write but no /dev/vda"
+        if [ ! -b "/dev/$wldev" ] && [ "$wait_s" = 0 ]; then
+            say "error avirt.workload=write but no /dev/$wldev"
             workload=none
         fi
         ;;
