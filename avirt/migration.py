@@ -33,8 +33,14 @@ dirtied meanwhile, until what is left fits ``max_downtime``. ``auto_converge`` t
 dirties faster than the stream carries, ``compressed`` sends changed pages as XBZRLE deltas, ``parallel``
 uses that many connections (multifd); see :func:`tuning`.
 
+**Postcopy.** Started with ``postcopy=True``, a migration can be switched (:meth:`MigrationJob.postcopy`)
+while it sends memory: the source writes its record's ``postcopy`` phase (the commit point: the guest is
+the destination's from then on), QEMU stops the guest there (SUSPENDED/postcopy) and the destination
+runs it at once (RESUMED/postcopy), fetching each page it lacks from the source, whose QEMU ends when
+the last page has gone (STOPPED/migrated).
+
 What this version does not do yet: connections to other hosts (the streams go through unix sockets of
-the destination's run directory), postcopy.
+the destination's run directory), postcopy recovery after a broken connection.
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ class MigrationJob:
         self._result: Domain | None = None
         self._error: AvirtError | None = None
         self._cancelled = False
+        #: Started with postcopy=True (postcopy() may switch); switched: the guest is the destination's.
+        self._postcopy = False
+        self._switched = False
         #: QEMU's figures at the end of the transfer (its total time and the guest's downtime among them).
         self.stats: MigrationProgress | None = None
 
@@ -106,11 +115,27 @@ class MigrationJob:
     async def cancel(self) -> None:
         """Stop the migration if it has not reached finish: the guest stays at the source, running as
         before, and the job raises MigrationError. Too late (finish has begun): OperationInvalidError."""
-        if self.ended or self.phase in ("finish", "confirm"):
-            raise OperationInvalidError(f"the migration of '{self.name}' is {self.phase}: too late to cancel")
+        if self.ended or self.phase in ("finish", "confirm") or self._switched:
+            why = "switched to postcopy" if self._switched and not self.ended else self.phase
+            raise OperationInvalidError(f"the migration of '{self.name}' is {why}: too late to cancel")
         self._cancelled = True
         if self.phase == "perform":
             await self._source.migrate_cancel(self.name)
+
+    async def postcopy(self) -> None:
+        """Switch to postcopy (virDomainMigrateStartPostCopy): the guest runs at the destination at once
+        and fetches the memory it has not got from the source as it touches it, so a guest that dirties
+        memory faster than precopy can send it still moves. Only for a job started with
+        ``postcopy=True``, while it sends memory (phase perform). From the switch on nothing can undo
+        it: :meth:`cancel` is refused, and if the connection between the two QEMUs fails before the last
+        page arrived, the guest is paused at both sides (the job raises MigrationError saying so)."""
+        if not self._postcopy:
+            raise OperationInvalidError(f"the migration of '{self.name}' was not started with postcopy=True")
+        if self.ended or self.phase != "perform":
+            raise OperationInvalidError(f"the migration of '{self.name}' is {self.phase}: postcopy switches "
+                                        "while memory is being sent")
+        await self._source.migrate_postcopy(self.name)
+        self._switched = True
 
     # -- the phases ------------------------------------------------------------------------------------
 
@@ -133,6 +158,11 @@ class MigrationJob:
                 await dest.migrate_finish(self.name, ok=True, resume=plan.running,
                                           persistent_xml=plan.kept_xml)
             except BaseException:
+                if self._switched:  # the destination has been running the guest: nothing to go back to
+                    raise MigrationError(
+                        f"the postcopy migration of '{self.name}' failed after the switch: the guest is "
+                        "paused at the destination and at the source, neither holding all of it "
+                        "(postcopy recovery is not supported yet)") from None
                 with anyio.CancelScope(shield=True):
                     await _quietly(dest.migrate_finish(self.name, ok=False, resume=False,
                                                        persistent_xml=None))
@@ -185,15 +215,18 @@ def _plan(begun: tuple[str, str | None, bool, list[dict[str, Any]]], *, persist:
     return _Plan(_retarget(live_xml, paths), kept and _retarget(kept, paths), running, copies)
 
 
-def tuning(*, auto_converge: bool, compressed: bool, parallel: int | None) -> dict[str, Any] | None:
+def tuning(*, auto_converge: bool, compressed: bool, parallel: int | None,
+           postcopy: bool = False) -> dict[str, Any] | None:
     """QEMU's migration capabilities and parameters for these options (None: QEMU's defaults).
 
     ``auto_converge`` slows the guest's vCPUs while it dirties memory faster than the stream carries
     it (the source's business); ``compressed`` sends pages that changed as XBZRLE deltas against a
     cache of what was sent; ``parallel`` sends memory over that many connections at once (multifd,
-    which the destination must expect too)."""
+    which the destination must expect too); ``postcopy`` lets :meth:`MigrationJob.postcopy` switch
+    (postcopy-ram, on both sides)."""
     capabilities = [name for name, on in (("auto-converge", auto_converge), ("xbzrle", compressed),
-                                          ("multifd", parallel is not None)) if on]
+                                          ("multifd", parallel is not None), ("postcopy-ram", postcopy))
+                    if on]
     if not capabilities:
         return None
     return {"capabilities": capabilities,
@@ -212,7 +245,7 @@ def _retarget(xml: str, paths: dict[str, str]) -> str:
 async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool, copy_storage: str | None,
                 storage_paths: dict[str, str] | None, bandwidth: int | None, max_downtime: int | None,
                 persist: bool, undefine_source: bool, auto_converge: bool = False, compressed: bool = False,
-                parallel: int | None = None) -> MigrationJob:
+                parallel: int | None = None, postcopy: bool = False) -> MigrationJob:
     """Check the arguments, run begin (its refusals raise here), and leave the rest to a job."""
     if not live:
         raise InvalidArgumentError("only live migration is supported (live=True)")
@@ -225,7 +258,9 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
             raise InvalidArgumentError(f"{what} must be positive")
     if parallel is not None and not 1 <= parallel <= 255:
         raise InvalidArgumentError(f"parallel is 1 to 255 connections, not {parallel}")
-    options = tuning(auto_converge=auto_converge, compressed=compressed, parallel=parallel)
+    if postcopy and parallel is not None:
+        raise InvalidArgumentError("QEMU 7.2 cannot combine postcopy with parallel connections (multifd)")
+    options = tuning(auto_converge=auto_converge, compressed=compressed, parallel=parallel, postcopy=postcopy)
     if dest._driver is source:
         raise InvalidArgumentError("the destination is the domain's own connection")
     for side in (source, dest._driver):
@@ -234,6 +269,7 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
                                         "(only between connections of this machine)")
         side.location()  # a side that takes no part in migrations refuses here, before anything starts
     job = MigrationJob(source, dest, domain.name)
+    job._postcopy = postcopy
     plan = _plan(await source.migrate_begin(domain.name), persist=persist, copy_storage=copy_storage,
                  storage_paths=dict(storage_paths or {}))
 

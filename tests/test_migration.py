@@ -113,6 +113,54 @@ async def test_a_writing_guest_moves_and_keeps_every_write(
         assert out.returncode == 0 and "verification failed" not in out.stdout, (slot, out.stdout)
 
 
+@pytest.mark.guest
+async def test_a_writing_guest_switched_to_postcopy_runs_at_once_at_the_destination(
+        pair: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path,
+        guest_images: GuestImages) -> None:
+    source, dest = pair
+    disk, serial = tmp_path / "disk.qcow2", tmp_path / "serial.log"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "32M"], check=True)
+    dom = await source.define_xml(xml(
+        "post", type="qemu", memory_mib=256, kernel=str(guest_images.kernel),
+        initrd=str(guest_images.initrd), serial_file=str(serial), disks=[("vda", str(disk), "qcow2")],
+        cmdline=f"{BASE_CMDLINE} avirt.workload=write avirt.slots={SLOTS} avirt.count=0 avirt.sleep=0"))
+    await dom.start()
+    await wait_for_serial(serial, "avirt-wl: i=10 ")
+    at_source, at_dest = Lifecycle(source), Lifecycle(dest)
+    plain = await dom.migrate(dest)
+    with pytest.raises(OperationInvalidError, match="not started with postcopy=True"):
+        await plain.postcopy()
+    await plain.cancel()
+    with pytest.raises(MigrationError):
+        await plain
+    with pytest.raises(InvalidArgumentError, match="postcopy with parallel"):
+        await dom.migrate(dest, postcopy=True, parallel=2)
+
+    # Precopy at 1 MiB/s would take minutes for 256 MiB: the switch moves the guest at once.
+    job = await dom.migrate(dest, postcopy=True, bandwidth=2**20)
+    async for progress in job.progress():
+        if progress.status == "active" and progress.ram_transferred > 0:
+            await job.postcopy()
+            break
+    with pytest.raises(OperationInvalidError, match="too late to cancel"):
+        await job.cancel()
+    await at_dest.until(("RESUMED", "postcopy"))  # running there while its pages still come
+    await at_source.until(("SUSPENDED", "postcopy"))
+    done = len(WRITE.findall(serial.read_text()))
+    await wait_for_serial(serial, f"avirt-wl: i={done + SLOTS} ", timeout=300)  # it writes on, there
+    moved = await job
+    assert (await moved.state())[0] is DomainState.RUNNING
+    await at_source.until(("STOPPED", "migrated"))
+    await moved.shutdown(wait=60)
+    last: dict[int, int] = {}
+    for _, slot, pat in WRITE.findall(serial.read_text()):
+        last[int(slot)] = int(pat, 16)
+    for slot, pat in last.items():  # every reported write is on the disk, whichever QEMU made it
+        out = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {pat:#x} {slot}M 64k", disk],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and "verification failed" not in out.stdout, (slot, out.stdout)
+
+
 async def test_a_paused_transient_copy_stays_paused_and_the_source_keeps_its_definition(
         pair: tuple[Connection, Connection], xml: XMLFactory) -> None:
     source, dest = pair
@@ -254,7 +302,12 @@ def test_the_command_moves_a_domain_with_virsh_s_flags(
     assert out.splitlines()[-2:] == ["Migration: [100 %]", "Domain 'cli-mover' migrated to qemu:///session"]
     assert "cli-mover" not in source.ok("list", "--all")
     assert re.search(r"cli-mover\s+running", dest.ok("list", "--all"))
-    dest.ok("destroy", "cli-mover")
+    assert "needs --postcopy" in dest.fails("migrate", "cli-mover", "qemu:///session", "--dest-state-dir",
+                                             str(two_dirs[0]), "--live", "--postcopy-after-precopy")
+    dest.ok("migrate", "cli-mover", "qemu:///session", "--dest-state-dir", str(two_dirs[0]), "--live",
+            "--postcopy", "--postcopy-after-precopy", "--auto-converge", "--compressed")  # and back
+    assert re.search(r"cli-mover\s+running", source.ok("list", "--all"))
+    source.ok("destroy", "cli-mover")
 
 
 async def test_a_guest_migrates_back_onto_its_own_definition(

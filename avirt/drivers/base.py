@@ -370,6 +370,9 @@ class Driver(ABC):
                               tuning: dict[str, Any] | None = None) -> MigrationProgress:
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
+    async def migrate_postcopy(self, name: str) -> None:
+        raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
+
     async def migrate_progress(self, name: str) -> MigrationProgress:
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 

@@ -36,10 +36,10 @@ STATE_NUMBERS: dict[DomainState, int] = {
 #: virDomainRunningReason, virDomainPausedReason, ...: each state numbers its reasons itself.
 REASON_NUMBERS: dict[DomainState, dict[str, int]] = {
     S.RUNNING: {"unknown": 0, "booted": 1, "migrated": 2, "restored": 3, "from-snapshot": 4,
-                "unpaused": 5, "wakeup": 8, "crashed": 9},
+                "unpaused": 5, "wakeup": 8, "crashed": 9, "postcopy": 10},
     S.PAUSED: {"unknown": 0, "user": 1, "migration": 2, "save": 3, "dump": 4, "ioerror": 5,
                "watchdog": 6, "from-snapshot": 7, "shutting-down": 8, "snapshot": 9, "api-error": 10,
-               "starting-up": 11, "paused": 1},
+               "starting-up": 11, "postcopy": 12, "paused": 1},
     S.SHUTDOWN: {"unknown": 0, "user": 1, "guest": 1, "host": 1},
     S.SHUTOFF: {"unknown": 0, "shutdown": 1, "destroyed": 2, "crashed": 3, "migrated": 4, "saved": 5,
                 "failed": 6, "from-snapshot": 7, "daemon": 8},

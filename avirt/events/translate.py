@@ -139,6 +139,8 @@ LIFECYCLE: dict[tuple[DomainState, str], tuple[LifecycleType, str]] = {
     (S.RUNNING, "wakeup"): (L.STARTED, "wakeup"),
     (S.RUNNING, "migrated"): (L.RESUMED, "migrated"),
     (S.PAUSED, "migration"): (L.SUSPENDED, "migrated"),
+    (S.PAUSED, "postcopy"): (L.SUSPENDED, "postcopy"),
+    (S.RUNNING, "postcopy"): (L.RESUMED, "postcopy"),
     (S.PAUSED, "user"): (L.SUSPENDED, "paused"),
     (S.PAUSED, "ioerror"): (L.SUSPENDED, "ioerror"),
     (S.PAUSED, "watchdog"): (L.SUSPENDED, "watchdog"),

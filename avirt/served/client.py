@@ -375,6 +375,9 @@ class ClientDriver(Driver):
             nbd=nbd, copies=copies, **extra))
         return result
 
+    async def migrate_postcopy(self, name: str) -> None:
+        await self._call("migrate_postcopy", name=name)
+
     async def migrate_progress(self, name: str) -> MigrationProgress:
         result: MigrationProgress = wire.info_from(MigrationProgress,
                                                    await self._call("migrate_progress", name=name))

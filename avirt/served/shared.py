@@ -322,6 +322,9 @@ class SharedDriver(Driver):
                                                             max_downtime=max_downtime, nbd=nbd, copies=copies,
                                                             tuning=tuning)
 
+    async def migrate_postcopy(self, name: str) -> None:
+        await (await self._driver()).migrate_postcopy(name)
+
     async def migrate_progress(self, name: str) -> MigrationProgress:
         return await (await self._driver()).migrate_progress(name)
 

@@ -33,6 +33,8 @@ async def _migrate(ctx: Context, args: argparse.Namespace) -> None:
 
     if not args.live:
         raise CommandError("only live migration is supported: add --live")
+    if args.postcopy_after_precopy and not args.postcopy:
+        raise CommandError("--postcopy-after-precopy needs --postcopy")
     async with ctx.connect() as conn, avirt.connect(args.desturi, state_dir=args.dest_state_dir) as dest:
         dom = await ctx.domain(conn, args.domain)
         copy = "all" if args.copy_storage_all else "inc" if args.copy_storage_inc else None
@@ -41,15 +43,26 @@ async def _migrate(ctx: Context, args: argparse.Namespace) -> None:
                                 max_downtime=args.max_downtime, persist=args.persistent,
                                 undefine_source=args.undefinesource, auto_converge=args.auto_converge,
                                 compressed=args.compressed,
-                                parallel=args.parallel_connections if args.parallel else None)
+                                parallel=args.parallel_connections if args.parallel else None,
+                                postcopy=args.postcopy)
         async with anyio.create_task_group() as group:
             if args.verbose:
                 group.start_soon(_draw_progress, ctx, job)
+            if args.postcopy_after_precopy:
+                group.start_soon(_postcopy_after_first_pass, job)
             moved = await job
             group.cancel_scope.cancel()
         if args.verbose:
             ctx.say("Migration: [100 %]")
     ctx.say(f"Domain '{moved.name}' migrated to {args.desturi}")
+
+
+async def _postcopy_after_first_pass(job: MigrationJob) -> None:
+    """virsh's --postcopy-after-precopy: switch once QEMU has been over the whole memory once."""
+    async for p in job.progress():
+        if p.passes > 1:
+            await job.postcopy()
+            return
 
 
 async def _draw_progress(ctx: Context, job: MigrationJob) -> None:
@@ -83,6 +96,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallel", action="store_true", help="send memory over several connections")
     parser.add_argument("--parallel-connections", type=_positive, default=2, metavar="N",
                         help="how many, with --parallel (default 2)")
+    parser.add_argument("--postcopy", action="store_true", help="allow a switch to postcopy")
+    parser.add_argument("--postcopy-after-precopy", action="store_true",
+                        help="switch to postcopy after the first pass over memory (needs --postcopy)")
     parser.add_argument("--verbose", action="store_true", help="show the progress")
 
 

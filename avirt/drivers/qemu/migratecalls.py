@@ -221,8 +221,28 @@ class MigrationCalls:
                 guest.pause_cause = None
             if watch.mirrors:
                 await migration.drop_mirrors(monitor, watch)  # completed: only their NBD nodes remain
-            await self.files.write_migration(name, {**record, "phase": "committed"})  # the commit point
+            if not watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
+                await self.files.write_migration(name, {**record, "phase": "committed"})  # the commit point
             return stats
+
+    async def migrate_postcopy(self, name: str) -> None:
+        """Source, during perform: switch to postcopy. The guest is the destination's from this moment
+        (the record says ``postcopy``: the commit point of a postcopy migration), while this QEMU goes
+        on serving its pages until QEMU says completed; nothing can undo it."""
+        guest = self._find(name)
+        watch = self.migrations.get(name)
+        record = await self.files.read_migration(name)
+        if watch is None or record is None or record.get("phase") != "perform":
+            raise OperationInvalidError(f"domain '{name}' is not sending its memory: "
+                                        "no postcopy to switch to")
+        await self.files.write_migration(name, {**record, "phase": "postcopy"})
+        guest.pause_cause = "postcopy"  # the source's STOP at the switch
+        try:
+            await migration.start_postcopy(self.monitor(guest), watch)
+        except QMPError as e:
+            guest.pause_cause = "migration"
+            await self.files.write_migration(name, record)
+            raise MigrationError(f"the migration of '{name}' cannot switch to postcopy: {e.desc}") from None
 
     async def migrate_progress(self, name: str) -> MigrationProgress:
         return await migration.progress(self.monitor(self._find(name)))
@@ -279,20 +299,20 @@ class MigrationCalls:
         async with guest.lock:
             try:
                 try:
-                    if watch is not None:
-                        await migration.received(self.monitor(guest), watch)
+                    if watch is not None and await migration.received(
+                            self.monitor(guest), watch) == migration.POSTCOPY:
+                        # Postcopy: the guest runs here now, its pages fetched from the source as it
+                        # touches them, until QEMU has them all (however long that takes).
+                        if resume:
+                            await self._cont(guest, "postcopy")
+                        await migration.received(self.monitor(guest), watch, postcopy=False, timeout=None)
                     try:
                         await migration.stop_exports(self.monitor(guest))
                     except QMPError:
                         pass  # no storage was copied: no NBD server runs
-                    if resume:
-                        guest.resume_reason = "migrated"
-                        try:
-                            await self.monitor(guest).execute("cont")
-                        finally:
-                            guest.resume_reason = None
-                        guest.set_state(DomainState.RUNNING, "migrated")
-                    else:
+                    if resume and guest.state is not DomainState.RUNNING:
+                        await self._cont(guest, "migrated")
+                    elif not resume:
                         guest.set_state(DomainState.PAUSED, "user", announce=False)
                 finally:
                     self.migrations.pop(name, None)
@@ -302,6 +322,14 @@ class MigrationCalls:
             await self.files.write_migration(name, None)
         if persistent_xml is not None:
             await self.define_xml(persistent_xml)
+
+    async def _cont(self, guest: Guest, reason: str) -> None:
+        guest.resume_reason = reason
+        try:
+            await self.monitor(guest).execute("cont")
+        finally:
+            guest.resume_reason = None
+        guest.set_state(DomainState.RUNNING, reason)
 
     # -- recovery ------------------------------------------------------------------------------------------
 
@@ -315,6 +343,21 @@ class MigrationCalls:
 
     async def _recover_source(self, guest: Guest, record: dict[str, Any]) -> None:
         phase = record.get("phase")
+        if phase == "postcopy":
+            # The guest runs at the destination; this QEMU serves its pages until QEMU says completed.
+            # QEMU still sends MIGRATION events (the old controller turned them on): watch them, having
+            # asked once for where it stands.
+            watch = self.migrations[guest.name] = migration.Watch()
+            try:
+                watch.update(await self.monitor(guest).execute("query-migrate"))
+                status = await watch.wait_done()
+            finally:
+                self.migrations.pop(guest.name, None)
+            if status != "completed":
+                log.error("domain %s: its postcopy migration %s: the guest is paused at both sides",
+                          guest.name, status)
+                return
+            phase = "committed"
         if phase == "committed":
             log.info("domain %s: its migration was committed; ending the source QEMU", guest.name)
             async with guest.lock:
@@ -375,7 +418,7 @@ class MigrationCalls:
         while guest.active:
             theirs = await source.read_migration(guest.name)
             phase = None if theirs is None else theirs.get("phase")
-            if phase == "committed" or (phase is None and await self._holds_all(guest)):
+            if phase in ("committed", "postcopy") or (phase is None and await self._holds_all(guest)):
                 log.info("domain %s: the source committed its migration; running it here", guest.name)
                 await self._run_arrived(guest, None, resume=bool(record.get("resume")),
                                         persistent_xml=record.get("persistent_xml"))

@@ -51,6 +51,8 @@ class Watch:
         self.finished: anyio.Event | None = None
         #: Destination: the images made for a storage copy (removed if the guest stays at the source).
         self.created: list[str] = []
+        #: Source: the switch to postcopy was asked for (the guest is the destination's from then on).
+        self.postcopy = False
 
     def update(self, data: dict[str, Any]) -> None:
         self.status = str(data.get("status", self.status))
@@ -109,7 +111,9 @@ async def _enable_events(monitor: Monitor, *extra: str) -> None:
 
 
 #: The capabilities the destination must have on too (the others are the sender's business).
-BOTH_SIDES = frozenset({"multifd"})
+BOTH_SIDES = frozenset({"multifd", "postcopy-ram"})
+#: The source's status once the guest runs at the destination and pages still come from the source.
+POSTCOPY = "postcopy-active"
 
 
 async def listen(monitor: Monitor, socket_path: str, tuning: dict[str, Any] | None = None) -> str:
@@ -194,23 +198,40 @@ async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | Non
                 await monitor.execute("block-job-cancel", {"device": job})
             await watch.wait_mirrors("completed")
             await monitor.execute("migrate-continue", {"state": "pre-switchover"})
-    status = await watch.wait_done()
-    if status != "completed":
+    # In postcopy the guest runs at the destination from the switch on: the source is done sending the
+    # state (its pages follow on demand, until QEMU says completed).
+    status = await watch.wait_status(frozenset({POSTCOPY}))  # only ever after start_postcopy
+    if status not in ("completed", POSTCOPY):
         reason = await _error_of(monitor)
         raise MigrationError(f"the migration {status}" + (f": {reason}" if reason else ""))
     return await progress(monitor)
 
 
-async def received(monitor: Monitor, watch: Watch) -> None:
-    """Destination: return once the whole state is loaded; MigrationError otherwise."""
+async def start_postcopy(monitor: Monitor, watch: Watch) -> None:
+    """Source: switch a running migration to postcopy (the destination runs the guest from now on)."""
+    watch.postcopy = True
     try:
-        with anyio.fail_after(FINISH_TIMEOUT):
-            status = await watch.wait_done()
+        await monitor.execute("migrate-start-postcopy")
+    except QMPError:
+        watch.postcopy = False
+        raise
+
+
+
+async def received(monitor: Monitor, watch: Watch, *, postcopy: bool = True,
+                   timeout: float | None = FINISH_TIMEOUT) -> str:
+    """Destination: return once the whole state is loaded, or once the source switched to postcopy
+    (``postcopy``: the devices are here, the pages still coming, and the guest may run); the status
+    then; MigrationError otherwise."""
+    try:
+        with anyio.fail_after(timeout):
+            status = await watch.wait_status(frozenset({POSTCOPY}) if postcopy else frozenset())
     except TimeoutError:
-        raise MigrationError(f"the destination did not finish loading the guest in {FINISH_TIMEOUT:.0f} s "
+        raise MigrationError(f"the destination did not finish loading the guest in {timeout:.0f} s "
                              f"(its status: {watch.status})") from None
-    if status != "completed":
+    if status not in ("completed", POSTCOPY):
         raise MigrationError(f"the destination's migration {status}: {await _error_of(monitor)}")
+    return status
 
 
 async def progress(monitor: Monitor) -> MigrationProgress:
