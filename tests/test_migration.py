@@ -70,19 +70,39 @@ class Lifecycle:
                 await self._changed.wait()
 
 
+async def writing_guest(source: Connection, xml: XMLFactory, tmp_path: Path, guest_images: GuestImages,
+                        name: str) -> tuple[avirt.Domain, Path, Path]:
+    """The tiny guest writing patterns to its disk without end, started and past its tenth write; with
+    its disk image and its serial log (which both QEMUs append to)."""
+    disk, serial = tmp_path / "disk.qcow2", tmp_path / "serial.log"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "32M"], check=True)
+    dom = await source.define_xml(xml(
+        name, type="qemu", memory_mib=256, kernel=str(guest_images.kernel),
+        initrd=str(guest_images.initrd), serial_file=str(serial), disks=[("vda", str(disk), "qcow2")],
+        cmdline=f"{BASE_CMDLINE} avirt.workload=write avirt.slots={SLOTS} avirt.count=0 avirt.sleep=0"))
+    await dom.start()
+    await wait_for_serial(serial, "avirt-wl: i=10 ")
+    return dom, disk, serial
+
+
+def check_every_write(serial: Path, disk: Path) -> None:
+    """Every write the guest reported is on the disk, whichever QEMU made it (the last per slot)."""
+    last: dict[int, int] = {}
+    for _, slot, pat in WRITE.findall(serial.read_text()):
+        last[int(slot)] = int(pat, 16)
+    assert len(last) == SLOTS
+    for slot, pat in last.items():
+        out = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {pat:#x} {slot}M 64k", disk],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and "verification failed" not in out.stdout, (slot, out.stdout)
+
+
 @pytest.mark.guest
 async def test_a_writing_guest_moves_and_keeps_every_write(
         pair: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path,
         guest_images: GuestImages) -> None:
     source, dest = pair
-    disk, serial = tmp_path / "disk.qcow2", tmp_path / "serial.log"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "32M"], check=True)
-    dom = await source.define_xml(xml(
-        "mover", type="qemu", memory_mib=256, kernel=str(guest_images.kernel),
-        initrd=str(guest_images.initrd), serial_file=str(serial), disks=[("vda", str(disk), "qcow2")],
-        cmdline=f"{BASE_CMDLINE} avirt.workload=write avirt.slots={SLOTS} avirt.count=0 avirt.sleep=0"))
-    await dom.start()
-    await wait_for_serial(serial, "avirt-wl: i=10 ")
+    dom, disk, serial = await writing_guest(source, xml, tmp_path, guest_images, "mover")
     at_source, at_dest = Lifecycle(source), Lifecycle(dest)
 
     job = await dom.migrate(dest)
@@ -103,14 +123,7 @@ async def test_a_writing_guest_moves_and_keeps_every_write(
     done = len(WRITE.findall(serial.read_text()))
     await wait_for_serial(serial, f"avirt-wl: i={done + 2 * SLOTS} ")
     await moved.shutdown(wait=60)
-    last: dict[int, int] = {}
-    for _, slot, pat in WRITE.findall(serial.read_text()):
-        last[int(slot)] = int(pat, 16)
-    assert len(last) == SLOTS
-    for slot, pat in last.items():  # every reported write is on the disk, whichever QEMU made it
-        out = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {pat:#x} {slot}M 64k", disk],
-                             capture_output=True, text=True)
-        assert out.returncode == 0 and "verification failed" not in out.stdout, (slot, out.stdout)
+    check_every_write(serial, disk)
 
 
 @pytest.mark.guest
@@ -118,14 +131,7 @@ async def test_a_writing_guest_switched_to_postcopy_runs_at_once_at_the_destinat
         pair: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path,
         guest_images: GuestImages) -> None:
     source, dest = pair
-    disk, serial = tmp_path / "disk.qcow2", tmp_path / "serial.log"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "32M"], check=True)
-    dom = await source.define_xml(xml(
-        "post", type="qemu", memory_mib=256, kernel=str(guest_images.kernel),
-        initrd=str(guest_images.initrd), serial_file=str(serial), disks=[("vda", str(disk), "qcow2")],
-        cmdline=f"{BASE_CMDLINE} avirt.workload=write avirt.slots={SLOTS} avirt.count=0 avirt.sleep=0"))
-    await dom.start()
-    await wait_for_serial(serial, "avirt-wl: i=10 ")
+    dom, disk, serial = await writing_guest(source, xml, tmp_path, guest_images, "post")
     at_source, at_dest = Lifecycle(source), Lifecycle(dest)
     plain = await dom.migrate(dest)
     with pytest.raises(OperationInvalidError, match="not started with postcopy=True"):
@@ -152,13 +158,7 @@ async def test_a_writing_guest_switched_to_postcopy_runs_at_once_at_the_destinat
     assert (await moved.state())[0] is DomainState.RUNNING
     await at_source.until(("STOPPED", "migrated"))
     await moved.shutdown(wait=60)
-    last: dict[int, int] = {}
-    for _, slot, pat in WRITE.findall(serial.read_text()):
-        last[int(slot)] = int(pat, 16)
-    for slot, pat in last.items():  # every reported write is on the disk, whichever QEMU made it
-        out = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {pat:#x} {slot}M 64k", disk],
-                             capture_output=True, text=True)
-        assert out.returncode == 0 and "verification failed" not in out.stdout, (slot, out.stdout)
+    check_every_write(serial, disk)
 
 
 async def test_a_paused_transient_copy_stays_paused_and_the_source_keeps_its_definition(
