@@ -47,7 +47,7 @@ from avirt.errors import DeviceDetachTimeoutError, HostError, OperationInvalidEr
 from avirt.qmp import Monitor
 from avirt.tasks import TaskOwner
 
-__all__ = ["DeviceHost", "Devices", "check_pluggable", "check_unpluggable"]
+__all__ = ["DeviceHost", "Devices", "ask_to_remove", "check_pluggable", "check_unpluggable"]
 
 log = logging.getLogger(__name__)
 
@@ -159,20 +159,12 @@ class Devices:
                 await self._set_definition(guest, new_definition)
 
     async def _unplug(self, guest: Guest, target: str, timeout: float) -> None:
-        released = anyio.Event()
-        guest.detaching[target] = released  # before device_del: its DEVICE_DELETED may come at once
         self._waiting.add((guest.name, target))
         try:
-            try:
-                await self._driver.monitor(guest).execute("device_del", {"id": target})
-            except QMPError:
-                guest.detaching.pop(target, None)
-                raise
-            with anyio.move_on_after(timeout):
-                await released.wait()
+            released = await ask_to_remove(self._driver.monitor(guest), guest, target, timeout)
         finally:
             self._waiting.discard((guest.name, target))
-        if not released.is_set():  # the request stands: device_deleted() finishes it if the guest agrees
+        if not released:  # the request stands: device_deleted() finishes it if the guest agrees
             raise DeviceDetachTimeoutError(guest.name, target, timeout)
         await self._unplugged(guest, target)
 
@@ -272,6 +264,26 @@ class Devices:
         await self._driver.files.write_definition(guest.name, domain_to_xml(cfg))
         guest.definition = cfg
         self._driver.disk_images_changed(guest)
+
+
+async def ask_to_remove(monitor: Monitor, guest: Guest, device: str, timeout: float,
+                        also: tuple[str, ...] = ()) -> bool:
+    """``device_del`` of ``device``, then up to ``timeout`` seconds for its DEVICE_DELETED (named
+    ``device`` or any of ``also``): whether it came. When it did not, the request stands in QEMU, and the
+    event, if it comes later, finds ``guest.detaching`` still naming it."""
+    released = anyio.Event()
+    keys = (device, *also)
+    for key in keys:  # before device_del: its DEVICE_DELETED may come at once
+        guest.detaching[key] = released
+    try:
+        await monitor.execute("device_del", {"id": device})
+    except QMPError:
+        for key in keys:
+            guest.detaching.pop(key, None)
+        raise
+    with anyio.move_on_after(timeout):
+        await released.wait()
+    return released.is_set()
 
 
 def check_unpluggable(name: str, disk: Disk) -> None:

@@ -36,8 +36,6 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-import anyio
-
 from avirt.config import domain_to_xml
 from avirt.config.devices import Controller, Interface
 from avirt.config.model import DomainConfig
@@ -51,6 +49,7 @@ from avirt.drivers.devices import (
 )
 from avirt.drivers.qemu.cmdline.devices import nic_device
 from avirt.drivers.qemu.guest import Guest
+from avirt.drivers.qemu.hotplug import ask_to_remove
 from avirt.errors import (
     AvirtError,
     DeviceDetachTimeoutError,
@@ -165,20 +164,12 @@ class Nics:
                 guest.definition = new_definition
 
     async def _unplug(self, guest: Guest, ident: str, timeout: float) -> None:
-        released = anyio.Event()
-        guest.detaching[ident] = released  # before device_del: its DEVICE_DELETED may come at once
         self._waiting.add((guest.name, ident))
         try:
-            try:
-                await self._driver.monitor(guest).execute("device_del", {"id": ident})
-            except QMPError:
-                guest.detaching.pop(ident, None)
-                raise
-            with anyio.move_on_after(timeout):
-                await released.wait()
+            released = await ask_to_remove(self._driver.monitor(guest), guest, ident, timeout)
         finally:
             self._waiting.discard((guest.name, ident))
-        if not released.is_set():
+        if not released:
             raise DeviceDetachTimeoutError(guest.name, ident, timeout)
         await self._unplugged(guest, ident)
 

@@ -28,12 +28,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import anyio
-
 from avirt.config import domain_to_xml
 from avirt.config.model import DomainConfig
 from avirt.drivers.qemu.guest import Guest
-from avirt.drivers.qemu.hotplug import DeviceHost
+from avirt.drivers.qemu.hotplug import DeviceHost, ask_to_remove
 from avirt.errors import DeviceDetachTimeoutError, InvalidArgumentError, OperationInvalidError, QMPError
 
 __all__ = ["reconcile", "set_vcpus", "with_vcpus"]
@@ -80,28 +78,18 @@ async def _unplug(driver: DeviceHost, guest: Guest, slot: dict[str, Any], timeou
     path = str(slot["qom-path"])
     # A CPU of the command line has no id: QEMU takes its QOM path, and names it so in DEVICE_DELETED.
     device = path.removeprefix("/machine/peripheral/") if path.startswith("/machine/peripheral/") else path
-    released = anyio.Event()
-    # Before device_del: its DEVICE_DELETED may come at once. QEMU 7.2 reports a vCPU's removal as the
-    # DEVICE_DELETED of its local APIC (path <cpu>/lapic); the CPU's own comes late or not at all.
-    keys = (device, f"{path}/lapic")
-    for key in keys:
-        guest.detaching[key] = released
+    # QEMU 7.2 reports a vCPU's removal as the DEVICE_DELETED of its local APIC (path <cpu>/lapic); the
+    # CPU's own comes late or not at all.
+    await driver.files.mark_vcpu_left(guest.name)  # before it may have happened
     try:
-        await driver.files.mark_vcpu_left(guest.name)  # before it may have happened
-        try:
-            await driver.monitor(guest).execute("device_del", {"id": device})
-        except QMPError as e:
-            # QEMU refuses while the guest's OS has not taken over ACPI CPU hotplug (a guest still in
-            # its firmware, or without ACPI): nothing was asked of the guest.
-            raise OperationInvalidError(
-                f"domain '{guest.name}': QEMU refused to unplug vCPU {device} ({e.desc}); a guest whose OS "
-                "has not booted cannot let one go") from None
-        with anyio.move_on_after(timeout):
-            await released.wait()
-    finally:
-        for key in keys:
-            guest.detaching.pop(key, None)
-    if not released.is_set():
+        released = await ask_to_remove(driver.monitor(guest), guest, device, timeout, also=(f"{path}/lapic",))
+    except QMPError as e:
+        # QEMU refuses while the guest's OS has not taken over ACPI CPU hotplug (a guest still in its
+        # firmware, or without ACPI): nothing was asked of the guest.
+        raise OperationInvalidError(
+            f"domain '{guest.name}': QEMU refused to unplug vCPU {device} ({e.desc}); a guest whose OS "
+            "has not booted cannot let one go") from None
+    if not released:
         raise DeviceDetachTimeoutError(guest.name, device, timeout)
 
 
