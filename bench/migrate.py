@@ -15,6 +15,14 @@ Storage is shared (both QEMUs open the same image).
   for both MIGRATION ``completed`` events, ``cont`` at the destination, ``quit`` the source and wait for
   its end. Then the roles swap.
 
+**Copied storage** (``--storage copy``, or both with the default ``--storage both``): the same, with each
+migration copying the disk into a new image at the destination. avirt: ``copy_storage="all"`` with a new
+``storage_paths`` image each run. Bare: the destination's image made with ``qemu-img create``, the
+destination's NBD server exporting its disk node, the source's ``blockdev-add`` of that export and a
+``blockdev-mirror`` (sync full) until READY, then ``migrate`` with ``pause-before-switchover``, the
+mirror cancelled at the pause (which completes a READY mirror), ``migrate-continue``, and the NBD server
+stopped before ``cont`` — the steps avirt takes.
+
 Both sides report QEMU's own downtime (``query-migrate`` at the source once completed). Targets: avirt's
 median total within 1.05x of bare, its median downtime no worse than bare's (+1 ms, QEMU's resolution).
 libvirt refuses to migrate a guest to the same host, so it cannot give a figure here.
@@ -81,7 +89,7 @@ async def wait_serial(path: Path, marker: str, timeout: float = 120) -> None:
             await anyio.sleep(0.05)
 
 
-async def avirt_side(tmp: Path, xml: str, runs: int) -> tuple[list[float], list[int], str]:
+async def avirt_side(tmp: Path, xml: str, runs: int, copy: bool) -> tuple[list[float], list[int], str]:
     totals, downtimes = [], []
     async with avirt.connect(state_dir=tmp / "a") as a, avirt.connect(state_dir=tmp / "b") as b:
         dom = await a.define_xml(xml)
@@ -90,8 +98,12 @@ async def avirt_side(tmp: Path, xml: str, runs: int) -> tuple[list[float], list[
         await wait_serial(tmp / "serial.log", READY)
         here, there = a, b
         for i in range(runs + 1):
+            storage: dict[str, Any] = {}
+            if copy:  # a new image each run: avirt never writes over an existing file
+                storage = {"copy_storage": "all", "storage_paths": {"vda": str(tmp / f"a{i}.qcow2")}}
             t0 = time.perf_counter()
-            job = await dom.migrate(there, persist=False, undefine_source=False)  # as bare: no defines
+            job = await dom.migrate(there, persist=False, undefine_source=False,  # as bare: no defines
+                                    **storage)
             dom = await job
             if i:  # the first run warms up both sides
                 totals.append(time.perf_counter() - t0)
@@ -111,38 +123,86 @@ async def _migration_done(client: QMPClient) -> None:
                 return
 
 
-async def bare_side(tmp: Path, stored_xml: str, runs: int) -> tuple[list[float], list[int]]:
+async def _event(client: QMPClient, name: str, key: str, wanted: str) -> None:
+    """Until ``client``'s QEMU sends event ``name`` whose ``data[key]`` is ``wanted``."""
+    with client.listener(name) as events:
+        async for event in events:
+            if event["data"].get(key) == wanted:
+                return
+
+
+async def _copy_disk(source: QMPClient, dest: QMPClient, sock: Path) -> None:
+    """The storage copy's first part: the destination exports its new disk, the source mirrors into it
+    until READY."""
+    await dest.execute("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(sock)}}})
+    await dest.execute("block-export-add", {"type": "nbd", "id": "mig-vda", "node-name": "vda-1",
+                                            "name": "vda", "writable": True})
+    await source.execute("blockdev-add", {"driver": "nbd", "node-name": "mig-vda", "export": "vda",
+                                          "server": {"type": "unix", "path": str(sock)}})
+    async with anyio.create_task_group() as group:
+        group.start_soon(_event, source, "BLOCK_JOB_READY", "device", "mig-vda")
+        await anyio.lowlevel.checkpoint()
+        await source.execute("blockdev-mirror", {"job-id": "mig-vda", "device": "vda-1", "target": "mig-vda",
+                                                 "sync": "full", "speed": 0})
+
+
+async def _switch_over(source: QMPClient) -> None:
+    """The storage copy's last part: at QEMU's pause before the switch-over, the mirror completes
+    (a READY mirror cancelled writes what is left), its NBD node goes, and the migration continues."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(_event, source, "BLOCK_JOB_COMPLETED", "device", "mig-vda")
+        await anyio.lowlevel.checkpoint()
+        await source.execute("block-job-cancel", {"device": "mig-vda"})
+    await source.execute("blockdev-del", {"node-name": "mig-vda"})
+    await source.execute("migrate-continue", {"state": "pre-switchover"})
+
+
+async def bare_side(tmp: Path, stored_xml: str, runs: int, copy: bool) -> tuple[list[float], list[int]]:
     cfg = parse_domain_xml(stored_xml)
     chains = {d.target: [Layer(d.source, d.format)] for d in cfg.disks if d.source}
-    (tmp / "raw").mkdir()
+    raw = tmp / ("raw-copy" if copy else "raw")
+    raw.mkdir()
 
-    def argv(run_dir: Path, incoming: bool) -> Any:
-        return lambda fd, pidfile: [*build_argv(cfg, chains=chains, accel="tcg", monitor=f"fd={fd}",
+    def argv(run_dir: Path, incoming: bool, disk: str | None = None) -> Any:
+        disks = {"vda": [Layer(disk, "qcow2")]} if disk else chains
+        return lambda fd, pidfile: [*build_argv(cfg, chains=disks, accel="tcg", monitor=f"fd={fd}",
                                                 pidfile=pidfile, run_dir=str(run_dir)),
                                     *(["-incoming", "defer"] if incoming else [])]
 
     totals, downtimes = [], []
     serial = tmp / "serial.log"
     serial.unlink()
-    first = tmp / "raw" / "s"
+    first = raw / "s"
     source: RawGuest = await rawqemu.spawn("src", first, argv(first, False), cont=True)
     await wait_serial(serial, READY)
     for i in range(runs + 1):
         t0 = time.perf_counter()
-        run_dir = tmp / "raw" / f"d{i}"
-        dest = await rawqemu.spawn(f"d{i}", run_dir, argv(run_dir, True), cont=False)
+        run_dir = raw / f"d{i}"
+        disk = None
+        if copy:  # as avirt makes it: the source's format and size
+            disk = str(tmp / f"b{i}.qcow2")
+            await anyio.run_process(["qemu-img", "create", "-q", "-f", "qcow2", disk, "1G"])
+        dest = await rawqemu.spawn(f"d{i}", run_dir, argv(run_dir, True, disk), cont=False)
+        extra = [{"capability": "pause-before-switchover", "state": True}] if copy else []
         caps = {"capabilities": [{"capability": "events", "state": True}]}
-        for client in (dest.client, source.client):
-            await client.execute("migrate-set-capabilities", caps)
+        await dest.client.execute("migrate-set-capabilities", caps)
+        await source.client.execute("migrate-set-capabilities",
+                                    {"capabilities": [*caps["capabilities"], *extra]})
         uri = f"unix:{run_dir / 'migrate.sock'}"
         await dest.client.execute("migrate-incoming", {"uri": uri})
+        if copy:
+            await _copy_disk(source.client, dest.client, run_dir / "nbd.sock")
         await source.client.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
         async with anyio.create_task_group() as group:
             group.start_soon(_migration_done, dest.client)
             group.start_soon(_migration_done, source.client)
-            await anyio.lowlevel.checkpoint()  # both listeners are registered before the migration starts
+            if copy:
+                group.start_soon(_pause_then_switch, source.client)
+            await anyio.lowlevel.checkpoint()  # every listener is registered before the migration starts
             await source.client.execute("migrate", {"uri": uri})
         info = await source.client.execute("query-migrate")
+        if copy:
+            await dest.client.execute("nbd-server-stop")
         await dest.client.execute("cont")
         await rawqemu.stop(source)
         if i:
@@ -153,18 +213,23 @@ async def bare_side(tmp: Path, stored_xml: str, runs: int) -> tuple[list[float],
     return totals, downtimes
 
 
+async def _pause_then_switch(source: QMPClient) -> None:
+    await _event(source, "MIGRATION", "status", "pre-switchover")
+    await _switch_over(source)
+
+
 def summary(values_ms: Sequence[float]) -> dict[str, float]:
     ordered = sorted(values_ms)
     return {"median": round(statistics.median(ordered), 2), "min": round(ordered[0], 2),
             "max": round(ordered[-1], 2)}
 
 
-async def measure(runs: int) -> dict[str, Any]:
+async def measure_one(runs: int, copy: bool) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="avirt-bench-migrate-"))
     try:
         xml = guest_xml(tmp)
-        a_total, a_down, stored = await avirt_side(tmp, xml, runs)
-        b_total, b_down = await bare_side(tmp, stored, runs)
+        a_total, a_down, stored = await avirt_side(tmp, xml, runs, copy)
+        b_total, b_down = await bare_side(tmp, stored, runs, copy)
     finally:
         kill_leftovers(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -172,7 +237,6 @@ async def measure(runs: int) -> dict[str, Any]:
     ratio = round(avirt_ms["median"] / bare_ms["median"], 3)
     down_a, down_b = statistics.median(a_down), statistics.median(b_down)
     return {
-        "config": {"runs": runs, "memory_mib": 256, "disk_gib": 1, "storage": "shared"},
         "avirt": {"total_ms": avirt_ms, "downtime_ms": down_a},
         "bare": {"total_ms": bare_ms, "downtime_ms": down_b},
         "ratio": ratio,
@@ -185,20 +249,36 @@ async def measure(runs: int) -> dict[str, Any]:
     }
 
 
+async def measure(runs: int, storage: str) -> dict[str, Any]:
+    report: dict[str, Any] = {"config": {"runs": runs, "memory_mib": 256, "disk_gib": 1, "storage": storage}}
+    for kind in ("shared", "copy"):
+        if storage in (kind, "both"):
+            report[kind] = await measure_one(runs, kind == "copy")
+    report["targets"] = [{**t, "name": f"{kind}: {t['name']}"}
+                         for kind in ("shared", "copy") if kind in report for t in report[kind]["targets"]]
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=10, help="timed migrations per side (default 10)")
+    parser.add_argument("--storage", choices=("shared", "copy", "both"), default="both",
+                        help="shared storage, copied storage, or both (default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    report = anyio.run(measure, args.runs)
+    report = anyio.run(measure, args.runs, args.storage)
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"migration: 256 MiB TCG guest writing to a 1 GiB disk, shared storage, {args.runs} runs each way")
-    for side in ("avirt", "bare"):
-        t = report[side]["total_ms"]
-        print(f"  {side:<6} total {t['median']:8.1f} ms (min {t['min']:.1f}, max {t['max']:.1f})   "
-              f"downtime {report[side]['downtime_ms']:.0f} ms")
+    print(f"migration: 256 MiB TCG guest writing to a 1 GiB disk, {args.runs} runs each way")
+    for kind in ("shared", "copy"):
+        if kind not in report:
+            continue
+        print(f" {kind} storage:")
+        for side in ("avirt", "bare"):
+            t = report[kind][side]["total_ms"]
+            print(f"  {side:<6} total {t['median']:8.1f} ms (min {t['min']:.1f}, max {t['max']:.1f})   "
+                  f"downtime {report[kind][side]['downtime_ms']:.0f} ms")
     for t in report["targets"]:
         print(f"  {'ok  ' if t['ok'] else 'MISS'} {t['name']}: {t['value']} {t['unit']} (limit {t['limit']})")
     print("  (libvirt refuses a migration to the same host: no libvirt figure here)")

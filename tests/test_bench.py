@@ -153,3 +153,16 @@ def test_networks_benchmark_reports_its_figures_as_json() -> None:
     assert report["network"]["avirt"]["start_ms"]["median"] > 0
     assert "unavailable" in report["network"]["libvirt"] or "start_ms" in report["network"]["libvirt"]
     assert "throughput" not in report and report["targets"] == []
+
+
+@pytest.mark.guest
+def test_migrate_benchmark_reports_its_figures_as_json() -> None:
+    bench = BENCH.with_name("migrate.py")
+    result = subprocess.run([sys.executable, str(bench), "--json", "--runs", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for kind in ("shared", "copy"):
+        assert all(report[kind][side]["total_ms"]["median"] > 0 for side in ("avirt", "bare"))
+    assert {t["name"].split(":")[0] for t in report["targets"]} == {"shared", "copy"}
+    assert all(isinstance(t["ok"], bool) for t in report["targets"])
