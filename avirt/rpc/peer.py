@@ -1,9 +1,12 @@
 """One end of a served-protocol connection: calls out, calls in, streams, cancellation.
 
 A :class:`Peer` owns one byte stream (a unix socket, or an SSH channel's standard input and output) for
-the lifetime of its ``async with`` block, and runs one reader task in a task group of its own. Both ends
-are symmetric: either may call the other; a controller's side answers with its ``handler`` and a client's
-side usually has none.
+the lifetime of its ``async with`` block, and reads it in one place: on a socket under asyncio, a
+callback of the event loop that runs as soon as bytes arrive and hands each message on at once (a call's
+answer wakes its caller directly, a request starts its handler's task); on any other stream, one reader
+task in a task group of its own. Every message costs a trip through the event loop fewer that way, and
+readiness is registered once per connection, not once per message. Both ends are symmetric: either may
+call the other; a controller's side answers with its ``handler`` and a client's side usually has none.
 
 * **Calls** (:meth:`Peer.call`) carry a request id; any number may be in flight on one connection and
   their responses may come back in any order. A caller that is cancelled (a timeout, a task group
@@ -26,6 +29,7 @@ Writes are serialised by one lock: a slow reader on the other side holds up this
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import logging
@@ -145,11 +149,19 @@ class Peer:
         self._socket: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
         self._group: TaskGroup | None = None
         self._closed = anyio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # while it calls _readable
 
     async def __aenter__(self) -> Peer:
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
-        self._group.start_soon(self._read, name=f"{self.name}-reader")
+        if self._socket is not None and _on_asyncio():
+            # The event loop itself reads the socket when it is readable and hands each message on at once:
+            # no reader task to wake, and no readiness registration per message (each is a trip through the
+            # event loop and two system calls, on every message in both directions).
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._socket, self._readable)
+        else:
+            self._group.start_soon(self._read, name=f"{self.name}-reader")
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -158,6 +170,7 @@ class Peer:
         # Closing the stream first lets the reader end by itself: cancelling a receive that is waiting on
         # a unix socket races with its readiness callback in anyio's asyncio backend.
         self._close("closed")
+        self._stop_reading()
         with anyio.CancelScope(shield=True):
             await self._stream.aclose()
         self._group.cancel_scope.cancel()
@@ -276,11 +289,42 @@ class Peer:
             reason = f"protocol error: {e}"
             log.warning("%s: closing the connection: %s", self.name, e)
         finally:
-            self._close(reason)
-            assert self._group is not None
-            # Calls being served for a peer that is gone have nobody to answer to.
-            for scope in self._serving.values():
-                scope.cancel()
+            self._ended(reason)
+
+    def _readable(self) -> None:
+        """The socket has bytes (or its end): what :meth:`_read` does for one ``receive``, called by the
+        event loop itself."""
+        assert self._socket is not None
+        try:
+            data = self._socket.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._ended("end of stream")
+            return
+        try:
+            for message in self._decoder.feed(data):
+                self._dispatch(message)
+        except ProtocolError as e:
+            log.warning("%s: closing the connection: %s", self.name, e)
+            self._ended(f"protocol error: {e}")
+        except Exception as e:  # a callback of the event loop: nothing above it would end the connection
+            log.exception("%s: closing the connection", self.name)
+            self._ended(f"failed: {e}")
+
+    def _ended(self, reason: str) -> None:
+        self._stop_reading()
+        self._close(reason)
+        # Calls being served for a peer that is gone have nobody to answer to.
+        for scope in self._serving.values():
+            scope.cancel()
+
+    def _stop_reading(self) -> None:
+        if self._loop is not None and self._socket is not None:
+            self._loop.remove_reader(self._socket)  # found by identity even once closed
+            self._loop = None
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, Response):
@@ -358,6 +402,14 @@ class Peer:
                     await self._send(Response(request.id, error_to_wire(e), None))
             except PeerClosedError:
                 pass
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio)
+        return False
+    return True
 
 
 def error_to_wire(error: AvirtError) -> dict[str, Any]:
