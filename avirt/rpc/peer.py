@@ -17,6 +17,8 @@ call the other; a controller's side answers with its ``handler`` and a client's 
   drops the oldest beyond that, so a consumer that falls behind never stalls the reader (nor the other
   calls on the connection); it receives a :class:`Lost` marker with the count instead, in order. A
   handler may yield :class:`Lost` itself to report what it dropped upstream.
+  A handler may also yield a :class:`Batch` of items that are ready together: they go out as the same
+  ``$item`` messages, in one write (one system call here, one wake-up of the other side).
 * **Handlers** run one task each. A handler's :class:`~avirt.errors.AvirtError` travels back as its class
   name, message and plain attributes and is raised again, as the same class, in the caller; any other
   exception is logged where it happened and reaches the caller as a bare ``AvirtError``.
@@ -57,7 +59,7 @@ from avirt.rpc.messages import (
     encode,
 )
 
-__all__ = ["Handler", "Lost", "Peer", "PeerClosedError"]
+__all__ = ["Batch", "Handler", "Lost", "Peer", "PeerClosedError"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,14 @@ class Lost:
     (0: an unknown number)."""
 
     count: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """In a stream handler's output: several items (and :class:`Lost` markers), in order, that are ready
+    at once and are written together."""
+
+    items: list[Any]
 
 
 class _Pending:
@@ -256,12 +266,13 @@ class Peer:
 
     # -- the connection -----------------------------------------------------------------------------------
 
-    async def _send(self, message: Message) -> None:
+    async def _send(self, *messages: Message) -> None:
+        """Write ``messages`` in order, in one write when the socket takes them all."""
         try:
-            data = encode(message)
+            data = b"".join([encode(message) for message in messages])
         except (UnicodeEncodeError, TypeError, ValueError, OverflowError) as e:
             # A value msgpack cannot carry: lone surrogates (os.fsdecode's), an integer past 64 bits...
-            raise InvalidArgumentError(f"cannot send {_what(message)}: {e}") from None
+            raise InvalidArgumentError(f"cannot send {_what(messages[0])}: {e}") from None
         async with self._send_lock:
             try:
                 if self._socket is not None:
@@ -380,10 +391,9 @@ class Peer:
                     result = await outcome
                 else:
                     async for item in outcome:
-                        if isinstance(item, Lost):
-                            await self._send(Notification(LOST, [request.id, item.count]))
-                        else:
-                            await self._send(Notification(ITEM, [request.id, item]))
+                        items = item.items if isinstance(item, Batch) else [item]
+                        await self._send(*[Notification(LOST, [request.id, i.count]) if isinstance(i, Lost)
+                                           else Notification(ITEM, [request.id, i]) for i in items])
             except AvirtError as e:
                 error = error_to_wire(e)
             except Exception as e:

@@ -37,7 +37,7 @@ from avirt.errors import EventsLostError, OperationInvalidError, ProtocolVersion
 from avirt.events.bus import EventStream
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob
-from avirt.rpc import Lost, Peer
+from avirt.rpc import Batch, Lost, Peer
 from avirt.served import wire
 from avirt.tasks import TaskOwner
 
@@ -50,6 +50,9 @@ PROTOCOL = 1
 
 #: How many events a client may fall behind before it loses the oldest (the bus's queue for it).
 CLIENT_EVENT_QUEUE = 4096
+
+#: At most this many events queued together go out in one write.
+EVENT_BATCH = 256
 
 
 def _ref(value: Any) -> Any:
@@ -260,22 +263,34 @@ class _Session:
                 # no event emitted after it returned can miss this client.
                 yield {"subscribed": True}
                 while True:
-                    try:
-                        event = await stream.__anext__()
-                    except StopAsyncIteration:
+                    batch = await _next_events(stream)
+                    if batch is None:
                         return
-                    except EventsLostError as e:
-                        item: Any = Lost(e.count or 0)  # 0: an unknown number
-                    else:
-                        item = wire.event_to(event)
                     self._in_flight = True
-                    yield item  # returns here once the item has been written
+                    yield Batch(batch)  # returns here once the batch has been written
                     self._in_flight = False
                     self._sent.set()
                     self._sent = anyio.Event()
             finally:
                 self._event_stream = None
                 self._sent.set()
+
+
+async def _next_events(stream: EventStream) -> list[Any] | None:
+    """The next event (waiting for it) and every one queued behind it, as the wire carries them: a burst
+    (one QMP event and the lifecycle event it means, a hundred guests paused at once) goes out in one write,
+    and the client wakes once for it. None once the stream has ended."""
+    batch: list[Any] = []
+    while not batch or (stream.pending and len(batch) < EVENT_BATCH):
+        try:
+            event = await stream.__anext__()  # returns at once while events are queued
+        except StopAsyncIteration:
+            return batch or None
+        except EventsLostError as e:
+            batch.append(Lost(e.count or 0))  # 0: an unknown number
+        else:
+            batch.append(wire.event_to(event))
+    return batch
 
 
 async def _fail(error: Exception) -> Any:
