@@ -103,7 +103,7 @@ class _Pending:
         self.items: deque[Any] | None = None if max_items is None else deque()
         self.max_items = max_items or 0
         self.lost = 0
-        self._wake = anyio.Event()
+        self._wake: anyio.Event | None = None  # while a stream's consumer waits
 
     def add(self, item: Any) -> None:
         if self.items is None:
@@ -133,11 +133,15 @@ class _Pending:
         self.finish(None, None)
 
     def wake(self) -> None:
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def wait(self) -> None:
-        await self._wake.wait()
         self._wake = anyio.Event()
+        try:
+            await self._wake.wait()
+        finally:
+            self._wake = None
 
 
 class Peer:
@@ -152,6 +156,7 @@ class Peer:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._serving: dict[int, anyio.CancelScope] = {}
+        self._handlers: set[asyncio.Task[None]] = set()  # handlers' tasks started by _readable
         # fast_acquire: an uncontended lock costs no trip through the event loop (each one a call's latency).
         self._send_lock = anyio.Lock(fast_acquire=True)
         # A socket is written directly while its buffer has room (the common case); anyio's send, which
@@ -183,6 +188,10 @@ class Peer:
         self._stop_reading()
         with anyio.CancelScope(shield=True):
             await self._stream.aclose()
+            for scope in self._serving.values():
+                scope.cancel()
+            if self._handlers:
+                await asyncio.wait(set(self._handlers))
         self._group.cancel_scope.cancel()
         await self._group.__aexit__(exc_type, exc, tb)
 
@@ -347,8 +356,16 @@ class Peer:
             if message.id in self._serving:
                 raise ProtocolError(f"request id {message.id} is already in flight")
             scope = self._serving[message.id] = anyio.CancelScope()
-            assert self._group is not None
-            self._group.start_soon(self._serve, message, scope, name=f"{self.name}-{message.method}")
+            name = f"{self.name}-{message.method}"
+            if self._loop is not None:
+                # A plain task, which __aexit__ cancels and awaits itself: a task group's task costs a wrapper
+                # coroutine, a task state and a cancel scope more, on every call's way.
+                task = self._loop.create_task(self._serve(message, scope), name=name)
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+            else:
+                assert self._group is not None
+                self._group.start_soon(self._serve, message, scope, name=name)
         elif message.method == CANCEL:
             serving = self._serving.get(_request_id(message))
             if serving is not None:  # else it has already finished: its response is on the way
