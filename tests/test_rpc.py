@@ -18,7 +18,7 @@ import pytest
 from anyio.abc import UNIXSocketStream
 
 from avirt.errors import AvirtError, InvalidArgumentError, SharedImageError
-from avirt.rpc import Lost, Peer, PeerClosedError
+from avirt.rpc import Batch, Lost, Peer, PeerClosedError
 
 pytestmark = pytest.mark.anyio
 
@@ -40,6 +40,8 @@ class Server:
     def __call__(self, method: str, params: list[Any]) -> Any:
         if method == "count":
             return self.count(*params)
+        if method == "batches":
+            return self.batches(*params)
         return getattr(self, method)(*params)
 
     async def echo(self, *values: Any) -> list[Any]:
@@ -75,6 +77,11 @@ class Server:
         except anyio.get_cancelled_exc_class():
             self.mark(self.cancelled, key).set()
             raise
+
+
+    async def batches(self, *batches: list[Any]) -> AsyncIterator[Any]:
+        for items in batches:
+            yield Batch([Lost(item["lost"]) if isinstance(item, dict) else item for item in items])
 
 
 @asynccontextmanager
@@ -136,6 +143,16 @@ async def test_a_stream_delivers_its_items_in_order_and_ends_with_its_response()
         await client.call("release", "s")
         async with client.stream("count", 5, "s") as items:
             assert [item async for item in items] == [0, 1, 2, 3, 4]
+
+
+async def test_a_batch_arrives_as_its_items_in_order_lost_markers_included() -> None:
+    async with connected(Server()) as (client, _):
+        async with client.stream("batches", [{"lost": 2}, 0, 1], [], [2, 3]) as items:
+            assert [item async for item in items] == [Lost(2), 0, 1, 2, 3]
+        seen: list[Any] = []  # handed on as they arrive: a Lost marker in its place
+        async with client.stream("batches", [4, {"lost": 1}, 5], [6], on_item=seen.append) as items:
+            assert [item async for item in items] == []
+        assert seen == [4, Lost(1), 5, 6]
 
 
 async def test_a_consumer_that_falls_behind_gets_the_newest_items_and_a_count_of_the_rest() -> None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 import avirt
-from avirt.errors import AvirtError, EventsLostError
+from avirt.errors import AvirtError, EventsLostError, OperationInvalidError
 from avirt.events.model import BlockJobStatus, EventKind, LifecycleEvent, LifecycleType
 from avirt.rpc import Peer
 from tests.conformance.conftest import chain_disk
@@ -126,6 +126,20 @@ async def test_a_client_of_another_protocol_version_is_told_both_versions(
             await peer.call("hello", {"protocol": 99})
         with pytest.raises(AvirtError, match="the first call must be hello"):
             await peer.call("list_domains", {})
+
+
+async def test_a_call_with_the_wrong_arguments_is_refused_by_name(
+        state_dir: Path, holder: subprocess.Popen[str]) -> None:
+    stream = await anyio.connect_unix(str(state_dir / "avirt.sock"))
+    async with Peer(stream, name="client") as peer:
+        await peer.call("hello", {"protocol": 1})
+        with pytest.raises(OperationInvalidError, match="lookup: missing a required argument: 'name_or_"):
+            await peer.call("lookup", {"name": "web"})
+        with pytest.raises(OperationInvalidError, match="lookup: got an unexpected keyword argument 'extra'"):
+            await peer.call("lookup", {"name_or_uuid": "web", "extra": 1})
+        with pytest.raises(OperationInvalidError, match="start: missing a required argument: 'paused'"):
+            await peer.call("start", {"name": "web"})
+        assert await peer.call("list_domains", {}) == []
 
 
 _values = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.text(max_size=20)

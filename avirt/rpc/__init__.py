@@ -6,7 +6,7 @@ wire format is documented in docs/protocol.md.
 """
 
 from avirt.rpc.messages import MAX_MESSAGE, ProtocolError
-from avirt.rpc.peer import Handler, Lost, Peer, PeerClosedError, error_from_wire, error_to_wire
+from avirt.rpc.peer import Batch, Handler, Lost, Peer, PeerClosedError, error_from_wire, error_to_wire
 
-__all__ = ["MAX_MESSAGE", "Handler", "Lost", "Peer", "PeerClosedError", "ProtocolError", "error_from_wire",
-           "error_to_wire"]
+__all__ = ["MAX_MESSAGE", "Batch", "Handler", "Lost", "Peer", "PeerClosedError", "ProtocolError",
+           "error_from_wire", "error_to_wire"]

@@ -1,9 +1,12 @@
 """One end of a served-protocol connection: calls out, calls in, streams, cancellation.
 
 A :class:`Peer` owns one byte stream (a unix socket, or an SSH channel's standard input and output) for
-the lifetime of its ``async with`` block, and runs one reader task in a task group of its own. Both ends
-are symmetric: either may call the other; a controller's side answers with its ``handler`` and a client's
-side usually has none.
+the lifetime of its ``async with`` block, and reads it in one place: on a socket under asyncio, a
+callback of the event loop that runs as soon as bytes arrive and hands each message on at once (a call's
+answer wakes its caller directly, a request starts its handler's task); on any other stream, one reader
+task in a task group of its own. Every message costs a trip through the event loop fewer that way, and
+readiness is registered once per connection, not once per message. Both ends are symmetric: either may
+call the other; a controller's side answers with its ``handler`` and a client's side usually has none.
 
 * **Calls** (:meth:`Peer.call`) carry a request id; any number may be in flight on one connection and
   their responses may come back in any order. A caller that is cancelled (a timeout, a task group
@@ -14,6 +17,8 @@ side usually has none.
   drops the oldest beyond that, so a consumer that falls behind never stalls the reader (nor the other
   calls on the connection); it receives a :class:`Lost` marker with the count instead, in order. A
   handler may yield :class:`Lost` itself to report what it dropped upstream.
+  A handler may also yield a :class:`Batch` of items that are ready together: they go out as the same
+  ``$item`` messages, in one write (one system call here, one wake-up of the other side).
 * **Handlers** run one task each. A handler's :class:`~avirt.errors.AvirtError` travels back as its class
   name, message and plain attributes and is raised again, as the same class, in the caller; any other
   exception is logged where it happened and reaches the caller as a bare ``AvirtError``.
@@ -26,6 +31,7 @@ Writes are serialised by one lock: a slow reader on the other side holds up this
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import logging
@@ -53,7 +59,7 @@ from avirt.rpc.messages import (
     encode,
 )
 
-__all__ = ["Handler", "Lost", "Peer", "PeerClosedError"]
+__all__ = ["Batch", "Handler", "Lost", "Peer", "PeerClosedError"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,14 @@ class Lost:
     count: int
 
 
+@dataclass(frozen=True)
+class Batch:
+    """In a stream handler's output: several items (and :class:`Lost` markers), in order, that are ready
+    at once and are written together."""
+
+    items: list[Any]
+
+
 class _Pending:
     """A call or stream of ours, waiting for its response (and, for a stream, collecting items)."""
 
@@ -89,7 +103,7 @@ class _Pending:
         self.items: deque[Any] | None = None if max_items is None else deque()
         self.max_items = max_items or 0
         self.lost = 0
-        self._wake = anyio.Event()
+        self._wake: anyio.Event | None = None  # while a stream's consumer waits
 
     def add(self, item: Any) -> None:
         if self.items is None:
@@ -119,11 +133,15 @@ class _Pending:
         self.finish(None, None)
 
     def wake(self) -> None:
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def wait(self) -> None:
-        await self._wake.wait()
         self._wake = anyio.Event()
+        try:
+            await self._wake.wait()
+        finally:
+            self._wake = None
 
 
 class Peer:
@@ -138,6 +156,7 @@ class Peer:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._serving: dict[int, anyio.CancelScope] = {}
+        self._handlers: set[asyncio.Task[None]] = set()  # handlers' tasks started by _readable
         # fast_acquire: an uncontended lock costs no trip through the event loop (each one a call's latency).
         self._send_lock = anyio.Lock(fast_acquire=True)
         # A socket is written directly while its buffer has room (the common case); anyio's send, which
@@ -145,11 +164,19 @@ class Peer:
         self._socket: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
         self._group: TaskGroup | None = None
         self._closed = anyio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # while it calls _readable
 
     async def __aenter__(self) -> Peer:
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
-        self._group.start_soon(self._read, name=f"{self.name}-reader")
+        if self._socket is not None and _on_asyncio():
+            # The event loop itself reads the socket when it is readable and hands each message on at once:
+            # no reader task to wake, and no readiness registration per message (each is a trip through the
+            # event loop and two system calls, on every message in both directions).
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._socket, self._readable)
+        else:
+            self._group.start_soon(self._read, name=f"{self.name}-reader")
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -158,8 +185,13 @@ class Peer:
         # Closing the stream first lets the reader end by itself: cancelling a receive that is waiting on
         # a unix socket races with its readiness callback in anyio's asyncio backend.
         self._close("closed")
+        self._stop_reading()
         with anyio.CancelScope(shield=True):
             await self._stream.aclose()
+            for scope in self._serving.values():
+                scope.cancel()
+            if self._handlers:
+                await asyncio.wait(set(self._handlers))
         self._group.cancel_scope.cancel()
         await self._group.__aexit__(exc_type, exc, tb)
 
@@ -243,12 +275,13 @@ class Peer:
 
     # -- the connection -----------------------------------------------------------------------------------
 
-    async def _send(self, message: Message) -> None:
+    async def _send(self, *messages: Message) -> None:
+        """Write ``messages`` in order, in one write when the socket takes them all."""
         try:
-            data = encode(message)
+            data = b"".join([encode(message) for message in messages])
         except (UnicodeEncodeError, TypeError, ValueError, OverflowError) as e:
             # A value msgpack cannot carry: lone surrogates (os.fsdecode's), an integer past 64 bits...
-            raise InvalidArgumentError(f"cannot send {_what(message)}: {e}") from None
+            raise InvalidArgumentError(f"cannot send {_what(messages[0])}: {e}") from None
         async with self._send_lock:
             try:
                 if self._socket is not None:
@@ -276,11 +309,42 @@ class Peer:
             reason = f"protocol error: {e}"
             log.warning("%s: closing the connection: %s", self.name, e)
         finally:
-            self._close(reason)
-            assert self._group is not None
-            # Calls being served for a peer that is gone have nobody to answer to.
-            for scope in self._serving.values():
-                scope.cancel()
+            self._ended(reason)
+
+    def _readable(self) -> None:
+        """The socket has bytes (or its end): what :meth:`_read` does for one ``receive``, called by the
+        event loop itself."""
+        assert self._socket is not None
+        try:
+            data = self._socket.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._ended("end of stream")
+            return
+        try:
+            for message in self._decoder.feed(data):
+                self._dispatch(message)
+        except ProtocolError as e:
+            log.warning("%s: closing the connection: %s", self.name, e)
+            self._ended(f"protocol error: {e}")
+        except Exception as e:  # a callback of the event loop: nothing above it would end the connection
+            log.exception("%s: closing the connection", self.name)
+            self._ended(f"failed: {e}")
+
+    def _ended(self, reason: str) -> None:
+        self._stop_reading()
+        self._close(reason)
+        # Calls being served for a peer that is gone have nobody to answer to.
+        for scope in self._serving.values():
+            scope.cancel()
+
+    def _stop_reading(self) -> None:
+        if self._loop is not None and self._socket is not None:
+            self._loop.remove_reader(self._socket)  # found by identity even once closed
+            self._loop = None
 
     def _dispatch(self, message: Message) -> None:
         if isinstance(message, Response):
@@ -292,8 +356,16 @@ class Peer:
             if message.id in self._serving:
                 raise ProtocolError(f"request id {message.id} is already in flight")
             scope = self._serving[message.id] = anyio.CancelScope()
-            assert self._group is not None
-            self._group.start_soon(self._serve, message, scope, name=f"{self.name}-{message.method}")
+            name = f"{self.name}-{message.method}"
+            if self._loop is not None:
+                # A plain task, which __aexit__ cancels and awaits itself: a task group's task costs a wrapper
+                # coroutine, a task state and a cancel scope more, on every call's way.
+                task = self._loop.create_task(self._serve(message, scope), name=name)
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+            else:
+                assert self._group is not None
+                self._group.start_soon(self._serve, message, scope, name=name)
         elif message.method == CANCEL:
             serving = self._serving.get(_request_id(message))
             if serving is not None:  # else it has already finished: its response is on the way
@@ -336,10 +408,9 @@ class Peer:
                     result = await outcome
                 else:
                     async for item in outcome:
-                        if isinstance(item, Lost):
-                            await self._send(Notification(LOST, [request.id, item.count]))
-                        else:
-                            await self._send(Notification(ITEM, [request.id, item]))
+                        items = item.items if isinstance(item, Batch) else [item]
+                        await self._send(*[Notification(LOST, [request.id, i.count]) if isinstance(i, Lost)
+                                           else Notification(ITEM, [request.id, i]) for i in items])
             except AvirtError as e:
                 error = error_to_wire(e)
             except Exception as e:
@@ -358,6 +429,14 @@ class Peer:
                     await self._send(Response(request.id, error_to_wire(e), None))
             except PeerClosedError:
                 pass
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio)
+        return False
+    return True
 
 
 def error_to_wire(error: AvirtError) -> dict[str, Any]:
