@@ -142,6 +142,10 @@ class Int(Value):
     minimum: int = 0
     maximum: int | None = None
     hex_width: int = 0
+    hex_form: str = field(init=False, repr=False, compare=False)  # how hex is written, for the % operator
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hex_form", f"0x%0{self.hex_width}x" if self.hex_width else "")
 
     def read(self, ctx: Ctx, el: El, attr: str | None, raw: str) -> object:
         if raw.isascii() and raw.isdigit():  # plain decimal, as most are: no need to look further
@@ -160,7 +164,8 @@ class Int(Value):
         return value
 
     def write(self, value: Any) -> str:
-        return f"0x{value:0{self.hex_width}x}" if self.hex_width else str(value)
+        # The hex format is worked out once: an f-string with a nested spec costs twice as much.
+        return self.hex_form % value if self.hex_width else str(value)
 
 
 @dataclass(frozen=True)
@@ -393,7 +398,7 @@ class Kind(Generic[T]):
         values = self.unbuild(obj) if self.unbuild is not None else vars(obj)
         for entry in self.entries:
             value = values.get(entry.name)
-            if value is None or value is False or value == []:
+            if value is None or value is False:
                 continue
             if isinstance(entry, Field):
                 target = node.at(entry.holder) if entry.holder else node  # made where absent
@@ -403,7 +408,7 @@ class Kind(Generic[T]):
                     target.set_text(entry.value.write(value))
             elif isinstance(entry, Sub):
                 entry.kind.fill(node.at(entry.path), value)
-            else:
+            elif value:  # no element on the way for an empty list
                 target = node.at(entry.path[:-1])
                 for item in value:
                     entry.kind.write(target, entry.path[-1], item)
@@ -590,12 +595,12 @@ class Node:
     def set(self, name: str, value: str) -> None:
         if name not in _ATTRS:
             _check_name(name, _ATTRS, lambda: etree.Element("probe").set(name, ""))
-        if type(value) is not str or _ATTR_SPECIAL.search(value):
+        if type(value) is not str or (not value.isalnum() and _ATTR_SPECIAL.search(value)):  # isalnum: cheap
             value = _ATTR_SPECIAL.sub(_escape, _as_lxml_stores(value, "value"))
         self.attrs[name] = value
 
     def set_text(self, value: str) -> None:
-        if type(value) is not str or _TEXT_SPECIAL.search(value):
+        if type(value) is not str or (not value.isalnum() and _TEXT_SPECIAL.search(value)):
             value = _TEXT_SPECIAL.sub(_escape, _as_lxml_stores(value, None))
         self.content = value
 
