@@ -361,7 +361,8 @@ class Kind(Generic[T]):
                 if position is not None:
                     target, raw = el, own[position]
                 else:
-                    target = kids[cast(str, holder)][0]
+                    assert holder is not None  # for mypy: a step has a position or a holder
+                    target = kids[holder][0]
                     raw = target.get(attr)
                     if raw is None and not entry.required:
                         continue  # a child's optional attribute that it does not have: nothing to judge
