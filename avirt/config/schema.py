@@ -576,7 +576,7 @@ class Node:
     character, a lone surrogate, not a string) fails here with lxml's own error, at the same point.
     """
 
-    __slots__ = ("_last", "attrs", "children", "content", "raw", "tag")
+    __slots__ = ("attrs", "children", "content", "raw", "tag")
 
     def __init__(self, tag: str, attrs: dict[str, str] | None = None, text: str | None = None) -> None:
         if tag not in _TAGS:
@@ -586,7 +586,6 @@ class Node:
         self.children: list[Node] = []
         self.content: str | None = None  # the text as written out (escaped); None: no text
         self.raw: str | None = None  # the whole element, already serialised by lxml: written as it is
-        self._last: dict[str, Node] = {}  # the last child of each tag, where a path continues
         if attrs:
             for name, value in attrs.items():
                 self.set(name, value)
@@ -609,15 +608,18 @@ class Node:
         """A new last child."""
         child = Node(tag, attrs, text)
         self.children.append(child)
-        self._last[tag] = child
         return child
 
     def at(self, path: tuple[str, ...]) -> Node:
         """The element at ``path`` (the last child of each tag on the way), made where there is none."""
         node = self
         for tag in path:
-            found = node._last.get(tag)
-            node = node.add(tag) if found is None else found
+            for child in reversed(node.children):
+                if child.tag == tag:
+                    node = child
+                    break
+            else:
+                node = node.add(tag)
         return node
 
     def find(self, tag: str) -> Node | None:
@@ -627,7 +629,6 @@ class Node:
     def insert(self, index: int, child: Node) -> None:
         """``child`` at ``index`` among the children (as lxml's ``insert``)."""
         self.children.insert(index, child)
-        self._last[child.tag] = [c for c in self.children if c.tag == child.tag][-1]
 
 
 #: Names lxml accepted as element tags / attribute names: each is checked with lxml once per process.
