@@ -54,7 +54,6 @@ from avirt.config.schema import (
     El,
     Spec,
     child,
-    children_by_tag,
     cpus_of,
     first,
     kib,
@@ -166,7 +165,7 @@ def _kib(ctx: Ctx, el: El) -> int:
 
 
 def _domain(ctx: Ctx, root: El) -> DomainConfig:
-    top = children_by_tag(root)  # the children of <domain>, found in one pass rather than one find() each
+    top = ctx.children(root)  # the children of <domain>, found in one pass rather than one find() each
     hypervisor = ctx.choose(root, "type", ("kvm", "qemu"), _KNOWN_DOMAIN_TYPES) or "kvm"
     if root.get("id") is not None:
         ctx.integer(root, root.get("id"), -1, "id")  # output-only, but garbage is still garbage
@@ -291,7 +290,7 @@ def _uuid(ctx: Ctx, el: El | None) -> str:
 
 
 def _os(ctx: Ctx, root: El, os_el: El | None) -> OSConfig:
-    kids = {} if os_el is None else children_by_tag(os_el)
+    kids = {} if os_el is None else ctx.children(os_el)
     type_el = first(kids, "type")
     if os_el is None or type_el is None:
         ctx.invalid(root if os_el is None else os_el, "<os><type>hvm</type></os> is required")

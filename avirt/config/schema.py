@@ -27,11 +27,13 @@ own text). A :class:`Flag` field is a child whose presence is the value (``<read
 Speed: a definition has a few hundred elements and attributes and each table names many more places than
 one element fills, so what the engine would otherwise work out on every call is worked out once, when a
 table is made: each path is split into its steps (``Field.holder``...), and each :class:`Kind` gets a
-:class:`_ReadPlan` saying which entries an attribute or a child can feed. Reading then asks each element
-once for its children (:func:`children_by_tag`, not one ``find()`` per field: lxml parses its path argument
-on every call) and for its attributes, and judges only the entries those feed. XPaths are computed only
-for what is reported. Writing builds plain :class:`Node` objects and renders them as text once
-(:func:`render`), as lxml would, instead of paying an lxml call per element and per attribute.
+:class:`_ReadPlan` saying which entries an attribute or a child can feed. Every answer from lxml builds new
+Python objects (a string per tag and attribute name, a proxy per element), so each element is asked once
+for its attributes' names and its children (:func:`children_by_tag`, not one ``find()`` per field: lxml
+parses its path argument on every call), by the structure check, the one walk over the whole document,
+which keeps the answers for the readers (:meth:`Ctx.shape`); reading judges only the entries those feed.
+XPaths are computed only for what is reported. Writing builds plain :class:`Node` objects and renders them
+as text once (:func:`render`), as lxml would, instead of paying an lxml call per element and per attribute.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Value:
     """How one attribute or text is read from its raw string and written back."""
 
     def read(self, ctx: Ctx, el: El, attr: str | None, raw: str) -> object:
+        """The value of ``raw``; None only once it was recorded as unsupported (``ctx.unsupported_at``)."""
         raise NotImplementedError
 
     def write(self, value: Any) -> str:
@@ -139,6 +142,10 @@ class Int(Value):
     minimum: int = 0
     maximum: int | None = None
     hex_width: int = 0
+    hex_form: str = field(init=False, repr=False, compare=False)  # how hex is written, for the % operator
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hex_form", f"0x%0{self.hex_width}x" if self.hex_width else "")
 
     def read(self, ctx: Ctx, el: El, attr: str | None, raw: str) -> object:
         if raw.isascii() and raw.isdigit():  # plain decimal, as most are: no need to look further
@@ -157,7 +164,8 @@ class Int(Value):
         return value
 
     def write(self, value: Any) -> str:
-        return f"0x{value:0{self.hex_width}x}" if self.hex_width else str(value)
+        # The hex format is worked out once: an f-string with a nested spec costs twice as much.
+        return self.hex_form % value if self.hex_width else str(value)
 
 
 @dataclass(frozen=True)
@@ -343,22 +351,32 @@ class Kind(Generic[T]):
         values: dict[str, Any] = {}
         unsupported = ctx.unsupported
         broken = False
-        # el's children by tag, gathered in one pass (lxml's find() parses its path on every call).
-        kids = children_by_tag(el) if self.plan.nested else _NO_CHILDREN
-        entries = self.entries
-        for index, holder, attr in self.plan.steps(el, kids):
-            entry = entries[index]
-            before = len(unsupported)
-            if isinstance(entry, Field):
-                target = el if holder is None else kids[holder][0]
-                raw = target.get(attr) if attr is not None else None
-                if raw is not None and raw.strip():  # an attribute with a value: the common case
-                    value = entry.value.read(ctx, target, attr, raw)
-                elif raw is None and attr is not None and not entry.required:
-                    continue  # a child's optional attribute that it does not have: nothing to judge
+        # el's attributes' names and children by tag, as the structure check found them, and its attributes'
+        # values in one call rather than one get() each.
+        names, kids = ctx.shape(el)
+        own = cast("list[str]", el.values()) if names else []  # lxml's stubs allow bytes
+        for entry, holder, attr, position in self.plan.steps(names, kids):
+            if attr is not None and isinstance(entry, Field):  # an attribute of el or a child: most often
+                raw: str | None
+                if position is not None:
+                    target, raw = el, own[position]
                 else:
+                    assert holder is not None  # for mypy: a step has a position or a holder
+                    target = kids[holder][0]
+                    raw = target.get(attr)
+                    if raw is None and not entry.required:
+                        continue  # a child's optional attribute that it does not have: nothing to judge
+                if raw is not None and raw.strip():
+                    value = entry.value.read(ctx, target, attr, raw)
+                    broken |= value is None  # known but unsupported (see Value.read)
+                else:
+                    before = len(unsupported)
                     value = _read_field(ctx, el, kids, entry)
-                broken |= value is None and len(unsupported) > before  # the value is known but unsupported
+                    broken |= value is None and len(unsupported) > before
+            elif isinstance(entry, Field):
+                before = len(unsupported)
+                value = _read_field(ctx, el, kids, entry)
+                broken |= value is None and len(unsupported) > before
             elif isinstance(entry, Sub):
                 child = _first(el, kids, entry.path)
                 value = None if child is None else entry.kind.read(ctx, child)
@@ -381,7 +399,7 @@ class Kind(Generic[T]):
         values = self.unbuild(obj) if self.unbuild is not None else vars(obj)
         for entry in self.entries:
             value = values.get(entry.name)
-            if value is None or value is False or value == []:
+            if value is None or value is False:
                 continue
             if isinstance(entry, Field):
                 target = node.at(entry.holder) if entry.holder else node  # made where absent
@@ -391,15 +409,16 @@ class Kind(Generic[T]):
                     target.set_text(entry.value.write(value))
             elif isinstance(entry, Sub):
                 entry.kind.fill(node.at(entry.path), value)
-            else:
+            elif value:  # no element on the way for an empty list
                 target = node.at(entry.path[:-1])
                 for item in value:
                     entry.kind.write(target, entry.path[-1], item)
 
 
-#: One entry to judge: its index, the child holding its attribute (None: the element itself) and the
-#: attribute's name (None: the entry is read some other way).
-_Step = tuple[int, str | None, str | None]
+#: One entry to judge: the entry, the child holding its attribute (None: the element itself), the
+#: attribute's name (None: the entry is read some other way) and, for an attribute of the element itself,
+#: its position among the element's attributes.
+_Step = tuple[Entry, str | None, str | None, int | None]
 #: An element's attribute names and its children's tags, in document order.
 _Shape = tuple[tuple[str, ...], tuple[str, ...]]
 
@@ -414,11 +433,11 @@ class _ReadPlan:
     items is an empty list, the element's own text). The others would be None, with nothing to report.
     """
 
+    entries: tuple[Entry, ...]
     always: tuple[int, ...]
     attrs: dict[str, int]  # an attribute of the element -> the entry reading it
     child_attrs: dict[str, dict[str, int]]  # a child's tag -> its attribute -> the entry reading it
     inside: dict[str, tuple[int, ...]]  # a child's tag -> the other entries within that child
-    nested: bool  # whether any entry lies below the element (else its children need no look)
     shapes: dict[_Shape, tuple[_Step, ...]] = field(default_factory=dict, compare=False)  # filled as met
 
     @staticmethod
@@ -440,31 +459,31 @@ class _ReadPlan:
                 inside.setdefault(path[0], []).append(index)
                 continue
             always.append(index)  # required, a Many, the element's text, or a second reader of an attribute
-        return _ReadPlan(tuple(always), attrs, child_attrs, {tag: tuple(i) for tag, i in inside.items()},
-                         any(_element_path(entry) for entry in entries))
+        inside_entries = {tag: tuple(indexes) for tag, indexes in inside.items()}
+        return _ReadPlan(entries, tuple(always), attrs, child_attrs, inside_entries)
 
-    def steps(self, el: El, kids: dict[str, list[El]]) -> tuple[_Step, ...]:
-        """The entries to judge for ``el``, in table order: (entry index, the child holding its attribute
-        or None for ``el`` itself, the attribute's name or None when the entry is read otherwise).
+    def steps(self, names: tuple[str, ...], kids: dict[str, list[El]]) -> tuple[_Step, ...]:
+        """The entries to judge for an element with the attributes ``names`` and the children ``kids``, in
+        table order (see ``_Step``).
 
-        They depend only on which attributes ``el`` has and which children's tags, in a few shapes per
-        kind across all documents; each shape's steps are worked out once (up to ``_SHAPES_KEPT``).
+        They depend only on which attributes the element has and which children's tags, in a few shapes
+        per kind across all documents; each shape's steps are worked out once (up to ``_SHAPES_KEPT``).
         """
-        shape = (cast("tuple[str, ...]", tuple(el.keys())), tuple(kids))  # lxml's stubs allow bytes
+        shape = (names, tuple(kids))
         steps = self.shapes.get(shape)
         if steps is None:
-            steps = self._steps(el, kids)
+            steps = self._steps(names, kids)
             if len(self.shapes) < _SHAPES_KEPT:
                 self.shapes[shape] = steps
         return steps
 
-    def _steps(self, el: El, kids: dict[str, list[El]]) -> tuple[_Step, ...]:
+    def _steps(self, names: tuple[str, ...], kids: dict[str, list[El]]) -> tuple[_Step, ...]:
         todo = set(self.always)
-        found: dict[int, tuple[str | None, str]] = {}
-        for name in el.keys():
-            index = self.attrs.get(str(name))
+        found: dict[int, tuple[str | None, str, int | None]] = {}
+        for position, name in enumerate(names):
+            index = self.attrs.get(name)
             if index is not None:
-                found[index] = (None, str(name))
+                found[index] = (None, name, position)
         for tag in kids:
             inside = self.inside.get(tag)
             if inside is not None:
@@ -472,17 +491,14 @@ class _ReadPlan:
             # A child's attributes are not part of the shape: each one it may have is a step, skipped
             # at once when the child lacks it.
             for name, index in self.child_attrs.get(tag, {}).items():
-                found[index] = (tag, name)
+                found[index] = (tag, name, None)
         todo.update(found)
-        return tuple((index, *found.get(index, (None, None))) for index in sorted(todo))
+        return tuple((self.entries[index], *found.get(index, (None, None, None))) for index in sorted(todo))
 
 
 #: How many element shapes a kind keeps the reading steps of (documents with unusual shapes beyond that
 #: are read just as well, with the steps worked out each time).
 _SHAPES_KEPT = 256
-
-
-_NO_CHILDREN: dict[str, list[El]] = {}
 
 
 def children_by_tag(el: El) -> dict[str, list[El]]:
@@ -560,7 +576,7 @@ class Node:
     character, a lone surrogate, not a string) fails here with lxml's own error, at the same point.
     """
 
-    __slots__ = ("_last", "attrs", "children", "content", "raw", "tag")
+    __slots__ = ("attrs", "children", "content", "raw", "tag")
 
     def __init__(self, tag: str, attrs: dict[str, str] | None = None, text: str | None = None) -> None:
         if tag not in _TAGS:
@@ -570,7 +586,6 @@ class Node:
         self.children: list[Node] = []
         self.content: str | None = None  # the text as written out (escaped); None: no text
         self.raw: str | None = None  # the whole element, already serialised by lxml: written as it is
-        self._last: dict[str, Node] = {}  # the last child of each tag, where a path continues
         if attrs:
             for name, value in attrs.items():
                 self.set(name, value)
@@ -580,12 +595,12 @@ class Node:
     def set(self, name: str, value: str) -> None:
         if name not in _ATTRS:
             _check_name(name, _ATTRS, lambda: etree.Element("probe").set(name, ""))
-        if type(value) is not str or _ATTR_SPECIAL.search(value):
+        if type(value) is not str or (not value.isalnum() and _ATTR_SPECIAL.search(value)):  # isalnum: cheap
             value = _ATTR_SPECIAL.sub(_escape, _as_lxml_stores(value, "value"))
         self.attrs[name] = value
 
     def set_text(self, value: str) -> None:
-        if type(value) is not str or _TEXT_SPECIAL.search(value):
+        if type(value) is not str or (not value.isalnum() and _TEXT_SPECIAL.search(value)):
             value = _TEXT_SPECIAL.sub(_escape, _as_lxml_stores(value, None))
         self.content = value
 
@@ -593,15 +608,18 @@ class Node:
         """A new last child."""
         child = Node(tag, attrs, text)
         self.children.append(child)
-        self._last[tag] = child
         return child
 
     def at(self, path: tuple[str, ...]) -> Node:
         """The element at ``path`` (the last child of each tag on the way), made where there is none."""
         node = self
         for tag in path:
-            found = node._last.get(tag)
-            node = node.add(tag) if found is None else found
+            for child in reversed(node.children):
+                if child.tag == tag:
+                    node = child
+                    break
+            else:
+                node = node.add(tag)
         return node
 
     def find(self, tag: str) -> Node | None:
@@ -611,7 +629,6 @@ class Node:
     def insert(self, index: int, child: Node) -> None:
         """``child`` at ``index`` among the children (as lxml's ``insert``)."""
         self.children.insert(index, child)
-        self._last[child.tag] = [c for c in self.children if c.tag == child.tag][-1]
 
 
 #: Names lxml accepted as element tags / attribute names: each is checked with lxml once per process.
@@ -691,6 +708,20 @@ class Ctx:
     def __init__(self, tree: etree._ElementTree) -> None:
         self.tree = tree
         self.unsupported: list[str] = []
+        # Each element's attribute names and children by tag, as the structure check found them: each
+        # answer from lxml builds new Python strings (and element proxies), so it is asked once.
+        self.shapes: dict[El, tuple[tuple[str, ...], dict[str, list[El]]]] = {}
+
+    def shape(self, el: El) -> tuple[tuple[str, ...], dict[str, list[El]]]:
+        """``el``'s attribute names, in document order, and its children by tag (:func:`children_by_tag`)."""
+        found = self.shapes.get(el)
+        if found is None:
+            found = self.shapes[el] = (cast("tuple[str, ...]", tuple(el.keys())), children_by_tag(el))
+        return found
+
+    def children(self, el: El) -> dict[str, list[El]]:
+        """``el``'s children by tag (:func:`children_by_tag`): do not change what it returns."""
+        return self.shape(el)[1]
 
     def path(self, el: El, attr: str | None = None) -> str:
         base = self.tree.getpath(el)
@@ -708,30 +739,41 @@ class Ctx:
         return not any(item == path or item.startswith(path + "/") for item in self.unsupported)
 
     def check_structure(self, el: El, spec: Spec) -> None:
-        """Record every attribute and child of ``el`` that ``spec`` does not allow (recursively)."""
+        """Record every attribute and child of ``el`` that ``spec`` does not allow (recursively).
+
+        This is the one walk over the whole document: what it learns of each element on the way (its
+        attributes' names and its children by tag) is kept for the readers (:meth:`shape`).
+        """
         if spec.anything:
             return
         attrs, children = spec.attrs, spec.children
-        for attr in el.keys():
-            if attr not in attrs:
-                self.unsupported_at(el, str(attr))
+        names = cast("tuple[str, ...]", tuple(el.keys()))  # lxml's stubs allow bytes
+        if not attrs.issuperset(names):
+            for attr in names:
+                if attr not in attrs:
+                    self.unsupported_at(el, attr)
         # Text where none belongs (around the children too) is reported once for the element.
         stray = not spec.text and bool((text := el.text) and not text.isspace())
-        seen: set[str] = set()
+        kids: dict[str, list[El]] = {}
         for item in el:
             if not stray and (tail := item.tail) and not tail.isspace():
                 stray = True
             tag = item.tag
             if not isinstance(tag, str):
                 continue
+            same = kids.get(tag)
+            if same is None:
+                kids[tag] = [item]
+            else:
+                same.append(item)
             spec_child = children.get(tag)
             if spec_child is None:
                 self.unsupported_at(item)
                 continue
-            if tag in seen and not spec_child.multiple:
+            if same is not None and not spec_child.multiple:
                 self.invalid(item, f"<{tag}> may appear only once here")
-            seen.add(tag)
             self.check_structure(item, spec_child)
+        self.shapes[el] = (names, kids)
         if stray:
             self.unsupported.append(f"{self.path(el)}/text()")
 

@@ -51,14 +51,16 @@ _ADDRESS_FIELDS = {
     "isa": {"iobase", "irq"},
 }
 _PCI_NUMBERS = ("domain", "bus", "slot", "function")
+_ADDRESS_KEYS = {kind: {"type", *names} for kind, names in _ADDRESS_FIELDS.items()}  # what build() may see
 
 
 def _address_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Address | None:
     values.pop("bus_decimal", None)  # the same attribute as "bus", read a second time (see ADDRESS)
     kind = values["type"]
-    for name in values:
-        if name != "type" and name not in _ADDRESS_FIELDS[kind]:
-            ctx.invalid(el, f"{name}= is not part of a type='{kind}' address", name)
+    if not _ADDRESS_KEYS[kind].issuperset(values):  # one set operation; the loop only to report
+        for name in values:
+            if name != "type" and name not in _ADDRESS_FIELDS[kind]:
+                ctx.invalid(el, f"{name}= is not part of a type='{kind}' address", name)
     if kind == "pci":
         if not any(name in values for name in _PCI_NUMBERS):
             # libvirt's "somewhere on PCI": avirt places a device itself when it has no <address> at all.

@@ -154,5 +154,9 @@ def _throttle(target: str, tune: IoTune) -> dict[str, Any]:
     return args
 
 
+#: json.dumps with any option makes a new encoder on every call; one made once writes the same.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _json(value: dict[str, object]) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODER.encode(value)
