@@ -113,6 +113,26 @@ def add_domain_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("domain", metavar="DOM", help="domain name or UUID")
 
 
+async def read_xml(path: str) -> tuple[str, str]:
+    """The text of the XML file ``path`` (``-``: standard input) and how to name it in messages. Read as
+    UTF-8, as libvirt writes definitions, whatever the locale."""
+    import anyio
+
+    if path == "-":
+        data = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+        source = "standard input"
+    else:
+        source = path
+        try:
+            data = await anyio.Path(path).read_bytes()
+        except ValueError:  # os.open's complaint about a NUL byte, said about the file
+            raise CommandError(f"{source!r}: a file name cannot hold a NUL byte") from None
+    try:
+        return data.decode("utf-8"), source
+    except UnicodeDecodeError as e:
+        raise CommandError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def seconds(text: str) -> float:
     """``type=`` for arguments in seconds: a non-negative number."""
     try:

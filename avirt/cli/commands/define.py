@@ -7,29 +7,14 @@ names the file and the line: ``error: guest.xml: line 4: malformed XML: ...``.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from avirt.cli.command import DOMAIN_MANAGEMENT, Command, CommandError, Context, add_domain_argument
+from avirt.cli.command import DOMAIN_MANAGEMENT, Command, CommandError, Context, add_domain_argument, read_xml
 
 
 async def _define(ctx: Context, args: argparse.Namespace) -> None:
-    import anyio
-
     from avirt.errors import InvalidXMLError, UnsupportedError
 
-    if args.file == "-":
-        data = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
-        source = "standard input"
-    else:
-        source = args.file
-        try:
-            data = await anyio.Path(args.file).read_bytes()
-        except ValueError:  # os.open's complaint about a NUL byte, said about the file
-            raise CommandError(f"{source!r}: a file name cannot hold a NUL byte") from None
-    try:
-        xml = data.decode("utf-8")  # as libvirt writes definitions, whatever the locale
-    except UnicodeDecodeError as e:
-        raise CommandError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    xml, source = await read_xml(args.file)
     async with ctx.connect() as conn:
         try:
             dom = await conn.define_xml(xml)

@@ -13,7 +13,15 @@ import argparse
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
-from avirt.cli.command import DOMAIN_MANAGEMENT, Command, CommandError, Context, add_domain_argument, seconds
+from avirt.cli.command import (
+    DOMAIN_MANAGEMENT,
+    Command,
+    CommandError,
+    Context,
+    add_domain_argument,
+    read_xml,
+    seconds,
+)
 
 if TYPE_CHECKING:
     from avirt.domain import Domain
@@ -29,17 +37,8 @@ async def _flags(dom: Domain, args: argparse.Namespace) -> tuple[bool, bool]:
     return running, not running
 
 
-async def _read(path: str) -> str:
-    import anyio
-
-    try:
-        return await anyio.Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CommandError(f"{path}: {e}") from None
-
-
 async def _attach_device(ctx: Context, args: argparse.Namespace) -> None:
-    xml = await _read(args.file)
+    xml, _ = await read_xml(args.file)
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
         live, config = await _flags(dom, args)
@@ -48,7 +47,7 @@ async def _attach_device(ctx: Context, args: argparse.Namespace) -> None:
 
 
 async def _detach_device(ctx: Context, args: argparse.Namespace) -> None:
-    xml = await _read(args.file)
+    xml, _ = await read_xml(args.file)
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
         live, config = await _flags(dom, args)
@@ -132,7 +131,8 @@ def _timeout(parser: argparse.ArgumentParser) -> None:
 
 def _device_args(parser: argparse.ArgumentParser) -> None:
     add_domain_argument(parser)
-    parser.add_argument("file", metavar="FILE", help="XML file with one <disk> element")
+    parser.add_argument("file", metavar="FILE",
+                        help="XML file with one <disk> or <interface> element, or - for standard input")
     _which(parser)
 
 

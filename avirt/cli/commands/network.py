@@ -13,11 +13,10 @@ or CAP_NET_ADMIN, and fails with a clear error otherwise.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import TYPE_CHECKING
 
-from avirt.cli.command import NETWORKS, Command, CommandError, Context
+from avirt.cli.command import NETWORKS, Command, CommandError, Context, read_xml
 from avirt.cli.output import table
 
 if TYPE_CHECKING:
@@ -34,23 +33,9 @@ async def _lookup(conn: Connection, name: str) -> Network:
 
 
 async def _net_define(ctx: Context, args: argparse.Namespace) -> None:
-    import anyio
-
     from avirt.errors import InvalidXMLError, UnsupportedError
 
-    if args.file == "-":
-        data = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
-        source = "standard input"
-    else:
-        source = args.file
-        try:
-            data = await anyio.Path(args.file).read_bytes()
-        except ValueError:
-            raise CommandError(f"{source!r}: a file name cannot hold a NUL byte") from None
-    try:
-        xml = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CommandError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    xml, source = await read_xml(args.file)
     async with ctx.connect() as conn:
         try:
             net = await conn.define_network_xml(xml)
