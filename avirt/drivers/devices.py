@@ -21,14 +21,19 @@ from __future__ import annotations
 import copy
 import os
 import secrets
+from collections.abc import Callable
+from typing import TypeVar
 
 from lxml import etree
 
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.devices import Controller, Disk, Interface
 from avirt.config.model import DomainConfig
+from avirt.drivers.base import DomainRecord
 from avirt.drivers.qemu.abi import stabilise
 from avirt.errors import InvalidXMLError, OperationInvalidError, UnsupportedError
+
+D = TypeVar("D", Disk, Interface)
 
 __all__ = ["describe", "device_element", "device_kind", "find_disk", "find_interface", "new_controllers",
            "with_disk", "with_interface", "with_mac", "without_disk", "without_interface"]
@@ -176,6 +181,30 @@ def without_interface(cfg: DomainConfig, index: int) -> DomainConfig:
     changed = copy.deepcopy(cfg)
     del changed.interfaces[index]
     return changed
+
+
+def judge_attach(record: DomainRecord, xml: str, machines: dict[str, str], *, live: bool, config: bool,
+                 add: Callable[[DomainConfig, str, dict[str, str]], tuple[DomainConfig, D]],
+                 check: Callable[[str, D, list[Controller]], None],
+                 ) -> tuple[DomainConfig | None, DomainConfig | None, D]:
+    """An attach judged before anything changes: the new live definition (None: the running domain is
+    not to change), the new persistent one (None likewise), and the device as it joins them (the live
+    one's, when both). ``add`` puts the device into a definition (:func:`with_disk`,
+    :func:`with_interface`); ``check`` refuses one a running domain cannot be given, with the controllers
+    it would need."""
+    to_live, to_config = record.affected(live=live, config=config)
+    new_live = new_definition = None
+    device: D | None = None
+    if to_live:
+        assert record.live is not None
+        new_live, device = add(record.live, xml, machines)
+        check(record.name, device, new_controllers(record.live, new_live))
+    if to_config:
+        assert record.definition is not None
+        new_definition, kept = add(record.definition, xml, machines)
+        device = kept if device is None else device
+    assert device is not None  # affected() refuses a change of neither
+    return new_live, new_definition, device
 
 
 def new_controllers(before: DomainConfig, after: DomainConfig) -> list[Controller]:

@@ -38,7 +38,7 @@ import anyio
 from avirt.config import domain_to_xml
 from avirt.config.devices import Controller, Disk
 from avirt.config.model import DomainConfig
-from avirt.drivers.devices import describe, find_disk, new_controllers, with_disk, without_disk
+from avirt.drivers.devices import describe, find_disk, judge_attach, with_disk, without_disk
 from avirt.drivers.qemu.blockjobs import OnlineJobs, next_node
 from avirt.drivers.qemu.cmdline.disks import Layer, disk_device, layer_nodes
 from avirt.drivers.qemu.guest import Guest
@@ -82,16 +82,9 @@ class Devices:
     # -- attach ----------------------------------------------------------------------------------------
 
     async def attach(self, guest: Guest, xml: str, *, live: bool, config: bool) -> None:
-        to_live, to_config = guest.affected(live=live, config=config)
         machines = (await self._driver.capabilities())["machine_aliases"]
-        new_live = new_definition = None
-        if to_live:
-            assert guest.live is not None
-            new_live, disk = with_disk(guest.live, xml, machines)
-            check_pluggable(guest.name, disk, new_controllers(guest.live, new_live))
-        if to_config:
-            assert guest.definition is not None
-            new_definition, _ = with_disk(guest.definition, xml, machines)
+        new_live, new_definition, disk = judge_attach(guest, xml, machines, live=live, config=config,
+                                                      add=with_disk, check=check_pluggable)
         if new_live is not None:
             layers = await self._plug(guest, new_live, disk)
             guest.chains = {**guest.chains, disk.target: layers}

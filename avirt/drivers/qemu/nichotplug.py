@@ -42,7 +42,7 @@ from avirt.config.model import DomainConfig
 from avirt.drivers.devices import (
     describe,
     find_interface,
-    new_controllers,
+    judge_attach,
     with_interface,
     with_mac,
     without_interface,
@@ -81,17 +81,9 @@ class Nics:
     # -- attach ----------------------------------------------------------------------------------------
 
     async def attach(self, guest: Guest, xml: str, *, live: bool, config: bool) -> None:
-        to_live, to_config = guest.affected(live=live, config=config)
         machines = (await self._driver.capabilities())["machine_aliases"]
-        xml = with_mac(xml)  # one MAC for both definitions
-        new_live = new_definition = None
-        if to_live:
-            assert guest.live is not None
-            new_live, nic = with_interface(guest.live, xml, machines)
-            check_nic_pluggable(guest.name, nic, new_controllers(guest.live, new_live))
-        if to_config:
-            assert guest.definition is not None
-            new_definition, _ = with_interface(guest.definition, xml, machines)
+        new_live, new_definition, _ = judge_attach(guest, with_mac(xml), machines, live=live, config=config,
+                                                   add=with_interface, check=check_nic_pluggable)
         if new_live is not None:
             await self._plug(guest, new_live)
         if new_definition is not None:

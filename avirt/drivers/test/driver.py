@@ -41,7 +41,7 @@ from avirt.drivers.devices import (
     device_kind,
     find_disk,
     find_interface,
-    new_controllers,
+    judge_attach,
     with_disk,
     with_interface,
     with_mac,
@@ -416,15 +416,8 @@ class TestDriver(Driver):
         if device_kind(xml) == "interface":
             await self._attach_interface(dom, xml, live=live, config=config)
             return
-        to_live, to_config = dom.affected(live=live, config=config)
-        new_live = new_definition = None
-        if to_live:
-            assert dom.live is not None
-            new_live, disk = with_disk(dom.live, xml, MACHINE_ALIASES)
-            check_pluggable(dom.name, disk, new_controllers(dom.live, new_live))
-        if to_config:
-            assert dom.definition is not None
-            new_definition, disk = with_disk(dom.definition, xml, MACHINE_ALIASES)
+        new_live, new_definition, disk = judge_attach(dom, xml, MACHINE_ALIASES, live=live, config=config,
+                                                      add=with_disk, check=check_pluggable)
         if disk.source is not None:  # as define does: a named image exists (see images.py)
             self.disks.images.ensure(disk.source, disk.format, [])
         dom.live = new_live or dom.live
@@ -462,18 +455,12 @@ class TestDriver(Driver):
     async def _attach_interface(self, dom: SimDomain, xml: str, *, live: bool, config: bool) -> None:
         """A NIC joins as in the QEMU driver (same address rules and refusals); its simulated tap is
         named as at start."""
-        to_live, to_config = dom.affected(live=live, config=config)
         await anyio.lowlevel.checkpoint()
-        xml = with_mac(xml)
-        new_live = new_definition = None
-        if to_live:
-            assert dom.live is not None
-            new_live, nic = with_interface(dom.live, xml, MACHINE_ALIASES)
-            check_nic_pluggable(dom.name, nic, new_controllers(dom.live, new_live))
+        new_live, new_definition, nic = judge_attach(dom, with_mac(xml), MACHINE_ALIASES, live=live,
+                                                     config=config, add=with_interface,
+                                                     check=check_nic_pluggable)
+        if new_live is not None:
             nic.target_dev = nic.target_dev or f"vnet{next(self._taps)}"
-        if to_config:
-            assert dom.definition is not None
-            new_definition, _ = with_interface(dom.definition, xml, MACHINE_ALIASES)
         dom.live = new_live or dom.live
         dom.definition = new_definition or dom.definition
 
