@@ -133,6 +133,27 @@ async def read_xml(path: str) -> tuple[str, str]:
         raise CommandError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
+def add_which_arguments(parser: argparse.ArgumentParser) -> None:
+    """virsh's flags of a change that may apply to the running domain, its definition, or both."""
+    parser.add_argument("--live", action="store_true", help="the running domain")
+    parser.add_argument("--config", action="store_true", help="the persistent definition")
+    parser.add_argument("--persistent", action="store_true",
+                        help="both (a shut-off domain: the definition)")
+    parser.add_argument("--current", action="store_true",
+                        help="the domain as it is now: running, else its definition (the default)")
+
+
+async def which_definitions(dom: Domain, args: argparse.Namespace) -> tuple[bool, bool]:
+    """(live, config) from the flags of :func:`add_which_arguments`: as virsh decides, without a flag (or
+    with ``--current``) the running domain if it runs, else the definition."""
+    if args.persistent:
+        return True, True
+    if args.live or args.config:
+        return args.live, args.config
+    running = (await dom.state())[0].value != "shutoff"
+    return running, not running
+
+
 def seconds(text: str) -> float:
     """``type=`` for arguments in seconds: a non-negative number."""
     try:

@@ -10,7 +10,6 @@ domain as it is now ("current": the running domain if it runs, else the definiti
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
 from avirt.cli.command import (
@@ -19,29 +18,18 @@ from avirt.cli.command import (
     CommandError,
     Context,
     add_domain_argument,
+    add_which_arguments,
     read_xml,
     seconds,
+    which_definitions,
 )
-
-if TYPE_CHECKING:
-    from avirt.domain import Domain
-
-
-async def _flags(dom: Domain, args: argparse.Namespace) -> tuple[bool, bool]:
-    """(live, config) from --live/--config/--persistent, or the domain's current state."""
-    if args.persistent:
-        return True, True
-    if args.live or args.config:
-        return args.live, args.config
-    running = (await dom.state())[0].value != "shutoff"
-    return running, not running
 
 
 async def _attach_device(ctx: Context, args: argparse.Namespace) -> None:
     xml, _ = await read_xml(args.file)
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
-        live, config = await _flags(dom, args)
+        live, config = await which_definitions(dom, args)
         await dom.attach_device(xml, live=live, config=config)
     ctx.say("Device attached successfully")
 
@@ -50,7 +38,7 @@ async def _detach_device(ctx: Context, args: argparse.Namespace) -> None:
     xml, _ = await read_xml(args.file)
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
-        live, config = await _flags(dom, args)
+        live, config = await which_definitions(dom, args)
         await dom.detach_device(xml, live=live, config=config, timeout=args.timeout)
     ctx.say("Device detached successfully")
 
@@ -74,7 +62,7 @@ async def _attach_disk(ctx: Context, args: argparse.Namespace) -> None:
                    readonly=args.mode == "readonly")
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
-        live, config = await _flags(dom, args)
+        live, config = await which_definitions(dom, args)
         await dom.attach_device(xml, live=live, config=config)
     ctx.say("Disk attached successfully")
 
@@ -83,7 +71,7 @@ async def _detach_disk(ctx: Context, args: argparse.Namespace) -> None:
     xml = f"<disk><target dev={quoteattr(args.target)}/></disk>"
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
-        live, config = await _flags(dom, args)
+        live, config = await which_definitions(dom, args)
         await dom.detach_device(xml, live=live, config=config, timeout=args.timeout)
     ctx.say("Disk detached successfully")
 
@@ -95,7 +83,7 @@ async def _change_media(ctx: Context, args: argparse.Namespace) -> None:
         raise CommandError("SOURCE is needed to insert or update a medium (or --eject)")
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
-        live, config = await _flags(dom, args)
+        live, config = await which_definitions(dom, args)
         fmt = args.format or ("qcow2" if (args.source or "").endswith(".qcow2") else "raw")
         await dom.change_media(args.path, args.source, format=fmt, force=args.force, live=live, config=config)
     ctx.say("Successfully ejected media." if args.eject else
@@ -105,23 +93,16 @@ async def _change_media(ctx: Context, args: argparse.Namespace) -> None:
 async def _setvcpus(ctx: Context, args: argparse.Namespace) -> None:
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
-        live, config = await _flags(dom, args)
+        live, config = await which_definitions(dom, args)
         await dom.set_vcpus(args.count, live=live, config=config, timeout=args.timeout)
 
 
 def _setvcpus_args(parser: argparse.ArgumentParser) -> None:
     add_domain_argument(parser)
     parser.add_argument("count", metavar="COUNT", type=int, help="how many vCPUs are to be online")
-    _which(parser)
+    add_which_arguments(parser)
     parser.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
                         help="how long the guest may take to release each vCPU removed (default 10)")
-
-
-def _which(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--live", action="store_true", help="the running domain")
-    parser.add_argument("--config", action="store_true", help="the persistent definition")
-    parser.add_argument("--persistent", action="store_true",
-                        help="both (a shut-off domain: the definition)")
 
 
 def _timeout(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +114,7 @@ def _device_args(parser: argparse.ArgumentParser) -> None:
     add_domain_argument(parser)
     parser.add_argument("file", metavar="FILE",
                         help="XML file with one <disk> or <interface> element, or - for standard input")
-    _which(parser)
+    add_which_arguments(parser)
 
 
 def _detach_device_args(parser: argparse.ArgumentParser) -> None:
@@ -152,13 +133,13 @@ def _attach_disk_args(parser: argparse.ArgumentParser) -> None:
                         help="the image format (default: qcow2 for a .qcow2 file, else raw)")
     parser.add_argument("--type", choices=("disk", "cdrom", "floppy"), default="disk", help="the device")
     parser.add_argument("--mode", choices=("readonly",), help="readonly: the guest cannot write")
-    _which(parser)
+    add_which_arguments(parser)
 
 
 def _detach_disk_args(parser: argparse.ArgumentParser) -> None:
     add_domain_argument(parser)
     parser.add_argument("target", metavar="TARGET", help="the disk's target, e.g. vdb")
-    _which(parser)
+    add_which_arguments(parser)
     _timeout(parser)
 
 
@@ -173,7 +154,7 @@ def _change_media_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("raw", "qcow2"),
                         help="SOURCE's format (default: qcow2 for a .qcow2 file, else raw)")
     parser.add_argument("--force", action="store_true", help="open the tray even if the guest locked it")
-    _which(parser)
+    add_which_arguments(parser)
 
 
 COMMANDS = (

@@ -1,8 +1,9 @@
 """``avirt setmem``: a domain's current memory, as virsh's ``setmem``, on ``Domain.set_memory``.
 
 The size is in KiB unless it carries a suffix (``K``, ``M``, ``G``, 1024-based, as virsh scales it).
-Which definition changes follows virsh: ``--live`` the running guest (through its balloon), ``--config``
-the persistent definition, both flags both; ``--current`` or no flag, the domain as it is now.
+Which definition changes follows virsh (``which_definitions``): ``--live`` the running guest (through its
+balloon), ``--config`` the persistent definition, both flags or ``--persistent`` both; ``--current`` or no
+flag, the domain as it is now.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 import argparse
 import re
 
-from avirt.cli.command import DOMAIN_MANAGEMENT, Command, Context, add_domain_argument
+from avirt.cli.command import (
+    DOMAIN_MANAGEMENT,
+    Command,
+    Context,
+    add_domain_argument,
+    add_which_arguments,
+    which_definitions,
+)
 
 _SCALE = {"": 1, "k": 1, "kib": 1, "m": 1024, "mib": 1024, "g": 1024**2, "gib": 1024**2}
 
@@ -27,10 +35,7 @@ def kib(text: str) -> int:
 async def _setmem(ctx: Context, args: argparse.Namespace) -> None:
     async with ctx.connect() as conn:
         dom = await ctx.domain(conn, args.domain)
-        live, config = args.live, args.config
-        if not live and not config:  # --current, or no flag: the domain as it is now
-            running = (await dom.state())[0].value != "shutoff"
-            live, config = running, not running
+        live, config = await which_definitions(dom, args)
         await dom.set_memory(args.size, live=live, config=config)
     ctx.say(f"Memory of {args.domain} set to {args.size} KiB")
 
@@ -38,9 +43,7 @@ async def _setmem(ctx: Context, args: argparse.Namespace) -> None:
 def _setmem_args(parser: argparse.ArgumentParser) -> None:
     add_domain_argument(parser)
     parser.add_argument("size", metavar="SIZE", type=kib, help="the new current memory: KiB, or with K, M, G")
-    parser.add_argument("--live", action="store_true", help="the running guest, through its balloon")
-    parser.add_argument("--config", action="store_true", help="the persistent definition")
-    parser.add_argument("--current", action="store_true", help="the domain as it is now (the default)")
+    add_which_arguments(parser)
 
 
 COMMANDS = (
