@@ -82,15 +82,21 @@ def with_disk(cfg: DomainConfig, xml: str, machines: dict[str, str]) -> tuple[Do
         raise InvalidXMLError("the disk to attach has no <target dev='...'/>")
     if cfg.disk(dev) is not None:
         raise OperationInvalidError(f"domain '{cfg.name}' already has a disk {dev}")
+    added = _joined(cfg, element, machines)
+    disk = added.disk(dev)
+    assert disk is not None
+    return added, disk
+
+
+def _joined(cfg: DomainConfig, element: etree._Element, machines: dict[str, str]) -> DomainConfig:
+    """``cfg`` with device ``element`` appended, judged as a whole document is at define time (parsed
+    again, its ABI filled in), the NICs' tap names kept."""
     root = etree.fromstring(domain_to_xml(cfg).encode())
     devices = root.find("devices")
     if devices is None:
         devices = etree.SubElement(root, "devices")
     devices.append(element)
-    added = _keep_taps(cfg, stabilise(parse_domain_xml(etree.tostring(root)), machines))
-    disk = added.disk(dev)
-    assert disk is not None
-    return added, disk
+    return _keep_taps(cfg, stabilise(parse_domain_xml(etree.tostring(root)), machines))
 
 
 def _keep_taps(before: DomainConfig, after: DomainConfig) -> DomainConfig:
@@ -147,12 +153,7 @@ def with_interface(cfg: DomainConfig, xml: str, machines: dict[str, str]) -> tup
     mac = str(element.find("mac").get("address", "")).lower()  # type: ignore[union-attr]
     if any((nic.mac or "").lower() == mac for nic in cfg.interfaces):
         raise OperationInvalidError(f"domain '{cfg.name}' already has an interface with MAC {mac}")
-    root = etree.fromstring(domain_to_xml(cfg).encode())
-    devices = root.find("devices")
-    if devices is None:
-        devices = etree.SubElement(root, "devices")
-    devices.append(element)
-    added = _keep_taps(cfg, stabilise(parse_domain_xml(etree.tostring(root)), machines))
+    added = _joined(cfg, element, machines)
     nic = next(n for n in added.interfaces if (n.mac or "").lower() == mac)
     return added, nic
 
