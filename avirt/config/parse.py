@@ -58,6 +58,7 @@ from avirt.config.schema import (
     first,
     kib,
     line_of,
+    read_document,
     text_of,
     unique,
 )
@@ -121,22 +122,8 @@ def parse_domain_xml(xml: str | bytes) -> DomainConfig:
     Raises :class:`InvalidXMLError` for malformed or invalid documents and :class:`UnsupportedError`
     (listing every offending XPath) for valid libvirt outside avirt's vocabulary.
     """
-    # A str has already been decoded: its encoding declaration, if any, must not be applied again.
-    parser = etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True, remove_pis=True,
-        encoding="utf-8" if isinstance(xml, str) else None,
-    )
-    try:
-        data = xml.encode("utf-8") if isinstance(xml, str) else xml
-    except UnicodeEncodeError as exc:  # lone surrogates, as os.fsdecode makes of undecodable bytes
-        raise InvalidXMLError(f"the document is not valid Unicode: {exc.reason}", None) from exc
-    try:
-        root = etree.fromstring(data, parser)
-    except etree.XMLSyntaxError as exc:
-        raise InvalidXMLError(f"malformed XML: {exc.msg}", exc.lineno) from exc
+    root = read_document(xml)
     tree = root.getroottree()
-    if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
-        raise InvalidXMLError("DOCTYPE declarations are not accepted", 1)
     if root.tag != "domain":
         raise InvalidXMLError(f"root element must be <domain>, not <{root.tag}>", line_of(root))
     ctx = Ctx(tree)

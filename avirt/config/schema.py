@@ -49,7 +49,8 @@ from avirt.errors import InvalidXMLError
 
 __all__ = [
     "ANY", "Choice", "CpuSet", "Ctx", "Field", "Flag", "Int", "Kind", "Many", "Node", "Spec", "Sub", "Text",
-    "child", "children_by_tag", "cpus_of", "first", "kib", "line_of", "render", "text_of", "unique",
+    "child", "children_by_tag", "cpus_of", "first", "kib", "line_of", "read_document", "render", "text_of",
+    "unique",
 ]
 
 El = etree._Element
@@ -871,6 +872,28 @@ def child(el: El, tag: str) -> El:
     """The child ``tag`` of ``el`` that a reported value came from (``el`` itself if it has none)."""
     found = next(el.iterchildren(tag), None)  # as el.find(tag), without parsing a path
     return el if found is None else found
+
+
+def read_document(xml: str | bytes, *, what: str = "document",
+                  error: type[InvalidXMLError] = InvalidXMLError) -> El:
+    """The root element of ``xml``, read as every definition is: no DTD, entity or network access,
+    comments and processing instructions dropped, a str taken as already decoded (its encoding
+    declaration not applied again). Text that is not Unicode (lone surrogates, as ``os.fsdecode`` makes of
+    undecodable bytes), malformed XML or a DOCTYPE is ``error``, naming ``what`` was read."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True,
+                             remove_pis=True, encoding="utf-8" if isinstance(xml, str) else None)
+    try:
+        data = xml.encode("utf-8") if isinstance(xml, str) else xml
+    except UnicodeEncodeError as exc:
+        raise error(f"the {what} is not valid Unicode: {exc.reason}", None) from exc
+    try:
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as exc:
+        raise error(f"malformed {'XML' if what == 'document' else what}: {exc.msg}", exc.lineno) from exc
+    tree = root.getroottree()
+    if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
+        raise error("DOCTYPE declarations are not accepted", 1)
+    return root
 
 
 def line_of(el: El) -> int | None:

@@ -29,6 +29,7 @@ from lxml import etree
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.config.devices import Controller, Disk, Interface
 from avirt.config.model import DomainConfig
+from avirt.config.schema import read_document
 from avirt.drivers.base import DomainRecord
 from avirt.drivers.qemu.abi import stabilise
 from avirt.errors import InvalidXMLError, OperationInvalidError, UnsupportedError
@@ -54,18 +55,7 @@ def device_element(xml: str, kind: str = "disk") -> etree._Element:
 
 def _element(xml: str) -> etree._Element:
     """The one device element of ``xml``; device kinds other than disks and NICs are not hotpluggable."""
-    # As parse_domain_xml reads a document: a str is already decoded, and no DTD or entity is honoured.
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True,
-                             remove_pis=True, encoding="utf-8")
-    try:
-        element = etree.fromstring(xml.encode("utf-8"), parser)
-    except UnicodeEncodeError as e:  # lone surrogates, as os.fsdecode makes of undecodable bytes
-        raise InvalidXMLError(f"the device XML is not valid Unicode: {e.reason}") from e
-    except etree.XMLSyntaxError as e:
-        raise InvalidXMLError(f"malformed device XML: {e.msg}", e.lineno) from e
-    tree = element.getroottree()
-    if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
-        raise InvalidXMLError("DOCTYPE declarations are not accepted", 1)
+    element = read_document(xml, what="device XML")  # as a definition is read
     if not isinstance(element.tag, str) or element.tag not in ("disk", "interface"):
         raise UnsupportedError([f"/{element.tag}"],
                                "avirt attaches and detaches <disk> and <interface> devices only, not")

@@ -25,6 +25,7 @@ from typing import cast
 
 from lxml import etree
 
+from avirt.config.schema import read_document
 from avirt.errors import InvalidNetworkXMLError, UnsupportedError
 from avirt.networks.model import (
     DHCPHost,
@@ -65,18 +66,8 @@ _SINGLE = {"name", "uuid", "bridge", "mac", "mtu", "forward", "domain", "dns"}
 
 def parse_network_xml(xml: str | bytes) -> NetworkConfig:
     """Parse and check a ``<network>`` definition (see the module docstring for the errors)."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True,
-                             remove_pis=True, encoding="utf-8" if isinstance(xml, str) else None)
-    try:
-        data = xml.encode("utf-8") if isinstance(xml, str) else xml
-        root = etree.fromstring(data, parser)
-    except UnicodeEncodeError as e:
-        raise InvalidNetworkXMLError(f"the document is not valid Unicode: {e.reason}") from e
-    except etree.XMLSyntaxError as e:
-        raise InvalidNetworkXMLError(f"malformed XML: {e.msg}", e.lineno) from e
+    root = read_document(xml, error=InvalidNetworkXMLError)
     tree = root.getroottree()
-    if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
-        raise InvalidNetworkXMLError("DOCTYPE declarations are not accepted", 1)
     if root.tag != "network":
         raise InvalidNetworkXMLError(f"root element must be <network>, not <{root.tag!s}>", _line(root))
     unsupported: list[str] = []
