@@ -143,32 +143,12 @@ def libvirt_unavailable() -> str | None:
     return None
 
 
-#: libvirtd in a network and mount namespace of its own (inside the benchmark's): its directories, the
-#: passwd and group entries its QEMU driver insists on (the libvirt-qemu user, resolved at start even
-#: when no guest runs), and /etc/libvirt are private copies bound over the real ones, so nothing of the
-#: host's is read or written. Prints "noop S", "start S", "destroy S" lines (wall seconds of each virsh).
+#: Under libvirtd (bench/libvirt_ns.sh, in a network namespace of its own too): prints "noop S",
+#: "start S", "destroy S" lines (wall seconds of each virsh).
 LIBVIRT_SCRIPT = r"""
 set -e
 T=$1; RUNS=$2
 ip link set lo up
-mkdir -p $T/etc $T/run $T/lib $T/cache $T/log
-cp -a /etc/libvirt/. $T/etc/
-cp /etc/passwd $T/passwd; cp /etc/group $T/group
-grep -q '^libvirt-qemu:' $T/passwd ||
-    echo 'libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin' >>$T/passwd
-grep -q '^libvirt-qemu:' $T/group || echo 'libvirt-qemu:x:64055:' >>$T/group
-grep -q '^kvm:' $T/group || echo 'kvm:x:64056:' >>$T/group
-mount --bind $T/passwd /etc/passwd
-mount --bind $T/group /etc/group
-mount --bind $T/run /run
-mount --bind $T/etc /etc/libvirt
-for d in lib cache log; do mkdir -p /var/$d/libvirt; done
-mount --bind $T/lib /var/lib/libvirt
-mount --bind $T/cache /var/cache/libvirt
-mount --bind $T/log /var/log/libvirt
-libvirtd --pid-file /run/libvirtd.pid >$T/libvirtd.log 2>&1 &
-trap 'kill $! 2>/dev/null; wait' EXIT
-n=0; until [ -S /run/libvirt/libvirt-sock ] || [ $n -ge 300 ]; do sleep 0.05; n=$((n + 1)); done
 V="virsh -q -c qemu:///system"
 $V net-define $T/net.xml >/dev/null
 t() { a=$(date +%s%N); "$@" >/dev/null; b=$(date +%s%N); echo "$((b - a))"; }
@@ -181,6 +161,7 @@ while [ $i -lt $RUNS ]; do
 done
 $V net-undefine benchnet >/dev/null
 """
+LIBVIRT_NS = Path(__file__).resolve().parent / "libvirt_ns.sh"
 
 
 async def libvirt_cycle(work: Path, runs: int) -> dict[str, Any]:
@@ -190,7 +171,8 @@ async def libvirt_cycle(work: Path, runs: int) -> dict[str, Any]:
     root.mkdir()
     (root / "net.xml").write_text(NETWORK.replace("avbench0", "lvbench0"))
     done = await anyio.run_process(["unshare", "--net", "--mount", "--propagation", "private", "--", "sh",
-                                    "-c", LIBVIRT_SCRIPT, "libvirt", str(root), str(runs)], check=False)
+                                    str(LIBVIRT_NS), str(root), "sh", "-c", LIBVIRT_SCRIPT, "libvirt",
+                                    str(root), str(runs)], check=False)
     times: dict[str, list[float]] = {"noop": [], "start": [], "destroy": []}
     for line in done.stdout.decode().splitlines():
         key, _, ns = line.partition(" ")

@@ -11,8 +11,8 @@ What it measures
     balloon, vcpu, block. Reported: the call's wall time (median) and per guest, and the controller's CPU
     time per guest (``getrusage`` of this process around the calls, so QEMU's own work is not in it).
 (b) **Beside libvirt.** The first ``--reference`` (default 50) of those guests' definitions, run as a
-    second set under Debian's libvirt 9.0 (``libvirtd`` started by this script as root in a private mount
-    namespace: its own /run/libvirt, /var/lib/libvirt, /etc/libvirt with ``user``/``group`` root in
+    second set under Debian's libvirt 9.0 (``libvirtd`` started as root by ``bench/libvirt_ns.sh`` in a
+    private mount namespace: its own /run, /var/lib/libvirt, /etc/libvirt with ``user``/``group`` root in
     qemu.conf, so nothing of the machine's own configuration is read or changed), and
     ``virConnectGetAllDomainStats`` with the same groups (``python3-libvirt`` under the system Python,
     ``--rounds`` times after one untimed call), beside avirt's ``all_domain_stats`` over the same 50
@@ -155,15 +155,7 @@ finally:
         d.destroy()
 """
 
-QEMU_CONF = """user = "root"
-group = "root"
-dynamic_ownership = 0
-remember_owner = 0
-security_driver = "none"
-stdio_handler = "file"
-cgroup_controllers = [ ]
-namespaces = [ ]
-"""
+LIBVIRT_NS = Path(__file__).resolve().parent / "libvirt_ns.sh"
 
 
 def reference_missing() -> str | None:
@@ -178,61 +170,27 @@ def reference_missing() -> str | None:
     return None
 
 
-def start_libvirtd(root: Path) -> subprocess.Popen[bytes]:
-    """libvirtd as root with every directory it writes bind-mounted from ``root``; its socket is
-    ``root/run/libvirt-sock``. The user it looks up at start (Debian's libvirt-qemu) is added to a copy of
-    /etc/passwd seen by it alone."""
-    for sub in ("run", "lib", "cache", "log", "etc"):
-        (root / sub).mkdir(parents=True)
-    (root / "etc/qemu.conf").write_text(QEMU_CONF)
-    passwd = Path("/etc/passwd").read_text()
-    group = Path("/etc/group").read_text()
-    if "\nlibvirt-qemu:" not in "\n" + passwd:
-        passwd += "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin\n"
-    if "\nlibvirt-qemu:" not in "\n" + group:
-        group += "libvirt-qemu:x:64055:\n"
-    (root / "passwd").write_text(passwd)
-    (root / "group").write_text(group)
-    script = (
-        "set -e; mkdir -p /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt /etc/libvirt; "
-        f"mount --bind {root}/run /run/libvirt; mount --bind {root}/lib /var/lib/libvirt; "
-        f"mount --bind {root}/cache /var/cache/libvirt; mount --bind {root}/log /var/log/libvirt; "
-        f"mount --bind {root}/etc /etc/libvirt; mount --bind {root}/passwd /etc/passwd; "
-        f"mount --bind {root}/group /etc/group; exec libvirtd")
-    log = open(root / "libvirtd.log", "wb")  # the daemon writes it until killed
-    return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
 async def libvirt_reference(root: Path, xmls: list[str], hot: Path, rounds: int,
                             hotplug: int) -> dict[str, Any]:
+    """The same polls under libvirtd (bench/libvirt_ns.sh: a private mount namespace, nothing of the
+    host's libvirt read or written), by LIBVIRT_CLIENT under the system Python."""
     missing = reference_missing()
     if missing is not None:
         return {"available": False, "reason": missing}
-    daemon = start_libvirtd(root)
-    try:
-        sock = root / "run/libvirt-sock"
-        with anyio.move_on_after(30):
-            while not sock.exists():
-                if daemon.poll() is not None:
-                    return {"available": False, "reason": "libvirtd exited: "
-                            + (root / "libvirtd.log").read_text()[-500:]}
-                await anyio.sleep(0.05)  # polling a file another process makes: nothing to wait on
-        if not sock.exists():
-            return {"available": False, "reason": "libvirtd made no socket within 30 s"}
-        (root / "xmls.json").write_text(json.dumps(xmls))
-        result = await anyio.run_process(
-            [SYSTEM_PYTHON, "-c", LIBVIRT_CLIENT, f"qemu:///system?socket={sock}", str(root / "xmls.json"),
-             hotplug_disk_xml(hot), str(rounds), str(LIBVIRT_GROUPS), str(hotplug)], check=False)
-        if result.returncode != 0:
-            return {"available": False, "reason": result.stderr.decode()[-800:]}
-        out = json.loads(result.stdout)
-        return {"available": True, "guests": len(xmls), "wall_ms": round(out["wall_ms"], 3),
-                "per_guest_ms": round(out["wall_ms"] / len(xmls), 4),
-                "hotplug_ms": None if out["hotplug_ms"] is None else round(out["hotplug_ms"], 2)}
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
+    await anyio.Path(root).mkdir(parents=True)
+    await anyio.Path(root / "xmls.json").write_text(json.dumps(xmls))
+    result = await anyio.run_process(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", str(LIBVIRT_NS), str(root),
+         SYSTEM_PYTHON, "-c", LIBVIRT_CLIENT, "qemu:///system", str(root / "xmls.json"),
+         hotplug_disk_xml(hot), str(rounds), str(LIBVIRT_GROUPS), str(hotplug)], check=False)
+    if result.returncode != 0:
+        log_file = anyio.Path(root / "libvirtd.log")
+        log = (await log_file.read_text())[-300:] if await log_file.exists() else ""
+        return {"available": False, "reason": f"{result.stderr.decode()[-500:]} {log}".strip()}
+    out = json.loads(result.stdout)
+    return {"available": True, "guests": len(xmls), "wall_ms": round(out["wall_ms"], 3),
+            "per_guest_ms": round(out["wall_ms"] / len(xmls), 4),
+            "hotplug_ms": None if out["hotplug_ms"] is None else round(out["hotplug_ms"], 2)}
 
 
 # -- the run ----------------------------------------------------------------------------------------------
