@@ -39,12 +39,22 @@ the destination's from then on), QEMU stops the guest there (SUSPENDED/postcopy)
 runs it at once (RESUMED/postcopy), fetching each page it lacks from the source, whose QEMU ends when
 the last page has gone (STOPPED/migrated).
 
-What this version does not do yet: connections to other hosts (the streams go through unix sockets of
-the destination's run directory), postcopy recovery after a broken connection.
+**Machines.** The destination's QEMU listens on unix sockets of its run directory. When both sides
+run on one machine the source's QEMU connects to them itself; when not (an SSH host, in either of its
+modes), this controller joins the two machines with OpenSSH's unix-socket forwarding over the SSH
+connections it already has (:mod:`avirt.hosts.forwarding`): no port opens on either host and no byte
+passes through Python. Each side's record then names the other as a location elsewhere, which it
+cannot read: a destination whose controller is restarted gives the guest up unless its QEMU holds all
+of it, and one that holds it all waits, paused, for a finish (only the source knows whether it
+committed; ``dom.resume()`` there, once the source's QEMU is known to have ended, runs it).
+
+What this version does not do yet: TLS on the streams (the SSH connection is the only protection across
+machines), a direct TCP stream between hosts, postcopy recovery after a broken connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,6 +63,7 @@ import anyio
 
 from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.errors import AvirtError, InvalidArgumentError, MigrationError, OperationInvalidError
+from avirt.hosts.forwarding import Forwarder
 from avirt.models import MigrationProgress
 
 if TYPE_CHECKING:
@@ -139,25 +150,34 @@ class MigrationJob:
 
     # -- the phases ------------------------------------------------------------------------------------
 
-    async def run(self, plan: _Plan, *, bandwidth: int | None, max_downtime: int | None,
+    async def run(self, plan: _Plan, ends: _Ends, *, bandwidth: int | None, max_downtime: int | None,
                   undefine_source: bool, tuning: dict[str, Any] | None) -> None:
         dest = self._dest._driver
         try:
             self.phase = "prepare"
-            uri, nbd = await dest.migrate_prepare(plan.live_xml, source=self._source.location(),
+            uri, nbd = await dest.migrate_prepare(plan.live_xml, source=ends.source_as_seen(),
                                                   resume=plan.running, persistent_xml=plan.kept_xml,
                                                   copies=plan.copies or None, tuning=tuning)
+            # The streams' forwarding, if any, lasts until the destination holds the whole guest (a
+            # postcopy one fetches pages until its finish returns).
+            streams = contextlib.AsyncExitStack()
             try:
                 self.phase = "perform"
                 if self._cancelled:
                     raise MigrationError("the migration was cancelled")
+                uri = "unix:" + await ends.join(streams, uri.removeprefix("unix:"))
+                nbd = nbd and await ends.join(streams, nbd)
                 self.stats = await self._source.migrate_perform(
-                    self.name, uri, dest=dest.location(), bandwidth=bandwidth, max_downtime=max_downtime,
+                    self.name, uri, dest=ends.dest_as_seen(), bandwidth=bandwidth, max_downtime=max_downtime,
                     nbd=nbd, copies={c["target"]: c["sync"] for c in plan.copies} or None, tuning=tuning)
                 self.phase = "finish"
                 await dest.migrate_finish(self.name, ok=True, resume=plan.running,
                                           persistent_xml=plan.kept_xml)
+                with anyio.CancelScope(shield=True):
+                    await streams.aclose()
             except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await _quietly(streams.aclose())
                 if self._switched:  # the destination has been running the guest: nothing to go back to
                     raise MigrationError(
                         f"the postcopy migration of '{self.name}' failed after the switch: the guest is "
@@ -182,6 +202,35 @@ class MigrationJob:
 
 
 @dataclass
+class _Ends:
+    """Where the two sides are: their machines (:mod:`avirt.hosts.forwarding`) and state directories."""
+
+    source: Forwarder
+    dest: Forwarder
+    source_dir: str
+    dest_dir: str
+
+    @property
+    def one_machine(self) -> bool:
+        return self.source.machine == self.dest.machine
+
+    # Each side's record names the other's state directory, read there when both share a machine. A
+    # location on another machine is not a path (it starts with the machine's name), so a side never
+    # reads a file of its own machine that merely has the other's path.
+    def source_as_seen(self) -> str:
+        return self.source_dir if self.one_machine else f"{self.source.machine}:{self.source_dir}"
+
+    def dest_as_seen(self) -> str:
+        return self.dest_dir if self.one_machine else f"{self.dest.machine}:{self.dest_dir}"
+
+    async def join(self, stack: contextlib.AsyncExitStack, path: str) -> str:
+        """The path the source's QEMU connects to, for the destination's socket at ``path``."""
+        if self.one_machine:
+            return path
+        return await self.source.expose(stack, await self.dest.reach(stack, path))
+
+
+@dataclass
 class _Plan:
     """What begin found, made into what the destination gets: definitions naming its own images."""
 
@@ -192,7 +241,7 @@ class _Plan:
 
 
 def _plan(begun: tuple[str, str | None, bool, list[dict[str, Any]]], *, persist: bool,
-          copy_storage: str | None, storage_paths: dict[str, str]) -> _Plan:
+          copy_storage: str | None, storage_paths: dict[str, str], one_machine: bool) -> _Plan:
     live_xml, persistent_xml, running, disks = begun
     kept = (persistent_xml or live_xml) if persist else None
     if copy_storage is None:
@@ -201,7 +250,7 @@ def _plan(begun: tuple[str, str | None, bool, list[dict[str, Any]]], *, persist:
     for disk in disks:
         target = disk["target"]
         path = storage_paths.get(target, disk["path"])
-        if path == disk["path"]:  # both sides are on this machine: the same path is the same file
+        if path == disk["path"] and one_machine:  # the same path is the same file
             raise InvalidArgumentError(f"a storage copy of {target} needs a destination image other than "
                                        f"{path}: give storage_paths={{'{target}': ...}}")
         full = copy_storage == "all" or disk["backing"] is None
@@ -263,19 +312,16 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
     options = tuning(auto_converge=auto_converge, compressed=compressed, parallel=parallel, postcopy=postcopy)
     if dest._driver is source:
         raise InvalidArgumentError("the destination is the domain's own connection")
-    for side in (source, dest._driver):
-        if "+ssh" in side.uri.split(":", 1)[0]:  # the streams go through unix sockets of this machine
-            raise OperationInvalidError(f"migration to or from {side.uri} is not supported yet "
-                                        "(only between connections of this machine)")
-        side.location()  # a side that takes no part in migrations refuses here, before anything starts
+    # A side that takes no part in migrations refuses here, before anything starts.
+    ends = _Ends(source.forwarder(), dest._driver.forwarder(), source.location(), dest._driver.location())
     job = MigrationJob(source, dest, domain.name)
     job._postcopy = postcopy
     plan = _plan(await source.migrate_begin(domain.name), persist=persist, copy_storage=copy_storage,
-                 storage_paths=dict(storage_paths or {}))
+                 storage_paths=dict(storage_paths or {}), one_machine=ends.one_machine)
 
     async def run() -> None:
-        await job.run(plan, bandwidth=bandwidth, max_downtime=max_downtime, undefine_source=undefine_source,
-                      tuning=options)
+        await job.run(plan, ends, bandwidth=bandwidth, max_downtime=max_downtime,
+                      undefine_source=undefine_source, tuning=options)
 
     source.start_task(run, name=f"migrate-{domain.name}")
     return job

@@ -28,6 +28,7 @@ from avirt.errors import (
     UnsupportedError,
 )
 from avirt.events.bus import EventBus
+from avirt.hosts.forwarding import Forwarder
 from avirt.jobs import BlockJob
 from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddresses, MigrationProgress
 from avirt.networks.model import DHCPLease
@@ -354,6 +355,10 @@ class Driver(ABC):
 
     def location(self) -> str:
         """Where this side's state lives, as the other side of a migration reads its record there."""
+        raise OperationInvalidError(f"{type(self).__name__} takes no part in migrations")
+
+    def forwarder(self) -> Forwarder:
+        """The machine this side's QEMUs run on, and how a stream reaches its unix sockets from here."""
         raise OperationInvalidError(f"{type(self).__name__} takes no part in migrations")
 
     async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from anyio.abc import Process
 
 from avirt.errors import HostError
+from avirt.hosts.forwarding import Forwarder
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,11 @@ class Host(ABC):
         :meth:`wait_exit`. A start failure raises :class:`~avirt.errors.HostError`, and what QEMU printed
         is in the log.
         """
+
+    def forwarder(self) -> Forwarder:
+        """How streams between unix sockets of this host and of the controller's machine are joined
+        (:mod:`avirt.hosts.forwarding`); this machine's own by default."""
+        return Forwarder()
 
     @abstractmethod
     async def connect_unix(self, path: str) -> socket.socket:

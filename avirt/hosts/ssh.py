@@ -42,6 +42,7 @@ import asyncssh
 
 from avirt.errors import HostError
 from avirt.hosts.base import FileStamp, Host, RunResult, private_dir_problem
+from avirt.hosts.forwarding import Forwarder, SSHForwarder
 from avirt.hosts.sshio import RemoteProcess, bridge
 from avirt.tasks import TaskOwner
 
@@ -275,6 +276,9 @@ class SSHHost(Host):
         # (the run directory, mode 0700, already keeps everyone else out).
         async with self._remote(f"securing {listen_path}"):
             await self._files().chmod(listen_path, 0o600)
+
+    def forwarder(self) -> Forwarder:
+        return SSHForwarder(f"ssh://{self.name}", self._connection)
 
     async def connect_unix(self, path: str) -> socket.socket:
         async with self._remote("connecting to a unix socket") as conn:

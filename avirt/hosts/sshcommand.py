@@ -88,6 +88,11 @@ class RemoteCommand(ByteStream):
             self._stderr_done.set()
 
     @property
+    def connection(self) -> asyncssh.SSHClientConnection | None:
+        """The SSH connection the command runs on (other channels may share it: forwarded sockets)."""
+        return self._conn
+
+    @property
     def lost(self) -> bool:
         """Whether the SSH connection under the command is gone (not merely the command)."""
         return self._conn is None or self._conn.is_closed()

@@ -34,11 +34,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
+import asyncssh
 
 from avirt.drivers.base import Driver
 from avirt.errors import DomainNotFoundError, HostError, ProtocolVersionError
 from avirt.events.model import ControlErrorEvent, Event, LifecycleEvent, LifecycleType
 from avirt.events.translate import lifecycle_for
+from avirt.hosts.forwarding import Forwarder, SSHForwarder
 from avirt.hosts.ssh import BACKOFF_MAX, SSHTarget
 from avirt.hosts.sshcommand import RemoteCommand
 from avirt.models import DomainState
@@ -77,10 +79,20 @@ class RemoteDriver(SharedDriver):
         self._connected_once = False
         self._seen: dict[str, _Seen] = {}
         self._before_gap: dict[str, _Seen] = {}
+        self._command: RemoteCommand | None = None
 
     #: A lost channel is announced per guest (CONTROL_ERROR) and its outcome re-derived, as in the direct
     #: mode, rather than reported as lost events.
     gap_loses_events = False
+
+    def forwarder(self) -> Forwarder:
+        def connection() -> asyncssh.SSHClientConnection:
+            command = self._command
+            if command is None or command.connection is None or command.lost:
+                raise HostError(f"{self.name}: the SSH connection is lost (reconnecting)")
+            return command.connection
+
+        return SSHForwarder(f"ssh://{self.name}", connection)
 
     @property
     def serving(self) -> bool:
@@ -104,7 +116,7 @@ class RemoteDriver(SharedDriver):
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _connect(self) -> None:
-        command = await RemoteCommand.start(self.target, self.argv)
+        command = self._command = await RemoteCommand.start(self.target, self.argv)
 
         def lost() -> None:
             if self._inner is client and not self._closing:

@@ -42,6 +42,7 @@ from avirt.drivers.qemu.driver import QemuDriver
 from avirt.errors import ConnectionLockedError, ControllerGoneError, HostError
 from avirt.events.bus import EventBus
 from avirt.events.model import BlockJobStatus
+from avirt.hosts.forwarding import Forwarder
 from avirt.hosts.local import LocalHost
 from avirt.jobs import BlockJob, JobPhase
 from avirt.models import DomainInfo, DomainState, ImageInfo, InterfaceAddresses, MigrationProgress
@@ -306,6 +307,9 @@ class SharedDriver(Driver):
 
     def location(self) -> str:
         return self.state_dir
+
+    def forwarder(self) -> Forwarder:
+        return Forwarder()  # the holder runs on this machine, whichever program it is
 
     async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
                               copies: list[dict[str, Any]] | None = None,

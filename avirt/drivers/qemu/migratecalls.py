@@ -36,7 +36,7 @@ from avirt.drivers.base import DomainRef, Records
 from avirt.drivers.qemu import migration
 from avirt.drivers.qemu.state import StateDir
 from avirt.errors import DomainExistsError, MigrationError, OperationInvalidError, QMPError
-from avirt.hosts.local import LocalHost
+from avirt.hosts.forwarding import Forwarder
 from avirt.models import DomainState, MigrationProgress
 from avirt.offline.qemu_img import create_image
 
@@ -86,11 +86,8 @@ class MigrationCalls:
     def location(self) -> str:
         return self.files.root
 
-    def _migrates_here(self) -> None:
-        # The stream goes through a unix socket of the destination's run directory: one machine only.
-        if not isinstance(self.host, LocalHost):
-            raise OperationInvalidError(f"migration to or from {self.host.name} is not supported yet "
-                                        "(only between connections of this machine)")
+    def forwarder(self) -> Forwarder:
+        return self.host.forwarder()
 
     # -- the phases ----------------------------------------------------------------------------------------
 
@@ -98,7 +95,6 @@ class MigrationCalls:
         """Source: the live definition to start the destination from, the persistent one (None for a
         transient domain), whether the guest's CPUs run, and the disks a storage copy would move."""
         guest = self._find(name)
-        self._migrates_here()
         if guest.state not in (DomainState.RUNNING, DomainState.PAUSED) or guest.live is None:
             raise OperationInvalidError(f"cannot migrate domain '{name}': it is {guest.state.value}")
         if name in self.migrations:
@@ -136,7 +132,6 @@ class MigrationCalls:
         storage ``copies`` (``_copyable``'s entries with this side's paths and a ``sync``) the NBD socket
         its new images are exported on. ``source``: the source's state directory, whose record says who
         has the guest."""
-        self._migrates_here()
         cfg = await self._stable(xml)
         copies = copies or []
         guest = self.guests.get(cfg.name)
@@ -392,8 +387,8 @@ class MigrationCalls:
     async def _forget_aborted(self, guest: Guest, record: dict[str, Any]) -> None:
         """The source's ``aborted`` record stays until the destination's QEMU is gone: until then it is
         what tells that destination not to run the guest."""
-        peer = StateDir(self.host, str(record.get("dest", "")))
-        while True:  # another controller's QEMU: no event here tells its end
+        peer = self._peer(record.get("dest"))
+        while peer is not None:  # another controller's QEMU: no event here tells its end
             if not await self._peer_alive(peer, guest.name):
                 break
             await anyio.sleep(ORPHAN_POLL)
@@ -414,7 +409,10 @@ class MigrationCalls:
             await self._settle_destination(guest, record)
 
     async def _settle_destination(self, guest: Guest, record: dict[str, Any]) -> None:
-        source = StateDir(self.host, str(record.get("source", "")))
+        source = self._peer(record.get("source"))
+        if source is None:
+            await self._settle_apart(guest, str(record.get("source")))
+            return
         while guest.active:
             theirs = await source.read_migration(guest.name)
             phase = None if theirs is None else theirs.get("phase")
@@ -428,6 +426,27 @@ class MigrationCalls:
                 await self._give_up_destination(guest)
                 return
             await anyio.sleep(ORPHAN_POLL)  # perform: the source's controller has yet to decide
+
+    async def _settle_apart(self, guest: Guest, source: str) -> None:
+        """Destination, its source on another machine, whose record this side cannot read: a QEMU that
+        does not hold the whole guest gives up (before the commit the guest is the source's); one that
+        does waits, paused, for a finish: only the source's side knows whether it committed."""
+        if guest.state is DomainState.RUNNING:  # someone resumed it here: the record has no more to say
+            await self.files.write_migration(guest.name, None)
+            return
+        if not await self._holds_all(guest):
+            log.info("domain %s: the migration from %s did not complete here; ending this QEMU",
+                     guest.name, source)
+            await self._give_up_destination(guest)
+            return
+        log.warning("domain %s: it holds the whole guest migrated from %s, whose record is out of reach; "
+                    "it stays paused until that side's controller finishes or cancels the migration",
+                    guest.name, source)
+
+    def _peer(self, location: object) -> StateDir | None:
+        """The other side's state directory when it is on this machine (its location is then a path)."""
+        text = str(location or "")
+        return StateDir(self.host, text) if text.startswith("/") else None
 
     async def _holds_all(self, guest: Guest) -> bool:
         try:

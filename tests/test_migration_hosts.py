@@ -1,0 +1,104 @@
+"""Live migration between machines: from this machine to an SSH host and back, in both of the SSH
+connection's modes (through the host's avirt, or driving its QEMU directly).
+
+The SSH host is the test sshd on 127.0.0.1, so both QEMUs run on this machine; but to avirt it is
+another machine, and the streams go as they would between two: each through OpenSSH's unix-socket
+forwarding over the connection (hosts/forwarding.py), never straight from one QEMU's socket to the
+other's. The records of each side name the other as a location elsewhere, which neither reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import avirt
+from avirt import DomainState
+from avirt.connection import Connection
+from avirt.errors import MigrationError
+from tests.guest import GuestImages
+from tests.images import GUEST_VIEW, make_chain, reads
+from tests.sshd import SSHServer
+from tests.test_migration import SLOTS, WRITE, Lifecycle, check_every_write, two_dirs, writing_guest
+from tests.waiting import wait_for_serial
+from tests.xmls import XMLFactory
+
+pytestmark = [pytest.mark.anyio]
+__all__ = ["two_dirs"]  # the fixture, shared with the one-machine tests
+
+
+@pytest.fixture(params=["serve", "direct"])
+async def apart(request: pytest.FixtureRequest, two_dirs: tuple[Path, Path],
+                sshd: SSHServer) -> AsyncIterator[tuple[Connection, Connection]]:
+    """This machine's connection and an SSH host's, in the mode under test."""
+    async with avirt.connect(state_dir=two_dirs[0]) as here, \
+            avirt.connect(sshd.uri(two_dirs[1], mode=request.param)) as there:
+        yield here, there
+
+
+def records(state_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(p.read_text()) for p in state_dir.glob("run/*/migration.json")]
+
+
+@pytest.mark.guest
+async def test_a_writing_guest_moves_to_an_ssh_host_and_back(
+        apart: tuple[Connection, Connection], two_dirs: tuple[Path, Path], xml: XMLFactory,
+        tmp_path: Path, guest_images: GuestImages) -> None:
+    here, there = apart
+    dom, disk, serial = await writing_guest(here, xml, tmp_path, guest_images, "traveller")
+    at_here, at_there = Lifecycle(here), Lifecycle(there)
+
+    job = await dom.migrate(there)
+    moved = await job
+    assert await moved.state() == (DomainState.RUNNING, "migrated")
+    assert await here.list_domains() == []
+    await at_here.until(("SUSPENDED", "migrated"), ("STOPPED", "migrated"))
+    await at_there.until(("STARTED", "migrated"), ("RESUMED", "migrated"))
+    assert job.stats is not None and job.stats.status == "completed" and job.stats.ram_transferred > 0
+    assert records(two_dirs[0]) == [] and records(two_dirs[1]) == []
+    done = len(WRITE.findall(serial.read_text()))
+    await wait_for_serial(serial, f"avirt-wl: i={done + SLOTS} ")
+
+    # And back: now the source's QEMU is the SSH host's, connecting to a socket that sshd forwards here.
+    back = await (await moved.migrate(here))
+    assert await back.state() == (DomainState.RUNNING, "migrated")
+    assert await there.list_domains() == []
+    done = len(WRITE.findall(serial.read_text()))
+    await wait_for_serial(serial, f"avirt-wl: i={done + SLOTS} ")
+    await back.shutdown(wait=60)
+    check_every_write(serial, disk)
+
+
+async def test_copied_storage_goes_through_the_ssh_connection(
+        apart: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path) -> None:
+    here, there = apart
+    chain = make_chain(tmp_path)  # base 0x11 <- snap1 0x22 <- snap2 0x33 <- active 0x44
+    dom = await here.define_xml(xml("copied", disks=[("vda", str(chain.active), "qcow2")]))
+    await dom.start()
+    new_top = tmp_path / "there.qcow2"
+    moved = await (await dom.migrate(there, copy_storage="all", storage_paths={"vda": str(new_top)}))
+    assert "there.qcow2" in await moved.xml()
+    await moved.destroy()
+    assert reads(new_top, GUEST_VIEW) == []  # the guest's whole view, in the one new image
+    assert reads(chain.active, GUEST_VIEW) == []
+
+
+async def test_a_cancelled_migration_to_an_ssh_host_leaves_the_guest_here(
+        apart: tuple[Connection, Connection], two_dirs: tuple[Path, Path], xml: XMLFactory,
+        tmp_path: Path) -> None:
+    here, there = apart
+    dom = await here.define_xml(xml("stays"))
+    await dom.start()
+    job = await dom.migrate(there, bandwidth=32 * 1024)  # a few hundred KiB to send: seconds at this rate
+    async for progress in job.progress():
+        if progress.status == "active" and progress.ram_transferred > 0:
+            await job.cancel()
+            break
+    with pytest.raises(MigrationError, match="cancelled"):
+        await job
+    assert (await dom.state())[0] is DomainState.RUNNING
+    assert await there.list_domains() == []
+    assert list((two_dirs[1] / "run").glob("*")) == []  # nothing of the destination's QEMU is left
