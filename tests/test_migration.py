@@ -356,8 +356,9 @@ async def test_a_guest_moves_into_a_state_directory_another_program_holds(
 SOURCE = textwrap.dedent("""
     import sys, anyio, avirt
     async def main():
-        async with avirt.connect(state_dir=sys.argv[1]) as source, \\
-                avirt.connect(state_dir=sys.argv[2]) as dest:
+        where = sys.argv[2]  # the destination: a state directory here, or a URI
+        async with avirt.connect(state_dir=sys.argv[1]) as source, (
+                avirt.connect(where) if "://" in where else avirt.connect(state_dir=where)) as dest:
             dom = await source.define_xml(sys.stdin.read())
             await dom.start()
             job = await dom.migrate(dest, bandwidth=16 * 1024)

@@ -10,9 +10,11 @@ other's. The records of each side name the other as a location elsewhere, which 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 import avirt
@@ -22,8 +24,17 @@ from avirt.errors import MigrationError
 from tests.guest import GuestImages
 from tests.images import GUEST_VIEW, make_chain, reads
 from tests.sshd import SSHServer
-from tests.test_migration import SLOTS, WRITE, Lifecycle, check_every_write, two_dirs, writing_guest
-from tests.waiting import wait_for_serial
+from tests.test_migration import (
+    SLOTS,
+    SOURCE,
+    WRITE,
+    Lifecycle,
+    check_every_write,
+    qemu_pids,
+    two_dirs,
+    writing_guest,
+)
+from tests.waiting import wait_for_serial, wait_for_state
 from tests.xmls import XMLFactory
 
 pytestmark = [pytest.mark.anyio]
@@ -102,3 +113,30 @@ async def test_a_cancelled_migration_to_an_ssh_host_leaves_the_guest_here(
     assert (await dom.state())[0] is DomainState.RUNNING
     assert await there.list_domains() == []
     assert list((two_dirs[1] / "run").glob("*")) == []  # nothing of the destination's QEMU is left
+
+
+async def test_a_source_controller_killed_while_sending_to_an_ssh_host_keeps_the_guest_here(
+        two_dirs: tuple[Path, Path], xml: XMLFactory, sshd: SSHServer) -> None:
+    """The forwarding dies with the controller that made it: the destination's QEMU loses its stream and
+    ends, and a new controller of the source finds a migration nobody committed."""
+    dest_uri = sshd.uri(two_dirs[1], mode="serve")
+    async with avirt.connect(dest_uri) as there:  # this process watches the destination
+        at_there = Lifecycle(there)
+        source_proc = await anyio.open_process([sys.executable, "-c", SOURCE, str(two_dirs[0]), dest_uri])
+        try:
+            assert source_proc.stdin is not None and source_proc.stdout is not None
+            await source_proc.stdin.send(xml("killed").encode())
+            await source_proc.stdin.aclose()
+            with anyio.fail_after(60):
+                assert (await source_proc.stdout.receive()).startswith(b"sending")
+            assert [d.name for d in await there.list_domains()] == ["killed"]  # waiting for the guest
+        finally:
+            source_proc.kill()
+            await source_proc.wait()
+        await at_there.until(("STOPPED", "failed"), timeout=60)  # its stream broke: QEMU ended
+        assert await there.list_domains() == []
+        async with avirt.connect(state_dir=two_dirs[0]) as here:
+            dom = await here.lookup("killed")
+            await wait_for_state(dom, DomainState.RUNNING)
+            assert len(qemu_pids(*two_dirs)) == 1  # one QEMU: the source's
+            await dom.destroy()
