@@ -320,7 +320,7 @@ class Domain:
                       storage_paths: dict[str, str] | None = None, bandwidth: int | None = None,
                       max_downtime: int | None = None, persist: bool = True,
                       undefine_source: bool = True, auto_converge: bool = False, compressed: bool = False,
-                      parallel: int | None = None, postcopy: bool = False) -> MigrationJob:
+                      parallel: int | None = None, postcopy: bool = False, tls: bool = False) -> MigrationJob:
         """Move the running guest to the connection ``dest`` (virDomainMigrate); ``await`` the job for the
         guest's Domain there. ``copy_storage``: None (both sides see the same images), "all" (each
         writable disk copied whole into a new image at the destination) or "inc" (only its top layer,
@@ -329,14 +329,16 @@ class Domain:
         the destination, ``undefine_source`` removes the source's definition. ``auto_converge`` throttles
         a guest that dirties memory faster than it is sent, ``compressed`` sends changed pages as XBZRLE
         deltas, ``parallel`` sends memory over that many connections (multifd); ``postcopy`` lets
-        :meth:`MigrationJob.postcopy` switch to postcopy. Refusals (not running, a
+        :meth:`MigrationJob.postcopy` switch to postcopy; ``tls`` encrypts the streams with each side's
+        certificates (``<state_dir>/tls/``). Refusals (not running, a
         block job, a name taken at the destination...) raise here; a failure later raises from the job,
         with the guest running on at the source. See :mod:`avirt.migration`."""
         return await migration.start(self, self._driver, dest, live=live, copy_storage=copy_storage,
                                      storage_paths=storage_paths, bandwidth=bandwidth,
                                      max_downtime=max_downtime, persist=persist,
                                      undefine_source=undefine_source, auto_converge=auto_converge,
-                                     compressed=compressed, parallel=parallel, postcopy=postcopy)
+                                     compressed=compressed, parallel=parallel, postcopy=postcopy,
+                                     tls=tls)
 
     async def xml(self, *, inactive: bool = False) -> str:
         """The domain XML: live (with ``<backingStore>`` chains) while it runs, else the definition."""

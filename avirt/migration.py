@@ -48,8 +48,12 @@ cannot read: a destination whose controller is restarted gives the guest up unle
 of it, and one that holds it all waits, paused, for a finish (only the source knows whether it
 committed; ``dom.resume()`` there, once the source's QEMU is known to have ended, runs it).
 
-What this version does not do yet: TLS on the streams (the SSH connection is the only protection across
-machines), a direct TCP stream between hosts, postcopy recovery after a broken connection.
+**TLS.** With ``tls=True`` each QEMU loads its side's certificates (``<state_dir>/tls/``, QEMU's file
+names) as x509 credentials, the destination as the server; the migration stream and the NBD
+connections of a storage copy are then TLS, each end verifying the other's certificate.
+
+What this version does not do yet: a direct TCP stream between hosts (without the SSH connection in the
+way), postcopy recovery after a broken connection.
 """
 
 from __future__ import annotations
@@ -294,7 +298,7 @@ def _retarget(xml: str, paths: dict[str, str]) -> str:
 async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool, copy_storage: str | None,
                 storage_paths: dict[str, str] | None, bandwidth: int | None, max_downtime: int | None,
                 persist: bool, undefine_source: bool, auto_converge: bool = False, compressed: bool = False,
-                parallel: int | None = None, postcopy: bool = False) -> MigrationJob:
+                parallel: int | None = None, postcopy: bool = False, tls: bool = False) -> MigrationJob:
     """Check the arguments, run begin (its refusals raise here), and leave the rest to a job."""
     if not live:
         raise InvalidArgumentError("only live migration is supported (live=True)")
@@ -314,6 +318,8 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
         raise InvalidArgumentError("the destination is the domain's own connection")
     # A side that takes no part in migrations refuses here, before anything starts.
     ends = _Ends(source.forwarder(), dest._driver.forwarder(), source.location(), dest._driver.location())
+    if tls:  # the certificate the source's QEMU checks is the destination machine's
+        options = {**(options or {}), "tls": ends.dest.hostname}
     job = MigrationJob(source, dest, domain.name)
     job._postcopy = postcopy
     plan = _plan(await source.migrate_begin(domain.name), persist=persist, copy_storage=copy_storage,

@@ -21,6 +21,7 @@ import avirt
 from avirt import DomainState
 from avirt.connection import Connection
 from avirt.errors import MigrationError
+from tests import tlscerts
 from tests.guest import GuestImages
 from tests.images import GUEST_VIEW, make_chain, reads
 from tests.sshd import SSHServer
@@ -140,3 +141,34 @@ async def test_a_source_controller_killed_while_sending_to_an_ssh_host_keeps_the
             await wait_for_state(dom, DomainState.RUNNING)
             assert len(qemu_pids(*two_dirs)) == 1  # one QEMU: the source's
             await dom.destroy()
+
+
+# -- TLS ------------------------------------------------------------------------------------------------
+
+
+async def test_a_tls_migration_with_a_storage_copy_checks_both_certificates(
+        apart: tuple[Connection, Connection], two_dirs: tuple[Path, Path], xml: XMLFactory,
+        tmp_path: Path) -> None:
+    here, there = apart
+    chain = make_chain(tmp_path)
+    dom = await here.define_xml(xml("secret", disks=[("vda", str(chain.active), "qcow2")]))
+    await dom.start()
+    new_top = tmp_path / "there.qcow2"
+    copy = {"copy_storage": "all", "storage_paths": {"vda": str(new_top)}}
+    with pytest.raises(MigrationError, match=r"tls/ca-cert\.pem"):  # no certificates yet: nothing moves
+        await (await dom.migrate(there, tls=True, **copy))
+    assert not new_top.exists() and await there.list_domains() == []
+
+    tlscerts.write_set(two_dirs[0])
+    tlscerts.write_set(two_dirs[1], ca_name="another CA")  # each side distrusts the other's certificate
+    with pytest.raises(MigrationError):
+        await (await dom.migrate(there, tls=True, **copy))
+    assert (await dom.state())[0] is DomainState.RUNNING and await there.list_domains() == []
+
+    tlscerts.write_set(*two_dirs)
+    moved = await (await dom.migrate(there, tls=True, **copy))
+    assert await moved.state() == (DomainState.RUNNING, "migrated")
+    # Back without TLS: the QEMU that was a TLS destination must not keep using its credentials.
+    back = await (await moved.migrate(here))
+    await back.destroy()
+    assert reads(new_top, GUEST_VIEW) == []

@@ -46,6 +46,8 @@ class Forwarder:
     """This machine: every path is reachable as it is."""
 
     machine = LOCAL
+    #: The name the machine's TLS certificate is checked against (a migration's ``tls=True``).
+    hostname = "localhost"
 
     async def reach(self, stack: contextlib.AsyncExitStack, path: str) -> str:
         """A path on this machine whose connections arrive at ``path`` on the forwarder's machine."""
@@ -59,8 +61,10 @@ class Forwarder:
 class SSHForwarder(Forwarder):
     """A machine behind an SSH connection (asyncssh's, as ``connection()`` gives it now)."""
 
-    def __init__(self, machine: str, connection: Callable[[], asyncssh.SSHClientConnection]) -> None:
+    def __init__(self, machine: str, hostname: str,
+                 connection: Callable[[], asyncssh.SSHClientConnection]) -> None:
         self.machine = machine
+        self.hostname = hostname
         self._conn = connection
 
     async def reach(self, stack: contextlib.AsyncExitStack, path: str) -> str:

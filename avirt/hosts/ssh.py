@@ -278,7 +278,7 @@ class SSHHost(Host):
             await self._files().chmod(listen_path, 0o600)
 
     def forwarder(self) -> Forwarder:
-        return SSHForwarder(f"ssh://{self.name}", self._connection)
+        return SSHForwarder(f"ssh://{self.name}", self.target.host, self._connection)
 
     async def connect_unix(self, path: str) -> socket.socket:
         async with self._remote("connecting to a unix socket") as conn:

@@ -92,7 +92,7 @@ class RemoteDriver(SharedDriver):
                 raise HostError(f"{self.name}: the SSH connection is lost (reconnecting)")
             return command.connection
 
-        return SSHForwarder(f"ssh://{self.name}", connection)
+        return SSHForwarder(f"ssh://{self.name}", self.target.host, connection)
 
     @property
     def serving(self) -> bool:

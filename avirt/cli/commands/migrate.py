@@ -44,7 +44,7 @@ async def _migrate(ctx: Context, args: argparse.Namespace) -> None:
                                 undefine_source=args.undefinesource, auto_converge=args.auto_converge,
                                 compressed=args.compressed,
                                 parallel=args.parallel_connections if args.parallel else None,
-                                postcopy=args.postcopy)
+                                postcopy=args.postcopy, tls=args.tls)
         async with anyio.create_task_group() as group:
             if args.verbose:
                 group.start_soon(_draw_progress, ctx, job)
@@ -99,6 +99,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--postcopy", action="store_true", help="allow a switch to postcopy")
     parser.add_argument("--postcopy-after-precopy", action="store_true",
                         help="switch to postcopy after the first pass over memory (needs --postcopy)")
+    parser.add_argument("--tls", action="store_true",
+                        help="encrypt the streams with each side's certificates (<state_dir>/tls/)")
     parser.add_argument("--verbose", action="store_true", help="show the progress")
 
 

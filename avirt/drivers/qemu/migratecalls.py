@@ -134,6 +134,7 @@ class MigrationCalls:
         has the guest."""
         cfg = await self._stable(xml)
         copies = copies or []
+        tls = await self._tls_dir("server") if (tuning or {}).get("tls") else None
         guest = self.guests.get(cfg.name)
         # The guest's own shut-off definition may wait here (it came from here, or will be kept here).
         if guest is not None and (guest.uuid != cfg.uuid or guest.active):
@@ -161,12 +162,15 @@ class MigrationCalls:
                         "role": "destination", "source": source, "resume": resume,
                         "persistent_xml": persistent_xml, "created": created})
                     sockets = await self.files.socket_dir(cfg.name)
+                    if tls is not None:
+                        await migration.load_tls(self.monitor(guest), tls, "server")
                     uri = await migration.listen(self.monitor(guest), os.path.join(sockets, "migrate.sock"),
                                                  tuning)
                     if copies:
                         nbd = os.path.join(sockets, "nbd.sock")
                         await migration.export_disks(self.monitor(guest), nbd, {
-                            c["target"]: guest.chains[c["target"]][-1].node for c in copies})
+                            c["target"]: guest.chains[c["target"]][-1].node for c in copies},
+                            tls=tls is not None)
                 except (QMPError, OSError) as e:
                     await self._terminate(guest, "failed")
                     raise MigrationError(f"the destination could not listen: {e}") from None
@@ -191,6 +195,8 @@ class MigrationCalls:
         return QEMU's figures. ``dest``: the destination's state directory; ``copies`` (disk target ->
         "full" or "top"): the disks mirrored first into the destination's exports at ``nbd``."""
         guest = self._find(name)
+        tls_hostname = (tuning or {}).get("tls")
+        tls = await self._tls_dir("client") if tls_hostname else None
         watch = self.migrations[name] = migration.Watch()
         monitor = self.monitor(guest)
         async with guest.lock:
@@ -199,11 +205,13 @@ class MigrationCalls:
             await self.files.write_migration(name, record)
             guest.pause_cause = "migration"  # the STOP at the end of the migration
             try:
+                if tls is not None:
+                    await migration.load_tls(monitor, tls, "client")
                 if copies:
                     assert nbd is not None
                     await migration.mirror_disks(monitor, watch, nbd, {
                         target: (guest.chains[target][-1].node, sync) for target, sync in copies.items()},
-                        bandwidth)
+                        bandwidth, tls_hostname)
                 stats = await migration.send(monitor, watch, uri, bandwidth=bandwidth,
                                              max_downtime=max_downtime, tuning=tuning)
             except BaseException:
@@ -219,6 +227,15 @@ class MigrationCalls:
             if not watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
                 await self.files.write_migration(name, {**record, "phase": "committed"})  # the commit point
             return stats
+
+    async def _tls_dir(self, endpoint: str) -> str:
+        """This side's TLS directory (``<state_dir>/tls``), holding what ``endpoint`` needs, for QEMU."""
+        directory = os.path.join(self.files.root, "tls")
+        for file in migration.TLS_FILES[endpoint]:
+            if not await self.host.exists(os.path.join(directory, file)):
+                raise MigrationError(f"a TLS migration needs {os.path.join(directory, file)} on "
+                                     f"{self.host.name} (this side is the TLS {endpoint})")
+        return directory
 
     async def migrate_postcopy(self, name: str) -> None:
         """Source, during perform: switch to postcopy. The guest is the destination's from this moment

@@ -116,6 +116,25 @@ BOTH_SIDES = frozenset({"multifd", "postcopy-ram"})
 POSTCOPY = "postcopy-active"
 
 
+#: The id of a QEMU's TLS credentials for migration streams (tls-creds-x509 from its side's directory).
+TLS_ID = "avirt-migration-tls"
+#: What each end of a TLS stream needs in its side's ``tls/`` directory (QEMU's file names).
+TLS_FILES = {"server": ("ca-cert.pem", "server-cert.pem", "server-key.pem"),
+             "client": ("ca-cert.pem", "client-cert.pem", "client-key.pem")}
+
+
+async def load_tls(monitor: Monitor, directory: str, endpoint: str) -> None:
+    """Give the QEMU the credentials in ``directory`` as :data:`TLS_ID`, for ``endpoint`` ("server":
+    the destination, "client": the source). Each side verifies the other's certificate against its CA.
+    A QEMU that was a destination before keeps an older object of the same id: it is replaced."""
+    try:
+        await monitor.execute("object-del", {"id": TLS_ID})
+    except QMPError:
+        pass  # none yet
+    await monitor.execute("object-add", {"qom-type": "tls-creds-x509", "id": TLS_ID, "dir": directory,
+                                         "endpoint": endpoint, "verify-peer": True})
+
+
 async def listen(monitor: Monitor, socket_path: str, tuning: dict[str, Any] | None = None) -> str:
     """Destination: listen for the migration stream; the URI the source sends it to. The images stay
     inactive (not locked) until the guest runs here (late-block-activate), so that a source whose
@@ -124,17 +143,22 @@ async def listen(monitor: Monitor, socket_path: str, tuning: dict[str, Any] | No
     tuning = tuning or {}
     both = [name for name in tuning.get("capabilities", ()) if name in BOTH_SIDES]
     await _enable_events(monitor, "late-block-activate", *both)
-    if both and tuning.get("parameters"):
-        await monitor.execute("migrate-set-parameters", dict(tuning["parameters"]))
+    parameters = dict(tuning.get("parameters") or {}) if both else {}
+    if tuning.get("tls"):
+        parameters["tls-creds"] = TLS_ID
+    if parameters:
+        await monitor.execute("migrate-set-parameters", parameters)
     uri = f"unix:{socket_path}"
     await monitor.execute("migrate-incoming", {"uri": uri})
     return uri
 
 
-async def export_disks(monitor: Monitor, socket_path: str, nodes: dict[str, str]) -> None:
+async def export_disks(monitor: Monitor, socket_path: str, nodes: dict[str, str], *,
+                       tls: bool = False) -> None:
     """Destination, storage copy: an NBD server on a unix socket, each disk's top node (``nodes``: disk
     target -> node) exported writable under the disk's name, for the source's mirrors to fill."""
-    await monitor.execute("nbd-server-start", {"addr": {"type": "unix", "data": {"path": socket_path}}})
+    await monitor.execute("nbd-server-start", {"addr": {"type": "unix", "data": {"path": socket_path}},
+                                               **({"tls-creds": TLS_ID} if tls else {})})
     for target, node in nodes.items():
         await monitor.execute("block-export-add", {"type": "nbd", "id": f"mig-{target}", "node-name": node,
                                                    "name": target, "writable": True})
@@ -145,13 +169,15 @@ async def stop_exports(monitor: Monitor) -> None:
 
 
 async def mirror_disks(monitor: Monitor, watch: Watch, socket_path: str, disks: dict[str, tuple[str, str]],
-                       bandwidth: int | None) -> None:
+                       bandwidth: int | None, tls_hostname: str | None = None) -> None:
     """Source, storage copy: each disk (target -> (top node, sync "full" or "top")) mirrored into the
-    destination's export; returns once every mirror is READY (the copy is whole and follows writes)."""
+    destination's export (over TLS, checking the server's certificate names ``tls_hostname``, if
+    given); returns once every mirror is READY (the copy is whole and follows writes)."""
+    tls = {"tls-creds": TLS_ID, "tls-hostname": tls_hostname} if tls_hostname else {}
     for target, (node, sync) in disks.items():
         job = f"mig-{target}"
         await monitor.execute("blockdev-add", {"driver": "nbd", "node-name": job, "export": target,
-                                               "server": {"type": "unix", "path": socket_path}})
+                                               "server": {"type": "unix", "path": socket_path}, **tls})
         watch.mirrors[job] = "running"
         await monitor.execute("blockdev-mirror", {"job-id": job, "device": node, "target": job, "sync": sync,
                                                   "speed": bandwidth or 0})
@@ -187,7 +213,11 @@ async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | Non
     tuning = tuning or {}
     await _enable_events(monitor, *(["pause-before-switchover"] if watch.mirrors else []),
                          *tuning.get("capabilities", ()))
-    parameters: dict[str, Any] = {"max-bandwidth": bandwidth or UNLIMITED, **tuning.get("parameters", {})}
+    # tls-creds always: a QEMU that was a destination with TLS keeps its parameter, and would use it.
+    parameters: dict[str, Any] = {"max-bandwidth": bandwidth or UNLIMITED, **tuning.get("parameters", {}),
+                                  "tls-creds": TLS_ID if tuning.get("tls") else ""}
+    if tuning.get("tls"):
+        parameters["tls-hostname"] = tuning["tls"]
     if max_downtime is not None:
         parameters["downtime-limit"] = max_downtime
     await monitor.execute("migrate-set-parameters", parameters)
