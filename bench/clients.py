@@ -33,7 +33,14 @@ What it measures
     latency at a stream of the holder's own during the same burst.
 
 Targets: (a) the client at most 0.3 ms above the holder at p50, for both calls; (b) the client's p50
-within 1.5x of the holder's, in both measurements; (c) every event delivered to every client, none lost.
+within 1.5x of the holder's, measured in turns; (c) every event delivered to every client, none lost.
+
+Why (b)'s target is read from the alternating measurement: it compares a client's subscriber with the
+holder's own subscriber, which exist together. In the first measurement the holder's subscriber is
+timed before any client has connected, so its figure leaves out what the holder does for its clients
+(each event encoded and written to them, and their processes woken on the same two cores); the ratio
+then mixes the client's extra latency with the holder's cost of having clients. That first figure is
+still printed (with no target), since the holder's cost is worth watching too.
 
 How to run
 ----------
@@ -349,9 +356,7 @@ async def holder(calls: int, rounds: int, guest_count: int, clients: int) -> dic
         *({"name": f"(a) {call}: client p50 - holder p50", "value": report_calls[call]["extra_p50"],
            "limit": EXTRA_P50_LIMIT_MS, "unit": "ms",
            "ok": report_calls[call]["extra_p50"] <= EXTRA_P50_LIMIT_MS} for call in report_calls),
-        {"name": "(b) suspend -> SUSPENDED: client p50 / holder p50", "value": events["ratio_p50"],
-         "limit": EVENT_RATIO_LIMIT, "unit": "x", "ok": events["ratio_p50"] <= EVENT_RATIO_LIMIT},
-        {"name": "(b, alternating) the same, holder and client in turns", "value": turns["ratio_p50"],
+        {"name": "(b) suspend -> SUSPENDED: client p50 / holder p50, in turns", "value": turns["ratio_p50"],
          "limit": EVENT_RATIO_LIMIT, "unit": "x", "ok": turns["ratio_p50"] <= EVENT_RATIO_LIMIT},
         {"name": "(c) lifecycle events delivered to every client", "value": fan["delivered"],
          "limit": fan["expected"], "unit": "events",
@@ -372,10 +377,10 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{'(a) ' + call + '()':<28}{h['p50']:>9.3f} / {h['p99']:.3f} ms{c['p50']:>9.3f} / "
               f"{c['p99']:.3f} ms{row['extra_p50']:>+9.3f} / {row['extra_p99']:+.3f} ms")
     e = report["events"]
-    print(f"{'(b) suspend -> SUSPENDED':<28}{e['holder']['p50']:>9.3f} / {e['holder']['p99']:.3f} ms"
+    print(f"{'(b) holder alone, client':<28}{e['holder']['p50']:>9.3f} / {e['holder']['p99']:.3f} ms"
           f"{e['client']['p50']:>9.3f} / {e['client']['p99']:.3f} ms{e['ratio_p50']:>10.2f}x at p50")
     a = report["alternating"]
-    print(f"{'(b) ... in alternating turns':<28}{a['holder']['p50']:>9.3f} / {a['holder']['p99']:.3f} ms"
+    print(f"{'(b) in turns (the target)':<28}{a['holder']['p50']:>9.3f} / {a['holder']['p99']:.3f} ms"
           f"{a['client']['p50']:>9.3f} / {a['client']['p99']:.3f} ms{a['ratio_p50']:>10.2f}x at p50")
     f = report["fanout"]
     print(f"(c) {f['guests']} guests resumed then suspended, {f['clients']} clients subscribed to "
