@@ -172,3 +172,26 @@ async def test_a_tls_migration_with_a_storage_copy_checks_both_certificates(
     back = await (await moved.migrate(here))
     await back.destroy()
     assert reads(new_top, GUEST_VIEW) == []
+
+
+@pytest.mark.guest
+async def test_a_postcopy_switch_to_an_ssh_host_fetches_pages_through_the_forwarding(
+        two_dirs: tuple[Path, Path], xml: XMLFactory, tmp_path: Path, guest_images: GuestImages,
+        sshd: SSHServer) -> None:
+    """Postcopy's page requests travel back on the same stream: the forwarding carries both ways."""
+    async with avirt.connect(state_dir=two_dirs[0]) as here, \
+            avirt.connect(sshd.uri(two_dirs[1], mode="serve")) as there:
+        dom, disk, serial = await writing_guest(here, xml, tmp_path, guest_images, "paged")
+        at_there = Lifecycle(there)
+        job = await dom.migrate(there, postcopy=True, bandwidth=2**20)  # precopy alone: minutes
+        async for progress in job.progress():
+            if progress.status == "active" and progress.ram_transferred > 0:
+                await job.postcopy()
+                break
+        await at_there.until(("RESUMED", "postcopy"), timeout=120)
+        done = len(WRITE.findall(serial.read_text()))
+        await wait_for_serial(serial, f"avirt-wl: i={done + SLOTS} ", timeout=300)  # it writes on, there
+        moved = await job
+        assert (await moved.state())[0] is DomainState.RUNNING
+        await moved.shutdown(wait=60)
+        check_every_write(serial, disk)
