@@ -96,15 +96,16 @@ class ImageLockedError(ImageError):
 
 
 class InsufficientSpaceError(ImageError):
-    """A commit could write more than the free space of the filesystem that holds its base, so it was
-    refused before any byte was written. ``path`` is the base image, ``needed`` and ``available`` are
-    bytes (``needed`` is an upper bound of what the commit can write, metadata included)."""
+    """A commit (or a migration's storage copy) could write more than the free space of the filesystem
+    that holds its base (its new image), so it was refused before any byte was written. ``path`` is
+    that image, ``needed`` and ``available`` are bytes (``needed`` is an upper bound of what can be
+    written, metadata included)."""
 
-    def __init__(self, path: str, needed: int, available: int) -> None:
+    def __init__(self, path: str, needed: int, available: int, *, doing: str = "commit into") -> None:
         self.path = path
         self.needed = needed
         self.available = available
-        super().__init__(f"not enough space to commit into {path}: the commit can write {needed} bytes, "
+        super().__init__(f"not enough space to {doing} {path}: that can write {needed} bytes, "
                          f"its filesystem has {available} free")
 
 

@@ -19,7 +19,13 @@ import pytest
 import avirt
 from avirt import DomainState, EventKind, LifecycleEvent
 from avirt.connection import Connection
-from avirt.errors import DomainExistsError, InvalidArgumentError, MigrationError, OperationInvalidError
+from avirt.errors import (
+    DomainExistsError,
+    InsufficientSpaceError,
+    InvalidArgumentError,
+    MigrationError,
+    OperationInvalidError,
+)
 from tests.guest import BASE_CMDLINE, GuestImages
 from tests.images import GUEST_VIEW, backing_chain, make_chain, reads
 from tests.test_cli import CLI
@@ -473,3 +479,24 @@ async def test_a_storage_copy_is_refused_before_anything_is_made(
     assert taken.read_bytes() == b"someone's data"
     assert await dom.state() == (DomainState.RUNNING, "booted")
     assert await dest.list_domains() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem to fill needs root")
+async def test_a_storage_copy_that_cannot_fit_is_refused_before_anything_is_made(
+        pair: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path) -> None:
+    source, dest = pair
+    chain = make_chain(tmp_path)  # its layers hold several MiB of data
+    dom = await source.define_xml(xml("roomy", disks=[("vda", str(chain.active), "qcow2")]))
+    await dom.start()
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small], check=True)
+    try:
+        with pytest.raises(InsufficientSpaceError, match="copy storage into") as refused:
+            await (await dom.migrate(dest, copy_storage="all",
+                                     storage_paths={"vda": str(small / "new.qcow2")}))
+        assert refused.value.needed > refused.value.available
+        assert list(small.iterdir()) == [] and await dest.list_domains() == []
+        assert await dom.state() == (DomainState.RUNNING, "booted")
+    finally:
+        subprocess.run(["umount", small], check=True)

@@ -35,7 +35,13 @@ from avirt.config import domain_to_xml
 from avirt.drivers.base import DomainRef, Records
 from avirt.drivers.qemu import migration
 from avirt.drivers.qemu.state import StateDir
-from avirt.errors import DomainExistsError, MigrationError, OperationInvalidError, QMPError
+from avirt.errors import (
+    DomainExistsError,
+    InsufficientSpaceError,
+    MigrationError,
+    OperationInvalidError,
+    QMPError,
+)
 from avirt.hosts.forwarding import Forwarder
 from avirt.models import DomainState, MigrationProgress
 from avirt.offline.qemu_img import create_image
@@ -109,11 +115,14 @@ class MigrationCalls:
 
     async def _copyable(self, guest: Guest) -> list[dict[str, Any]]:
         """The disks a storage copy moves (writable ones with an image), each with what the destination
-        needs to make its image: the top's format and size, and the layer below it."""
+        needs to make its image: the top's format and size, the layer below it, and the bytes each layer
+        holds (what a copy of the top alone, or of the whole chain, can write at most)."""
         assert guest.live is not None
-        sizes = {node["node-name"]: int(node["image"]["virtual-size"])
-                 for node in await self.monitor(guest).execute("query-named-block-nodes", {"flat": True})
-                 if "node-name" in node and "image" in node}
+        images = {node["node-name"]: node["image"]
+                  for node in await self.monitor(guest).execute("query-named-block-nodes", {"flat": True})
+                  if "node-name" in node and "image" in node}
+        sizes = {node: int(image["virtual-size"]) for node, image in images.items()}
+        held = {node: int(image.get("actual-size", 0)) for node, image in images.items()}
         disks = []
         for disk in guest.live.disks:
             layers = guest.chains.get(disk.target)
@@ -122,7 +131,8 @@ class MigrationCalls:
             top, below = layers[-1], (layers[-2] if len(layers) > 1 else None)
             disks.append({"target": disk.target, "path": top.path, "format": top.format,
                           "size": sizes.get(top.node, 0), "backing": below and below.path,
-                          "backing_format": below and below.format})
+                          "backing_format": below and below.format, "held_top": held.get(top.node, 0),
+                          "held_chain": sum(held.get(layer.node, 0) for layer in layers)})
         return disks
 
     async def migrate_prepare(self, xml: str, *, source: str, resume: bool, persistent_xml: str | None,
@@ -148,6 +158,7 @@ class MigrationCalls:
         nbd = None
         try:
             async with guest.lock:
+                await self._check_copy_space(copies)
                 for copy in copies:  # before QEMU opens them; an existing file is never overwritten
                     if await self.host.exists(copy["path"]):
                         raise OperationInvalidError(f"cannot copy disk {copy['target']} to {copy['path']}: "
@@ -227,6 +238,20 @@ class MigrationCalls:
             if not watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
                 await self.files.write_migration(name, {**record, "phase": "committed"})  # the commit point
             return stats
+
+    async def _check_copy_space(self, copies: list[dict[str, Any]]) -> None:
+        """Refuse a storage copy whose new images could outgrow their filesystems' free space: each
+        can receive at most what the layers it copies hold (all of them with sync "full")."""
+        by_dir: dict[str, list[dict[str, Any]]] = {}
+        for copy in copies:
+            by_dir.setdefault(os.path.dirname(copy["path"]) or ".", []).append(copy)
+        for directory, group in by_dir.items():
+            needed = sum(int(c.get("held_chain" if c.get("sync") == "full" else "held_top") or 0)
+                         for c in group)
+            available = await self.host.free_space(directory)
+            if needed > available:
+                raise InsufficientSpaceError(group[0]["path"], needed, available,
+                                             doing="copy storage into")
 
     async def _tls_dir(self, endpoint: str) -> str:
         """This side's TLS directory (``<state_dir>/tls``), holding what ``endpoint`` needs, for QEMU."""
