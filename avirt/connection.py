@@ -6,11 +6,12 @@ context manager; closing it leaves running guests running (they outlive the cont
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 import shlex
-from collections.abc import Generator, Iterable
+from collections.abc import AsyncIterator, Generator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -185,7 +186,14 @@ class _Connecting:
             await self._conn.close()
 
 
+@contextlib.asynccontextmanager
+async def _peer(uri: str) -> AsyncIterator[Driver]:
+    async with connect(uri) as conn:
+        yield conn._driver
+
+
 async def _opened(driver: D) -> D:
+    driver.peers = _peer
     try:
         await driver.open()
     except BaseException:

@@ -45,8 +45,10 @@ modes), this controller joins the two machines with OpenSSH's unix-socket forwar
 connections it already has (:mod:`avirt.hosts.forwarding`): no port opens on either host and no byte
 passes through Python. Each side's record then names the other as a location elsewhere, which it
 cannot read: a destination whose controller is restarted gives the guest up unless its QEMU holds all
-of it, and one that holds it all waits, paused, for a finish (only the source knows whether it
-committed; ``dom.resume()`` there, once the source's QEMU is known to have ended, runs it).
+of it, and one that holds it all waits, paused, for a finish, since only the source knows whether it
+committed. The source's record therefore names the destination by its connection URI, and a source
+controller that finds a committed record ends its QEMU and connects there to say so (again and again
+until it is heard), and the guest runs.
 
 **TLS.** With ``tls=True`` each QEMU loads its side's certificates (``<state_dir>/tls/``, QEMU's file
 names) as x509 credentials, the destination as the server; the migration stream and the NBD
@@ -59,6 +61,7 @@ way), postcopy recovery after a broken connection.
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -213,6 +216,7 @@ class _Ends:
     dest: Forwarder
     source_dir: str
     dest_dir: str
+    dest_uri: str
 
     @property
     def one_machine(self) -> bool:
@@ -225,7 +229,14 @@ class _Ends:
         return self.source_dir if self.one_machine else f"{self.source.machine}:{self.source_dir}"
 
     def dest_as_seen(self) -> str:
-        return self.dest_dir if self.one_machine else f"{self.dest.machine}:{self.dest_dir}"
+        """For the source's record: the destination's state directory, or, on another machine, its URI
+        (with that directory), by which the source's next controller tells it what the record says."""
+        if self.one_machine:
+            return self.dest_dir
+        if "+ssh://" not in self.dest_uri or "state_dir=" in self.dest_uri:
+            return self.dest_uri
+        joiner = "&" if "?" in self.dest_uri else "?"
+        return f"{self.dest_uri}{joiner}state_dir={urllib.parse.quote(self.dest_dir, safe='')}"
 
     async def join(self, stack: contextlib.AsyncExitStack, path: str) -> str:
         """The path the source's QEMU connects to, for the destination's socket at ``path``."""
@@ -317,7 +328,8 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
     if dest._driver is source:
         raise InvalidArgumentError("the destination is the domain's own connection")
     # A side that takes no part in migrations refuses here, before anything starts.
-    ends = _Ends(source.forwarder(), dest._driver.forwarder(), source.location(), dest._driver.location())
+    ends = _Ends(source.forwarder(), dest._driver.forwarder(), source.location(), dest._driver.location(),
+                 dest._driver.uri)
     if tls:  # the certificate the source's QEMU checks is the destination machine's
         options = {**(options or {}), "tls": ends.dest.hostname}
     job = MigrationJob(source, dest, domain.name)

@@ -9,6 +9,7 @@ other's. The records of each side name the other as a location elsewhere, which 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ import anyio
 import pytest
 
 import avirt
-from avirt import DomainState
+from avirt import DomainState, migration
 from avirt.connection import Connection
 from avirt.errors import MigrationError
 from tests import tlscerts
@@ -195,3 +196,40 @@ async def test_a_postcopy_switch_to_an_ssh_host_fetches_pages_through_the_forwar
         assert (await moved.state())[0] is DomainState.RUNNING
         await moved.shutdown(wait=60)
         check_every_write(serial, disk)
+
+
+async def test_a_committed_migration_to_an_ssh_host_is_finished_by_the_source_s_next_controller(
+        two_dirs: tuple[Path, Path], xml: XMLFactory, sshd: SSHServer) -> None:
+    """The source commits, then its controller (which also joined the streams) goes before finish. The
+    destination cannot read the source's record: it waits, paused, holding the whole guest. The source's
+    next controller ends its QEMU and, by the URI in its record, has the destination run the guest."""
+    dest_uri = sshd.uri(two_dirs[1], mode="serve")
+    async with avirt.connect(dest_uri) as there:
+        at_there = Lifecycle(there)
+        source = await avirt.connect(state_dir=two_dirs[0])
+        try:
+            dom = await source.define_xml(xml("orphan"))
+            await dom.start()
+            src, dst = source._driver, there._driver
+            ends = migration._Ends(src.forwarder(), dst.forwarder(), src.location(), dst.location(), dst.uri)
+            live, _, running, _ = await src.migrate_begin("orphan")
+            uri, _ = await dst.migrate_prepare(live, source=ends.source_as_seen(), resume=running,
+                                               persistent_xml=live)
+            async with contextlib.AsyncExitStack() as streams:
+                joined = "unix:" + await ends.join(streams, uri.removeprefix("unix:"))
+                await src.migrate_perform("orphan", joined, dest=ends.dest_as_seen(), bandwidth=None,
+                                          max_downtime=None)
+            assert records(two_dirs[0])[0]["phase"] == "committed"
+        finally:
+            await source.close()  # gone before finish and confirm
+        moved = await there.lookup("orphan")
+        assert (await moved.state())[0] is DomainState.PAUSED  # it waits for the source's word
+        async with avirt.connect(state_dir=two_dirs[0]) as again:
+            await at_there.until(("RESUMED", "migrated"), timeout=60)
+            assert await moved.state() == (DomainState.RUNNING, "migrated")
+            left = await again.lookup("orphan")
+            await wait_for_state(left, DomainState.SHUTOFF)
+        assert len(qemu_pids(*two_dirs)) == 1
+        assert records(two_dirs[1]) == []
+        assert await there.lookup("orphan") == moved  # kept there: its record said persistent
+        await moved.destroy()

@@ -14,6 +14,7 @@ import secrets
 import uuid as uuid_mod
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -184,6 +185,10 @@ class Driver(ABC):
     uri: str
     #: Where the driver publishes domain events; Connection.subscribe/events read from it.
     bus: EventBus
+    #: How this driver opens another connection's driver by URI, for as long as the context lasts (set
+    #: by avirt.connection before open). A migration's recovery uses it to tell a destination on another
+    #: machine what only the source's record knows; None: it cannot.
+    peers: Callable[[str], AbstractAsyncContextManager[Driver]] | None = None
 
     @abstractmethod
     async def open(self) -> None:

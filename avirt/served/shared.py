@@ -113,6 +113,7 @@ class SharedDriver(Driver):
         with anyio.move_on_after(HANDOVER_TIMEOUT):
             while True:
                 holder = QemuDriver(self.uri, LocalHost(), self.state_dir, bus=self.bus)
+                holder.peers = self.peers
                 try:
                     await holder.open()
                 except ConnectionLockedError:

@@ -27,15 +27,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from avirt.config import domain_to_xml
-from avirt.drivers.base import DomainRef, Records
+from avirt.drivers.base import DomainRef, Driver, Records
 from avirt.drivers.qemu import migration
 from avirt.drivers.qemu.state import StateDir
 from avirt.errors import (
+    AvirtError,
     DomainExistsError,
     InsufficientSpaceError,
     MigrationError,
@@ -73,6 +75,7 @@ class MigrationCalls:
     jobs: OnlineJobs
     #: The guests that take part in a migration now (as source or destination) -> its status.
     migrations: dict[str, migration.Watch]
+    peers: Callable[[str], AbstractAsyncContextManager[Driver]] | None
 
     if TYPE_CHECKING:
         def _find(self, name: str) -> Guest: ...
@@ -294,9 +297,17 @@ class MigrationCalls:
         watch = self.migrations.get(name)
         if watch is not None and watch.finished is not None:
             watch.finished.set()  # the orphan watcher stands down: this is the finish it waited for
-        if not ok or watch is None:
+        if not ok:
             await self._give_up_destination(guest)
             return
+        if watch is None or persistent_xml is None:
+            # Maybe a finish from a source's next controller, which knows only its own record: this
+            # side's has the definition to keep (the one prepare was given).
+            record = await self.files.read_migration(name)
+            if watch is None and (record is None or not await self._holds_all(guest)):
+                await self._give_up_destination(guest)
+                raise MigrationError(f"domain '{name}' is not a migration that arrived here whole")
+            persistent_xml = (record or {}).get("persistent_xml")
         await self._run_arrived(guest, watch, resume=resume, persistent_xml=persistent_xml)
 
     async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:
@@ -400,6 +411,10 @@ class MigrationCalls:
             async with guest.lock:
                 if guest.active:
                     await self._terminate(guest, "migrated")
+            dest = str(record.get("dest", ""))
+            if self._peer(dest) is None:  # elsewhere: it waits, paused, for this record's word
+                self.tasks.start_soon(self._finish_apart, guest.name, dest, bool(record.get("resume")),
+                                      name=f"migration-finish-{guest.name}")
             return
         if phase == "perform":
             # Whatever QEMU still sends (or has sent) is not the destination's: nobody committed it.
@@ -482,8 +497,26 @@ class MigrationCalls:
             await self._give_up_destination(guest)
             return
         log.warning("domain %s: it holds the whole guest migrated from %s, whose record is out of reach; "
-                    "it stays paused until that side's controller finishes or cancels the migration",
+                    "it stays paused until that side's controller says whether it committed",
                     guest.name, source)
+
+    async def _finish_apart(self, name: str, dest: str, resume: bool) -> None:
+        """Source, committed, its controller back: the destination on another machine (``dest``: its
+        URI) holds the guest paused until it hears so; tell it, until it has heard."""
+        delay = ORPHAN_POLL
+        while True:
+            try:
+                if self.peers is None or "://" not in dest:
+                    raise OperationInvalidError("no way to reach it from here")
+                async with self.peers(dest) as peer:
+                    await peer.migrate_finish(name, ok=True, resume=resume, persistent_xml=None)
+                log.info("domain %s: its destination %s runs it now", name, dest)
+                return
+            except AvirtError as e:
+                log.warning("domain %s: cannot tell its destination %s that the migration was committed "
+                            "(%s); trying again in %.0f s", name, dest, e, delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 60.0)
 
     def _peer(self, location: object) -> StateDir | None:
         """The other side's state directory when it is on this machine (its location is then a path)."""
