@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests import tlscerts
 from tests.guest import GuestImages
 from tests.images import GUEST_VIEW, make_chain, reads
 from tests.sshd import SSHServer
+from tests.test_cli import CLI
 from tests.test_migration import (
     SLOTS,
     SOURCE,
@@ -233,3 +235,20 @@ async def test_a_committed_migration_to_an_ssh_host_is_finished_by_the_source_s_
         assert records(two_dirs[1]) == []
         assert await there.lookup("orphan") == moved  # kept there: its record said persistent
         await moved.destroy()
+
+
+def test_the_command_moves_a_domain_to_an_ssh_host_over_tls(
+        two_dirs: tuple[Path, Path], xml: XMLFactory, tmp_path: Path, sshd: SSHServer) -> None:
+    here = CLI(two_dirs[0])
+    tlscerts.write_set(*two_dirs)
+    (tmp_path / "d.xml").write_text(xml("cli-traveller"))
+    here.ok("define", str(tmp_path / "d.xml"))
+    here.ok("start", "cli-traveller")
+    dest_uri = sshd.uri(two_dirs[1], mode="serve")
+    out = here.ok("migrate", "cli-traveller", dest_uri, "--live", "--persistent", "--undefinesource",
+                  "--tls", "--verbose")
+    assert out.splitlines()[-1] == f"Domain 'cli-traveller' migrated to {dest_uri}"
+    assert "cli-traveller" not in here.ok("list", "--all")
+    there = CLI(two_dirs[1])  # the SSH host's state directory is on this machine: look at it directly
+    assert re.search(r"cli-traveller\s+running", there.ok("list", "--all"))
+    there.ok("destroy", "cli-traveller")
