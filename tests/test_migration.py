@@ -211,7 +211,12 @@ async def test_refusals_come_before_anything_moves(
 
 async def test_a_cancelled_migration_leaves_the_guest_running_at_the_source(
         pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
-    source, dest = pair
+    await cancel_while_sending(*pair, xml, two_dirs[1])
+
+
+async def cancel_while_sending(source: Connection, dest: Connection, xml: XMLFactory, dest_dir: Path) -> None:
+    """A migration cancelled while QEMU sends memory: the guest runs on at the source, nothing is left
+    at the destination."""
     dom = await source.define_xml(xml("slow"))
     await dom.start()
     job = await dom.migrate(dest, bandwidth=32 * 1024)  # a few hundred KiB to send: seconds at this rate
@@ -223,7 +228,7 @@ async def test_a_cancelled_migration_leaves_the_guest_running_at_the_source(
         await job
     assert (await dom.state())[0] is DomainState.RUNNING
     assert await dest.list_domains() == []
-    assert list((two_dirs[1] / "run").glob("*")) == []  # nothing of the destination's QEMU is left
+    assert list((dest_dir / "run").glob("*")) == []  # nothing of the destination's QEMU is left
 
 
 async def test_auto_converge_compression_and_parallel_connections_reach_qemu(

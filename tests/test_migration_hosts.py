@@ -33,6 +33,7 @@ from tests.test_migration import (
     SOURCE,
     WRITE,
     Lifecycle,
+    cancel_while_sending,
     check_every_write,
     qemu_pids,
     two_dirs,
@@ -102,21 +103,8 @@ async def test_copied_storage_goes_through_the_ssh_connection(
 
 
 async def test_a_cancelled_migration_to_an_ssh_host_leaves_the_guest_here(
-        apart: tuple[Connection, Connection], two_dirs: tuple[Path, Path], xml: XMLFactory,
-        tmp_path: Path) -> None:
-    here, there = apart
-    dom = await here.define_xml(xml("stays"))
-    await dom.start()
-    job = await dom.migrate(there, bandwidth=32 * 1024)  # a few hundred KiB to send: seconds at this rate
-    async for progress in job.progress():
-        if progress.status == "active" and progress.ram_transferred > 0:
-            await job.cancel()
-            break
-    with pytest.raises(MigrationError, match="cancelled"):
-        await job
-    assert (await dom.state())[0] is DomainState.RUNNING
-    assert await there.list_domains() == []
-    assert list((two_dirs[1] / "run").glob("*")) == []  # nothing of the destination's QEMU is left
+        apart: tuple[Connection, Connection], two_dirs: tuple[Path, Path], xml: XMLFactory) -> None:
+    await cancel_while_sending(*apart, xml, two_dirs[1])
 
 
 async def test_a_source_controller_killed_while_sending_to_an_ssh_host_keeps_the_guest_here(
