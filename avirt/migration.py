@@ -233,7 +233,9 @@ class _Ends:
         (with that directory), by which the source's next controller tells it what the record says."""
         if self.one_machine:
             return self.dest_dir
-        if "+ssh://" not in self.dest_uri or "state_dir=" in self.dest_uri:
+        if "+ssh://" not in self.dest_uri:  # this machine's URI would name another place over there
+            return f"{self.dest.machine}:{self.dest_dir}"
+        if "state_dir=" in self.dest_uri:
             return self.dest_uri
         joiner = "&" if "?" in self.dest_uri else "?"
         return f"{self.dest_uri}{joiner}state_dir={urllib.parse.quote(self.dest_dir, safe='')}"

@@ -503,11 +503,13 @@ class MigrationCalls:
     async def _finish_apart(self, name: str, dest: str, resume: bool) -> None:
         """Source, committed, its controller back: the destination on another machine (``dest``: its
         URI) holds the guest paused until it hears so; tell it, until it has heard."""
+        if self.peers is None or "://" not in dest:
+            log.error("domain %s: its destination %s holds it paused and cannot be reached from here: "
+                      "resume it there", name, dest)
+            return
         delay = ORPHAN_POLL
         while True:
             try:
-                if self.peers is None or "://" not in dest:
-                    raise OperationInvalidError("no way to reach it from here")
                 async with self.peers(dest) as peer:
                     await peer.migrate_finish(name, ok=True, resume=resume, persistent_xml=None)
                 log.info("domain %s: its destination %s runs it now", name, dest)
