@@ -37,6 +37,8 @@ DONE = frozenset({"completed", "failed", "cancelled"})
 UNLIMITED = 1 << 53
 #: How long the destination may take to load the last of the state once the source says completed.
 FINISH_TIMEOUT = 60.0
+#: How long the source's QEMU may take to fill in its totals once it says completed.
+TOTALS_TIMEOUT = 2.0
 
 
 class Watch:
@@ -234,7 +236,15 @@ async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | Non
     if status not in ("completed", POSTCOPY):
         reason = await _error_of(monitor)
         raise MigrationError(f"the migration {status}" + (f": {reason}" if reason else ""))
-    return await progress(monitor)
+    stats = await progress(monitor)
+    # QEMU says "completed" a moment before it has worked out its totals (the state is set in its
+    # migration thread's completion, the times only once that thread winds up), and no event follows:
+    # ask again, briefly, for the figures the caller reads.
+    with anyio.move_on_after(TOTALS_TIMEOUT):
+        while stats.status == "completed" and stats.total_ms == 0:
+            await anyio.sleep(0.01)
+            stats = await progress(monitor)
+    return stats
 
 
 async def start_postcopy(monitor: Monitor, watch: Watch) -> None:
