@@ -23,6 +23,11 @@ destination's NBD server exporting its disk node, the source's ``blockdev-add`` 
 mirror cancelled at the pause (which completes a READY mirror), ``migrate-continue``, and the NBD server
 stopped before ``cont`` — the steps avirt takes.
 
+**Between machines** (``--ssh``): avirt again, the second state directory now an SSH host's
+(``qemu+ssh://`` to the tests' sshd on 127.0.0.1, through the host's avirt), so each migration's streams
+go through OpenSSH's unix-socket forwarding (``avirt/hosts/forwarding.py``). No target: it says what the
+SSH connection costs against avirt on one machine (its encryption on these same two cores).
+
 Both sides report QEMU's own downtime (``query-migrate`` at the source once completed). Targets: avirt's
 median total within 1.05x of bare, its median downtime no worse than bare's (+1 ms, QEMU's resolution).
 libvirt refuses to migrate a guest to the same host, so it cannot give a figure here.
@@ -60,6 +65,7 @@ import avirt
 from avirt.config import parse_domain_xml
 from avirt.drivers.qemu.cmdline import Layer, build_argv
 from avirt.drivers.qemu.migration import UNLIMITED
+from tests import sshd as test_sshd
 from tests.guest import BASE_CMDLINE, build_guest
 
 TARGET_RATIO = 1.05
@@ -89,9 +95,14 @@ async def wait_serial(path: Path, marker: str, timeout: float = 120) -> None:
             await anyio.sleep(0.05)
 
 
-async def avirt_side(tmp: Path, xml: str, runs: int, copy: bool) -> tuple[list[float], list[int], str]:
+async def avirt_side(tmp: Path, xml: str, runs: int, copy: bool,
+                     other: str | None = None) -> tuple[list[float], list[int], str]:
+    """avirt back and forth between two state directories; ``other``: the second one's URI (an SSH
+    host's) instead of a local directory."""
     totals, downtimes = [], []
-    async with avirt.connect(state_dir=tmp / "a") as a, avirt.connect(state_dir=tmp / "b") as b:
+    second = avirt.connect(other) if other else avirt.connect(state_dir=tmp / "b")
+    (tmp / "serial.log").unlink(missing_ok=True)  # READY must come from this boot
+    async with avirt.connect(state_dir=tmp / ("a-ssh" if other else "a")) as a, second as b:
         dom = await a.define_xml(xml)
         stored = await dom.xml(inactive=True)
         await dom.start()
@@ -100,7 +111,8 @@ async def avirt_side(tmp: Path, xml: str, runs: int, copy: bool) -> tuple[list[f
         for i in range(runs + 1):
             storage: dict[str, Any] = {}
             if copy:  # a new image each run: avirt never writes over an existing file
-                storage = {"copy_storage": "all", "storage_paths": {"vda": str(tmp / f"a{i}.qcow2")}}
+                image = tmp / f"{'s' if other else 'a'}{i}.qcow2"
+                storage = {"copy_storage": "all", "storage_paths": {"vda": str(image)}}
             t0 = time.perf_counter()
             job = await dom.migrate(there, persist=False, undefine_source=False,  # as bare: no defines
                                     **storage)
@@ -224,12 +236,23 @@ def summary(values_ms: Sequence[float]) -> dict[str, float]:
             "max": round(ordered[-1], 2)}
 
 
-async def measure_one(runs: int, copy: bool) -> dict[str, Any]:
+async def measure_one(runs: int, copy: bool, ssh: bool = False) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="avirt-bench-migrate-"))
+    apart: dict[str, Any] = {}
     try:
         xml = guest_xml(tmp)
         a_total, a_down, stored = await avirt_side(tmp, xml, runs, copy)
         b_total, b_down = await bare_side(tmp, stored, runs, copy)
+        if ssh:
+            server = test_sshd.start(tmp / "sshd")
+            try:
+                s_total, s_down, _ = await avirt_side(tmp, xml, runs, copy,
+                                                      server.uri(tmp / "ssh-state", mode="serve"))
+            finally:
+                server.drop_connections()
+                server.stop()
+            apart = {"total_ms": summary([t * 1000 for t in s_total]),
+                     "downtime_ms": statistics.median(s_down)}
     finally:
         kill_leftovers(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -240,6 +263,8 @@ async def measure_one(runs: int, copy: bool) -> dict[str, Any]:
         "avirt": {"total_ms": avirt_ms, "downtime_ms": down_a},
         "bare": {"total_ms": bare_ms, "downtime_ms": down_b},
         "ratio": ratio,
+        **({"avirt_ssh": {**apart, "ratio_to_avirt":
+                          round(apart["total_ms"]["median"] / avirt_ms["median"], 3)}} if apart else {}),
         "targets": [
             {"name": "total: avirt / bare (median)", "value": ratio, "limit": TARGET_RATIO, "unit": "x",
              "ok": ratio <= TARGET_RATIO},
@@ -249,11 +274,12 @@ async def measure_one(runs: int, copy: bool) -> dict[str, Any]:
     }
 
 
-async def measure(runs: int, storage: str) -> dict[str, Any]:
-    report: dict[str, Any] = {"config": {"runs": runs, "memory_mib": 256, "disk_gib": 1, "storage": storage}}
+async def measure(runs: int, storage: str, ssh: bool) -> dict[str, Any]:
+    report: dict[str, Any] = {"config": {"runs": runs, "memory_mib": 256, "disk_gib": 1, "storage": storage,
+                                         "ssh": ssh}}
     for kind in ("shared", "copy"):
         if storage in (kind, "both"):
-            report[kind] = await measure_one(runs, kind == "copy")
+            report[kind] = await measure_one(runs, kind == "copy", ssh)
     report["targets"] = [{**t, "name": f"{kind}: {t['name']}"}
                          for kind in ("shared", "copy") if kind in report for t in report[kind]["targets"]]
     return report
@@ -264,9 +290,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=10, help="timed migrations per side (default 10)")
     parser.add_argument("--storage", choices=("shared", "copy", "both"), default="both",
                         help="shared storage, copied storage, or both (default)")
+    parser.add_argument("--ssh", action="store_true",
+                        help="also avirt between this machine and an SSH host (the tests' sshd on 127.0.0.1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    report = anyio.run(measure, args.runs, args.storage)
+    if args.ssh and test_sshd.missing_reason():
+        parser.error(f"--ssh: {test_sshd.missing_reason()}")
+    report = anyio.run(measure, args.runs, args.storage, args.ssh)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -275,9 +305,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if kind not in report:
             continue
         print(f" {kind} storage:")
-        for side in ("avirt", "bare"):
+        for side in ("avirt", "bare", "avirt_ssh"):
+            if side not in report[kind]:
+                continue
             t = report[kind][side]["total_ms"]
-            print(f"  {side:<6} total {t['median']:8.1f} ms (min {t['min']:.1f}, max {t['max']:.1f})   "
+            print(f"  {side:<9} total {t['median']:8.1f} ms (min {t['min']:.1f}, max {t['max']:.1f})   "
                   f"downtime {report[kind][side]['downtime_ms']:.0f} ms")
     for t in report["targets"]:
         print(f"  {'ok  ' if t['ok'] else 'MISS'} {t['name']}: {t['value']} {t['unit']} (limit {t['limit']})")
