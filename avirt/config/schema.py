@@ -41,7 +41,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, NoReturn, TypeVar, cast
+from typing import Any, Generic, NamedTuple, NoReturn, TypeVar, cast
 
 from lxml import etree
 
@@ -350,41 +350,42 @@ class Kind(Generic[T]):
     def read(self, ctx: Ctx, el: El) -> T | None:
         """The object for ``el`` (None once an unsupported value made it meaningless)."""
         values: dict[str, Any] = {}
-        unsupported = ctx.unsupported
         broken = False
         # el's attributes' names and children by tag, as the structure check found them, and its attributes'
         # values in one call rather than one get() each.
         names, kids = ctx.shape(el)
         own = cast("list[str]", el.values()) if names else []  # lxml's stubs allow bytes
-        for entry, holder, attr, position in self.plan.steps(names, kids):
-            if attr is not None and isinstance(entry, Field):  # an attribute of el or a child: most often
-                raw: str | None
-                if position is not None:
-                    target, raw = el, own[position]
-                else:
-                    assert holder is not None  # for mypy: a step has a position or a holder
-                    target = kids[holder][0]
-                    raw = target.get(attr)
-                    if raw is None and not entry.required:
+        for how, name, where, attr, seen, entry in self.plan.steps(names, kids):
+            if how is _OWN:  # an attribute of el: most often
+                raw = own[where]
+                value = seen.get(raw)
+                if value is None:
+                    value, refused = _judge(ctx, el, kids, el, entry, attr, raw, seen)
+                    broken |= refused
+            elif how is _KID:  # an attribute of a child
+                target = kids[where][0]
+                raw = target.get(attr)
+                if raw is None:
+                    if not entry.required:
                         continue  # a child's optional attribute that it does not have: nothing to judge
-                if raw is not None and raw.strip():
-                    value = entry.value.read(ctx, target, attr, raw)
-                    broken |= value is None  # known but unsupported (see Value.read)
+                    value, refused = _judge(ctx, el, kids, target, entry, attr, raw, seen)
+                    broken |= refused
                 else:
-                    before = len(unsupported)
-                    value = _read_field(ctx, el, kids, entry)
-                    broken |= value is None and len(unsupported) > before
-            elif isinstance(entry, Field):
-                before = len(unsupported)
+                    value = seen.get(raw)
+                    if value is None:
+                        value, refused = _judge(ctx, el, kids, target, entry, attr, raw, seen)
+                        broken |= refused
+            elif how is _OTHER:
+                before = len(ctx.unsupported)
                 value = _read_field(ctx, el, kids, entry)
-                broken |= value is None and len(unsupported) > before
-            elif isinstance(entry, Sub):
-                child = _first(el, kids, entry.path)
+                broken |= value is None and len(ctx.unsupported) > before
+            elif how is _SUB:
+                child = _first(el, kids, where)
                 value = None if child is None else entry.kind.read(ctx, child)
             else:
-                value = [obj for c in _all(kids, entry.path) if (obj := entry.kind.read(ctx, c)) is not None]
+                value = [obj for c in _all(kids, where) if (obj := entry.kind.read(ctx, c)) is not None]
             if value is not None:
-                values[entry.name] = value
+                values[name] = value
         if broken:
             return None  # the element means something avirt does not implement: judge nothing more
         return self.build(ctx, el, values) if self.build is not None else self.cls(**values)
@@ -416,10 +417,21 @@ class Kind(Generic[T]):
                     entry.kind.write(target, entry.path[-1], item)
 
 
-#: One entry to judge: the entry, the child holding its attribute (None: the element itself), the
-#: attribute's name (None: the entry is read some other way) and, for an attribute of the element itself,
-#: its position among the element's attributes.
-_Step = tuple[Entry, str | None, str | None, int | None]
+# How a reading step finds its value (see _Step).
+_OWN, _KID, _OTHER, _SUB, _MANY = "own attribute", "child's attribute", "other field", "sub", "many"
+
+
+class _Step(NamedTuple):
+    """One entry to judge in an element of a given shape, with all that reading it needs at hand."""
+
+    how: str  # _OWN, _KID, _OTHER (a Field read by _read_field), _SUB or _MANY
+    name: str  # the entry's name: the key of its value
+    where: Any  # _OWN: the attribute's position among el's; _KID: the child's tag; _SUB, _MANY: the path
+    attr: str  # _OWN, _KID: the attribute's name (otherwise "")
+    seen: dict[str, object]  # _OWN, _KID: raw strings already judged valid -> their value (see _judge)
+    entry: Any  # the Field, Sub or Many
+
+
 #: An element's attribute names and its children's tags, in document order.
 _Shape = tuple[tuple[str, ...], tuple[str, ...]]
 
@@ -432,6 +444,12 @@ class _ReadPlan:
     at the attributes and children the element has and judges only the entries that these can feed, in
     table order, with those judged whatever the element holds (a required field is missing, a Many with no
     items is an empty list, the element's own text). The others would be None, with nothing to report.
+
+    Each entry read from an attribute also gets a memory of the raw strings it has found valid and what
+    they became (``_Step.seen``, prefilled with a Choice's supported values): the same few strings come
+    back in every definition (``0x00``, ``virtio``, ``qcow2``...), and a dictionary lookup costs less than
+    judging the string again. Only values that read without a word to the context are kept, so a string
+    that is invalid, blank or unsupported is judged, and reported, every time.
     """
 
     entries: tuple[Entry, ...]
@@ -439,6 +457,7 @@ class _ReadPlan:
     attrs: dict[str, int]  # an attribute of the element -> the entry reading it
     child_attrs: dict[str, dict[str, int]]  # a child's tag -> its attribute -> the entry reading it
     inside: dict[str, tuple[int, ...]]  # a child's tag -> the other entries within that child
+    seen: tuple[dict[str, object], ...]  # per entry: the strings it found valid (shared by its steps)
     shapes: dict[_Shape, tuple[_Step, ...]] = field(default_factory=dict, compare=False)  # filled as met
 
     @staticmethod
@@ -461,11 +480,12 @@ class _ReadPlan:
                 continue
             always.append(index)  # required, a Many, the element's text, or a second reader of an attribute
         inside_entries = {tag: tuple(indexes) for tag, indexes in inside.items()}
-        return _ReadPlan(entries, tuple(always), attrs, child_attrs, inside_entries)
+        seen = tuple(_valid_choices(entry) for entry in entries)
+        return _ReadPlan(entries, tuple(always), attrs, child_attrs, inside_entries, seen)
 
     def steps(self, names: tuple[str, ...], kids: dict[str, list[El]]) -> tuple[_Step, ...]:
         """The entries to judge for an element with the attributes ``names`` and the children ``kids``, in
-        table order (see ``_Step``).
+        table order.
 
         They depend only on which attributes the element has and which children's tags, in a few shapes
         per kind across all documents; each shape's steps are worked out once (up to ``_SHAPES_KEPT``).
@@ -480,11 +500,11 @@ class _ReadPlan:
 
     def _steps(self, names: tuple[str, ...], kids: dict[str, list[El]]) -> tuple[_Step, ...]:
         todo = set(self.always)
-        found: dict[int, tuple[str | None, str, int | None]] = {}
+        found: dict[int, tuple[str, object, str]] = {}
         for position, name in enumerate(names):
             index = self.attrs.get(name)
             if index is not None:
-                found[index] = (None, name, position)
+                found[index] = (_OWN, position, name)
         for tag in kids:
             inside = self.inside.get(tag)
             if inside is not None:
@@ -492,10 +512,47 @@ class _ReadPlan:
             # A child's attributes are not part of the shape: each one it may have is a step, skipped
             # at once when the child lacks it.
             for name, index in self.child_attrs.get(tag, {}).items():
-                found[index] = (tag, name, None)
+                found[index] = (_KID, tag, name)
         todo.update(found)
-        return tuple((self.entries[index], *found.get(index, (None, None, None))) for index in sorted(todo))
+        steps = []
+        for index in sorted(todo):
+            entry = self.entries[index]
+            if index in found:
+                how, where, attr = found[index]
+                steps.append(_Step(how, entry.name, where, attr, self.seen[index], entry))
+            elif isinstance(entry, Field):
+                steps.append(_Step(_OTHER, entry.name, None, "", self.seen[index], entry))
+            else:
+                steps.append(_Step(_SUB if isinstance(entry, Sub) else _MANY, entry.name, entry.path, "",
+                                   self.seen[index], entry))
+        return tuple(steps)
 
+
+def _valid_choices(entry: Entry) -> dict[str, object]:
+    """What an entry's ``seen`` starts with: a Choice's supported values are valid as they are."""
+    if isinstance(entry, Field) and isinstance(entry.value, Choice):
+        return {value: value for value in entry.value.supported if value.strip()}
+    return {}
+
+
+def _judge(ctx: Ctx, el: El, kids: dict[str, list[El]], target: El, entry: Field, attr: str,
+           raw: str | None, seen: dict[str, object]) -> tuple[object, bool]:
+    """An attribute's value not met before (or absent but required, or blank), and whether it was refused
+    as unsupported; a valid value is remembered in ``seen`` (up to ``_SEEN_KEPT``)."""
+    if raw is not None and raw.strip():
+        value = entry.value.read(ctx, target, attr, raw)
+        if value is None:
+            return None, True  # known but unsupported (see Value.read)
+        if len(seen) < _SEEN_KEPT:
+            seen[raw] = value
+        return value, False
+    before = len(ctx.unsupported)
+    value = _read_field(ctx, el, kids, entry)
+    return value, value is None and len(ctx.unsupported) > before
+
+
+#: How many valid strings each attribute's entry remembers (beyond that, new ones are judged each time).
+_SEEN_KEPT = 64
 
 #: How many element shapes a kind keeps the reading steps of (documents with unusual shapes beyond that
 #: are read just as well, with the steps worked out each time).
