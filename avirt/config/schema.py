@@ -760,6 +760,10 @@ def _render(node: Node, indent: str, out: list[str]) -> None:
 # -- reading ------------------------------------------------------------------------------------------------
 
 
+#: The children of every leaf (shared: what Ctx.children returns is not to be changed).
+_NO_KIDS: dict[str, list[El]] = {}
+
+
 class Ctx:
     """Reads one document: collects unsupported XPaths and raises on the first invalid value."""
 
@@ -804,14 +808,20 @@ class Ctx:
         """
         if spec.anything:
             return
-        attrs, children = spec.attrs, spec.children
-        names = cast("tuple[str, ...]", tuple(el.keys()))  # lxml's stubs allow bytes
-        if not attrs.issuperset(names):
+        names: tuple[str, ...] = tuple(el.keys())  # type: ignore[arg-type]  # lxml's stubs allow bytes
+        if names and not spec.attrs.issuperset(names):
+            attrs = spec.attrs
             for attr in names:
                 if attr not in attrs:
                     self.unsupported_at(el, attr)
         # Text where none belongs (around the children too) is reported once for the element.
         stray = not spec.text and bool((text := el.text) and not text.isspace())
+        if not len(el):  # a leaf, as most are: len() costs less than an iterator over no children
+            self.shapes[el] = (names, _NO_KIDS)
+            if stray:
+                self.unsupported.append(f"{self.path(el)}/text()")
+            return
+        children = spec.children
         kids: dict[str, list[El]] = {}
         for item in el:
             if not stray and (tail := item.tail) and not tail.isspace():
