@@ -286,6 +286,7 @@ class Kind(Generic[T]):
     unbuild: Callable[[T], dict[str, Any]] | None = None
     # Derived from the entries once (see __post_init__):
     plan: _ReadPlan = field(init=False, repr=False, compare=False)
+    filler: Callable[[Node, Any], None] | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plan", _ReadPlan.of(self.entries))
@@ -397,24 +398,19 @@ class Kind(Generic[T]):
         return node
 
     def fill(self, node: Node, obj: T) -> None:
-        """Write the fields of ``obj`` into ``node`` (children it already has are found, not repeated)."""
-        values = self.unbuild(obj) if self.unbuild is not None else vars(obj)
-        for entry in self.entries:
-            value = values.get(entry.name)
-            if value is None or value is False:
-                continue
-            if isinstance(entry, Field):
-                target = node.at(entry.holder) if entry.holder else node  # made where absent
-                if entry.attr is not None:
-                    target.set(entry.attr, entry.value.write(value))
-                elif entry.how is not _FLAG:  # a Flag is its element, made above
-                    target.set_text(entry.value.write(value))
-            elif isinstance(entry, Sub):
-                entry.kind.fill(node.at(entry.path), value)
-            elif value:  # no element on the way for an empty list
-                target = node.at(entry.path[:-1])
-                for item in value:
-                    entry.kind.write(target, entry.path[-1], item)
+        """Write the fields of ``obj`` into ``node`` (children it already has are found, not repeated): each
+        entry in table order, None and False skipped, an element on the way made where absent."""
+        (self.filler or self.writer())(node, obj)
+
+    def writer(self) -> Callable[[Node, Any], None]:
+        """What :meth:`fill` runs: a function compiled from the table on the kind's first write
+        (:mod:`avirt.config.writers`)."""
+        if self.filler is None:
+            from avirt.config.writers import compile_fill  # it builds on this module
+
+            object.__setattr__(self, "filler", compile_fill(self))
+        assert self.filler is not None
+        return self.filler
 
 
 # How a reading step finds its value (see _Step).
