@@ -41,11 +41,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, TypeVar, cast
 
 from lxml import etree
 
 from avirt.errors import InvalidXMLError
+
+if TYPE_CHECKING:
+    from avirt.config.writers import Writer
 
 __all__ = [
     "ANY", "Choice", "CpuSet", "Ctx", "Field", "Flag", "Int", "Kind", "Many", "Node", "Spec", "Sub", "Text",
@@ -286,7 +289,7 @@ class Kind(Generic[T]):
     unbuild: Callable[[T], dict[str, Any]] | None = None
     # Derived from the entries once (see __post_init__):
     plan: _ReadPlan = field(init=False, repr=False, compare=False)
-    filler: Callable[[Node, Any], None] | None = field(init=False, default=None, repr=False, compare=False)
+    writer: Writer | None = field(init=False, default=None, repr=False, compare=False)  # made on first use
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plan", _ReadPlan.of(self.entries))
@@ -399,18 +402,17 @@ class Kind(Generic[T]):
 
     def fill(self, node: Node, obj: T) -> None:
         """Write the fields of ``obj`` into ``node`` (children it already has are found, not repeated): each
-        entry in table order, None and False skipped, an element on the way made where absent."""
-        (self.filler or self.writer())(node, obj)
+        entry in table order, None and False skipped, an element on the way made where absent.
 
-    def writer(self) -> Callable[[Node, Any], None]:
-        """What :meth:`fill` runs: a function compiled from the table on the kind's first write
-        (:mod:`avirt.config.writers`)."""
-        if self.filler is None:
-            from avirt.config.writers import compile_fill  # it builds on this module
+        The table is regrouped for writing on the kind's first write (:mod:`avirt.config.writers`).
+        """
+        writer = self.writer
+        if writer is None:
+            from avirt.config.writers import Writer  # it builds on this module
 
-            object.__setattr__(self, "filler", compile_fill(self))
-        assert self.filler is not None
-        return self.filler
+            writer = Writer.of(self)
+            object.__setattr__(self, "writer", writer)
+        writer.fill(node, obj)
 
 
 # How a reading step finds its value (see _Step).
