@@ -381,14 +381,15 @@ def _devices(ctx: Ctx, root: El, devices: El, cfg: DomainConfig) -> None:
     cfg.emulator = _path_text(ctx, devices.find("emulator"))
     where: dict[int, El] = {}  # id(device) -> its element, for the rules between devices
     for el in devices:
-        if not isinstance(el.tag, str) or el.tag not in t.DEVICE_KINDS:
+        tag = el.tag  # lxml makes a new string on each ask
+        if not isinstance(tag, str) or tag not in t.DEVICE_KINDS:
             continue
-        kind, attr = t.DEVICE_KINDS[el.tag]
+        kind, attr = t.DEVICE_KINDS[tag]
         obj = kind.read(ctx, el)
         if obj is None:
             continue
         where[id(obj)] = el
-        if el.tag in t.SINGLE_DEVICES:
+        if tag in t.SINGLE_DEVICES:
             setattr(cfg, attr, obj)
         else:
             getattr(cfg, attr).append(obj)
