@@ -32,8 +32,12 @@ Python objects (a string per tag and attribute name, a proxy per element), so ea
 for its attributes' names and its children (:func:`children_by_tag`, not one ``find()`` per field: lxml
 parses its path argument on every call), by the structure check, the one walk over the whole document,
 which keeps the answers for the readers (:meth:`Ctx.shape`); reading judges only the entries those feed.
-XPaths are computed only for what is reported. Writing builds plain :class:`Node` objects and renders them
-as text once (:func:`render`), as lxml would, instead of paying an lxml call per element and per attribute.
+Each shape's steps are worked out once per kind and carry all that reading them needs (where the value
+is, its entry, and the strings that entry already found valid, so ``0x00`` or ``virtio`` met again is a
+dictionary lookup, not a second judgement). XPaths are computed only for what is reported. Writing builds
+plain :class:`Node` objects and renders them as text once (:func:`render`), as lxml would, instead of
+paying an lxml call per element and per attribute; each table is regrouped for writing on its kind's first
+write (``writers.py``), so that a write does not ask every entry of the table what it is.
 """
 
 from __future__ import annotations
