@@ -825,7 +825,7 @@ class Ctx:
             return
         children = spec.children
         kids: dict[str, list[El]] = {}
-        for item in el:
+        for item in el[:]:  # type: ignore[index]  # a list in one call costs less than an iterator
             if not stray and (tail := item.tail) and not tail.isspace():
                 stray = True
             tag = item.tag
