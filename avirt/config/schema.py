@@ -43,6 +43,7 @@ write (``writers.py``), so that a write does not ask every entry of the table wh
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, TypeVar, cast
@@ -949,8 +950,7 @@ def read_document(xml: str | bytes, *, what: str = "document",
     comments and processing instructions dropped, a str taken as already decoded (its encoding
     declaration not applied again). Text that is not Unicode (lone surrogates, as ``os.fsdecode`` makes of
     undecodable bytes), malformed XML or a DOCTYPE is ``error``, naming ``what`` was read."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True,
-                             remove_pis=True, encoding="utf-8" if isinstance(xml, str) else None)
+    parser = _parser(isinstance(xml, str))
     try:
         data = xml.encode("utf-8") if isinstance(xml, str) else xml
     except UnicodeEncodeError as exc:
@@ -963,6 +963,23 @@ def read_document(xml: str | bytes, *, what: str = "document",
     if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
         raise error("DOCTYPE declarations are not accepted", 1)
     return root
+
+
+#: Each thread's two parsers (for text, for bytes): a parser may be used for one document at a time, and
+#: making one per document costs more than the check that a small document needs.
+_PARSERS = threading.local()
+
+
+def _parser(text: bool) -> etree.XMLParser:
+    parsers: dict[bool, etree.XMLParser] | None = getattr(_PARSERS, "parsers", None)
+    if parsers is None:
+        parsers = _PARSERS.parsers = {}
+    parser = parsers.get(text)
+    if parser is None:
+        parser = parsers[text] = etree.XMLParser(
+            resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True, remove_pis=True,
+            encoding="utf-8" if text else None)
+    return parser
 
 
 def line_of(el: El) -> int | None:
