@@ -362,9 +362,14 @@ class Kind(Generic[T]):
         broken = False
         # el's attributes' names and children by tag, as the structure check found them, and its attributes'
         # values in one call rather than one get() each.
-        names, kids = ctx.shape(el)
+        shape = ctx.shapes.get(el)  # as ctx.shape(el), without the call for what the structure check kept
+        names, kids = ctx.shape(el) if shape is None else shape
         own = cast("list[str]", el.values()) if names else []  # lxml's stubs allow bytes
-        for how, name, where, attr, seen, entry in self.plan.steps(names, kids):
+        plan = self.plan
+        steps = plan.shapes.get((names, tuple(kids)))  # as plan.steps(), without the call once worked out
+        if steps is None:
+            steps = plan.steps(names, kids)
+        for how, name, where, attr, seen, entry in steps:
             if how is _OWN:  # an attribute of el: most often
                 raw = own[where]
                 value = seen.get(raw)
@@ -389,7 +394,7 @@ class Kind(Generic[T]):
                 value = _read_field(ctx, el, kids, entry)
                 broken |= value is None and len(ctx.unsupported) > before
             elif how is _SUB:
-                child = _first(el, kids, where)
+                child = kids[where[0]][0] if len(where) == 1 and where[0] in kids else _first(el, kids, where)
                 value = None if child is None else entry.kind.read(ctx, child)
             else:
                 value = [obj for c in _all(kids, where) if (obj := entry.kind.read(ctx, c)) is not None]
