@@ -463,9 +463,9 @@ def _device_rules(ctx: Ctx, root: El, cfg: DomainConfig, where: dict[int, El]) -
         address: Address | None = getattr(device, "address", None)
         if address is not None and address.type == "pci" and address.slot is not None:
             key = f"{address.domain:04x}:{address.bus:02x}:{address.slot:02x}.{address.function}"
-            pci.append((child(el(device), "address"), key))
+            pci.append((ctx.child(el(device), "address"), key))
     unique(ctx, pci, "PCI address")
-    unique(ctx, ((child(el(d), "address"), (d.bus, d.address.controller, d.address.bus, d.address.target,
+    unique(ctx, ((ctx.child(el(d), "address"), (d.bus, d.address.controller, d.address.bus, d.address.target,
                                              d.address.unit))
                  for d in cfg.disks if d.address is not None and d.address.type == "drive"), "drive address")
 

@@ -789,6 +789,11 @@ class Ctx:
             found = self.shapes[el] = (cast("tuple[str, ...]", tuple(el.keys())), children_by_tag(el))
         return found
 
+    def child(self, el: El, tag: str) -> El:
+        """As :func:`child`, from the children the structure check kept (no lxml iterator per call)."""
+        found = self.shape(el)[1].get(tag)
+        return el if found is None else found[0]
+
     def children(self, el: El) -> dict[str, list[El]]:
         """``el``'s children by tag (:func:`children_by_tag`): do not change what it returns."""
         return self.shape(el)[1]
