@@ -219,13 +219,13 @@ def _domain(ctx: Ctx, root: El) -> DomainConfig:
         if (el := first(top, tag)) is not None and (obj := kind.read(ctx, el)) is not None:
             setattr(cfg, attr, obj)
     if clock_el is not None:
-        timers = clock_el.findall("timer")
+        timers = ctx.children(clock_el).get("timer", [])
         cfg.timers = [timer for el in timers if (timer := t.TIMER.read(ctx, el)) is not None]
         unique(ctx, ((el, el.get("name")) for el in timers), "timer")
     pm = first(top, "pm")
     if pm is not None:
         for tag in ("suspend-to-mem", "suspend-to-disk"):
-            if (el := pm.find(tag)) is not None:
+            if (el := first(ctx.children(pm), tag)) is not None:
                 setattr(cfg, tag.replace("-", "_"), ctx.choose(el, "enabled", ("yes", "no"), ()))
     _domain_rules(ctx, root, top, cfg)
     devices = first(top, "devices")
@@ -378,7 +378,7 @@ def _iothread_exists(ctx: Ctx, el: El, attr: str, number: int, cfg: DomainConfig
 
 
 def _devices(ctx: Ctx, root: El, devices: El, cfg: DomainConfig) -> None:
-    cfg.emulator = _path_text(ctx, devices.find("emulator"))
+    cfg.emulator = _path_text(ctx, first(ctx.children(devices), "emulator"))
     where: dict[int, El] = {}  # id(device) -> its element, for the rules between devices
     for el in devices:
         tag = el.tag  # lxml makes a new string on each ask
@@ -400,7 +400,8 @@ def _devices(ctx: Ctx, root: El, devices: El, cfg: DomainConfig) -> None:
 
 def _number_serial_ports(ctx: Ctx, chardevs: list[CharDevice], where: dict[int, El]) -> None:
     serials = [c for c in chardevs if c.kind == "serial"]
-    explicit = [c for c in serials if where[id(c)].find("target[@port]") is not None]
+    explicit = [c for c in serials if any(target.get("port") is not None  # as find("target[@port]")
+                                          for target in ctx.children(where[id(c)]).get("target", []))]
     unique(ctx, ((where[id(c)], c.target_port) for c in explicit), "serial port")
     taken = {c.target_port for c in explicit}
     for chardev in serials:
