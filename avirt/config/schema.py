@@ -810,6 +810,8 @@ class Ctx:
 
     def intact(self, el: El) -> bool:
         """Whether nothing in ``el`` was refused so far (a rule may then trust what was read from it)."""
+        if not self.unsupported:
+            return True  # as usual: no XPath to work out
         path = self.path(el)
         return not any(item == path or item.startswith(path + "/") for item in self.unsupported)
 
