@@ -42,6 +42,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
+from copy import deepcopy
 
 from lxml import etree
 
@@ -259,8 +260,10 @@ def _metadata(ctx: Ctx, el: El | None) -> list[str]:
         if namespace in namespaces:
             ctx.invalid(item, f"a second metadata element in namespace {namespace!r}")
         namespaces.add(namespace)
-        # Detached, so that it carries its own namespaces; UTF-8, so that any name survives the copy.
-        copy = etree.fromstring(etree.tostring(item, encoding="utf-8", with_tail=False))
+        # Detached, so that it carries its own namespaces (a copy in a document of its own, rather than
+        # written out and parsed again); only those it uses are kept.
+        copy = deepcopy(item)
+        copy.tail = None
         etree.cleanup_namespaces(copy)
         items.append(etree.tostring(copy, encoding="unicode"))
     return items
