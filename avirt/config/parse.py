@@ -42,6 +42,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
+from copy import deepcopy
 
 from lxml import etree
 
@@ -219,13 +220,13 @@ def _domain(ctx: Ctx, root: El) -> DomainConfig:
         if (el := first(top, tag)) is not None and (obj := kind.read(ctx, el)) is not None:
             setattr(cfg, attr, obj)
     if clock_el is not None:
-        timers = clock_el.findall("timer")
+        timers = ctx.children(clock_el).get("timer", [])
         cfg.timers = [timer for el in timers if (timer := t.TIMER.read(ctx, el)) is not None]
         unique(ctx, ((el, el.get("name")) for el in timers), "timer")
     pm = first(top, "pm")
     if pm is not None:
         for tag in ("suspend-to-mem", "suspend-to-disk"):
-            if (el := pm.find(tag)) is not None:
+            if (el := first(ctx.children(pm), tag)) is not None:
                 setattr(cfg, tag.replace("-", "_"), ctx.choose(el, "enabled", ("yes", "no"), ()))
     _domain_rules(ctx, root, top, cfg)
     devices = first(top, "devices")
@@ -259,8 +260,10 @@ def _metadata(ctx: Ctx, el: El | None) -> list[str]:
         if namespace in namespaces:
             ctx.invalid(item, f"a second metadata element in namespace {namespace!r}")
         namespaces.add(namespace)
-        # Detached, so that it carries its own namespaces; UTF-8, so that any name survives the copy.
-        copy = etree.fromstring(etree.tostring(item, encoding="utf-8", with_tail=False))
+        # Detached, so that it carries its own namespaces (a copy in a document of its own, rather than
+        # written out and parsed again); only those it uses are kept.
+        copy = deepcopy(item)
+        copy.tail = None
         etree.cleanup_namespaces(copy)
         items.append(etree.tostring(copy, encoding="unicode"))
     return items
@@ -378,17 +381,18 @@ def _iothread_exists(ctx: Ctx, el: El, attr: str, number: int, cfg: DomainConfig
 
 
 def _devices(ctx: Ctx, root: El, devices: El, cfg: DomainConfig) -> None:
-    cfg.emulator = _path_text(ctx, devices.find("emulator"))
+    cfg.emulator = _path_text(ctx, first(ctx.children(devices), "emulator"))
     where: dict[int, El] = {}  # id(device) -> its element, for the rules between devices
     for el in devices:
-        if not isinstance(el.tag, str) or el.tag not in t.DEVICE_KINDS:
+        tag = el.tag  # lxml makes a new string on each ask
+        if not isinstance(tag, str) or tag not in t.DEVICE_KINDS:
             continue
-        kind, attr = t.DEVICE_KINDS[el.tag]
+        kind, attr = t.DEVICE_KINDS[tag]
         obj = kind.read(ctx, el)
         if obj is None:
             continue
         where[id(obj)] = el
-        if el.tag in t.SINGLE_DEVICES:
+        if tag in t.SINGLE_DEVICES:
             setattr(cfg, attr, obj)
         else:
             getattr(cfg, attr).append(obj)
@@ -399,7 +403,8 @@ def _devices(ctx: Ctx, root: El, devices: El, cfg: DomainConfig) -> None:
 
 def _number_serial_ports(ctx: Ctx, chardevs: list[CharDevice], where: dict[int, El]) -> None:
     serials = [c for c in chardevs if c.kind == "serial"]
-    explicit = [c for c in serials if where[id(c)].find("target[@port]") is not None]
+    explicit = [c for c in serials if any(target.get("port") is not None  # as find("target[@port]")
+                                          for target in ctx.children(where[id(c)]).get("target", []))]
     unique(ctx, ((where[id(c)], c.target_port) for c in explicit), "serial port")
     taken = {c.target_port for c in explicit}
     for chardev in serials:
@@ -462,9 +467,9 @@ def _device_rules(ctx: Ctx, root: El, cfg: DomainConfig, where: dict[int, El]) -
         address: Address | None = getattr(device, "address", None)
         if address is not None and address.type == "pci" and address.slot is not None:
             key = f"{address.domain:04x}:{address.bus:02x}:{address.slot:02x}.{address.function}"
-            pci.append((child(el(device), "address"), key))
+            pci.append((ctx.child(el(device), "address"), key))
     unique(ctx, pci, "PCI address")
-    unique(ctx, ((child(el(d), "address"), (d.bus, d.address.controller, d.address.bus, d.address.target,
+    unique(ctx, ((ctx.child(el(d), "address"), (d.bus, d.address.controller, d.address.bus, d.address.target,
                                              d.address.unit))
                  for d in cfg.disks if d.address is not None and d.address.type == "drive"), "drive address")
 

@@ -32,20 +32,28 @@ Python objects (a string per tag and attribute name, a proxy per element), so ea
 for its attributes' names and its children (:func:`children_by_tag`, not one ``find()`` per field: lxml
 parses its path argument on every call), by the structure check, the one walk over the whole document,
 which keeps the answers for the readers (:meth:`Ctx.shape`); reading judges only the entries those feed.
-XPaths are computed only for what is reported. Writing builds plain :class:`Node` objects and renders them
-as text once (:func:`render`), as lxml would, instead of paying an lxml call per element and per attribute.
+Each shape's steps are worked out once per kind and carry all that reading them needs (where the value
+is, its entry, and the strings that entry already found valid, so ``0x00`` or ``virtio`` met again is a
+dictionary lookup, not a second judgement). XPaths are computed only for what is reported. Writing builds
+plain :class:`Node` objects and renders them as text once (:func:`render`), as lxml would, instead of
+paying an lxml call per element and per attribute; each table is regrouped for writing on its kind's first
+write (``writers.py``), so that a write does not ask every entry of the table what it is.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, TypeVar, cast
 
 from lxml import etree
 
 from avirt.errors import InvalidXMLError
+
+if TYPE_CHECKING:
+    from avirt.config.writers import Writer
 
 __all__ = [
     "ANY", "Choice", "CpuSet", "Ctx", "Field", "Flag", "Int", "Kind", "Many", "Node", "Spec", "Sub", "Text",
@@ -286,6 +294,7 @@ class Kind(Generic[T]):
     unbuild: Callable[[T], dict[str, Any]] | None = None
     # Derived from the entries once (see __post_init__):
     plan: _ReadPlan = field(init=False, repr=False, compare=False)
+    writer: Writer | None = field(init=False, default=None, repr=False, compare=False)  # made on first use
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plan", _ReadPlan.of(self.entries))
@@ -350,41 +359,47 @@ class Kind(Generic[T]):
     def read(self, ctx: Ctx, el: El) -> T | None:
         """The object for ``el`` (None once an unsupported value made it meaningless)."""
         values: dict[str, Any] = {}
-        unsupported = ctx.unsupported
         broken = False
         # el's attributes' names and children by tag, as the structure check found them, and its attributes'
         # values in one call rather than one get() each.
-        names, kids = ctx.shape(el)
+        shape = ctx.shapes.get(el)  # as ctx.shape(el), without the call for what the structure check kept
+        names, kids = ctx.shape(el) if shape is None else shape
         own = cast("list[str]", el.values()) if names else []  # lxml's stubs allow bytes
-        for entry, holder, attr, position in self.plan.steps(names, kids):
-            if attr is not None and isinstance(entry, Field):  # an attribute of el or a child: most often
-                raw: str | None
-                if position is not None:
-                    target, raw = el, own[position]
-                else:
-                    assert holder is not None  # for mypy: a step has a position or a holder
-                    target = kids[holder][0]
-                    raw = target.get(attr)
-                    if raw is None and not entry.required:
+        plan = self.plan
+        steps = plan.shapes.get((names, tuple(kids)))  # as plan.steps(), without the call once worked out
+        if steps is None:
+            steps = plan.steps(names, kids)
+        for how, name, where, attr, seen, entry in steps:
+            if how is _OWN:  # an attribute of el: most often
+                raw = own[where]
+                value = seen.get(raw)
+                if value is None:
+                    value, refused = _judge(ctx, el, kids, el, entry, attr, raw, seen)
+                    broken |= refused
+            elif how is _KID:  # an attribute of a child
+                target = kids[where][0]
+                raw = target.get(attr)
+                if raw is None:
+                    if not entry.required:
                         continue  # a child's optional attribute that it does not have: nothing to judge
-                if raw is not None and raw.strip():
-                    value = entry.value.read(ctx, target, attr, raw)
-                    broken |= value is None  # known but unsupported (see Value.read)
+                    value, refused = _judge(ctx, el, kids, target, entry, attr, raw, seen)
+                    broken |= refused
                 else:
-                    before = len(unsupported)
-                    value = _read_field(ctx, el, kids, entry)
-                    broken |= value is None and len(unsupported) > before
-            elif isinstance(entry, Field):
-                before = len(unsupported)
+                    value = seen.get(raw)
+                    if value is None:
+                        value, refused = _judge(ctx, el, kids, target, entry, attr, raw, seen)
+                        broken |= refused
+            elif how is _OTHER:
+                before = len(ctx.unsupported)
                 value = _read_field(ctx, el, kids, entry)
-                broken |= value is None and len(unsupported) > before
-            elif isinstance(entry, Sub):
-                child = _first(el, kids, entry.path)
+                broken |= value is None and len(ctx.unsupported) > before
+            elif how is _SUB:
+                child = kids[where[0]][0] if len(where) == 1 and where[0] in kids else _first(el, kids, where)
                 value = None if child is None else entry.kind.read(ctx, child)
             else:
-                value = [obj for c in _all(kids, entry.path) if (obj := entry.kind.read(ctx, c)) is not None]
+                value = [obj for c in _all(kids, where) if (obj := entry.kind.read(ctx, c)) is not None]
             if value is not None:
-                values[entry.name] = value
+                values[name] = value
         if broken:
             return None  # the element means something avirt does not implement: judge nothing more
         return self.build(ctx, el, values) if self.build is not None else self.cls(**values)
@@ -396,30 +411,35 @@ class Kind(Generic[T]):
         return node
 
     def fill(self, node: Node, obj: T) -> None:
-        """Write the fields of ``obj`` into ``node`` (children it already has are found, not repeated)."""
-        values = self.unbuild(obj) if self.unbuild is not None else vars(obj)
-        for entry in self.entries:
-            value = values.get(entry.name)
-            if value is None or value is False:
-                continue
-            if isinstance(entry, Field):
-                target = node.at(entry.holder) if entry.holder else node  # made where absent
-                if entry.attr is not None:
-                    target.set(entry.attr, entry.value.write(value))
-                elif entry.how is not _FLAG:  # a Flag is its element, made above
-                    target.set_text(entry.value.write(value))
-            elif isinstance(entry, Sub):
-                entry.kind.fill(node.at(entry.path), value)
-            elif value:  # no element on the way for an empty list
-                target = node.at(entry.path[:-1])
-                for item in value:
-                    entry.kind.write(target, entry.path[-1], item)
+        """Write the fields of ``obj`` into ``node`` (children it already has are found, not repeated): each
+        entry in table order, None and False skipped, an element on the way made where absent.
+
+        The table is regrouped for writing on the kind's first write (:mod:`avirt.config.writers`).
+        """
+        writer = self.writer
+        if writer is None:
+            from avirt.config.writers import Writer  # it builds on this module
+
+            writer = Writer.of(self)
+            object.__setattr__(self, "writer", writer)
+        writer.fill(node, obj)
 
 
-#: One entry to judge: the entry, the child holding its attribute (None: the element itself), the
-#: attribute's name (None: the entry is read some other way) and, for an attribute of the element itself,
-#: its position among the element's attributes.
-_Step = tuple[Entry, str | None, str | None, int | None]
+# How a reading step finds its value (see _Step).
+_OWN, _KID, _OTHER, _SUB, _MANY = "own attribute", "child's attribute", "other field", "sub", "many"
+
+
+class _Step(NamedTuple):
+    """One entry to judge in an element of a given shape, with all that reading it needs at hand."""
+
+    how: str  # _OWN, _KID, _OTHER (a Field read by _read_field), _SUB or _MANY
+    name: str  # the entry's name: the key of its value
+    where: Any  # _OWN: the attribute's position among el's; _KID: the child's tag; _SUB, _MANY: the path
+    attr: str  # _OWN, _KID: the attribute's name (otherwise "")
+    seen: dict[str, object]  # _OWN, _KID: raw strings already judged valid -> their value (see _judge)
+    entry: Any  # the Field, Sub or Many
+
+
 #: An element's attribute names and its children's tags, in document order.
 _Shape = tuple[tuple[str, ...], tuple[str, ...]]
 
@@ -432,6 +452,12 @@ class _ReadPlan:
     at the attributes and children the element has and judges only the entries that these can feed, in
     table order, with those judged whatever the element holds (a required field is missing, a Many with no
     items is an empty list, the element's own text). The others would be None, with nothing to report.
+
+    Each entry read from an attribute also gets a memory of the raw strings it has found valid and what
+    they became (``_Step.seen``, prefilled with a Choice's supported values): the same few strings come
+    back in every definition (``0x00``, ``virtio``, ``qcow2``...), and a dictionary lookup costs less than
+    judging the string again. Only values that read without a word to the context are kept, so a string
+    that is invalid, blank or unsupported is judged, and reported, every time.
     """
 
     entries: tuple[Entry, ...]
@@ -439,6 +465,7 @@ class _ReadPlan:
     attrs: dict[str, int]  # an attribute of the element -> the entry reading it
     child_attrs: dict[str, dict[str, int]]  # a child's tag -> its attribute -> the entry reading it
     inside: dict[str, tuple[int, ...]]  # a child's tag -> the other entries within that child
+    seen: tuple[dict[str, object], ...]  # per entry: the strings it found valid (shared by its steps)
     shapes: dict[_Shape, tuple[_Step, ...]] = field(default_factory=dict, compare=False)  # filled as met
 
     @staticmethod
@@ -461,11 +488,12 @@ class _ReadPlan:
                 continue
             always.append(index)  # required, a Many, the element's text, or a second reader of an attribute
         inside_entries = {tag: tuple(indexes) for tag, indexes in inside.items()}
-        return _ReadPlan(entries, tuple(always), attrs, child_attrs, inside_entries)
+        seen = tuple(_valid_choices(entry) for entry in entries)
+        return _ReadPlan(entries, tuple(always), attrs, child_attrs, inside_entries, seen)
 
     def steps(self, names: tuple[str, ...], kids: dict[str, list[El]]) -> tuple[_Step, ...]:
         """The entries to judge for an element with the attributes ``names`` and the children ``kids``, in
-        table order (see ``_Step``).
+        table order.
 
         They depend only on which attributes the element has and which children's tags, in a few shapes
         per kind across all documents; each shape's steps are worked out once (up to ``_SHAPES_KEPT``).
@@ -480,11 +508,11 @@ class _ReadPlan:
 
     def _steps(self, names: tuple[str, ...], kids: dict[str, list[El]]) -> tuple[_Step, ...]:
         todo = set(self.always)
-        found: dict[int, tuple[str | None, str, int | None]] = {}
+        found: dict[int, tuple[str, object, str]] = {}
         for position, name in enumerate(names):
             index = self.attrs.get(name)
             if index is not None:
-                found[index] = (None, name, position)
+                found[index] = (_OWN, position, name)
         for tag in kids:
             inside = self.inside.get(tag)
             if inside is not None:
@@ -492,10 +520,47 @@ class _ReadPlan:
             # A child's attributes are not part of the shape: each one it may have is a step, skipped
             # at once when the child lacks it.
             for name, index in self.child_attrs.get(tag, {}).items():
-                found[index] = (tag, name, None)
+                found[index] = (_KID, tag, name)
         todo.update(found)
-        return tuple((self.entries[index], *found.get(index, (None, None, None))) for index in sorted(todo))
+        steps = []
+        for index in sorted(todo):
+            entry = self.entries[index]
+            if index in found:
+                how, where, attr = found[index]
+                steps.append(_Step(how, entry.name, where, attr, self.seen[index], entry))
+            elif isinstance(entry, Field):
+                steps.append(_Step(_OTHER, entry.name, None, "", self.seen[index], entry))
+            else:
+                steps.append(_Step(_SUB if isinstance(entry, Sub) else _MANY, entry.name, entry.path, "",
+                                   self.seen[index], entry))
+        return tuple(steps)
 
+
+def _valid_choices(entry: Entry) -> dict[str, object]:
+    """What an entry's ``seen`` starts with: a Choice's supported values are valid as they are."""
+    if isinstance(entry, Field) and isinstance(entry.value, Choice):
+        return {value: value for value in entry.value.supported if value.strip()}
+    return {}
+
+
+def _judge(ctx: Ctx, el: El, kids: dict[str, list[El]], target: El, entry: Field, attr: str,
+           raw: str | None, seen: dict[str, object]) -> tuple[object, bool]:
+    """An attribute's value not met before (or absent but required, or blank), and whether it was refused
+    as unsupported; a valid value is remembered in ``seen`` (up to ``_SEEN_KEPT``)."""
+    if raw is not None and raw.strip():
+        value = entry.value.read(ctx, target, attr, raw)
+        if value is None:
+            return None, True  # known but unsupported (see Value.read)
+        if len(seen) < _SEEN_KEPT:
+            seen[raw] = value
+        return value, False
+    before = len(ctx.unsupported)
+    value = _read_field(ctx, el, kids, entry)
+    return value, value is None and len(ctx.unsupported) > before
+
+
+#: How many valid strings each attribute's entry remembers (beyond that, new ones are judged each time).
+_SEEN_KEPT = 64
 
 #: How many element shapes a kind keeps the reading steps of (documents with unusual shapes beyond that
 #: are read just as well, with the steps worked out each time).
@@ -703,6 +768,10 @@ def _render(node: Node, indent: str, out: list[str]) -> None:
 # -- reading ------------------------------------------------------------------------------------------------
 
 
+#: The children of every leaf (shared: what Ctx.children returns is not to be changed).
+_NO_KIDS: dict[str, list[El]] = {}
+
+
 class Ctx:
     """Reads one document: collects unsupported XPaths and raises on the first invalid value."""
 
@@ -720,6 +789,11 @@ class Ctx:
             found = self.shapes[el] = (cast("tuple[str, ...]", tuple(el.keys())), children_by_tag(el))
         return found
 
+    def child(self, el: El, tag: str) -> El:
+        """As :func:`child`, from the children the structure check kept (no lxml iterator per call)."""
+        found = self.shape(el)[1].get(tag)
+        return el if found is None else found[0]
+
     def children(self, el: El) -> dict[str, list[El]]:
         """``el``'s children by tag (:func:`children_by_tag`): do not change what it returns."""
         return self.shape(el)[1]
@@ -736,6 +810,8 @@ class Ctx:
 
     def intact(self, el: El) -> bool:
         """Whether nothing in ``el`` was refused so far (a rule may then trust what was read from it)."""
+        if not self.unsupported:
+            return True  # as usual: no XPath to work out
         path = self.path(el)
         return not any(item == path or item.startswith(path + "/") for item in self.unsupported)
 
@@ -747,16 +823,22 @@ class Ctx:
         """
         if spec.anything:
             return
-        attrs, children = spec.attrs, spec.children
-        names = cast("tuple[str, ...]", tuple(el.keys()))  # lxml's stubs allow bytes
-        if not attrs.issuperset(names):
+        names: tuple[str, ...] = tuple(el.keys())  # type: ignore[arg-type]  # lxml's stubs allow bytes
+        if names and not spec.attrs.issuperset(names):
+            attrs = spec.attrs
             for attr in names:
                 if attr not in attrs:
                     self.unsupported_at(el, attr)
         # Text where none belongs (around the children too) is reported once for the element.
         stray = not spec.text and bool((text := el.text) and not text.isspace())
+        if not len(el):  # a leaf, as most are: len() costs less than an iterator over no children
+            self.shapes[el] = (names, _NO_KIDS)
+            if stray:
+                self.unsupported.append(f"{self.path(el)}/text()")
+            return
+        children = spec.children
         kids: dict[str, list[El]] = {}
-        for item in el:
+        for item in el[:]:  # type: ignore[index]  # a list in one call costs less than an iterator
             if not stray and (tail := item.tail) and not tail.isspace():
                 stray = True
             tag = item.tag
@@ -880,8 +962,7 @@ def read_document(xml: str | bytes, *, what: str = "document",
     comments and processing instructions dropped, a str taken as already decoded (its encoding
     declaration not applied again). Text that is not Unicode (lone surrogates, as ``os.fsdecode`` makes of
     undecodable bytes), malformed XML or a DOCTYPE is ``error``, naming ``what`` was read."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True,
-                             remove_pis=True, encoding="utf-8" if isinstance(xml, str) else None)
+    parser = _parser(isinstance(xml, str))
     try:
         data = xml.encode("utf-8") if isinstance(xml, str) else xml
     except UnicodeEncodeError as exc:
@@ -894,6 +975,23 @@ def read_document(xml: str | bytes, *, what: str = "document",
     if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
         raise error("DOCTYPE declarations are not accepted", 1)
     return root
+
+
+#: Each thread's two parsers (for text, for bytes): a parser may be used for one document at a time, and
+#: making one per document costs more than the check that a small document needs.
+_PARSERS = threading.local()
+
+
+def _parser(text: bool) -> etree.XMLParser:
+    parsers: dict[bool, etree.XMLParser] | None = getattr(_PARSERS, "parsers", None)
+    if parsers is None:
+        parsers = _PARSERS.parsers = {}
+    parser = parsers.get(text)
+    if parser is None:
+        parser = parsers[text] = etree.XMLParser(
+            resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True, remove_pis=True,
+            encoding="utf-8" if text else None)
+    return parser
 
 
 def line_of(el: El) -> int | None:

@@ -22,6 +22,7 @@ Chardevs are written in list order (libvirt's schema lets devices interleave) so
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from lxml import etree
@@ -123,12 +124,16 @@ def domain_to_xml(
             kind.write(devices, item.kind if isinstance(item, CharDevice) else tag, item)
 
     if metadata is not None:
-        metadata.raw = _metadata(cfg.metadata)
+        metadata.raw = _metadata(tuple(cfg.metadata))
     return render(root)
 
 
-def _metadata(items: list[str]) -> str:
-    """<metadata> with each item verbatim (lxml's serialisation), one per line at the items' depth."""
+@functools.lru_cache(maxsize=64)
+def _metadata(items: tuple[str, ...]) -> str:
+    """<metadata> with each item verbatim (lxml's serialisation), one per line at the items' depth.
+
+    Kept for the last few sets of items: a definition is written again and again (each dumpxml, each
+    save) with the same metadata, which costs a parse of each item to write."""
     metadata = etree.Element("metadata")
     metadata.text = "\n    "
     for item in items:

@@ -51,6 +51,7 @@ _ADDRESS_FIELDS = {
     "isa": {"iobase", "irq"},
 }
 _PCI_NUMBERS = ("domain", "bus", "slot", "function")
+_PCI_NUMBER_SET = frozenset(_PCI_NUMBERS)
 _ADDRESS_KEYS = {kind: {"type", *names} for kind, names in _ADDRESS_FIELDS.items()}  # what build() may see
 
 
@@ -62,7 +63,7 @@ def _address_build(ctx: Ctx, el: El, values: dict[str, Any]) -> d.Address | None
             if name != "type" and name not in _ADDRESS_FIELDS[kind]:
                 ctx.invalid(el, f"{name}= is not part of a type='{kind}' address", name)
     if kind == "pci":
-        if not any(name in values for name in _PCI_NUMBERS):
+        if _PCI_NUMBER_SET.isdisjoint(values):
             # libvirt's "somewhere on PCI": avirt places a device itself when it has no <address> at all.
             ctx.unsupported_at(el)
             return None

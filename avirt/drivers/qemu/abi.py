@@ -244,8 +244,10 @@ def _pci_addresses(cfg: DomainConfig, q35: bool) -> None:
                                   f"{key[2]:x} is already used by {other}")
         used[key] = f"/domain/devices/{name}"
     root_ports = [c for c in cfg.controllers if c.type == "pci" and c.model == "pcie-root-port"]
+    # By identity: ``in`` on the list would compare each device with each port field by field.
+    is_port = {id(c) for c in root_ports}
     # Root ports first (they are where the rest goes), then everything else in libvirt's order.
-    for name, family, dev in sorted(devices, key=lambda d: d[2] not in root_ports):
+    for name, family, dev in sorted(devices, key=lambda d: id(d[2]) not in is_port):
         if dev.address is not None:
             continue
         if q35 and family in ("ich9-ehci1", "ich9-uhci1", "ich9-uhci2", "ich9-uhci3"):
@@ -257,7 +259,7 @@ def _pci_addresses(cfg: DomainConfig, q35: bool) -> None:
             dev.address = _fixed(used, name, 1 if q35 else 2, 0)
         elif not q35 and family == "piix3-uhci":
             dev.address = _fixed(used, name, 1, 2)
-        elif q35 and dev in root_ports:
+        elif q35 and id(dev) in is_port:
             dev.address = _next_function(used, name)
             _number_root_port(dev)
         elif q35 and family in _PCIE:

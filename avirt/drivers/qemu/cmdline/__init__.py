@@ -23,6 +23,7 @@ and which needs no escaping.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from avirt.config.devices import IoTune
@@ -156,7 +157,15 @@ def _throttle(target: str, tune: IoTune) -> dict[str, Any]:
 
 #: json.dumps with any option makes a new encoder on every call; one made once writes the same.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+#: And JSONEncoder.encode still makes a new C encoder on every call: this is the one it would make (with
+#: no check for circular references, which argv's plain dicts cannot have), made once.
+_Encode = Callable[[object, int], Iterable[str]]
+_C_MAKE: Callable[..., _Encode] | None = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODE = None if _C_MAKE is None else _C_MAKE(None, _ENCODER.default, json.encoder.encode_basestring_ascii,
+                                                 None, ":", ",", False, False, True)
 
 
 def _json(value: dict[str, object]) -> str:
-    return _ENCODER.encode(value)
+    if _C_ENCODE is None:  # a Python without the json module's C part
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
