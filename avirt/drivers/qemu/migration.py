@@ -242,7 +242,7 @@ async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | Non
     # ask again, briefly, for the figures the caller reads.
     with anyio.move_on_after(TOTALS_TIMEOUT):
         while stats.status == "completed" and stats.total_ms == 0:
-            await anyio.sleep(0.01)
+            await anyio.sleep(0.001)  # its migration thread is winding up: a moment
             stats = await progress(monitor)
     return stats
 
