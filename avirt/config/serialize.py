@@ -6,7 +6,7 @@ The output is exactly what :func:`avirt.config.parse.parse_domain_xml` accepts, 
 follow libvirt's order and spelling (``<memory unit='KiB'>``, ``<vcpu placement='static'>``,
 ``<driver name='qemu' .../>``), so tools that read libvirt XML can read ours. Attribute values are in
 double quotes where libvirt uses single ones; XML does not care. The document is built as
-:class:`~avirt.config.schema.Node` objects and rendered as text once, exactly as lxml would write it
+:class:`~avirt.config.nodes.Node` objects and rendered as text once, exactly as lxml would write it
 (cheaper than an lxml call per element and attribute); only ``<metadata>``'s items, which are XML of
 their own, go through lxml.
 
@@ -30,7 +30,7 @@ from lxml import etree
 from avirt.config import tables as t
 from avirt.config.devices import CharDevice
 from avirt.config.model import DomainConfig, Features
-from avirt.config.schema import Node, render
+from avirt.config.nodes import Node, render
 
 __all__ = ["domain_to_xml"]
 

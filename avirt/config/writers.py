@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from avirt.config.schema import _ATTR_SPECIAL, _FLAG, Field, Kind, Node, Sub, Value
+from avirt.config.nodes import _ATTR_SPECIAL, Node
+from avirt.config.schema import _FLAG, Field, Kind, Sub, Value
 
 __all__ = ["Writer"]
 
