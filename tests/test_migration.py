@@ -394,21 +394,28 @@ def qemu_pids(*dirs: Path) -> list[int]:
     return pids
 
 
+async def kill_source_while_sending(source_dir: Path, dest: str, watcher: Connection,
+                                    xml: XMLFactory) -> None:
+    """A controller in another process (SOURCE) migrates "killed" to ``dest`` (a state directory or a
+    URI) and is SIGKILLed while QEMU sends; ``watcher`` (a connection to the destination) saw it arrive."""
+    source_proc = await anyio.open_process([sys.executable, "-c", SOURCE, str(source_dir), dest])
+    try:
+        assert source_proc.stdin is not None and source_proc.stdout is not None
+        await source_proc.stdin.send(xml("killed").encode())
+        await source_proc.stdin.aclose()
+        with anyio.fail_after(60):
+            assert (await source_proc.stdout.receive()).startswith(b"sending")
+        assert [d.name for d in await watcher.list_domains()] == ["killed"]  # waiting for the guest
+    finally:
+        source_proc.kill()
+        await source_proc.wait()
+
+
 async def test_a_source_controller_killed_while_sending_keeps_the_guest_at_the_source(
         two_dirs: tuple[Path, Path], xml: XMLFactory) -> None:
     async with avirt.connect(state_dir=two_dirs[1]) as dest:  # this process holds the destination
         at_dest = Lifecycle(dest)
-        source_proc = await anyio.open_process([sys.executable, "-c", SOURCE, *map(str, two_dirs)])
-        try:
-            assert source_proc.stdin is not None and source_proc.stdout is not None
-            await source_proc.stdin.send(xml("killed").encode())
-            await source_proc.stdin.aclose()
-            with anyio.fail_after(60):
-                assert (await source_proc.stdout.receive()).startswith(b"sending")
-            assert [d.name for d in await dest.list_domains()] == ["killed"]  # waiting for the guest
-        finally:
-            source_proc.kill()
-            await source_proc.wait()
+        await kill_source_while_sending(two_dirs[0], str(two_dirs[1]), dest, xml)
         # A new controller of the source finds the record of a migration nobody committed.
         async with avirt.connect(state_dir=two_dirs[0]) as source:
             dom = await source.lookup("killed")

@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 import avirt
@@ -30,11 +28,11 @@ from tests.sshd import SSHServer
 from tests.test_cli import CLI
 from tests.test_migration import (
     SLOTS,
-    SOURCE,
     WRITE,
     Lifecycle,
     cancel_while_sending,
     check_every_write,
+    kill_source_while_sending,
     qemu_pids,
     two_dirs,
     writing_guest,
@@ -114,17 +112,7 @@ async def test_a_source_controller_killed_while_sending_to_an_ssh_host_keeps_the
     dest_uri = sshd.uri(two_dirs[1], mode="serve")
     async with avirt.connect(dest_uri) as there:  # this process watches the destination
         at_there = Lifecycle(there)
-        source_proc = await anyio.open_process([sys.executable, "-c", SOURCE, str(two_dirs[0]), dest_uri])
-        try:
-            assert source_proc.stdin is not None and source_proc.stdout is not None
-            await source_proc.stdin.send(xml("killed").encode())
-            await source_proc.stdin.aclose()
-            with anyio.fail_after(60):
-                assert (await source_proc.stdout.receive()).startswith(b"sending")
-            assert [d.name for d in await there.list_domains()] == ["killed"]  # waiting for the guest
-        finally:
-            source_proc.kill()
-            await source_proc.wait()
+        await kill_source_while_sending(two_dirs[0], dest_uri, there, xml)
         await at_there.until(("STOPPED", "failed"), timeout=60)  # its stream broke: QEMU ended
         assert await there.list_domains() == []
         async with avirt.connect(state_dir=two_dirs[0]) as here:
