@@ -172,19 +172,25 @@ class MigrationCalls:
                 watch.created = created
                 await self._start(guest, cfg, paused=True, incoming=True)
                 try:
-                    await self.files.write_migration(cfg.name, {
+                    monitor = self.monitor(guest)
+
+                    async def configure() -> None:
+                        if tls is not None:
+                            await migration.load_tls(monitor, tls, "server")
+                        await migration.configure_incoming(monitor, tuning)
+
+                    # The record is on disk before QEMU listens; configuring it meanwhile commits nothing.
+                    await migration.alongside(configure(), self.files.write_migration(cfg.name, {
                         "role": "destination", "source": source, "resume": resume,
-                        "persistent_xml": persistent_xml, "created": created})
+                        "persistent_xml": persistent_xml, "created": created}))
                     sockets = await self.files.socket_dir(cfg.name)
-                    if tls is not None:
-                        await migration.load_tls(self.monitor(guest), tls, "server")
-                    uri = await migration.listen(self.monitor(guest), os.path.join(sockets, "migrate.sock"),
-                                                 tuning)
+                    uri = await migration.listen(monitor, os.path.join(sockets, "migrate.sock"))
                     if copies:
                         nbd = os.path.join(sockets, "nbd.sock")
-                        await migration.export_disks(self.monitor(guest), nbd, {
+                        await migration.export_disks(monitor, nbd, {
                             c["target"]: guest.chains[c["target"]][-1].node for c in copies},
                             tls=tls is not None)
+                        watch.exports = True
                 except (QMPError, OSError) as e:
                     await self._terminate(guest, "failed")
                     raise MigrationError(f"the destination could not listen: {e}") from None
@@ -216,18 +222,30 @@ class MigrationCalls:
         async with guest.lock:
             record = {"role": "source", "dest": dest, "phase": "perform",
                       "resume": guest.state is DomainState.RUNNING}
-            await self.files.write_migration(name, record)
             guest.pause_cause = "migration"  # the STOP at the end of the migration
-            try:
+
+            async def configure() -> None:
                 if tls is not None:
                     await migration.load_tls(monitor, tls, "client")
+                await migration.configure_send(monitor, bandwidth=bandwidth, max_downtime=max_downtime,
+                                               mirrors=bool(copies), tuning=tuning)
+
+            try:
+                # ``perform`` is on disk before QEMU sends a byte (a mirror's or the migration's);
+                # configuring QEMU meanwhile sends nothing.
+                await migration.alongside(self.files.write_migration(name, record), configure())
+            except BaseException:
+                guest.pause_cause = None
+                with anyio.CancelScope(shield=True):
+                    await self.files.write_migration(name, {**record, "phase": "aborted"})
+                raise
+            try:
                 if copies:
                     assert nbd is not None
                     await migration.mirror_disks(monitor, watch, nbd, {
                         target: (guest.chains[target][-1].node, sync) for target, sync in copies.items()},
                         bandwidth, tls_hostname)
-                stats = await migration.send(monitor, watch, uri, bandwidth=bandwidth,
-                                             max_downtime=max_downtime, tuning=tuning)
+                stats = await migration.send(monitor, watch, uri)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self.files.write_migration(name, {**record, "phase": "aborted"})
@@ -235,7 +253,9 @@ class MigrationCalls:
                         await migration.drop_mirrors(monitor, watch)
                 raise
             finally:
-                guest.pause_cause = None
+                # A postcopy switch's STOP may come after QEMU said postcopy-active: it takes its cause.
+                if not (watch.postcopy and guest.pause_cause == "postcopy"):
+                    guest.pause_cause = None
             if watch.mirrors:
                 await migration.drop_mirrors(monitor, watch)  # completed: only their NBD nodes remain
             if not watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
@@ -354,10 +374,11 @@ class MigrationCalls:
                         if resume:
                             await self._cont(guest, "postcopy")
                         await migration.received(self.monitor(guest), watch, postcopy=False, timeout=None)
-                    try:
-                        await migration.stop_exports(self.monitor(guest))
-                    except QMPError:
-                        pass  # no storage was copied: no NBD server runs
+                    if watch is None or watch.exports:  # (a settling controller cannot know: it asks)
+                        try:
+                            await migration.stop_exports(self.monitor(guest))
+                        except QMPError:
+                            pass  # no storage was copied: no NBD server runs
                     if resume and guest.state is not DomainState.RUNNING:
                         await self._cont(guest, "migrated")
                     elif not resume:

@@ -7,22 +7,28 @@ QMP each step sends and how its outcome is known:
 
 * **Destination**: QEMU is spawned from the source's live definition (the same machine, down to PCI
   addresses: the stable guest ABI makes the two command lines agree) with ``-incoming defer``, which
-  leaves it waiting in runstate ``inmigrate``; :func:`listen` turns on migration events and has it listen
-  on a unix socket in its run directory (``migrate-incoming``). Disk images are opened inactive until the
-  migration completes, so the destination can open the very files the source still writes (shared
-  storage on one host).
-* **Source**: :func:`send` sets the bandwidth and the downtime limit, then ``migrate`` to that socket.
+  leaves it waiting in runstate ``inmigrate``; :func:`configure_incoming` turns on migration events and
+  :func:`listen` has it listen on a unix socket in its run directory (``migrate-incoming``). Disk
+  images are opened inactive until the migration completes, so the destination can open the very files
+  the source still writes (shared storage on one host).
+* **Source**: :func:`configure_send` sets the bandwidth and the downtime limit, then :func:`send` has it
+  ``migrate`` to that socket.
   QEMU works in the background; each change of its status comes as a ``MIGRATION`` event, which the
   driver hands to the guest's :class:`Watch`. At the end the source pauses (runstate ``postmigrate``)
   and lets go of its images; the destination, once its own status is ``completed``, owns them.
 
 Nothing here polls: :meth:`Watch.wait_done` waits for the event. Only :func:`progress` asks
 ``query-migrate``, when someone reads progress.
+
+Each side's record (``migratecalls.py``) must be on disk before its QEMU acts, not before it is
+configured: the configuring commands go :func:`alongside` the record's write, so a migration costs the
+QMP round trips a bare script would send, not those plus the writes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import anyio
 
@@ -40,6 +46,43 @@ FINISH_TIMEOUT = 60.0
 #: How long the source's QEMU may take to fill in its totals once it says completed.
 TOTALS_TIMEOUT = 2.0
 
+T = TypeVar("T")
+
+
+async def alongside(step: Awaitable[T], other: Awaitable[object]) -> T:
+    """``step``'s result, ``other`` awaited at the same time; both are done on return.
+
+    A migration's records must be on disk before the QEMU acts (listens, sends), not before it is
+    merely configured: the record's write and the QMP commands that configure go side by side, and the
+    step that acts follows both. The first error of either is raised as itself (not as a group), so
+    callers catch QMPError or OSError as before."""
+    result: list[T] = []
+
+    async def run_other() -> None:
+        await other
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_other)
+            result.append(await step)
+    except BaseExceptionGroup as e:
+        raise _first_error(e) from None
+    return result[0]
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of ``group`` that is not a cancellation (the one that cancelled the rest)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    cancelled = anyio.get_cancelled_exc_class()
+    return next((exc for exc in leaves if not isinstance(exc, cancelled)), leaves[0])
+
 
 class Watch:
     """One QEMU's migration status and its storage mirrors' states, as its events tell them."""
@@ -55,6 +98,8 @@ class Watch:
         self.created: list[str] = []
         #: Source: the switch to postcopy was asked for (the guest is the destination's from then on).
         self.postcopy = False
+        #: Destination: an NBD server exports the disks a storage copy fills (to stop before it runs).
+        self.exports = False
 
     def update(self, data: dict[str, Any]) -> None:
         self.status = str(data.get("status", self.status))
@@ -137,11 +182,12 @@ async def load_tls(monitor: Monitor, directory: str, endpoint: str) -> None:
                                          "endpoint": endpoint, "verify-peer": True})
 
 
-async def listen(monitor: Monitor, socket_path: str, tuning: dict[str, Any] | None = None) -> str:
-    """Destination: listen for the migration stream; the URI the source sends it to. The images stay
-    inactive (not locked) until the guest runs here (late-block-activate), so that a source whose
-    migration is undone, even after the last byte, can take them back. ``tuning``: the capabilities and
-    parameters of :func:`avirt.migration.tuning`; this side takes those both sides need."""
+async def configure_incoming(monitor: Monitor, tuning: dict[str, Any] | None = None) -> None:
+    """Destination, before :func:`listen`: migration events on; the images stay inactive (not locked)
+    until the guest runs here (late-block-activate), so that a source whose migration is undone, even
+    after the last byte, can take them back. ``tuning``: the capabilities and parameters of
+    :func:`avirt.migration.tuning`; this side takes those both sides need (with TLS, its credentials
+    must be loaded first: :func:`load_tls`)."""
     tuning = tuning or {}
     both = [name for name in tuning.get("capabilities", ()) if name in BOTH_SIDES]
     await _enable_events(monitor, "late-block-activate", *both)
@@ -150,6 +196,11 @@ async def listen(monitor: Monitor, socket_path: str, tuning: dict[str, Any] | No
         parameters["tls-creds"] = TLS_ID
     if parameters:
         await monitor.execute("migrate-set-parameters", parameters)
+
+
+async def listen(monitor: Monitor, socket_path: str) -> str:
+    """Destination, configured (:func:`configure_incoming`): listen for the migration stream; the URI
+    the source sends it to."""
     uri = f"unix:{socket_path}"
     await monitor.execute("migrate-incoming", {"uri": uri})
     return uri
@@ -204,16 +255,13 @@ async def drop_mirrors(monitor: Monitor, watch: Watch) -> None:
     watch.mirrors.clear()
 
 
-async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | None,
-               max_downtime: int | None, tuning: dict[str, Any] | None = None) -> MigrationProgress:
-    """Source: migrate to ``uri`` and return QEMU's final figures once it is done; MigrationError if it
-    failed or was cancelled (the source then runs on as before: QEMU resumes it by itself).
-
-    With storage mirrors running, QEMU stops before the switch-over (``pause-before-switchover``) with
-    the guest paused: the mirrors are then completed without a pivot (``block-job-cancel`` of a READY
-    mirror writes what is left and ends), and only then does QEMU hand the guest over."""
+async def configure_send(monitor: Monitor, *, bandwidth: int | None, max_downtime: int | None,
+                         mirrors: bool = False, tuning: dict[str, Any] | None = None) -> None:
+    """Source, before :func:`send`: migration events on, the bandwidth, the downtime limit and the
+    tuning's capabilities and parameters; ``mirrors``: storage mirrors will run, so QEMU stops before
+    the switch-over (``pause-before-switchover``). With TLS, its credentials must be loaded first."""
     tuning = tuning or {}
-    await _enable_events(monitor, *(["pause-before-switchover"] if watch.mirrors else []),
+    await _enable_events(monitor, *(["pause-before-switchover"] if mirrors else []),
                          *tuning.get("capabilities", ()))
     # tls-creds always: a QEMU that was a destination with TLS keeps its parameter, and would use it.
     parameters: dict[str, Any] = {"max-bandwidth": bandwidth or UNLIMITED, **tuning.get("parameters", {}),
@@ -223,6 +271,16 @@ async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | Non
     if max_downtime is not None:
         parameters["downtime-limit"] = max_downtime
     await monitor.execute("migrate-set-parameters", parameters)
+
+
+async def send(monitor: Monitor, watch: Watch, uri: str) -> MigrationProgress:
+    """Source, configured (:func:`configure_send`): migrate to ``uri`` and return QEMU's final figures
+    once it is done; MigrationError if it failed or was cancelled (the source then runs on as before:
+    QEMU resumes it by itself).
+
+    With storage mirrors running, QEMU stops before the switch-over (``pause-before-switchover``) with
+    the guest paused: the mirrors are then completed without a pivot (``block-job-cancel`` of a READY
+    mirror writes what is left and ends), and only then does QEMU hand the guest over."""
     await monitor.execute("migrate", {"uri": uri})
     if watch.mirrors:
         if await watch.wait_status(frozenset({"pre-switchover"})) == "pre-switchover":
