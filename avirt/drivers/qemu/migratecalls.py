@@ -100,9 +100,11 @@ class MigrationCalls:
 
     # -- the phases ----------------------------------------------------------------------------------------
 
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
+    async def migrate_begin(self, name: str, *, disks: bool = True,
+                            ) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
         """Source: the live definition to start the destination from, the persistent one (None for a
-        transient domain), whether the guest's CPUs run, and the disks a storage copy would move."""
+        transient domain), whether the guest's CPUs run, and the disks a storage copy would move (with
+        ``disks`` False none: shared storage needs no sizes from QEMU, so QEMU is not asked)."""
         guest = self._find(name)
         if guest.state not in (DomainState.RUNNING, DomainState.PAUSED) or guest.live is None:
             raise OperationInvalidError(f"cannot migrate domain '{name}': it is {guest.state.value}")
@@ -114,7 +116,7 @@ class MigrationCalls:
                                         f"{', '.join(busy)}")
         persistent = None if guest.definition is None else domain_to_xml(guest.definition)
         return domain_to_xml(guest.live), persistent, guest.state is DomainState.RUNNING, \
-            await self._copyable(guest)
+            (await self._copyable(guest) if disks else [])
 
     async def _copyable(self, guest: Guest) -> list[dict[str, Any]]:
         """The disks a storage copy moves (writable ones with an image), each with what the destination
