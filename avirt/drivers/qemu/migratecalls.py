@@ -47,6 +47,7 @@ from avirt.errors import (
 from avirt.hosts.forwarding import Forwarder
 from avirt.models import DomainState, MigrationProgress
 from avirt.offline.qemu_img import create_image
+from avirt.tasks import alongside
 
 if TYPE_CHECKING:
     from avirt.config.model import DomainConfig
@@ -182,7 +183,7 @@ class MigrationCalls:
                         await migration.configure_incoming(monitor, tuning)
 
                     # The record is on disk before QEMU listens; configuring it meanwhile commits nothing.
-                    await migration.alongside(configure(), self.files.write_migration(cfg.name, {
+                    await alongside(configure(), self.files.write_migration(cfg.name, {
                         "role": "destination", "source": source, "resume": resume,
                         "persistent_xml": persistent_xml, "created": created}))
                     sockets = await self.files.socket_dir(cfg.name)
@@ -235,7 +236,7 @@ class MigrationCalls:
             try:
                 # ``perform`` is on disk before QEMU sends a byte (a mirror's or the migration's);
                 # configuring QEMU meanwhile sends nothing.
-                await migration.alongside(self.files.write_migration(name, record), configure())
+                await alongside(self.files.write_migration(name, record), configure())
             except BaseException:
                 guest.pause_cause = None
                 with anyio.CancelScope(shield=True):

@@ -21,14 +21,13 @@ Nothing here polls: :meth:`Watch.wait_done` waits for the event. Only :func:`pro
 ``query-migrate``, when someone reads progress.
 
 Each side's record (``migratecalls.py``) must be on disk before its QEMU acts, not before it is
-configured: the configuring commands go :func:`alongside` the record's write, so a migration costs the
-QMP round trips a bare script would send, not those plus the writes.
+configured: the configuring commands go :func:`~avirt.tasks.alongside` the record's write, so a
+migration costs the QMP round trips a bare script would send, not those plus the writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
@@ -45,44 +44,6 @@ UNLIMITED = 1 << 53
 FINISH_TIMEOUT = 60.0
 #: How long the source's QEMU may take to fill in its totals once it says completed.
 TOTALS_TIMEOUT = 2.0
-
-T = TypeVar("T")
-
-
-async def alongside(step: Awaitable[T], other: Awaitable[object]) -> T:
-    """``step``'s result, ``other`` awaited at the same time; both are done on return.
-
-    A migration's records must be on disk before the QEMU acts (listens, sends), not before it is
-    merely configured: the record's write and the QMP commands that configure go side by side, and the
-    step that acts follows both. The first error of either is raised as itself (not as a group), so
-    callers catch QMPError or OSError as before."""
-    result: list[T] = []
-
-    async def run_other() -> None:
-        await other
-
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(run_other)
-            result.append(await step)
-    except BaseExceptionGroup as e:
-        raise _first_error(e) from None
-    return result[0]
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first leaf of ``group`` that is not a cancellation (the one that cancelled the rest)."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            pending[:0] = exc.exceptions
-        else:
-            leaves.append(exc)
-    cancelled = anyio.get_cancelled_exc_class()
-    return next((exc for exc in leaves if not isinstance(exc, cancelled)), leaves[0])
-
 
 class Watch:
     """One QEMU's migration status and its storage mirrors' states, as its events tell them."""
