@@ -248,7 +248,7 @@ class MigrationCalls:
                     await migration.mirror_disks(monitor, watch, nbd, {
                         target: (guest.chains[target][-1].node, sync) for target, sync in copies.items()},
                         bandwidth, tls_hostname)
-                stats = await migration.send(monitor, watch, uri)
+                status = await migration.send(monitor, watch, uri)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self.files.write_migration(name, {**record, "phase": "aborted"})
@@ -261,9 +261,12 @@ class MigrationCalls:
                     guest.pause_cause = None
             if watch.mirrors:
                 await migration.drop_mirrors(monitor, watch)  # completed: only their NBD nodes remain
-            if not watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
-                await self.files.write_migration(name, {**record, "phase": "committed"})  # the commit point
-            return stats
+            if watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
+                return await migration.totals(monitor, status)
+            # The commit point; QEMU's figures are asked for meanwhile (asking changes nothing, and
+            # cannot fail: nothing after the commit may undo it).
+            return await alongside(migration.totals(monitor, status),
+                                   self.files.write_migration(name, {**record, "phase": "committed"}))
 
     async def _check_copy_space(self, copies: list[dict[str, Any]]) -> None:
         """Refuse a storage copy whose new images could outgrow their filesystems' free space: each

@@ -27,13 +27,16 @@ migration costs the QMP round trips a bare script would send, not those plus the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
 
-from avirt.errors import MigrationError, QMPError
+from avirt.errors import AvirtError, MigrationError, QMPError
 from avirt.models import MigrationProgress
 from avirt.qmp.monitor import Monitor
+
+log = logging.getLogger(__name__)
 
 #: QEMU's final statuses of a migration (``MigrationStatus`` in its QAPI schema).
 DONE = frozenset({"completed", "failed", "cancelled"})
@@ -234,10 +237,11 @@ async def configure_send(monitor: Monitor, *, bandwidth: int | None, max_downtim
     await monitor.execute("migrate-set-parameters", parameters)
 
 
-async def send(monitor: Monitor, watch: Watch, uri: str) -> MigrationProgress:
-    """Source, configured (:func:`configure_send`): migrate to ``uri`` and return QEMU's final figures
-    once it is done; MigrationError if it failed or was cancelled (the source then runs on as before:
-    QEMU resumes it by itself).
+async def send(monitor: Monitor, watch: Watch, uri: str) -> str:
+    """Source, configured (:func:`configure_send`): migrate to ``uri``; once QEMU has sent the state,
+    its status ("completed", or postcopy-active after a switch; :func:`totals` has its figures);
+    MigrationError if it failed or was cancelled (the source then runs on as before: QEMU resumes it by
+    itself).
 
     With storage mirrors running, QEMU stops before the switch-over (``pause-before-switchover``) with
     the guest paused: the mirrors are then completed without a pivot (``block-job-cancel`` of a READY
@@ -255,14 +259,26 @@ async def send(monitor: Monitor, watch: Watch, uri: str) -> MigrationProgress:
     if status not in ("completed", POSTCOPY):
         reason = await _error_of(monitor)
         raise MigrationError(f"the migration {status}" + (f": {reason}" if reason else ""))
-    stats = await progress(monitor)
-    # QEMU says "completed" a moment before it has worked out its totals (the state is set in its
-    # migration thread's completion, the times only once that thread winds up), and no event follows:
-    # ask again, briefly, for the figures the caller reads.
-    with anyio.move_on_after(TOTALS_TIMEOUT):
-        while stats.status == "completed" and stats.total_ms == 0:
-            await anyio.sleep(0.001)  # its migration thread is winding up: a moment
-            stats = await progress(monitor)
+    return status
+
+
+async def totals(monitor: Monitor, status: str) -> MigrationProgress:
+    """Source, once :func:`send` returned ``status``: QEMU's figures for the migration. Never an error:
+    the outcome is known already (a QEMU that cannot be asked any more gives zeros), so the caller may
+    ask while it commits."""
+    try:
+        stats = await progress(monitor)
+        # QEMU says "completed" a moment before it has worked out its totals (the state is set in its
+        # migration thread's completion, the times only once that thread winds up), and no event
+        # follows: ask again, briefly, for the figures the caller reads.
+        with anyio.move_on_after(TOTALS_TIMEOUT):
+            while stats.status == "completed" and stats.total_ms == 0:
+                await anyio.sleep(0.001)  # its migration thread is winding up: a moment
+                stats = await progress(monitor)
+    except AvirtError as e:
+        log.warning("the figures of a migration that %s cannot be read: %s", status, e)
+        return MigrationProgress(status=status, ram_total=0, ram_transferred=0, ram_remaining=0,
+                                 dirty_rate=0, passes=0, expected_downtime_ms=0)
     return stats
 
 
