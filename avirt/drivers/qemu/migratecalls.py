@@ -160,6 +160,7 @@ class MigrationCalls:
         if guest is None:
             guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
         watch = self.migrations[cfg.name] = migration.Watch()
+        watch.kept_xml = persistent_xml
         created: list[str] = []
         nbd = None
         try:
@@ -326,14 +327,16 @@ class MigrationCalls:
         if not ok:
             await self._give_up_destination(guest)
             return
-        if watch is None or persistent_xml is None:
-            # Maybe a finish from a source's next controller, which knows only its own record: this
-            # side's has the definition to keep (the one prepare was given).
+        if watch is not None and persistent_xml is None:
+            # Maybe a finish from a source's next controller, which knows only its own record: the
+            # definition to keep is the one prepare was given (its record has it too).
+            persistent_xml = watch.kept_xml
+        elif watch is None:  # this controller did not prepare it: the record says what was asked
             record = await self.files.read_migration(name)
-            if watch is None and (record is None or not await self._holds_all(guest)):
+            if record is None or not await self._holds_all(guest):
                 await self._give_up_destination(guest)
                 raise MigrationError(f"domain '{name}' is not a migration that arrived here whole")
-            persistent_xml = (record or {}).get("persistent_xml")
+            persistent_xml = record.get("persistent_xml")
         await self._run_arrived(guest, watch, resume=resume, persistent_xml=persistent_xml)
 
     async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:

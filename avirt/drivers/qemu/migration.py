@@ -64,6 +64,8 @@ class Watch:
         self.postcopy = False
         #: Destination: an NBD server exports the disks a storage copy fills (to stop before it runs).
         self.exports = False
+        #: Destination: the definition to keep once the guest runs here (prepare's, as its record has it).
+        self.kept_xml: str | None = None
 
     def update(self, data: dict[str, Any]) -> None:
         self.status = str(data.get("status", self.status))
