@@ -336,8 +336,9 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
         options = {**(options or {}), "tls": ends.dest.hostname}
     job = MigrationJob(source, dest, domain.name)
     job._postcopy = postcopy
-    plan = _plan(await source.migrate_begin(domain.name), persist=persist, copy_storage=copy_storage,
-                 storage_paths=dict(storage_paths or {}), one_machine=ends.one_machine)
+    begun = await source.migrate_begin(domain.name, disks=copy_storage is not None)
+    plan = _plan(begun, persist=persist, copy_storage=copy_storage, storage_paths=dict(storage_paths or {}),
+                 one_machine=ends.one_machine)
 
     async def run() -> None:
         await job.run(plan, ends, bandwidth=bandwidth, max_downtime=max_downtime,

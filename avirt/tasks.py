@@ -4,6 +4,8 @@ A connection lives from ``connect()`` to ``close()``, which may be called from d
 anyio task group must be entered and left by one task. :class:`TaskOwner` therefore runs its task group in
 a task of its own: ``start_soon`` may be called from anywhere, and ``aclose`` cancels every task it owns
 and waits for them all. Nothing is fire-and-forget.
+
+:func:`alongside` is the short-lived case: two awaits at once, inside one call, errors as themselves.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -57,3 +59,41 @@ class TaskOwner:
             await self._runner
             self._runner = None
         self._group = None
+
+
+T = TypeVar("T")
+
+
+async def alongside(step: Awaitable[T], other: Awaitable[object]) -> T:
+    """``step``'s result, ``other`` awaited at the same time; both are done on return.
+
+    For two waits that do not depend on each other (a file's write and a QMP command, two files'
+    writes: each a trip to a worker thread or to QEMU): the caller waits for the longer one, not for
+    both in turn. The first error of either is raised as itself, not as an exception group, so callers
+    catch what they caught when the two ran one after the other."""
+    result: list[T] = []
+
+    async def run_other() -> None:
+        await other
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_other)
+            result.append(await step)
+    except BaseExceptionGroup as e:
+        raise _first_error(e) from None
+    return result[0]
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of ``group`` that is not a cancellation (the one that cancelled the rest)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    cancelled = anyio.get_cancelled_exc_class()
+    return next((exc for exc in leaves if not isinstance(exc, cancelled)), leaves[0])

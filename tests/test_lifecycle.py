@@ -155,6 +155,20 @@ async def test_missing_disk_is_named_before_qemu_starts(conn: Connection, xml: X
     assert not (state_dir / "run/d1").exists()  # nothing was spawned
 
 
+async def test_of_several_missing_files_the_first_in_the_definition_is_named(
+        conn: Connection, xml: XMLFactory, tmp_path: Path, state_dir: Path) -> None:
+    # The files are looked at all at once; the refusal is still the one a look in order would give.
+    first, second = tmp_path / "first.qcow2", tmp_path / "second.qcow2"
+    dom = await conn.define_xml(xml("d2", disks=[("vda", str(first), "qcow2"),
+                                                 ("vdb", str(second), "qcow2")]))
+    with pytest.raises(DomainStartError, match=f"disk vda image {first} does not exist"):
+        await dom.start()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(first), "16M"], check=True)
+    with pytest.raises(DomainStartError, match=f"disk vdb image {second} does not exist"):
+        await dom.start()
+    assert not (state_dir / "run/d2").exists()  # nothing was spawned
+
+
 async def test_qemu_failing_to_start_reports_its_log(conn: Connection, xml: XMLFactory,
                                                       state_dir: Path) -> None:
     # Far more guest RAM than the address space QEMU will map: QEMU itself refuses at start-up.

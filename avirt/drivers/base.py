@@ -354,8 +354,10 @@ class Driver(ABC):
         """Run ``func()`` in the background, owned by this driver (cancelled when it closes)."""
         raise OperationInvalidError(f"{type(self).__name__} runs no background work")
 
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
-        """Source: (live XML, persistent XML or None, whether the CPUs run, the disks a copy moves)."""
+    async def migrate_begin(self, name: str, *, disks: bool = True,
+                            ) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
+        """Source: (live XML, persistent XML or None, whether the CPUs run, the disks a copy moves; with
+        ``disks`` False, as for shared storage, none are looked for and the list is empty)."""
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
     def location(self) -> str:

@@ -350,9 +350,10 @@ class ClientDriver(Driver):
 
     # -- migration: each phase runs in the controller of this state directory ------------------------------
 
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
-        live, persistent, running, disks = await self._call("migrate_begin", name=name)
-        return str(live), None if persistent is None else str(persistent), bool(running), list(disks)
+    async def migrate_begin(self, name: str, *, disks: bool = True,
+                            ) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
+        live, persistent, running, found = await self._call("migrate_begin", name=name, disks=disks)
+        return str(live), None if persistent is None else str(persistent), bool(running), list(found)
 
     def location(self) -> str:
         return self.state_dir

@@ -303,8 +303,9 @@ class SharedDriver(Driver):
     def start_task(self, func: Callable[[], Awaitable[None]], name: str) -> None:
         self._tasks.start_soon(func, name=name)
 
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
-        return await (await self._driver()).migrate_begin(name)
+    async def migrate_begin(self, name: str, *, disks: bool = True,
+                            ) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
+        return await (await self._driver()).migrate_begin(name, disks=disks)
 
     def location(self) -> str:
         return self.state_dir

@@ -301,10 +301,11 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
         # From here until the supervisor owns the new QEMU, cancellation must wait: a start cut short
         # would leave a QEMU that nothing tracks. (Every step in the shield has its own timeout.)
         with anyio.CancelScope(shield=True):
-            await self.files.prepare_run(name, domain_to_xml(cfg))
-            # Before QEMU opens them: a controller that dies from here on leaves its successor the names.
-            await self.files.write_nodes(name, {node_name(target, i): layer.path for target, layers
-                                                in chains.items() for i, layer in enumerate(layers, 1)})
+            # The node names before QEMU opens them: a controller that dies from here on leaves its
+            # successor the names.
+            await self.files.prepare_run(name, domain_to_xml(cfg), {
+                node_name(target, i): layer.path for target, layers in chains.items()
+                for i, layer in enumerate(layers, 1)})
             sockets = self.files.run_dir(name)  # until its short link is known (see state.py)
             try:
                 try:
@@ -422,18 +423,49 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
             raise DomainStartError(f"domain '{cfg.name}': its CPU pinning (<cputune>) failed: {e}") from e
 
     async def _disk_chains(self, cfg: DomainConfig) -> dict[str, list[Layer]]:
-        """Each disk's layers, bottom first; a missing image is named before QEMU is ever spawned."""
-        for label, path in (("kernel", cfg.os.kernel), ("initrd", cfg.os.initrd)):
-            if path and not await self.host.exists(path):
+        """Each disk's layers, bottom first; a missing image is named before QEMU is ever spawned.
+
+        Every file is looked at at the same time (each look is a trip to a worker thread, or to the
+        host, which a start would otherwise wait for one after another); a refusal names the first
+        missing file in the definition's order, as a look at one after another would."""
+        files = [(label, path) for label, path in (("kernel", cfg.os.kernel), ("initrd", cfg.os.initrd))
+                 if path]
+        disks = [disk for disk in cfg.disks  # (an empty drive is a device without media)
+                 if disk.source is not None or disk.device == "disk"]
+        found: dict[int, bool | Exception] = {}
+        layers: dict[int, list[Layer] | Exception] = {}
+
+        async def look(i: int, path: str) -> None:
+            try:
+                found[i] = await self.host.exists(path)
+            except Exception as e:  # raised below, in order
+                found[i] = e
+
+        async def probe(i: int, disk: Disk) -> None:
+            try:
+                layers[i] = await self.disk_layers(cfg.name, disk)
+            except Exception as e:  # raised below, in order
+                layers[i] = e
+
+        async with anyio.create_task_group() as group:
+            for i, (_, path) in enumerate(files):
+                group.start_soon(look, i, path)
+            for i, disk in enumerate(disks):
+                group.start_soon(probe, i, disk)
+        for i, (label, path) in enumerate(files):
+            there = found[i]
+            if isinstance(there, Exception):
+                raise there
+            if not there:
                 raise DomainStartError(f"cannot start domain '{cfg.name}': {label} {path} does not exist")
         chains = {}
-        for disk in cfg.disks:
-            if disk.source is None and disk.device != "disk":
-                continue  # an empty drive: a device without media
-            try:
-                chains[disk.target] = await self.disk_layers(cfg.name, disk)
-            except (OperationInvalidError, ImageError) as e:
-                raise DomainStartError(f"cannot start domain '{cfg.name}': {e}") from e
+        for i, disk in enumerate(disks):
+            result = layers[i]
+            if isinstance(result, (OperationInvalidError, ImageError)):
+                raise DomainStartError(f"cannot start domain '{cfg.name}': {result}") from result
+            if isinstance(result, Exception):
+                raise result
+            chains[disk.target] = result
         return chains
 
     async def disk_layers(self, name: str, disk: Disk) -> list[Layer]:

@@ -47,6 +47,7 @@ from avirt.errors import (
 from avirt.hosts.forwarding import Forwarder
 from avirt.models import DomainState, MigrationProgress
 from avirt.offline.qemu_img import create_image
+from avirt.tasks import alongside
 
 if TYPE_CHECKING:
     from avirt.config.model import DomainConfig
@@ -100,9 +101,11 @@ class MigrationCalls:
 
     # -- the phases ----------------------------------------------------------------------------------------
 
-    async def migrate_begin(self, name: str) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
+    async def migrate_begin(self, name: str, *, disks: bool = True,
+                            ) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
         """Source: the live definition to start the destination from, the persistent one (None for a
-        transient domain), whether the guest's CPUs run, and the disks a storage copy would move."""
+        transient domain), whether the guest's CPUs run, and the disks a storage copy would move (with
+        ``disks`` False none: shared storage needs no sizes from QEMU, so QEMU is not asked)."""
         guest = self._find(name)
         if guest.state not in (DomainState.RUNNING, DomainState.PAUSED) or guest.live is None:
             raise OperationInvalidError(f"cannot migrate domain '{name}': it is {guest.state.value}")
@@ -114,7 +117,7 @@ class MigrationCalls:
                                         f"{', '.join(busy)}")
         persistent = None if guest.definition is None else domain_to_xml(guest.definition)
         return domain_to_xml(guest.live), persistent, guest.state is DomainState.RUNNING, \
-            await self._copyable(guest)
+            (await self._copyable(guest) if disks else [])
 
     async def _copyable(self, guest: Guest) -> list[dict[str, Any]]:
         """The disks a storage copy moves (writable ones with an image), each with what the destination
@@ -157,6 +160,7 @@ class MigrationCalls:
         if guest is None:
             guest = self.guests[cfg.name] = self._new_guest(cfg.name, cfg.uuid, None)
         watch = self.migrations[cfg.name] = migration.Watch()
+        watch.kept_xml = persistent_xml
         created: list[str] = []
         nbd = None
         try:
@@ -172,19 +176,25 @@ class MigrationCalls:
                 watch.created = created
                 await self._start(guest, cfg, paused=True, incoming=True)
                 try:
-                    await self.files.write_migration(cfg.name, {
+                    monitor = self.monitor(guest)
+
+                    async def configure() -> None:
+                        if tls is not None:
+                            await migration.load_tls(monitor, tls, "server")
+                        await migration.configure_incoming(monitor, tuning)
+
+                    # The record is on disk before QEMU listens; configuring it meanwhile commits nothing.
+                    await alongside(configure(), self.files.write_migration(cfg.name, {
                         "role": "destination", "source": source, "resume": resume,
-                        "persistent_xml": persistent_xml, "created": created})
+                        "persistent_xml": persistent_xml, "created": created}))
                     sockets = await self.files.socket_dir(cfg.name)
-                    if tls is not None:
-                        await migration.load_tls(self.monitor(guest), tls, "server")
-                    uri = await migration.listen(self.monitor(guest), os.path.join(sockets, "migrate.sock"),
-                                                 tuning)
+                    uri = await migration.listen(monitor, os.path.join(sockets, "migrate.sock"))
                     if copies:
                         nbd = os.path.join(sockets, "nbd.sock")
-                        await migration.export_disks(self.monitor(guest), nbd, {
+                        await migration.export_disks(monitor, nbd, {
                             c["target"]: guest.chains[c["target"]][-1].node for c in copies},
                             tls=tls is not None)
+                        watch.exports = True
                 except (QMPError, OSError) as e:
                     await self._terminate(guest, "failed")
                     raise MigrationError(f"the destination could not listen: {e}") from None
@@ -216,18 +226,30 @@ class MigrationCalls:
         async with guest.lock:
             record = {"role": "source", "dest": dest, "phase": "perform",
                       "resume": guest.state is DomainState.RUNNING}
-            await self.files.write_migration(name, record)
             guest.pause_cause = "migration"  # the STOP at the end of the migration
-            try:
+
+            async def configure() -> None:
                 if tls is not None:
                     await migration.load_tls(monitor, tls, "client")
+                await migration.configure_send(monitor, bandwidth=bandwidth, max_downtime=max_downtime,
+                                               mirrors=bool(copies), tuning=tuning)
+
+            try:
+                # ``perform`` is on disk before QEMU sends a byte (a mirror's or the migration's);
+                # configuring QEMU meanwhile sends nothing.
+                await alongside(self.files.write_migration(name, record), configure())
+            except BaseException:
+                guest.pause_cause = None
+                with anyio.CancelScope(shield=True):
+                    await self.files.write_migration(name, {**record, "phase": "aborted"})
+                raise
+            try:
                 if copies:
                     assert nbd is not None
                     await migration.mirror_disks(monitor, watch, nbd, {
                         target: (guest.chains[target][-1].node, sync) for target, sync in copies.items()},
                         bandwidth, tls_hostname)
-                stats = await migration.send(monitor, watch, uri, bandwidth=bandwidth,
-                                             max_downtime=max_downtime, tuning=tuning)
+                status = await migration.send(monitor, watch, uri)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self.files.write_migration(name, {**record, "phase": "aborted"})
@@ -235,12 +257,17 @@ class MigrationCalls:
                         await migration.drop_mirrors(monitor, watch)
                 raise
             finally:
-                guest.pause_cause = None
+                # A postcopy switch's STOP may come after QEMU said postcopy-active: it takes its cause.
+                if not (watch.postcopy and guest.pause_cause == "postcopy"):
+                    guest.pause_cause = None
             if watch.mirrors:
                 await migration.drop_mirrors(monitor, watch)  # completed: only their NBD nodes remain
-            if not watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
-                await self.files.write_migration(name, {**record, "phase": "committed"})  # the commit point
-            return stats
+            if watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
+                return await migration.totals(monitor, status)
+            # The commit point; QEMU's figures are asked for meanwhile (asking changes nothing, and
+            # cannot fail: nothing after the commit may undo it).
+            return await alongside(migration.totals(monitor, status),
+                                   self.files.write_migration(name, {**record, "phase": "committed"}))
 
     async def _check_copy_space(self, copies: list[dict[str, Any]]) -> None:
         """Refuse a storage copy whose new images could outgrow their filesystems' free space: each
@@ -300,14 +327,16 @@ class MigrationCalls:
         if not ok:
             await self._give_up_destination(guest)
             return
-        if watch is None or persistent_xml is None:
-            # Maybe a finish from a source's next controller, which knows only its own record: this
-            # side's has the definition to keep (the one prepare was given).
+        if watch is not None and persistent_xml is None:
+            # Maybe a finish from a source's next controller, which knows only its own record: the
+            # definition to keep is the one prepare was given (its record has it too).
+            persistent_xml = watch.kept_xml
+        elif watch is None:  # this controller did not prepare it: the record says what was asked
             record = await self.files.read_migration(name)
-            if watch is None and (record is None or not await self._holds_all(guest)):
+            if record is None or not await self._holds_all(guest):
                 await self._give_up_destination(guest)
                 raise MigrationError(f"domain '{name}' is not a migration that arrived here whole")
-            persistent_xml = (record or {}).get("persistent_xml")
+            persistent_xml = record.get("persistent_xml")
         await self._run_arrived(guest, watch, resume=resume, persistent_xml=persistent_xml)
 
     async def migrate_confirm(self, name: str, *, ok: bool, undefine: bool, resume: bool) -> None:
@@ -354,10 +383,11 @@ class MigrationCalls:
                         if resume:
                             await self._cont(guest, "postcopy")
                         await migration.received(self.monitor(guest), watch, postcopy=False, timeout=None)
-                    try:
-                        await migration.stop_exports(self.monitor(guest))
-                    except QMPError:
-                        pass  # no storage was copied: no NBD server runs
+                    if watch is None or watch.exports:  # (a settling controller cannot know: it asks)
+                        try:
+                            await migration.stop_exports(self.monitor(guest))
+                        except QMPError:
+                            pass  # no storage was copied: no NBD server runs
                     if resume and guest.state is not DomainState.RUNNING:
                         await self._cont(guest, "migrated")
                     elif not resume:

@@ -7,28 +7,36 @@ QMP each step sends and how its outcome is known:
 
 * **Destination**: QEMU is spawned from the source's live definition (the same machine, down to PCI
   addresses: the stable guest ABI makes the two command lines agree) with ``-incoming defer``, which
-  leaves it waiting in runstate ``inmigrate``; :func:`listen` turns on migration events and has it listen
-  on a unix socket in its run directory (``migrate-incoming``). Disk images are opened inactive until the
-  migration completes, so the destination can open the very files the source still writes (shared
-  storage on one host).
-* **Source**: :func:`send` sets the bandwidth and the downtime limit, then ``migrate`` to that socket.
+  leaves it waiting in runstate ``inmigrate``; :func:`configure_incoming` turns on migration events and
+  :func:`listen` has it listen on a unix socket in its run directory (``migrate-incoming``). Disk
+  images are opened inactive until the migration completes, so the destination can open the very files
+  the source still writes (shared storage on one host).
+* **Source**: :func:`configure_send` sets the bandwidth and the downtime limit, then :func:`send` has it
+  ``migrate`` to that socket.
   QEMU works in the background; each change of its status comes as a ``MIGRATION`` event, which the
   driver hands to the guest's :class:`Watch`. At the end the source pauses (runstate ``postmigrate``)
   and lets go of its images; the destination, once its own status is ``completed``, owns them.
 
 Nothing here polls: :meth:`Watch.wait_done` waits for the event. Only :func:`progress` asks
 ``query-migrate``, when someone reads progress.
+
+Each side's record (``migratecalls.py``) must be on disk before its QEMU acts, not before it is
+configured: the configuring commands go :func:`~avirt.tasks.alongside` the record's write, so a
+migration costs the QMP round trips a bare script would send, not those plus the writes.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
 
-from avirt.errors import MigrationError, QMPError
+from avirt.errors import AvirtError, MigrationError, QMPError
 from avirt.models import MigrationProgress
 from avirt.qmp.monitor import Monitor
+
+log = logging.getLogger(__name__)
 
 #: QEMU's final statuses of a migration (``MigrationStatus`` in its QAPI schema).
 DONE = frozenset({"completed", "failed", "cancelled"})
@@ -39,7 +47,6 @@ UNLIMITED = 1 << 53
 FINISH_TIMEOUT = 60.0
 #: How long the source's QEMU may take to fill in its totals once it says completed.
 TOTALS_TIMEOUT = 2.0
-
 
 class Watch:
     """One QEMU's migration status and its storage mirrors' states, as its events tell them."""
@@ -55,6 +62,10 @@ class Watch:
         self.created: list[str] = []
         #: Source: the switch to postcopy was asked for (the guest is the destination's from then on).
         self.postcopy = False
+        #: Destination: an NBD server exports the disks a storage copy fills (to stop before it runs).
+        self.exports = False
+        #: Destination: the definition to keep once the guest runs here (prepare's, as its record has it).
+        self.kept_xml: str | None = None
 
     def update(self, data: dict[str, Any]) -> None:
         self.status = str(data.get("status", self.status))
@@ -137,11 +148,12 @@ async def load_tls(monitor: Monitor, directory: str, endpoint: str) -> None:
                                          "endpoint": endpoint, "verify-peer": True})
 
 
-async def listen(monitor: Monitor, socket_path: str, tuning: dict[str, Any] | None = None) -> str:
-    """Destination: listen for the migration stream; the URI the source sends it to. The images stay
-    inactive (not locked) until the guest runs here (late-block-activate), so that a source whose
-    migration is undone, even after the last byte, can take them back. ``tuning``: the capabilities and
-    parameters of :func:`avirt.migration.tuning`; this side takes those both sides need."""
+async def configure_incoming(monitor: Monitor, tuning: dict[str, Any] | None = None) -> None:
+    """Destination, before :func:`listen`: migration events on; the images stay inactive (not locked)
+    until the guest runs here (late-block-activate), so that a source whose migration is undone, even
+    after the last byte, can take them back. ``tuning``: the capabilities and parameters of
+    :func:`avirt.migration.tuning`; this side takes those both sides need (with TLS, its credentials
+    must be loaded first: :func:`load_tls`)."""
     tuning = tuning or {}
     both = [name for name in tuning.get("capabilities", ()) if name in BOTH_SIDES]
     await _enable_events(monitor, "late-block-activate", *both)
@@ -150,6 +162,11 @@ async def listen(monitor: Monitor, socket_path: str, tuning: dict[str, Any] | No
         parameters["tls-creds"] = TLS_ID
     if parameters:
         await monitor.execute("migrate-set-parameters", parameters)
+
+
+async def listen(monitor: Monitor, socket_path: str) -> str:
+    """Destination, configured (:func:`configure_incoming`): listen for the migration stream; the URI
+    the source sends it to."""
     uri = f"unix:{socket_path}"
     await monitor.execute("migrate-incoming", {"uri": uri})
     return uri
@@ -204,16 +221,13 @@ async def drop_mirrors(monitor: Monitor, watch: Watch) -> None:
     watch.mirrors.clear()
 
 
-async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | None,
-               max_downtime: int | None, tuning: dict[str, Any] | None = None) -> MigrationProgress:
-    """Source: migrate to ``uri`` and return QEMU's final figures once it is done; MigrationError if it
-    failed or was cancelled (the source then runs on as before: QEMU resumes it by itself).
-
-    With storage mirrors running, QEMU stops before the switch-over (``pause-before-switchover``) with
-    the guest paused: the mirrors are then completed without a pivot (``block-job-cancel`` of a READY
-    mirror writes what is left and ends), and only then does QEMU hand the guest over."""
+async def configure_send(monitor: Monitor, *, bandwidth: int | None, max_downtime: int | None,
+                         mirrors: bool = False, tuning: dict[str, Any] | None = None) -> None:
+    """Source, before :func:`send`: migration events on, the bandwidth, the downtime limit and the
+    tuning's capabilities and parameters; ``mirrors``: storage mirrors will run, so QEMU stops before
+    the switch-over (``pause-before-switchover``). With TLS, its credentials must be loaded first."""
     tuning = tuning or {}
-    await _enable_events(monitor, *(["pause-before-switchover"] if watch.mirrors else []),
+    await _enable_events(monitor, *(["pause-before-switchover"] if mirrors else []),
                          *tuning.get("capabilities", ()))
     # tls-creds always: a QEMU that was a destination with TLS keeps its parameter, and would use it.
     parameters: dict[str, Any] = {"max-bandwidth": bandwidth or UNLIMITED, **tuning.get("parameters", {}),
@@ -223,6 +237,17 @@ async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | Non
     if max_downtime is not None:
         parameters["downtime-limit"] = max_downtime
     await monitor.execute("migrate-set-parameters", parameters)
+
+
+async def send(monitor: Monitor, watch: Watch, uri: str) -> str:
+    """Source, configured (:func:`configure_send`): migrate to ``uri``; once QEMU has sent the state,
+    its status ("completed", or postcopy-active after a switch; :func:`totals` has its figures);
+    MigrationError if it failed or was cancelled (the source then runs on as before: QEMU resumes it by
+    itself).
+
+    With storage mirrors running, QEMU stops before the switch-over (``pause-before-switchover``) with
+    the guest paused: the mirrors are then completed without a pivot (``block-job-cancel`` of a READY
+    mirror writes what is left and ends), and only then does QEMU hand the guest over."""
     await monitor.execute("migrate", {"uri": uri})
     if watch.mirrors:
         if await watch.wait_status(frozenset({"pre-switchover"})) == "pre-switchover":
@@ -236,14 +261,26 @@ async def send(monitor: Monitor, watch: Watch, uri: str, *, bandwidth: int | Non
     if status not in ("completed", POSTCOPY):
         reason = await _error_of(monitor)
         raise MigrationError(f"the migration {status}" + (f": {reason}" if reason else ""))
-    stats = await progress(monitor)
-    # QEMU says "completed" a moment before it has worked out its totals (the state is set in its
-    # migration thread's completion, the times only once that thread winds up), and no event follows:
-    # ask again, briefly, for the figures the caller reads.
-    with anyio.move_on_after(TOTALS_TIMEOUT):
-        while stats.status == "completed" and stats.total_ms == 0:
-            await anyio.sleep(0.001)  # its migration thread is winding up: a moment
-            stats = await progress(monitor)
+    return status
+
+
+async def totals(monitor: Monitor, status: str) -> MigrationProgress:
+    """Source, once :func:`send` returned ``status``: QEMU's figures for the migration. Never an error:
+    the outcome is known already (a QEMU that cannot be asked any more gives zeros), so the caller may
+    ask while it commits."""
+    try:
+        stats = await progress(monitor)
+        # QEMU says "completed" a moment before it has worked out its totals (the state is set in its
+        # migration thread's completion, the times only once that thread winds up), and no event
+        # follows: ask again, briefly, for the figures the caller reads.
+        with anyio.move_on_after(TOTALS_TIMEOUT):
+            while stats.status == "completed" and stats.total_ms == 0:
+                await anyio.sleep(0.001)  # its migration thread is winding up: a moment
+                stats = await progress(monitor)
+    except AvirtError as e:
+        log.warning("the figures of a migration that %s cannot be read: %s", status, e)
+        return MigrationProgress(status=status, ram_total=0, ram_transferred=0, ram_remaining=0,
+                                 dirty_rate=0, passes=0, expected_downtime_ms=0)
     return stats
 
 
