@@ -25,6 +25,7 @@ from tests import tlscerts
 from tests.guest import GuestImages
 from tests.images import GUEST_VIEW, make_chain, reads
 from tests.sshd import SSHServer
+from tests.sshd import start as start_sshd
 from tests.test_cli import CLI
 from tests.test_migration import (
     SLOTS,
@@ -228,3 +229,24 @@ def test_the_command_moves_a_domain_to_an_ssh_host_over_tls(
     there = CLI(two_dirs[1])  # the SSH host's state directory is on this machine: look at it directly
     assert re.search(r"cli-traveller\s+running", there.ok("list", "--all"))
     there.ok("destroy", "cli-traveller")
+
+
+async def test_a_guest_moves_between_two_ssh_hosts(
+        two_dirs: tuple[Path, Path], xml: XMLFactory, sshd: SSHServer, tmp_path: Path) -> None:
+    """Two SSH hosts (two sshds: two machines to avirt): the source's QEMU reaches the destination's
+    socket through a path the first sshd forwards here and one the second forwards there."""
+    other = start_sshd(tmp_path / "sshd2")
+    try:
+        async with avirt.connect(sshd.uri(two_dirs[0], mode="serve")) as first, \
+                avirt.connect(other.uri(two_dirs[1], mode="direct")) as second:
+            dom = await first.define_xml(xml("hopper"))
+            await dom.start()
+            moved = await (await dom.migrate(second))
+            assert await moved.state() == (DomainState.RUNNING, "migrated")
+            assert await first.list_domains() == []
+            back = await (await moved.migrate(first))
+            assert await back.state() == (DomainState.RUNNING, "migrated")
+            await back.destroy()
+    finally:
+        other.drop_connections()
+        other.stop()
