@@ -327,11 +327,11 @@ class MigrationCalls:
         if not ok:
             await self._give_up_destination(guest)
             return
-        if watch is not None and persistent_xml is None:
-            # Maybe a finish from a source's next controller, which knows only its own record: the
-            # definition to keep is the one prepare was given (its record has it too).
+        if watch is not None:
+            # The definition to keep is the one prepare was given (a source's next controller, which
+            # finishes knowing only its own record, passes none).
             persistent_xml = watch.kept_xml
-        elif watch is None:  # this controller did not prepare it: the record says what was asked
+        else:  # this controller did not prepare it: the record says what was asked
             record = await self.files.read_migration(name)
             if record is None or not await self._holds_all(guest):
                 await self._give_up_destination(guest)

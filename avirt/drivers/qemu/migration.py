@@ -48,6 +48,7 @@ FINISH_TIMEOUT = 60.0
 #: How long the source's QEMU may take to fill in its totals once it says completed.
 TOTALS_TIMEOUT = 2.0
 
+
 class Watch:
     """One QEMU's migration status and its storage mirrors' states, as its events tell them."""
 
