@@ -7,7 +7,8 @@ The steps are libvirt's migration phases, each a call into one side's driver, al
     begin    source       the live definition, the persistent one, whether the CPUs run; refuses a
                           domain that is not running, already migrating, or has a block job
     prepare  destination  a QEMU started from that definition, waiting for the guest (its definition
-                          checked as any define is: machine type, emulator, name and UUID not in use)
+                          checked as any define is: machine type, emulator, name and UUID not in use);
+             source       meanwhile, made ready: its record written, its QEMU's settings made
     perform  source       QEMU sends devices and memory; at the end the source pauses
     finish   destination  the guest loaded: its CPUs run (if they ran), and with ``persist`` defined
     confirm  source       the source QEMU ends (STOPPED/migrated); with ``undefine_source`` undefined
@@ -62,9 +63,9 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Awaitable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -77,6 +78,8 @@ if TYPE_CHECKING:
     from avirt.connection import Connection
     from avirt.domain import Domain
     from avirt.drivers.base import Driver
+
+T = TypeVar("T")
 
 #: How often progress() asks the source's QEMU (only while someone iterates).
 PROGRESS_INTERVAL = 0.2
@@ -160,23 +163,28 @@ class MigrationJob:
     async def run(self, plan: _Plan, ends: _Ends, *, bandwidth: int | None, max_downtime: int | None,
                   undefine_source: bool, tuning: dict[str, Any] | None) -> None:
         dest = self._dest._driver
+        prepared = False  # the destination has a QEMU to unwind (a refusal there leaves nothing)
+        # The streams' forwarding, if any, lasts until the destination holds the whole guest (a
+        # postcopy one fetches pages until its finish returns).
+        streams = contextlib.AsyncExitStack()
         try:
-            self.phase = "prepare"
-            uri, nbd = await dest.migrate_prepare(plan.live_xml, source=ends.source_as_seen(),
-                                                  resume=plan.running, persistent_xml=plan.kept_xml,
-                                                  copies=plan.copies or None, tuning=tuning)
-            # The streams' forwarding, if any, lasts until the destination holds the whole guest (a
-            # postcopy one fetches pages until its finish returns).
-            streams = contextlib.AsyncExitStack()
             try:
+                self.phase = "prepare"
+                # The source gets ready (its record, QEMU's settings) while the destination's QEMU starts.
+                ready = self._source.migrate_ready(self.name, dest=ends.dest_as_seen(), bandwidth=bandwidth,
+                                                   max_downtime=max_downtime, mirrors=bool(plan.copies),
+                                                   tuning=tuning)
+                uri, nbd = await _both(dest.migrate_prepare(
+                    plan.live_xml, source=ends.source_as_seen(), resume=plan.running,
+                    persistent_xml=plan.kept_xml, copies=plan.copies or None, tuning=tuning), ready)
+                prepared = True
                 self.phase = "perform"
                 if self._cancelled:
                     raise MigrationError("the migration was cancelled")
                 uri = "unix:" + await ends.join(streams, uri.removeprefix("unix:"))
                 nbd = nbd and await ends.join(streams, nbd)
                 self.stats = await self._source.migrate_perform(
-                    self.name, uri, dest=ends.dest_as_seen(), bandwidth=bandwidth, max_downtime=max_downtime,
-                    nbd=nbd, copies={c["target"]: c["sync"] for c in plan.copies} or None, tuning=tuning)
+                    self.name, uri, nbd=nbd, copies={c["target"]: c["sync"] for c in plan.copies} or None)
                 self.phase = "finish"
                 await dest.migrate_finish(self.name, ok=True, resume=plan.running,
                                           persistent_xml=plan.kept_xml)
@@ -191,8 +199,9 @@ class MigrationJob:
                         "paused at the destination and at the source, neither holding all of it "
                         "(postcopy recovery is not supported yet)") from None
                 with anyio.CancelScope(shield=True):
-                    await _quietly(dest.migrate_finish(self.name, ok=False, resume=False,
-                                                       persistent_xml=None))
+                    if prepared:
+                        await _quietly(dest.migrate_finish(self.name, ok=False, resume=False,
+                                                           persistent_xml=None))
                     await _quietly(self._source.migrate_confirm(self.name, ok=False, undefine=False,
                                                                 resume=plan.running))
                 raise
@@ -278,6 +287,10 @@ def _plan(begun: tuple[str, str | None, bool, list[dict[str, Any]]], *, persist:
         raise InvalidArgumentError("storage_paths names no disk that a copy moves: "
                                    + ", ".join(sorted(unknown)))
     paths = {c["target"]: c["path"] for c in copies}
+    shared = sorted({path for path in paths.values() if list(paths.values()).count(path) > 1})
+    if shared:
+        raise InvalidArgumentError(f"a storage copy needs one image per disk: {shared[0]} is given to "
+                                   + ", ".join(sorted(t for t, p in paths.items() if p == shared[0])))
     return _Plan(_retarget(live_xml, paths), kept and _retarget(kept, paths), running, copies)
 
 
@@ -336,7 +349,7 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
         options = {**(options or {}), "tls": ends.dest.hostname}
     job = MigrationJob(source, dest, domain.name)
     job._postcopy = postcopy
-    begun = await source.migrate_begin(domain.name, disks=copy_storage is not None)
+    begun = await source.migrate_begin(domain.name, disks=copy_storage is not None, tls=tls)
     plan = _plan(begun, persist=persist, copy_storage=copy_storage, storage_paths=dict(storage_paths or {}),
                  one_machine=ends.one_machine)
 
@@ -346,6 +359,29 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
 
     source.start_task(run, name=f"migrate-{domain.name}")
     return job
+
+
+async def _both(step: Awaitable[T], other: Awaitable[object]) -> T:
+    """``step``'s result once ``other`` is done too; either's error (``step``'s first) raised only
+    when both have ended: neither is cut short by the other's failure (a half-started QEMU, a
+    half-written record would be left for no one to unwind)."""
+    errors: list[BaseException] = []
+
+    async def run_other() -> None:
+        try:
+            await other
+        except AvirtError as e:
+            errors.append(e)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run_other)
+        try:
+            result = await step
+        except AvirtError as e:
+            errors.insert(0, e)
+    if errors:
+        raise errors[0]
+    return result
 
 
 async def _quietly(step: Any) -> None:

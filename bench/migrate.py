@@ -1,13 +1,18 @@
 """Migration benchmark: a live migration on this machine, avirt beside the same QMP steps run bare.
 
 The guest: the tests' tiny Linux guest (TCG), 256 MiB of memory, a 1 GiB qcow2 disk it keeps writing to
-(the write workload: 64 KiB patterns with fsync, so memory is dirtied while it migrates), booted once.
-Storage is shared (both QEMUs open the same image).
+(the write workload: 64 KiB patterns with fsync, so memory is dirtied while it migrates), booted once
+per side, each side with its own disk. Storage is shared (both QEMUs of a migration open the same image).
+
+**Turns.** The two sides run in one process and take turns, one migration each, the side that goes
+first alternating; a side's guest is paused outside its turns, so each migration runs beside one idle
+QEMU of the other side whichever it is. Load that comes and goes on the machine thus falls on both
+sides alike (run one side after the other, and a few busy seconds decide the ratio).
 
 * **avirt**: two state directories; ``dom.migrate(dest, persist=False, undefine_source=False)`` then
-  ``await job``, back and forth, ``--runs`` times (the definition stays where it was first defined, and
-  the guest migrates back onto it; the bare side defines nothing either). Timed: from the call to the
-  job's end (the destination runs, the source QEMU is gone).
+  ``await job``, back and forth, ``--runs`` times after one that warms up (the definition stays where
+  it was first defined, and the guest migrates back onto it; the bare side defines nothing either).
+  Timed: from the call to the job's end (the destination runs, the source QEMU is gone).
 * **bare** (BASELINE): the same QEMU command line (``build_argv`` on the definition avirt stored), the
   source spawned as avirt spawns QEMU (``rawqemu.py``) and booted the same way; each run spawns the
   destination with ``-incoming defer``, then with bare qemu.qmp clients: migration events on at both ends,
@@ -65,6 +70,7 @@ import avirt
 from avirt.config import parse_domain_xml
 from avirt.drivers.qemu.cmdline import Layer, build_argv
 from avirt.drivers.qemu.migration import UNLIMITED
+from avirt.models import DomainState
 from tests import sshd as test_sshd
 from tests.guest import BASE_CMDLINE, build_guest
 
@@ -72,58 +78,22 @@ TARGET_RATIO = 1.05
 READY = "avirt-wl: i=5 "
 
 
-def guest_xml(tmp: Path) -> str:
+def guest_xml(tmp: Path, tag: str) -> str:
+    """The guest of one side (``tag``): its own 1 GiB disk and console log, all else the same."""
     images = build_guest()
-    disk = tmp / "disk.qcow2"
+    disk = tmp / f"disk-{tag}.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1G"], check=True)
-    return f"""<domain type='qemu'><name>mig</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+    return f"""<domain type='qemu'><name>mig-{tag}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='q35'>hvm</type><kernel>{images.kernel}</kernel>
     <initrd>{images.initrd}</initrd>
     <cmdline>{BASE_CMDLINE} avirt.workload=write avirt.slots=16 avirt.count=0 avirt.sleep=0</cmdline></os>
   <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>
     <target dev='vda' bus='virtio'/></disk>
-  <serial type='file'><source path='{tmp / "serial.log"}' append='on'/></serial></devices></domain>"""
+  <serial type='file'><source path='{serial_log(tmp, tag)}' append='on'/></serial></devices></domain>"""
 
 
-async def wait_serial(path: Path, marker: str, timeout: float = 120) -> None:
-    """Until the guest's console shows ``marker`` (a file QEMU appends to: read it every 50 ms)."""
-    with anyio.fail_after(timeout):
-        while True:
-            file = anyio.Path(path)
-            if await file.exists() and marker in await file.read_text():
-                return
-            await anyio.sleep(0.05)
-
-
-async def avirt_side(tmp: Path, xml: str, runs: int, copy: bool,
-                     other: str | None = None) -> tuple[list[float], list[int], str]:
-    """avirt back and forth between two state directories; ``other``: the second one's URI (an SSH
-    host's) instead of a local directory."""
-    totals, downtimes = [], []
-    second = avirt.connect(other) if other else avirt.connect(state_dir=tmp / "b")
-    (tmp / "serial.log").unlink(missing_ok=True)  # READY must come from this boot
-    async with avirt.connect(state_dir=tmp / ("a-ssh" if other else "a")) as a, second as b:
-        dom = await a.define_xml(xml)
-        stored = await dom.xml(inactive=True)
-        await dom.start()
-        await wait_serial(tmp / "serial.log", READY)
-        here, there = a, b
-        for i in range(runs + 1):
-            storage: dict[str, Any] = {}
-            if copy:  # a new image each run: avirt never writes over an existing file
-                image = tmp / f"{'s' if other else 'a'}{i}.qcow2"
-                storage = {"copy_storage": "all", "storage_paths": {"vda": str(image)}}
-            t0 = time.perf_counter()
-            job = await dom.migrate(there, persist=False, undefine_source=False,  # as bare: no defines
-                                    **storage)
-            dom = await job
-            if i:  # the first run warms up both sides
-                totals.append(time.perf_counter() - t0)
-                assert job.stats is not None
-                downtimes.append(job.stats.downtime_ms)
-            here, there = there, here
-        await dom.destroy()
-    return totals, downtimes, stored
+def serial_log(tmp: Path, tag: str) -> Path:
+    return tmp / f"serial-{tag}.log"
 
 
 async def _migration_done(client: QMPClient) -> None:
@@ -169,65 +139,146 @@ async def _switch_over(source: QMPClient) -> None:
     await source.execute("migrate-continue", {"state": "pre-switchover"})
 
 
-async def bare_side(tmp: Path, stored_xml: str, runs: int, copy: bool) -> tuple[list[float], list[int]]:
-    cfg = parse_domain_xml(stored_xml)
-    chains = {d.target: [Layer(d.source, d.format)] for d in cfg.disks if d.source}
-    raw = tmp / ("raw-copy" if copy else "raw")
-    raw.mkdir()
+async def _pause_then_switch(source: QMPClient) -> None:
+    await _event(source, "MIGRATION", "status", "pre-switchover")
+    await _switch_over(source)
 
-    def argv(run_dir: Path, incoming: bool, disk: str | None = None) -> Any:
-        disks = {"vda": [Layer(disk, "qcow2")]} if disk else chains
-        return lambda fd, pidfile: [*build_argv(cfg, chains=disks, accel="tcg", monitor=f"fd={fd}",
+
+async def wait_serial(path: Path, marker: str, timeout: float = 120) -> None:
+    """Until the guest's console shows ``marker`` (a file QEMU appends to: read it every 50 ms)."""
+    with anyio.fail_after(timeout):
+        while True:
+            file = anyio.Path(path)
+            if await file.exists() and marker in await file.read_text():
+                return
+            await anyio.sleep(0.05)
+
+
+class Side:
+    """One side of the comparison: a guest booted once, migrated back and forth one turn at a time, and
+    paused between its turns (so the other side's migrations run beside an idle QEMU, not a busy one)."""
+
+    async def migrate(self, i: int) -> tuple[float, int]:
+        """Migration ``i``: its total time in seconds and QEMU's downtime in ms."""
+        raise NotImplementedError
+
+    async def pause(self) -> None:
+        raise NotImplementedError
+
+    async def resume(self) -> None:
+        raise NotImplementedError
+
+
+class AvirtSide(Side):
+    """avirt back and forth between two connections (``a`` and ``b``)."""
+
+    def __init__(self, tmp: Path, a: avirt.Connection, b: avirt.Connection, copy: bool, tag: str) -> None:
+        self.tmp, self.copy, self.tag = tmp, copy, tag
+        self.here, self.there = a, b
+        self.dom: avirt.Domain | None = None
+
+    async def boot(self, xml: str, serial: Path) -> None:
+        self.dom = await self.here.define_xml(xml)
+        await self.dom.start()
+        await wait_serial(serial, READY)
+
+    async def migrate(self, i: int) -> tuple[float, int]:
+        assert self.dom is not None
+        storage: dict[str, Any] = {}
+        if self.copy:  # a new image each run: avirt never writes over an existing file
+            image = self.tmp / f"{self.tag}{i}.qcow2"
+            storage = {"copy_storage": "all", "storage_paths": {"vda": str(image)}}
+        t0 = time.perf_counter()
+        job = await self.dom.migrate(self.there, persist=False, undefine_source=False,  # as bare: no defines
+                                     **storage)
+        self.dom = await job
+        elapsed = time.perf_counter() - t0
+        assert job.stats is not None
+        self.here, self.there = self.there, self.here
+        return elapsed, job.stats.downtime_ms
+
+    async def pause(self) -> None:
+        assert self.dom is not None
+        await self.dom.suspend()
+
+    async def resume(self) -> None:
+        assert self.dom is not None
+        await self.dom.resume()
+
+    async def close(self) -> None:
+        if self.dom is not None and (await self.dom.state())[0] is not DomainState.SHUTOFF:
+            await self.dom.destroy()
+
+
+class BareSide(Side):
+    """The same QMP steps, with bare qemu.qmp clients, on QEMU spawned as avirt spawns it."""
+
+    def __init__(self, tmp: Path, stored_xml: str, copy: bool) -> None:
+        self.tmp, self.copy = tmp, copy
+        self.cfg = parse_domain_xml(stored_xml)
+        self.chains = {d.target: [Layer(d.source, d.format)] for d in self.cfg.disks if d.source}
+        self.raw = tmp / ("raw-copy" if copy else "raw")
+        self.source: RawGuest | None = None
+
+    def argv(self, run_dir: Path, incoming: bool, disk: str | None = None) -> Any:
+        disks = {"vda": [Layer(disk, "qcow2")]} if disk else self.chains
+        return lambda fd, pidfile: [*build_argv(self.cfg, chains=disks, accel="tcg", monitor=f"fd={fd}",
                                                 pidfile=pidfile, run_dir=str(run_dir)),
                                     *(["-incoming", "defer"] if incoming else [])]
 
-    totals, downtimes = [], []
-    serial = tmp / "serial.log"
-    serial.unlink()
-    first = raw / "s"
-    source: RawGuest = await rawqemu.spawn("src", first, argv(first, False), cont=True)
-    await wait_serial(serial, READY)
-    for i in range(runs + 1):
+    async def boot(self, serial: Path) -> None:
+        self.raw.mkdir()
+        first = self.raw / "s"
+        self.source = await rawqemu.spawn("src", first, self.argv(first, False), cont=True)
+        await wait_serial(serial, READY)
+
+    async def migrate(self, i: int) -> tuple[float, int]:
+        source = self.source
+        assert source is not None
         t0 = time.perf_counter()
-        run_dir = raw / f"d{i}"
+        run_dir = self.raw / f"d{i}"
         disk = None
-        if copy:  # as avirt makes it: the source's format and size
-            disk = str(tmp / f"b{i}.qcow2")
+        if self.copy:  # as avirt makes it: the source's format and size
+            disk = str(self.tmp / f"b{i}.qcow2")
             await anyio.run_process(["qemu-img", "create", "-q", "-f", "qcow2", disk, "1G"])
-        dest = await rawqemu.spawn(f"d{i}", run_dir, argv(run_dir, True, disk), cont=False)
-        extra = [{"capability": "pause-before-switchover", "state": True}] if copy else []
+        dest = await rawqemu.spawn(f"d{i}", run_dir, self.argv(run_dir, True, disk), cont=False)
+        extra = [{"capability": "pause-before-switchover", "state": True}] if self.copy else []
         caps = {"capabilities": [{"capability": "events", "state": True}]}
         await dest.client.execute("migrate-set-capabilities", caps)
         await source.client.execute("migrate-set-capabilities",
                                     {"capabilities": [*caps["capabilities"], *extra]})
         uri = f"unix:{run_dir / 'migrate.sock'}"
         await dest.client.execute("migrate-incoming", {"uri": uri})
-        if copy:
+        if self.copy:
             await _copy_disk(source.client, dest.client, run_dir / "nbd.sock")
         await source.client.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
         async with anyio.create_task_group() as group:
             group.start_soon(_migration_done, dest.client)
             group.start_soon(_migration_done, source.client)
-            if copy:
+            if self.copy:
                 group.start_soon(_pause_then_switch, source.client)
             await anyio.lowlevel.checkpoint()  # every listener is registered before the migration starts
             await source.client.execute("migrate", {"uri": uri})
         info = await source.client.execute("query-migrate")
-        if copy:
+        if self.copy:
             await dest.client.execute("nbd-server-stop")
         await dest.client.execute("cont")
         await rawqemu.stop(source)
-        if i:
-            totals.append(time.perf_counter() - t0)
-            downtimes.append(int(info.get("downtime", 0)))
-        source = dest
-    await rawqemu.stop(source)
-    return totals, downtimes
+        elapsed = time.perf_counter() - t0
+        self.source = dest
+        return elapsed, int(info.get("downtime", 0))
 
+    async def pause(self) -> None:
+        assert self.source is not None
+        await self.source.client.execute("stop")
 
-async def _pause_then_switch(source: QMPClient) -> None:
-    await _event(source, "MIGRATION", "status", "pre-switchover")
-    await _switch_over(source)
+    async def resume(self) -> None:
+        assert self.source is not None
+        await self.source.client.execute("cont")
+
+    async def close(self) -> None:
+        if self.source is not None:
+            await rawqemu.stop(self.source)
 
 
 def summary(values_ms: Sequence[float]) -> dict[str, float]:
@@ -236,18 +287,53 @@ def summary(values_ms: Sequence[float]) -> dict[str, float]:
             "max": round(ordered[-1], 2)}
 
 
+async def turns(sides: dict[str, Side], runs: int) -> dict[str, tuple[list[float], list[int]]]:
+    """Each side's ``runs`` migrations (after one that warms up), the sides taking turns, which goes
+    first alternating: load that comes and goes on the machine falls on both alike. Only the side
+    whose turn it is has its guest running."""
+    results: dict[str, tuple[list[float], list[int]]] = {name: ([], []) for name in sides}
+    for side in sides.values():
+        await side.pause()
+    names = list(sides)
+    for i in range(runs + 1):
+        for name in names if i % 2 == 0 else reversed(names):
+            side = sides[name]
+            await side.resume()
+            total, downtime = await side.migrate(i)
+            await side.pause()
+            if i:
+                results[name][0].append(total)
+                results[name][1].append(downtime)
+    return results
+
+
 async def measure_one(runs: int, copy: bool, ssh: bool = False) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="avirt-bench-migrate-"))
     apart: dict[str, Any] = {}
     try:
-        xml = guest_xml(tmp)
-        a_total, a_down, stored = await avirt_side(tmp, xml, runs, copy)
-        b_total, b_down = await bare_side(tmp, stored, runs, copy)
-        if ssh:
+        async with avirt.connect(state_dir=tmp / "a") as a, avirt.connect(state_dir=tmp / "b") as b:
+            probe = await a.define_xml(guest_xml(tmp, "bare"))  # the bare side's argv: a stored definition
+            stored = await probe.xml(inactive=True)
+            await probe.undefine()
+            avirt_side, bare_side = AvirtSide(tmp, a, b, copy, "a"), BareSide(tmp, stored, copy)
+            try:
+                await avirt_side.boot(guest_xml(tmp, "avirt"), serial_log(tmp, "avirt"))
+                await bare_side.boot(serial_log(tmp, "bare"))
+                results = await turns({"avirt": avirt_side, "bare": bare_side}, runs)
+            finally:
+                await avirt_side.close()
+                await bare_side.close()
+        if ssh:  # alone: it is not compared with bare
             server = test_sshd.start(tmp / "sshd")
             try:
-                s_total, s_down, _ = await avirt_side(tmp, xml, runs, copy,
-                                                      server.uri(tmp / "ssh-state", mode="serve"))
+                async with avirt.connect(state_dir=tmp / "a-ssh") as a, \
+                        avirt.connect(server.uri(tmp / "ssh-state", mode="serve")) as b:
+                    ssh_side = AvirtSide(tmp, a, b, copy, "s")
+                    try:
+                        await ssh_side.boot(guest_xml(tmp, "ssh"), serial_log(tmp, "ssh"))
+                        s_total, s_down = (await turns({"ssh": ssh_side}, runs))["ssh"]
+                    finally:
+                        await ssh_side.close()
             finally:
                 server.drop_connections()
                 server.stop()
@@ -256,6 +342,7 @@ async def measure_one(runs: int, copy: bool, ssh: bool = False) -> dict[str, Any
     finally:
         kill_leftovers(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+    (a_total, a_down), (b_total, b_down) = results["avirt"], results["bare"]
     avirt_ms, bare_ms = summary([t * 1000 for t in a_total]), summary([t * 1000 for t in b_total])
     ratio = round(avirt_ms["median"] / bare_ms["median"], 3)
     down_a, down_b = statistics.median(a_down), statistics.median(b_down)

@@ -182,7 +182,7 @@ async def test_a_paused_transient_copy_stays_paused_and_the_source_keeps_its_def
 
 
 async def test_refusals_come_before_anything_moves(
-        pair: tuple[Connection, Connection], xml: XMLFactory) -> None:
+        pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
     source, dest = pair
     off = await source.define_xml(xml("off"))
     with pytest.raises(OperationInvalidError, match="shutoff"):
@@ -192,6 +192,9 @@ async def test_refusals_come_before_anything_moves(
     await dest.define_xml(xml("busy"))  # a namesake at the destination
     with pytest.raises(DomainExistsError):
         await (await dom.migrate(dest))
+    # The source was made ready while the destination refused: its record goes, the guest runs on.
+    assert not list(two_dirs[0].glob("run/*/migration.json"))
+    assert (await dom.state())[0] is DomainState.RUNNING
     with pytest.raises(InvalidArgumentError):
         await dom.migrate(dest, copy_storage="some")
     with pytest.raises(InvalidArgumentError):
@@ -436,7 +439,8 @@ async def test_a_committed_migration_nobody_finished_is_settled_by_both_sides_re
     src, dst = source._driver, dest._driver
     live, _, running, _ = await src.migrate_begin("orphan")
     uri, _ = await dst.migrate_prepare(live, source=src.location(), resume=running, persistent_xml=live)
-    await src.migrate_perform("orphan", uri, dest=dst.location(), bandwidth=None, max_downtime=None)
+    await src.migrate_ready("orphan", dest=dst.location(), bandwidth=None, max_downtime=None)
+    await src.migrate_perform("orphan", uri)
     at_dest = Lifecycle(dest)
     await source.close()  # the source's controller is gone before finish and confirm
     moved = await dest.lookup("orphan")
@@ -491,6 +495,21 @@ async def test_a_storage_copy_is_refused_before_anything_is_made(
     assert taken.read_bytes() == b"someone's data"
     assert await dom.state() == (DomainState.RUNNING, "booted")
     assert await dest.list_domains() == []
+
+
+async def test_a_storage_copy_gives_each_disk_an_image_of_its_own(
+        pair: tuple[Connection, Connection], xml: XMLFactory, tmp_path: Path) -> None:
+    source, dest = pair
+    images = [tmp_path / "a.qcow2", tmp_path / "b.qcow2"]
+    for image in images:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    dom = await source.define_xml(xml("two", disks=[("vda", str(images[0]), "qcow2"),
+                                                    ("vdb", str(images[1]), "qcow2")]))
+    await dom.start()
+    one = tmp_path / "one.qcow2"
+    with pytest.raises(InvalidArgumentError, match=r"one image per disk: .*one\.qcow2 is given to vda, vdb"):
+        await dom.migrate(dest, copy_storage="all", storage_paths={"vda": str(one), "vdb": str(one)})
+    assert not one.exists() and await dest.list_domains() == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem to fill needs root")

@@ -26,6 +26,7 @@ import avirt
 from avirt.errors import AvirtError, EventsLostError, OperationInvalidError
 from avirt.events.model import BlockJobStatus, EventKind, LifecycleEvent, LifecycleType
 from avirt.rpc import Peer
+from avirt.served.server import PROTOCOL
 from tests.conformance.conftest import chain_disk
 from tests.images import GUEST_VIEW, make_chain, reads
 from tests.xmls import XMLFactory
@@ -122,7 +123,7 @@ async def test_a_client_of_another_protocol_version_is_told_both_versions(
         state_dir: Path, holder: subprocess.Popen[str]) -> None:
     stream = await anyio.connect_unix(str(state_dir / "avirt.sock"))
     async with Peer(stream, name="old client") as peer:
-        with pytest.raises(AvirtError, match="protocol version 1, the client 99"):
+        with pytest.raises(AvirtError, match=f"protocol version {PROTOCOL}, the client 99"):
             await peer.call("hello", {"protocol": 99})
         with pytest.raises(AvirtError, match="the first call must be hello"):
             await peer.call("list_domains", {})

@@ -354,10 +354,11 @@ class Driver(ABC):
         """Run ``func()`` in the background, owned by this driver (cancelled when it closes)."""
         raise OperationInvalidError(f"{type(self).__name__} runs no background work")
 
-    async def migrate_begin(self, name: str, *, disks: bool = True,
+    async def migrate_begin(self, name: str, *, disks: bool = True, tls: bool = False,
                             ) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
         """Source: (live XML, persistent XML or None, whether the CPUs run, the disks a copy moves; with
-        ``disks`` False, as for shared storage, none are looked for and the list is empty)."""
+        ``disks`` False, as for shared storage, none are looked for and the list is empty). ``tls``:
+        refuse unless this side has its TLS client files."""
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
     def location(self) -> str:
@@ -376,10 +377,16 @@ class Driver(ABC):
         and parameters both sides need (:func:`avirt.migration.tuning`)."""
         raise OperationInvalidError("migration into this connection is not supported")
 
-    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
-                              max_downtime: int | None, nbd: str | None = None,
-                              copies: dict[str, str] | None = None,
-                              tuning: dict[str, Any] | None = None) -> MigrationProgress:
+    async def migrate_ready(self, name: str, *, dest: str, bandwidth: int | None, max_downtime: int | None,
+                            mirrors: bool = False, tuning: dict[str, Any] | None = None) -> None:
+        """Source, while the destination prepares: its record written (``dest``: where the destination's
+        state is), its QEMU set to send (``mirrors``: storage mirrors run first); nothing sent yet."""
+        raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
+
+    async def migrate_perform(self, name: str, uri: str, *, nbd: str | None = None,
+                              copies: dict[str, str] | None = None) -> MigrationProgress:
+        """Source, made ready: send the guest to ``uri`` (storage ``copies`` first, into ``nbd``),
+        commit, and return QEMU's figures."""
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
     async def migrate_postcopy(self, name: str) -> None:

@@ -350,9 +350,9 @@ class ClientDriver(Driver):
 
     # -- migration: each phase runs in the controller of this state directory ------------------------------
 
-    async def migrate_begin(self, name: str, *, disks: bool = True,
+    async def migrate_begin(self, name: str, *, disks: bool = True, tls: bool = False,
                             ) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
-        live, persistent, running, found = await self._call("migrate_begin", name=name, disks=disks)
+        live, persistent, running, found = await self._call("migrate_begin", name=name, disks=disks, tls=tls)
         return str(live), None if persistent is None else str(persistent), bool(running), list(found)
 
     def location(self) -> str:
@@ -366,14 +366,16 @@ class ClientDriver(Driver):
                                     persistent_xml=persistent_xml, copies=copies, **extra)
         return str(uri), None if nbd is None else str(nbd)
 
-    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
-                              max_downtime: int | None, nbd: str | None = None,
-                              copies: dict[str, str] | None = None,
-                              tuning: dict[str, Any] | None = None) -> MigrationProgress:
+    async def migrate_ready(self, name: str, *, dest: str, bandwidth: int | None, max_downtime: int | None,
+                            mirrors: bool = False, tuning: dict[str, Any] | None = None) -> None:
         extra = {"tuning": tuning} if tuning else {}
+        await self._call("migrate_ready", name=name, dest=dest, bandwidth=bandwidth,
+                         max_downtime=max_downtime, mirrors=mirrors, **extra)
+
+    async def migrate_perform(self, name: str, uri: str, *, nbd: str | None = None,
+                              copies: dict[str, str] | None = None) -> MigrationProgress:
         result: MigrationProgress = wire.info_from(MigrationProgress, await self._call(
-            "migrate_perform", name=name, uri=uri, dest=dest, bandwidth=bandwidth, max_downtime=max_downtime,
-            nbd=nbd, copies=copies, **extra))
+            "migrate_perform", name=name, uri=uri, nbd=nbd, copies=copies))
         return result
 
     async def migrate_postcopy(self, name: str) -> None:

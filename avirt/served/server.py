@@ -46,7 +46,7 @@ __all__ = ["PROTOCOL", "Server", "serve_stream"]
 log = logging.getLogger(__name__)
 
 #: The served protocol's version: a client and a server speak only the same one.
-PROTOCOL = 1
+PROTOCOL = 2  # 2: a migration's source is made ready (migrate_ready) apart from perform
 
 #: How many events a client may fall behind before it loses the oldest (the bus's queue for it).
 CLIENT_EVENT_QUEUE = 4096
@@ -77,7 +77,8 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "info": wire.info_to,
     "xml": str, "metadata": lambda text: text,
     "all_domain_stats": lambda found: [[wire.ref_to(ref), params] for ref, params in found],
-    "migrate_begin": list, "migrate_prepare": list, "migrate_perform": wire.info_to,
+    "migrate_begin": list, "migrate_prepare": list, "migrate_ready": lambda _: None,
+    "migrate_perform": wire.info_to,
     "migrate_postcopy": lambda _: None,
     "migrate_progress": wire.info_to, "migrate_cancel": lambda _: None, "migrate_finish": lambda _: None,
     "migrate_confirm": lambda _: None,

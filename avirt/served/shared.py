@@ -303,9 +303,9 @@ class SharedDriver(Driver):
     def start_task(self, func: Callable[[], Awaitable[None]], name: str) -> None:
         self._tasks.start_soon(func, name=name)
 
-    async def migrate_begin(self, name: str, *, disks: bool = True,
+    async def migrate_begin(self, name: str, *, disks: bool = True, tls: bool = False,
                             ) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
-        return await (await self._driver()).migrate_begin(name, disks=disks)
+        return await (await self._driver()).migrate_begin(name, disks=disks, tls=tls)
 
     def location(self) -> str:
         return self.state_dir
@@ -320,13 +320,14 @@ class SharedDriver(Driver):
                                                             persistent_xml=persistent_xml, copies=copies,
                                                             tuning=tuning)
 
-    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
-                              max_downtime: int | None, nbd: str | None = None,
-                              copies: dict[str, str] | None = None,
-                              tuning: dict[str, Any] | None = None) -> MigrationProgress:
-        return await (await self._driver()).migrate_perform(name, uri, dest=dest, bandwidth=bandwidth,
-                                                            max_downtime=max_downtime, nbd=nbd, copies=copies,
-                                                            tuning=tuning)
+    async def migrate_ready(self, name: str, *, dest: str, bandwidth: int | None, max_downtime: int | None,
+                            mirrors: bool = False, tuning: dict[str, Any] | None = None) -> None:
+        await (await self._driver()).migrate_ready(name, dest=dest, bandwidth=bandwidth,
+                                                   max_downtime=max_downtime, mirrors=mirrors, tuning=tuning)
+
+    async def migrate_perform(self, name: str, uri: str, *, nbd: str | None = None,
+                              copies: dict[str, str] | None = None) -> MigrationProgress:
+        return await (await self._driver()).migrate_perform(name, uri, nbd=nbd, copies=copies)
 
     async def migrate_postcopy(self, name: str) -> None:
         await (await self._driver()).migrate_postcopy(name)

@@ -470,13 +470,18 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
 
     async def disk_layers(self, name: str, disk: Disk) -> list[Layer]:
         """One disk's layers, bottom first (for a start, a hotplug or a new medium)."""
-        if disk.source is None or not await self.host.exists(disk.source):
-            raise OperationInvalidError(f"disk {disk.target} image {disk.source} does not exist")
+        missing = OperationInvalidError(f"disk {disk.target} image {disk.source} does not exist")
+        if disk.source is None:
+            raise missing
         if disk.format == "raw":
+            if not await self.host.exists(disk.source):
+                raise missing
             return [Layer(disk.source, "raw")]
-        try:
+        try:  # the image's header is read at once: whether it exists is asked only when that fails
             layers = await chain_layers(self.host, disk.source, disk.format)
         except ImageError as e:
+            if not await self.host.exists(disk.source):
+                raise missing from None
             raise ImageError(f"disk {disk.target}: {e}", e.returncode, e.stderr) from e
         return [Layer(path, fmt) for path, fmt in reversed(layers)]
 

@@ -101,11 +101,13 @@ class MigrationCalls:
 
     # -- the phases ----------------------------------------------------------------------------------------
 
-    async def migrate_begin(self, name: str, *, disks: bool = True,
+    async def migrate_begin(self, name: str, *, disks: bool = True, tls: bool = False,
                             ) -> tuple[str, str | None, bool, list[dict[str, Any]]]:
         """Source: the live definition to start the destination from, the persistent one (None for a
         transient domain), whether the guest's CPUs run, and the disks a storage copy would move (with
-        ``disks`` False none: shared storage needs no sizes from QEMU, so QEMU is not asked)."""
+        ``disks`` False none: shared storage needs no sizes from QEMU, so QEMU is not asked). With
+        ``tls``, this side's TLS client files must be there (so a side without them is refused before
+        the destination starts anything)."""
         guest = self._find(name)
         if guest.state not in (DomainState.RUNNING, DomainState.PAUSED) or guest.live is None:
             raise OperationInvalidError(f"cannot migrate domain '{name}': it is {guest.state.value}")
@@ -115,6 +117,8 @@ class MigrationCalls:
         if busy:
             raise OperationInvalidError(f"cannot migrate domain '{name}': a block job runs on "
                                         f"{', '.join(busy)}")
+        if tls:
+            await self._tls_dir("client")
         persistent = None if guest.definition is None else domain_to_xml(guest.definition)
         return domain_to_xml(guest.live), persistent, guest.state is DomainState.RUNNING, \
             (await self._copyable(guest) if disks else [])
@@ -165,11 +169,14 @@ class MigrationCalls:
         nbd = None
         try:
             async with guest.lock:
-                await self._check_copy_space(copies)
-                for copy in copies:  # before QEMU opens them; an existing file is never overwritten
-                    if await self.host.exists(copy["path"]):
+                # Before QEMU opens them; an existing file is never overwritten. (The free space is
+                # looked at meanwhile, and refuses first.)
+                taken = await alongside(self._existing(copies), self._check_copy_space(copies))
+                for copy in copies:
+                    if copy["path"] in taken:
                         raise OperationInvalidError(f"cannot copy disk {copy['target']} to {copy['path']}: "
                                                     "the file exists")
+                for copy in copies:
                     await create_image(self.host, copy["path"], copy["format"], size=copy["size"],
                                        backing=copy.get("backing"), backing_format=copy.get("backing_format"))
                     created.append(copy["path"])
@@ -211,48 +218,54 @@ class MigrationCalls:
         self.tasks.start_soon(self._watch_orphan, guest, watch, name=f"migration-orphan-{cfg.name}")
         return uri, nbd
 
-    async def migrate_perform(self, name: str, uri: str, *, dest: str, bandwidth: int | None,
-                              max_downtime: int | None, nbd: str | None = None,
-                              copies: dict[str, str] | None = None,
-                              tuning: dict[str, Any] | None = None) -> MigrationProgress:
-        """Source: send the guest; once QEMU has sent it all (the source is then paused), commit and
-        return QEMU's figures. ``dest``: the destination's state directory; ``copies`` (disk target ->
-        "full" or "top"): the disks mirrored first into the destination's exports at ``nbd``."""
+    async def migrate_ready(self, name: str, *, dest: str, bandwidth: int | None, max_downtime: int | None,
+                            mirrors: bool = False, tuning: dict[str, Any] | None = None) -> None:
+        """Source, while the destination prepares: the record says ``perform`` (``dest``: the
+        destination's state directory) and QEMU is configured to send (``mirrors``: storage mirrors will
+        run first). Nothing is sent yet; a migration that goes no further is undone by
+        :meth:`migrate_confirm` (ok=False), which marks the record aborted."""
         guest = self._find(name)
         tls_hostname = (tuning or {}).get("tls")
-        tls = await self._tls_dir("client") if tls_hostname else None
+        tls = os.path.join(self.files.root, "tls") if tls_hostname else None  # its files: see begin
         watch = self.migrations[name] = migration.Watch()
+        watch.mirror_speed, watch.tls_hostname = bandwidth, tls_hostname
         monitor = self.monitor(guest)
         async with guest.lock:
-            record = {"role": "source", "dest": dest, "phase": "perform",
-                      "resume": guest.state is DomainState.RUNNING}
-            guest.pause_cause = "migration"  # the STOP at the end of the migration
+            record = watch.record = {"role": "source", "dest": dest, "phase": "perform",
+                                     "resume": guest.state is DomainState.RUNNING}
 
             async def configure() -> None:
                 if tls is not None:
                     await migration.load_tls(monitor, tls, "client")
                 await migration.configure_send(monitor, bandwidth=bandwidth, max_downtime=max_downtime,
-                                               mirrors=bool(copies), tuning=tuning)
+                                               mirrors=mirrors, tuning=tuning)
 
-            try:
-                # ``perform`` is on disk before QEMU sends a byte (a mirror's or the migration's);
-                # configuring QEMU meanwhile sends nothing.
-                await alongside(self.files.write_migration(name, record), configure())
-            except BaseException:
-                guest.pause_cause = None
-                with anyio.CancelScope(shield=True):
-                    await self.files.write_migration(name, {**record, "phase": "aborted"})
-                raise
+            # ``perform`` is on disk before QEMU sends a byte (a mirror's or the migration's); configuring
+            # QEMU meanwhile sends nothing.
+            await alongside(self.files.write_migration(name, record), configure())
+
+    async def migrate_perform(self, name: str, uri: str, *, nbd: str | None = None,
+                              copies: dict[str, str] | None = None) -> MigrationProgress:
+        """Source, made ready (:meth:`migrate_ready`): send the guest; once QEMU has sent it all (the
+        source is then paused), commit and return QEMU's figures. ``copies`` (disk target -> "full" or
+        "top"): the disks mirrored first into the destination's exports at ``nbd``."""
+        guest = self._find(name)
+        watch = self.migrations.get(name)
+        if watch is None or watch.record is None:
+            raise OperationInvalidError(f"domain '{name}' was not made ready to migrate")
+        monitor = self.monitor(guest)
+        async with guest.lock:
+            guest.pause_cause = "migration"  # the STOP at the end of the migration
             try:
                 if copies:
                     assert nbd is not None
                     await migration.mirror_disks(monitor, watch, nbd, {
                         target: (guest.chains[target][-1].node, sync) for target, sync in copies.items()},
-                        bandwidth, tls_hostname)
+                        watch.mirror_speed, watch.tls_hostname)
                 status = await migration.send(monitor, watch, uri)
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await self.files.write_migration(name, {**record, "phase": "aborted"})
+                    await self.files.write_migration(name, {**watch.record, "phase": "aborted"})
                     if watch.mirrors:
                         await migration.drop_mirrors(monitor, watch)
                 raise
@@ -260,14 +273,27 @@ class MigrationCalls:
                 # A postcopy switch's STOP may come after QEMU said postcopy-active: it takes its cause.
                 if not (watch.postcopy and guest.pause_cause == "postcopy"):
                     guest.pause_cause = None
-            if watch.mirrors:
-                await migration.drop_mirrors(monitor, watch)  # completed: only their NBD nodes remain
+            # The completed mirrors' NBD nodes stay: this QEMU ends at confirm (or, if the guest comes
+            # back to it, confirm removes them).
             if watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
                 return await migration.totals(monitor, status)
             # The commit point; QEMU's figures are asked for meanwhile (asking changes nothing, and
             # cannot fail: nothing after the commit may undo it).
             return await alongside(migration.totals(monitor, status),
-                                   self.files.write_migration(name, {**record, "phase": "committed"}))
+                                   self.files.write_migration(name, {**watch.record, "phase": "committed"}))
+
+    async def _existing(self, copies: list[dict[str, Any]]) -> set[str]:
+        """The paths among the copies' new images that exist already (all looked at at once)."""
+        found: set[str] = set()
+
+        async def look(path: str) -> None:
+            if await self.host.exists(path):
+                found.add(path)
+
+        async with anyio.create_task_group() as group:
+            for copy in copies:
+                group.start_soon(look, copy["path"])
+        return found
 
     async def _check_copy_space(self, copies: list[dict[str, Any]]) -> None:
         """Refuse a storage copy whose new images could outgrow their filesystems' free space: each
@@ -343,16 +369,22 @@ class MigrationCalls:
         """Source: with ``ok`` the guest runs elsewhere now: end this QEMU (and, with ``undefine``, the
         definition); else let the guest run on here (``resume``: its CPUs ran before)."""
         guest = self._find(name)
-        self.migrations.pop(name, None)
+        watch = self.migrations.pop(name, None)
         async with guest.lock:
             if ok:
                 if guest.active:
                     await self._terminate(guest, "migrated")
             else:
+                if watch is not None and watch.mirrors and guest.active:
+                    await migration.drop_mirrors(self.monitor(guest), watch)
                 await self._resume_source(guest, resume)
         if not ok:
             record = await self.files.read_migration(name)
-            if record is not None:
+            if record is not None and record.get("phase") == "perform":
+                # Made ready, nothing sent (a send that fails says "aborted" itself): no destination can
+                # hold the guest, so no record needs to tell one so.
+                await self.files.write_migration(name, None)
+            elif record is not None:
                 self.tasks.start_soon(self._forget_aborted, guest, record, name=f"migration-forget-{name}")
         elif undefine and guest.definition is not None:
             await self.undefine(name)

@@ -67,6 +67,11 @@ class Watch:
         self.exports = False
         #: Destination: the definition to keep once the guest runs here (prepare's, as its record has it).
         self.kept_xml: str | None = None
+        #: Source, made ready to send: its record as on disk, and what its storage mirrors will need
+        #: (their speed limit, the name the destination's certificate must have with TLS).
+        self.record: dict[str, Any] | None = None
+        self.mirror_speed: int | None = None
+        self.tls_hostname: str | None = None
 
     def update(self, data: dict[str, Any]) -> None:
         self.status = str(data.get("status", self.status))

@@ -260,7 +260,9 @@ class StateDir:
         return record if isinstance(record, dict) else None
 
     async def write_migration(self, name: str, record: dict[str, Any] | None) -> None:
-        # Not fsynced, as the rest of run/: both sides run on this machine, and a host crash ends both.
+        # Not fsynced, as the rest of run/: a host crash ends this side's QEMU, which the record is about
+        # (a destination elsewhere then cannot learn of a commit: it waits, paused, as when it cannot
+        # read the record at all).
         path = os.path.join(self._run, name, "migration.json")
         if record is None:
             await self.host.remove_tree(path)
