@@ -187,6 +187,26 @@ async def test_remove_tree_takes_a_tree_a_file_and_a_missing_path(sshd: SSHServe
         await host.aclose()
 
 
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+async def test_a_fresh_directory_holds_only_the_files_given(
+        sshd: SSHServer, tmp_path: Path, kind: str) -> None:
+    host: Host = LocalHost() if kind == "local" else SSHHost(
+        SSHTarget("127.0.0.1", sshd.port, sshd.user, str(sshd.keyfile), str(sshd.known_hosts)))
+    await host.open()
+    try:
+        run = tmp_path / HOSTILE.format(marker="run")
+        (run / "old").mkdir(parents=True)
+        (run / "stale.json").write_text("{}")
+        await host.fresh_dir(str(run), {"live.xml": "<domain/>", "nodes.json": '{"vda-1": "/a b"}'})
+        assert sorted(p.name for p in run.iterdir()) == ["live.xml", "nodes.json"]
+        assert (run / "nodes.json").read_text() == '{"vda-1": "/a b"}'
+        assert run.stat().st_mode & 0o777 == 0o700 and (run / "live.xml").stat().st_mode & 0o777 == 0o600
+        with pytest.raises(HostError):
+            await host.fresh_dir(str(tmp_path / "x\0y"), {})
+    finally:
+        await host.aclose()
+
+
 async def test_an_sshd_out_of_file_descriptors_is_named_as_the_cause(
         tmp_path: Path, xml: XMLFactory) -> None:
     # sshd keeps one descriptor per forwarded monitor socket: its open-files limit bounds the guests that

@@ -240,6 +240,15 @@ class Host(ABC):
     async def remove_tree(self, path: str) -> None:
         """Remove a file or a directory tree; a missing path is not an error."""
 
+    async def fresh_dir(self, path: str, files: dict[str, str]) -> None:
+        """A new private directory at ``path`` (whatever was there is removed) holding ``files`` (name ->
+        text), written as :meth:`write_atomic` without ``durable``: what a run directory holds. A host
+        that can do it in one trip does."""
+        await self.remove_tree(path)
+        await self.make_dirs(path, mode=0o700)
+        for name, text in files.items():
+            await self.write_atomic(f"{path}/{name}", text, durable=False)
+
     @abstractmethod
     async def lock(self, path: str) -> bool:
         """Take an exclusive lock on ``path`` (created if needed), held until :meth:`aclose`.

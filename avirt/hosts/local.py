@@ -203,6 +203,14 @@ class LocalHost(Host):
     async def remove_tree(self, path: str) -> None:
         await anyio.to_thread.run_sync(_remove_tree, path)
 
+    async def fresh_dir(self, path: str, files: dict[str, str]) -> None:
+        try:
+            data = {name: text.encode() for name, text in files.items()}
+            await anyio.to_thread.run_sync(_fresh_dir, path, data)
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte, which no path can hold
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise HostError(f"{self.name}: cannot create {path}: {reason}") from e
+
     async def lock(self, path: str) -> bool:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -290,6 +298,13 @@ def _stat_files(paths: list[str]) -> dict[str, FileStamp]:
             continue
         stamps[path] = FileStamp(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
     return stamps
+
+
+def _fresh_dir(path: str, files: dict[str, bytes]) -> None:
+    _remove_tree(path)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    for name, data in files.items():
+        _write_atomic(os.path.join(path, name), data, 0o600, False)
 
 
 def _remove_tree(path: str) -> None:

@@ -62,7 +62,6 @@ from typing import Any
 
 from avirt.errors import ConnectionLockedError, HostError
 from avirt.hosts.base import Host
-from avirt.tasks import alongside
 
 #: The longest address a unix socket can have, in bytes (``sun_path`` is 108 bytes with its NUL).
 SOCKET_PATH_MAX = 107
@@ -197,13 +196,11 @@ class StateDir:
 
     async def prepare_run(self, name: str, live_xml: str, nodes: dict[str, str] | None = None) -> None:
         """A fresh, private run directory holding the live definition and, if given, the node names
-        (:meth:`write_nodes`); the two files are written at the same time."""
-        await self.host.remove_tree(self.run_dir(name))
-        await self.host.make_dirs(self.run_dir(name), mode=0o700)
-        if nodes is None:
-            await self.write_live(name, live_xml)
-            return
-        await alongside(self.write_live(name, live_xml), self.write_nodes(name, nodes))
+        (:meth:`write_nodes`), made in one trip where the host can."""
+        files = {"live.xml": live_xml}
+        if nodes is not None:
+            files["nodes.json"] = json.dumps(nodes, indent=2)
+        await self.host.fresh_dir(self.run_dir(name), files)
 
     async def write_live(self, name: str, xml: str) -> None:
         # Not fsynced: run/ describes a running QEMU, which a host crash ends anyway (atomic is enough).
