@@ -133,7 +133,7 @@ async def test_a_call_with_the_wrong_arguments_is_refused_by_name(
         state_dir: Path, holder: subprocess.Popen[str]) -> None:
     stream = await anyio.connect_unix(str(state_dir / "avirt.sock"))
     async with Peer(stream, name="client") as peer:
-        await peer.call("hello", {"protocol": 1})
+        await peer.call("hello", {"protocol": PROTOCOL})
         with pytest.raises(OperationInvalidError, match="lookup: missing a required argument: 'name_or_"):
             await peer.call("lookup", {"name": "web"})
         with pytest.raises(OperationInvalidError, match="lookup: got an unexpected keyword argument 'extra'"):
