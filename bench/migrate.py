@@ -2,7 +2,8 @@
 
 The guest: the tests' tiny Linux guest (TCG), 256 MiB of memory, a 1 GiB qcow2 disk it keeps writing to
 (the write workload: 64 KiB patterns with fsync, so memory is dirtied while it migrates), booted once
-per side, each side with its own disk. Storage is shared (both QEMUs of a migration open the same image).
+per side for every run, each side with its own disk. Storage is shared (both QEMUs of a migration open
+the same image), then copied (below).
 
 **Turns.** The two sides run in one process and take turns, one migration each, the side that goes
 first alternating; a side's guest is paused outside its turns, so each migration runs beside one idle
@@ -156,10 +157,14 @@ async def wait_serial(path: Path, marker: str, timeout: float = 120) -> None:
 
 class Side:
     """One side of the comparison: a guest booted once, migrated back and forth one turn at a time, and
-    paused between its turns (so the other side's migrations run beside an idle QEMU, not a busy one)."""
+    paused between its turns (so the other side's migrations run beside an idle QEMU, not a busy one).
+    ``copy``: the migrations copy the storage (else it is shared)."""
 
-    async def migrate(self, i: int) -> tuple[float, int]:
-        """Migration ``i``: its total time in seconds and QEMU's downtime in ms."""
+    copy = False
+    count = 0  # migrations so far: each names its new image and run directory after it
+
+    async def migrate(self) -> tuple[float, int]:
+        """One migration: its total time in seconds and QEMU's downtime in ms."""
         raise NotImplementedError
 
     async def pause(self) -> None:
@@ -172,8 +177,8 @@ class Side:
 class AvirtSide(Side):
     """avirt back and forth between two connections (``a`` and ``b``)."""
 
-    def __init__(self, tmp: Path, a: avirt.Connection, b: avirt.Connection, copy: bool, tag: str) -> None:
-        self.tmp, self.copy, self.tag = tmp, copy, tag
+    def __init__(self, tmp: Path, a: avirt.Connection, b: avirt.Connection, tag: str) -> None:
+        self.tmp, self.tag = tmp, tag
         self.here, self.there = a, b
         self.dom: avirt.Domain | None = None
 
@@ -182,8 +187,9 @@ class AvirtSide(Side):
         await self.dom.start()
         await wait_serial(serial, READY)
 
-    async def migrate(self, i: int) -> tuple[float, int]:
+    async def migrate(self) -> tuple[float, int]:
         assert self.dom is not None
+        i = self.count = self.count + 1
         storage: dict[str, Any] = {}
         if self.copy:  # a new image each run: avirt never writes over an existing file
             image = self.tmp / f"{self.tag}{i}.qcow2"
@@ -213,11 +219,11 @@ class AvirtSide(Side):
 class BareSide(Side):
     """The same QMP steps, with bare qemu.qmp clients, on QEMU spawned as avirt spawns it."""
 
-    def __init__(self, tmp: Path, stored_xml: str, copy: bool) -> None:
-        self.tmp, self.copy = tmp, copy
+    def __init__(self, tmp: Path, stored_xml: str) -> None:
+        self.tmp = tmp
         self.cfg = parse_domain_xml(stored_xml)
         self.chains = {d.target: [Layer(d.source, d.format)] for d in self.cfg.disks if d.source}
-        self.raw = tmp / ("raw-copy" if copy else "raw")
+        self.raw = tmp / "raw"
         self.source: RawGuest | None = None
 
     def argv(self, run_dir: Path, incoming: bool, disk: str | None = None) -> Any:
@@ -232,8 +238,9 @@ class BareSide(Side):
         self.source = await rawqemu.spawn("src", first, self.argv(first, False), cont=True)
         await wait_serial(serial, READY)
 
-    async def migrate(self, i: int) -> tuple[float, int]:
+    async def migrate(self) -> tuple[float, int]:
         source = self.source
+        i = self.count = self.count + 1
         assert source is not None
         t0 = time.perf_counter()
         run_dir = self.raw / f"d{i}"
@@ -299,7 +306,7 @@ async def turns(sides: dict[str, Side], runs: int) -> dict[str, tuple[list[float
         for name in names if i % 2 == 0 else reversed(names):
             side = sides[name]
             await side.resume()
-            total, downtime = await side.migrate(i)
+            total, downtime = await side.migrate()
             await side.pause()
             if i:
                 results[name][0].append(total)
@@ -307,51 +314,23 @@ async def turns(sides: dict[str, Side], runs: int) -> dict[str, tuple[list[float
     return results
 
 
-async def measure_one(runs: int, copy: bool, ssh: bool = False) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="avirt-bench-migrate-"))
-    apart: dict[str, Any] = {}
-    try:
-        async with avirt.connect(state_dir=tmp / "a") as a, avirt.connect(state_dir=tmp / "b") as b:
-            probe = await a.define_xml(guest_xml(tmp, "bare"))  # the bare side's argv: a stored definition
-            stored = await probe.xml(inactive=True)
-            await probe.undefine()
-            avirt_side, bare_side = AvirtSide(tmp, a, b, copy, "a"), BareSide(tmp, stored, copy)
-            try:
-                await avirt_side.boot(guest_xml(tmp, "avirt"), serial_log(tmp, "avirt"))
-                await bare_side.boot(serial_log(tmp, "bare"))
-                results = await turns({"avirt": avirt_side, "bare": bare_side}, runs)
-            finally:
-                await avirt_side.close()
-                await bare_side.close()
-        if ssh:  # alone: it is not compared with bare
-            server = test_sshd.start(tmp / "sshd")
-            try:
-                async with avirt.connect(state_dir=tmp / "a-ssh") as a, \
-                        avirt.connect(server.uri(tmp / "ssh-state", mode="serve")) as b:
-                    ssh_side = AvirtSide(tmp, a, b, copy, "s")
-                    try:
-                        await ssh_side.boot(guest_xml(tmp, "ssh"), serial_log(tmp, "ssh"))
-                        s_total, s_down = (await turns({"ssh": ssh_side}, runs))["ssh"]
-                    finally:
-                        await ssh_side.close()
-            finally:
-                server.drop_connections()
-                server.stop()
-            apart = {"total_ms": summary([t * 1000 for t in s_total]),
-                     "downtime_ms": statistics.median(s_down)}
-    finally:
-        kill_leftovers(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-    (a_total, a_down), (b_total, b_down) = results["avirt"], results["bare"]
+def compare(avirt_runs: tuple[list[float], list[int]], bare_runs: tuple[list[float], list[int]],
+            ssh_runs: tuple[list[float], list[int]] | None) -> dict[str, Any]:
+    """One storage kind's report: each side's figures, the ratio, the targets."""
+    (a_total, a_down), (b_total, b_down) = avirt_runs, bare_runs
     avirt_ms, bare_ms = summary([t * 1000 for t in a_total]), summary([t * 1000 for t in b_total])
     ratio = round(avirt_ms["median"] / bare_ms["median"], 3)
     down_a, down_b = statistics.median(a_down), statistics.median(b_down)
+    apart: dict[str, Any] = {}
+    if ssh_runs is not None:
+        ssh_ms = summary([t * 1000 for t in ssh_runs[0]])
+        apart = {"avirt_ssh": {"total_ms": ssh_ms, "downtime_ms": statistics.median(ssh_runs[1]),
+                               "ratio_to_avirt": round(ssh_ms["median"] / avirt_ms["median"], 3)}}
     return {
         "avirt": {"total_ms": avirt_ms, "downtime_ms": down_a},
         "bare": {"total_ms": bare_ms, "downtime_ms": down_b},
         "ratio": ratio,
-        **({"avirt_ssh": {**apart, "ratio_to_avirt":
-                          round(apart["total_ms"]["median"] / avirt_ms["median"], 3)}} if apart else {}),
+        **apart,
         "targets": [
             {"name": "total: avirt / bare (median)", "value": ratio, "limit": TARGET_RATIO, "unit": "x",
              "ok": ratio <= TARGET_RATIO},
@@ -362,13 +341,51 @@ async def measure_one(runs: int, copy: bool, ssh: bool = False) -> dict[str, Any
 
 
 async def measure(runs: int, storage: str, ssh: bool) -> dict[str, Any]:
+    """Each side's guest boots once and serves every storage kind asked for, shared first (a storage
+    copy moves the bare side's guest onto new images, which its shared-storage argv does not name)."""
+    kinds = [kind for kind in ("shared", "copy") if storage in (kind, "both")]
     report: dict[str, Any] = {"config": {"runs": runs, "memory_mib": 256, "disk_gib": 1, "storage": storage,
                                          "ssh": ssh}}
-    for kind in ("shared", "copy"):
-        if storage in (kind, "both"):
-            report[kind] = await measure_one(runs, kind == "copy", ssh)
+    tmp = Path(tempfile.mkdtemp(prefix="avirt-bench-migrate-"))
+    results: dict[str, dict[str, tuple[list[float], list[int]]]] = {}
+    try:
+        async with avirt.connect(state_dir=tmp / "a") as a, avirt.connect(state_dir=tmp / "b") as b:
+            probe = await a.define_xml(guest_xml(tmp, "bare"))  # the bare side's argv: a stored definition
+            stored = await probe.xml(inactive=True)
+            await probe.undefine()
+            avirt_side, bare_side = AvirtSide(tmp, a, b, "a"), BareSide(tmp, stored)
+            try:
+                await avirt_side.boot(guest_xml(tmp, "avirt"), serial_log(tmp, "avirt"))
+                await bare_side.boot(serial_log(tmp, "bare"))
+                for kind in kinds:
+                    avirt_side.copy = bare_side.copy = kind == "copy"
+                    results[kind] = await turns({"avirt": avirt_side, "bare": bare_side}, runs)
+            finally:
+                await avirt_side.close()
+                await bare_side.close()
+        if ssh:  # alone: it is not compared with bare
+            server = test_sshd.start(tmp / "sshd")
+            try:
+                async with avirt.connect(state_dir=tmp / "a-ssh") as a, \
+                        avirt.connect(server.uri(tmp / "ssh-state", mode="serve")) as b:
+                    ssh_side = AvirtSide(tmp, a, b, "s")
+                    try:
+                        await ssh_side.boot(guest_xml(tmp, "ssh"), serial_log(tmp, "ssh"))
+                        for kind in kinds:
+                            ssh_side.copy = kind == "copy"
+                            results[kind].update(await turns({"ssh": ssh_side}, runs))
+                    finally:
+                        await ssh_side.close()
+            finally:
+                server.drop_connections()
+                server.stop()
+    finally:
+        kill_leftovers(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for kind in kinds:
+        report[kind] = compare(results[kind]["avirt"], results[kind]["bare"], results[kind].get("ssh"))
     report["targets"] = [{**t, "name": f"{kind}: {t['name']}"}
-                         for kind in ("shared", "copy") if kind in report for t in report[kind]["targets"]]
+                         for kind in kinds for t in report[kind]["targets"]]
     return report
 
 
