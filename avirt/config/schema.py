@@ -35,10 +35,10 @@ which keeps the answers for the readers (:meth:`Ctx.shape`); reading judges only
 Each shape's steps are worked out once per kind and carry all that reading them needs (where the value
 is, its entry, and the strings that entry already found valid, so ``0x00`` or ``virtio`` met again is a
 dictionary lookup, not a second judgement). XPaths are computed only for what is reported. Writing
-builds plain :class:`~avirt.config.nodes.Node` objects and renders them as text once (``nodes.py``), as
-lxml would, instead of paying an lxml call per element and per attribute; each table is regrouped for
-writing on its kind's first write (``writers.py``), so that a write does not ask every entry of the table
-what it is.
+pays no lxml call per element and per attribute: each table is regrouped for writing on its kind's first
+write (``writers.py``), so that a write does not ask every entry of the table what it is, and written
+straight to text as lxml would write it (:meth:`Kind.text`), or into plain
+:class:`~avirt.config.nodes.Node` objects rendered once (``nodes.py``) where the text is added to.
 """
 
 from __future__ import annotations
@@ -418,13 +418,25 @@ class Kind(Generic[T]):
 
         The table is regrouped for writing on the kind's first write (:mod:`avirt.config.writers`).
         """
-        writer = self.writer
-        if writer is None:
-            from avirt.config.writers import Writer  # it builds on this module
+        self.writer_of().fill(node, obj)
 
-            writer = Writer.of(self)
-            object.__setattr__(self, "writer", writer)
-        writer.fill(node, obj)
+    def text(self, tag: str, obj: T, indent: str) -> str:
+        """``obj`` as the element ``tag``, written out as :func:`render` would write it in a tree where the
+        element's line starts with ``indent`` (a newline and spaces): for :meth:`Node.add_raw`."""
+        out: list[str] = []
+        self.writer_of().emit(tag, obj, indent, out)
+        return "".join(out)
+
+    def writer_of(self) -> Writer:
+        """The kind's writer, made on its first use (a table regrouped for writing: ``writers.py``)."""
+        writer = self.writer
+        if writer is not None:
+            return writer
+        from avirt.config.writers import Writer  # it builds on this module
+
+        writer = Writer.of(self)
+        object.__setattr__(self, "writer", writer)
+        return writer
 
 
 # How a reading step finds its value (see _Step).
