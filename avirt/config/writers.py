@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from avirt.config.nodes import _ATTR_SPECIAL, _TAGS, Node, attr_value, check_tag, render_into, text_value
-from avirt.config.schema import _FLAG, Entry, Field, Kind, Many, Sub, Value
+from avirt.config.schema import _FLAG, Entry, Field, Int, Kind, Many, Sub, Value
 
 __all__ = ["Writer"]
 
@@ -148,6 +148,14 @@ class _Element:
     names: tuple[str, ...]
 
 
+def _writer(value: Value) -> Callable[[Any], str] | None:
+    """How a value is written as text: None for ``str()``; an integer in hex by its format's ``%`` (in C,
+    as :meth:`Int.write <avirt.config.schema.Int.write>` does it, without a Python call)."""
+    if isinstance(value, Int):
+        return value.hex_form.__mod__ if value.hex_width else None
+    return None if type(value).write is Value.write else value.write
+
+
 def _path(entry: Entry) -> tuple[str, ...]:
     """Where an entry writes, below its table's element (a Field's holder; a Sub's or Many's path)."""
     return entry.holder if isinstance(entry, Field) else entry.path
@@ -163,7 +171,7 @@ def _plan(items: list[tuple[Entry, tuple[str, ...]]]) -> _Element | None:
     for entry, rest in items:
         if not rest:  # this element's own value (a Field: a Sub or Many always has a path)
             assert isinstance(entry, Field)
-            write = None if type(entry.value).write is Value.write else entry.value.write
+            write = _writer(entry.value)
             if entry.attr is not None:
                 attrs.append((entry.name, entry.attr, write))
             elif entry.how is _FLAG:
