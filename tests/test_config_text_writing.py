@@ -8,6 +8,7 @@ escaping, or that lxml refuses.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from avirt.config import Disk, parse_domain_xml
 from avirt.config.nodes import Node, render_into
-from avirt.config.schema import Kind
+from avirt.config.schema import Field, Int, Kind, Many, Sub, Text
 from avirt.config.tables import DEVICE_KINDS, DISK
 from avirt.errors import AvirtError
 
@@ -61,3 +62,41 @@ def test_values_written_as_text_are_escaped_or_refused_as_through_nodes(source: 
 def test_special_characters_are_escaped() -> None:
     text = DISK.text("disk", Disk(source="/a&b<c>\"d'\t", target="vda"), "\n")
     assert "&amp;b&lt;c&gt;&quot;d'&#9;" in text
+
+
+@dataclass
+class _Part:
+    a: str | None = None
+    b: int | None = None
+
+
+@dataclass
+class _Thing:
+    x: str | None = None
+    y: str | None = None
+    z: str | None = None
+    part: _Part | None = None
+    parts: list[_Part] = field(default_factory=list)
+
+
+_PART = Kind(_Part, (Field("a", "@a", Text()), Field("b", "@b", Int(0, hex_width=2))))
+#: Tables whose layout depends on their values (the Node way), and one that does not (the plan).
+_APART = Kind(_Thing, (Field("x", "c/@x", Text()), Field("y", "d/@y", Text()), Field("z", "c/@z", Text())))
+_SHARED = Kind(_Thing, (Field("x", "p/@x", Text()), Sub("part", "p", _PART)))
+_PLANNED = Kind(_Thing, (Field("x", "@x", Text()), Field("y", "c/d/@y", Text()), Field("z", "c/e", Text()),
+                         Sub("part", "c/p", _PART), Many("parts", "q/part", _PART)))
+
+
+@pytest.mark.parametrize("kind", [_APART, _SHARED, _PLANNED])
+@pytest.mark.parametrize("thing", [
+    _Thing(), _Thing(x="1"), _Thing(y="2", z="3"), _Thing(x="1", y="2", z="<3>"),
+    _Thing(part=_Part()), _Thing(x="1", part=_Part("a", 10), parts=[_Part(b=1), _Part("c")]),
+])
+def test_every_layout_writes_as_nodes_do(kind: Kind[_Thing], thing: _Thing) -> None:
+    assert kind.text("thing", thing, "\n    ") == _through_nodes(kind, "thing", thing)
+
+
+def test_only_tables_whose_layout_is_fixed_are_planned() -> None:
+    assert _APART.writer_of().plan is None
+    assert _SHARED.writer_of().plan is None
+    assert _PLANNED.writer_of().plan is not None

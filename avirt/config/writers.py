@@ -21,8 +21,7 @@ comes out does not depend on which values are present when each element's entrie
 its children's) are consecutive in the table. Such a table is compiled into a :class:`_Element` plan, the
 element's attributes, text and children in the order a Node tree would hold them, and written by walking
 the plan. A table whose layout could depend on its values (entries of one element apart, an element that
-a nested object and its parent both write into, deeper nested objects) keeps the Node way, so the text is
-the same either way.
+a nested object and its parent both write into) keeps the Node way, so the text is the same either way.
 """
 
 from __future__ import annotations
@@ -188,11 +187,13 @@ def _plan(items: list[tuple[Entry, tuple[str, ...]]]) -> _Element | None:
     blocks: list[tuple[str, str, Any]] = []
     for tag, group in groups:
         check_tag(tag)
-        entry, rest = group[0]
-        if len(rest) == 1 and isinstance(entry, Sub | Many):
-            if len(group) > 1:
-                return None  # a nested object's element that other entries write into too
-            blocks.append((_ONE if isinstance(entry, Sub) else _ITEMS, tag, (entry.name, entry.kind)))
+        nested = [e for e, r in group if len(r) == 1 and isinstance(e, Sub | Many)]
+        if nested and len(group) > 1:
+            return None  # a nested object's element that other entries write into too
+        if nested:
+            only = nested[0]
+            assert isinstance(only, Sub | Many)
+            blocks.append((_ONE if isinstance(only, Sub) else _ITEMS, tag, (only.name, only.kind)))
             continue
         inner = _plan([(e, r[1:]) for e, r in group])
         if inner is None:
