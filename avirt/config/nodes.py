@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from lxml import etree
 
-__all__ = ["Node", "render"]
+__all__ = ["Node", "attr_value", "render", "render_into", "text_value"]
 
 
 class Node:
@@ -45,15 +45,11 @@ class Node:
 
     def set(self, name: str, value: str) -> None:
         if name not in _ATTRS:
-            _check_name(name, _ATTRS, lambda: etree.Element("probe").set(name, ""))
-        if type(value) is not str or (not value.isalnum() and _ATTR_SPECIAL.search(value)):  # isalnum: cheap
-            value = _ATTR_SPECIAL.sub(_escape, _as_lxml_stores(value, "value"))
-        self.attrs[name] = value
+            check_attr_name(name)
+        self.attrs[name] = attr_value(value)
 
     def set_text(self, value: str) -> None:
-        if type(value) is not str or (not value.isalnum() and _TEXT_SPECIAL.search(value)):
-            value = _TEXT_SPECIAL.sub(_escape, _as_lxml_stores(value, None))
-        self.content = value
+        self.content = text_value(value)
 
     def add(self, tag: str, attrs: dict[str, str] | None = None, text: str | None = None) -> Node:
         """A new last child."""
@@ -77,6 +73,13 @@ class Node:
         """The first child ``tag``."""
         return next((child for child in self.children if child.tag == tag), None)
 
+    def add_raw(self, tag: str, text: str) -> None:
+        """A new last child ``tag`` already written out (:meth:`Kind.text <avirt.config.schema.Kind.text>`),
+        rendered as it is."""
+        child = Node(tag)
+        child.raw = text
+        self.children.append(child)
+
     def insert(self, index: int, child: Node) -> None:
         """``child`` at ``index`` among the children (as lxml's ``insert``)."""
         self.children.insert(index, child)
@@ -85,6 +88,32 @@ class Node:
 #: Names lxml accepted as element tags / attribute names: each is checked with lxml once per process.
 _TAGS: set[str] = set()
 _ATTRS: set[str] = set()
+
+
+def check_tag(tag: str) -> None:
+    """Raise lxml's error for a tag that is not an XML name (each name is put to lxml once)."""
+    if tag not in _TAGS:
+        _check_name(tag, _TAGS, lambda: etree.Element(tag))
+
+
+def check_attr_name(name: str) -> None:
+    """Raise lxml's error for an attribute name that is not an XML name (each is put to lxml once)."""
+    if name not in _ATTRS:
+        _check_name(name, _ATTRS, lambda: etree.Element("probe").set(name, ""))
+
+
+def attr_value(value: str) -> str:
+    """``value`` as written in an attribute (escaped), or lxml's error for a value it refuses."""
+    if type(value) is not str or (not value.isalnum() and _ATTR_SPECIAL.search(value)):  # isalnum: cheap
+        value = _ATTR_SPECIAL.sub(_escape, _as_lxml_stores(value, "value"))
+    return value
+
+
+def text_value(value: str) -> str:
+    """``value`` as written as an element's text (escaped), or lxml's error for a value it refuses."""
+    if type(value) is not str or (not value.isalnum() and _TEXT_SPECIAL.search(value)):
+        value = _TEXT_SPECIAL.sub(_escape, _as_lxml_stores(value, None))
+    return value
 
 
 def _check_name(name: str, known: set[str], check: Callable[[], object]) -> None:
@@ -123,12 +152,13 @@ def render(root: Node) -> str:
     refused when it is made); a ``raw`` element is written as it is.
     """
     out: list[str] = []
-    _render(root, "\n", out)
+    render_into(root, "\n", out)
     out.append("\n")
     return "".join(out)
 
 
-def _render(node: Node, indent: str, out: list[str]) -> None:
+def render_into(node: Node, indent: str, out: list[str]) -> None:
+    """``node``'s text onto ``out``; ``indent`` is a newline and the spaces before the node's own line."""
     if node.raw is not None:
         out.append(node.raw)
         return
@@ -142,7 +172,7 @@ def _render(node: Node, indent: str, out: list[str]) -> None:
         inner = indent + "  "
         for child in node.children:
             out.append(inner)
-            _render(child, inner, out)
+            render_into(child, inner, out)
         out.append(f"{indent}</{node.tag}>")
     elif node.content is None:
         out.append("/>")

@@ -462,13 +462,16 @@ def _device_rules(ctx: Ctx, root: El, cfg: DomainConfig, where: dict[int, El]) -
                              *cfg.inputs, *cfg.sounds, *cfg.videos, *cfg.redirdevs, *cfg.watchdogs, *cfg.rngs,
                              *cfg.panics, *([cfg.memballoon] if cfg.memballoon else []),
                              *([cfg.vsock] if cfg.vsock else [])]
-    pci: list[tuple[El, object]] = []
+    slots: set[tuple[object, ...]] = set()
     for device in devices:
         address: Address | None = getattr(device, "address", None)
         if address is not None and address.type == "pci" and address.slot is not None:
-            key = f"{address.domain:04x}:{address.bus:02x}:{address.slot:02x}.{address.function}"
-            pci.append((ctx.child(el(device), "address"), key))
-    unique(ctx, pci, "PCI address")
+            # As unique(), with the numbers as the key: the text the message shows is made for a repeat only.
+            numbers = (address.domain, address.bus, address.slot, address.function)
+            if numbers in slots:
+                key = f"{address.domain:04x}:{address.bus:02x}:{address.slot:02x}.{address.function}"
+                ctx.invalid(ctx.child(el(device), "address"), f"duplicate PCI address {key!r}")
+            slots.add(numbers)
     unique(ctx, ((ctx.child(el(d), "address"), (d.bus, d.address.controller, d.address.bus, d.address.target,
                                              d.address.unit))
                  for d in cfg.disks if d.address is not None and d.address.type == "drive"), "drive address")

@@ -35,10 +35,10 @@ which keeps the answers for the readers (:meth:`Ctx.shape`); reading judges only
 Each shape's steps are worked out once per kind and carry all that reading them needs (where the value
 is, its entry, and the strings that entry already found valid, so ``0x00`` or ``virtio`` met again is a
 dictionary lookup, not a second judgement). XPaths are computed only for what is reported. Writing
-builds plain :class:`~avirt.config.nodes.Node` objects and renders them as text once (``nodes.py``), as
-lxml would, instead of paying an lxml call per element and per attribute; each table is regrouped for
-writing on its kind's first write (``writers.py``), so that a write does not ask every entry of the table
-what it is.
+pays no lxml call per element and per attribute: each table is regrouped for writing on its kind's first
+write (``writers.py``), so that a write does not ask every entry of the table what it is, and written
+straight to text as lxml would write it (:meth:`Kind.text`), or into plain
+:class:`~avirt.config.nodes.Node` objects rendered once (``nodes.py``) where the text is added to.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ class Kind(Generic[T]):
         # values in one call rather than one get() each.
         shape = ctx.shapes.get(el)  # as ctx.shape(el), without the call for what the structure check kept
         names, kids = ctx.shape(el) if shape is None else shape
-        own = cast("list[str]", el.values()) if names else []  # lxml's stubs allow bytes
+        own: list[str] = el.values() if names else []  # type: ignore[assignment]  # stubs allow bytes
         plan = self.plan
         steps = plan.shapes.get((names, tuple(kids)))  # as plan.steps(), without the call once worked out
         if steps is None:
@@ -418,13 +418,25 @@ class Kind(Generic[T]):
 
         The table is regrouped for writing on the kind's first write (:mod:`avirt.config.writers`).
         """
-        writer = self.writer
-        if writer is None:
-            from avirt.config.writers import Writer  # it builds on this module
+        self.writer_of().fill(node, obj)
 
-            writer = Writer.of(self)
-            object.__setattr__(self, "writer", writer)
-        writer.fill(node, obj)
+    def text(self, tag: str, obj: T, indent: str) -> str:
+        """``obj`` as the element ``tag``, written out as :func:`render` would write it in a tree where the
+        element's line starts with ``indent`` (a newline and spaces): for :meth:`Node.add_raw`."""
+        out: list[str] = []
+        self.writer_of().emit(tag, obj, indent, out)
+        return "".join(out)
+
+    def writer_of(self) -> Writer:
+        """The kind's writer, made on its first use (a table regrouped for writing: ``writers.py``)."""
+        writer = self.writer
+        if writer is not None:
+            return writer
+        from avirt.config.writers import Writer  # it builds on this module
+
+        writer = Writer.of(self)
+        object.__setattr__(self, "writer", writer)
+        return writer
 
 
 # How a reading step finds its value (see _Step).
@@ -464,7 +476,7 @@ class _ReadPlan:
 
     entries: tuple[Entry, ...]
     always: tuple[int, ...]
-    attrs: dict[str, int]  # an attribute of the element -> the entry reading it
+    attrs: dict[str, tuple[int, ...]]  # an attribute of the element -> the entries reading it
     child_attrs: dict[str, dict[str, int]]  # a child's tag -> its attribute -> the entry reading it
     inside: dict[str, tuple[int, ...]]  # a child's tag -> the other entries within that child
     seen: tuple[dict[str, object], ...]  # per entry: the strings it found valid (shared by its steps)
@@ -473,22 +485,27 @@ class _ReadPlan:
     @staticmethod
     def of(entries: tuple[Entry, ...]) -> _ReadPlan:
         always: list[int] = []
-        attrs: dict[str, int] = {}
+        attrs: dict[str, tuple[int, ...]] = {}
         child_attrs: dict[str, dict[str, int]] = {}
         inside: dict[str, list[int]] = {}
         for index, entry in enumerate(entries):
             path = _element_path(entry)
             judged = isinstance(entry, Many) or (isinstance(entry, Field) and entry.required)
-            if isinstance(entry, Field) and entry.attr is not None and len(path) <= 1:
-                by_name = child_attrs.setdefault(path[0], {}) if path else attrs
+            if isinstance(entry, Field) and entry.attr is not None and not path:
+                # Its value is gathered with the element's other attributes (by each entry reading it).
+                attrs[entry.attr] = (*attrs.get(entry.attr, ()), index)
+                if not judged:
+                    continue
+            elif isinstance(entry, Field) and entry.attr is not None and len(path) == 1:
+                by_name = child_attrs.setdefault(path[0], {})
                 if entry.attr not in by_name:
-                    by_name[entry.attr] = index  # its value is gathered with the element's other attributes
+                    by_name[entry.attr] = index  # its value is gathered with the child's other attributes
                     if not judged:
                         continue
             elif path and not judged:
                 inside.setdefault(path[0], []).append(index)
                 continue
-            always.append(index)  # required, a Many, the element's text, or a second reader of an attribute
+            always.append(index)  # required, a Many, the element's text, or another reader of a child's attr
         inside_entries = {tag: tuple(indexes) for tag, indexes in inside.items()}
         seen = tuple(_valid_choices(entry) for entry in entries)
         return _ReadPlan(entries, tuple(always), attrs, child_attrs, inside_entries, seen)
@@ -512,8 +529,7 @@ class _ReadPlan:
         todo = set(self.always)
         found: dict[int, tuple[str, object, str]] = {}
         for position, name in enumerate(names):
-            index = self.attrs.get(name)
-            if index is not None:
+            for index in self.attrs.get(name, ()):
                 found[index] = (_OWN, position, name)
         for tag in kids:
             inside = self.inside.get(tag)
@@ -644,6 +660,7 @@ class Ctx:
     def __init__(self, tree: etree._ElementTree) -> None:
         self.tree = tree
         self.unsupported: list[str] = []
+        self.accounted = 0  # the characters, blanks aside, of the text that belongs (see check_structure)
         # Each element's attribute names and children by tag, as the structure check found them: each
         # answer from lxml builds new Python strings (and element proxies), so it is asked once.
         self.shapes: dict[El, tuple[tuple[str, ...], dict[str, list[El]]]] = {}
@@ -681,13 +698,33 @@ class Ctx:
         path = self.path(el)
         return not any(item == path or item.startswith(path + "/") for item in self.unsupported)
 
-    def check_structure(self, el: El, spec: Spec) -> None:
-        """Record every attribute and child of ``el`` that ``spec`` does not allow (recursively).
+    def check_structure(self, root: El, spec: Spec) -> None:
+        """Record every attribute and child of ``root`` that ``spec`` does not allow (recursively).
 
         This is the one walk over the whole document: what it learns of each element on the way (its
         attributes' names and its children by tag) is kept for the readers (:meth:`shape`).
+
+        Text where none belongs is reported once per element, after what is inside it. Asking every
+        element for its text and every child for its tail would build a Python string for each (nearly
+        all of them the blanks that indent the document), so the walk first counts only the text that
+        belongs (that of elements which carry text, and whatever output-only content holds) and compares
+        it with all the text of the document, read in one call: when no character is left over, nothing
+        is out of place. Otherwise the document is walked again, asking each element, to report where.
         """
+        self.accounted = 0
+        self._walk(root, spec, False)
+        if _solid(etree.tostring(root, method="text", encoding="unicode")) != self.accounted:
+            self.unsupported.clear()
+            self.shapes.clear()
+            self._walk(root, spec, True)
+
+    def _walk(self, el: El, spec: Spec, texts: bool) -> None:
+        """:meth:`check_structure` for ``el``: with ``texts``, each element's text and children's tails are
+        looked at; without, the text that belongs is counted (``accounted``)."""
         if spec.anything:
+            if not texts:
+                inner = etree.tostring(el, method="text", encoding="unicode", with_tail=False)
+                self.accounted += _solid(inner)
             return
         names: tuple[str, ...] = tuple(el.keys())  # type: ignore[arg-type]  # lxml's stubs allow bytes
         if names and not spec.attrs.issuperset(names):
@@ -695,8 +732,12 @@ class Ctx:
             for attr in names:
                 if attr not in attrs:
                     self.unsupported_at(el, attr)
-        # Text where none belongs (around the children too) is reported once for the element.
-        stray = not spec.text and bool((text := el.text) and not text.isspace())
+        stray = False
+        if texts:
+            # Text where none belongs (around the children too) is reported once for the element.
+            stray = not spec.text and bool((text := el.text) and not text.isspace())
+        elif spec.text and (text := el.text):
+            self.accounted += _solid(text)
         if not len(el):  # a leaf, as most are: len() costs less than an iterator over no children
             self.shapes[el] = (names, _NO_KIDS)
             if stray:
@@ -705,7 +746,7 @@ class Ctx:
         children = spec.children
         kids: dict[str, list[El]] = {}
         for item in el[:]:  # type: ignore[index]  # a list in one call costs less than an iterator
-            if not stray and (tail := item.tail) and not tail.isspace():
+            if texts and not stray and (tail := item.tail) and not tail.isspace():
                 stray = True
             tag = item.tag
             if not isinstance(tag, str):
@@ -721,7 +762,7 @@ class Ctx:
                 continue
             if same is not None and not spec_child.multiple:
                 self.invalid(item, f"<{tag}> may appear only once here")
-            self.check_structure(item, spec_child)
+            self._walk(item, spec_child, texts)
         self.shapes[el] = (names, kids)
         if stray:
             self.unsupported.append(f"{self.path(el)}/text()")
@@ -786,6 +827,11 @@ class Ctx:
         if not value:
             self.invalid(el, "is required", attr)
         return value
+
+
+def _solid(text: str) -> int:
+    """How many characters of ``text`` are not blanks (as ``str.isspace`` counts them)."""
+    return len("".join(text.split()))
 
 
 def _attr_name(el: El, attr: str) -> str:

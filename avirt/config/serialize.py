@@ -7,8 +7,9 @@ follow libvirt's order and spelling (``<memory unit='KiB'>``, ``<vcpu placement=
 ``<driver name='qemu' .../>``), so tools that read libvirt XML can read ours. Attribute values are in
 double quotes where libvirt uses single ones; XML does not care. The document is built as
 :class:`~avirt.config.nodes.Node` objects and rendered as text once, exactly as lxml would write it
-(cheaper than an lxml call per element and attribute); only ``<metadata>``'s items, which are XML of
-their own, go through lxml.
+(cheaper than an lxml call per element and attribute); what a table describes (every device, ``<cpu>``,
+``<features>``...) is written straight to text from the table (``Kind.text``), at the depth it sits, as
+a Node tree would render it; only ``<metadata>``'s items, which are XML of their own, go through lxml.
 
 Live-only information is passed in rather than stored in the configuration, because it describes the
 running guest and the image files, not the definition: ``live_id`` becomes ``<domain id=...>`` and
@@ -30,7 +31,7 @@ from lxml import etree
 from avirt.config import tables as t
 from avirt.config.devices import CharDevice
 from avirt.config.model import DomainConfig, Features
-from avirt.config.nodes import Node, render
+from avirt.config.nodes import Node, render, render_into
 
 __all__ = ["domain_to_xml"]
 
@@ -81,24 +82,24 @@ def domain_to_xml(
     if cfg.current_memory_kib is not None:
         root.add("currentMemory", {"unit": "KiB"}, str(cfg.current_memory_kib))
     if cfg.memory_backing is not None:
-        t.MEMORY_BACKING.write(root, "memoryBacking", cfg.memory_backing)
+        root.add_raw("memoryBacking", t.MEMORY_BACKING.text("memoryBacking", cfg.memory_backing, _TOP))
     vcpu = root.add("vcpu", {"placement": "static"}, str(cfg.vcpus))
     if cfg.vcpus_current is not None:
         vcpu.set("current", str(cfg.vcpus_current))
     if cfg.iothreads is not None:
         root.add("iothreads", text=str(cfg.iothreads))
     if cfg.cputune is not None:
-        t.CPUTUNE.write(root, "cputune", cfg.cputune)
+        root.add_raw("cputune", t.CPUTUNE.text("cputune", cfg.cputune, _TOP))
     if cfg.sysinfo is not None:
-        t.SYSINFO.write(root, "sysinfo", cfg.sysinfo)
+        root.add_raw("sysinfo", t.SYSINFO.text("sysinfo", cfg.sysinfo, _TOP))
     _os(root, cfg)
     if cfg.features != Features():
-        t.FEATURES.write(root, "features", cfg.features)
+        root.add_raw("features", t.FEATURES.text("features", cfg.features, _TOP))
     if cfg.cpu is not None:
-        t.CPU.write(root, "cpu", cfg.cpu)
+        root.add_raw("cpu", t.CPU.text("cpu", cfg.cpu, _TOP))
     clock = root.add("clock", {"offset": cfg.clock_offset})
     for timer in cfg.timers:
-        t.TIMER.write(clock, "timer", timer)
+        clock.add_raw("timer", t.TIMER.text("timer", timer, _DEVICE))
     root.add("on_poweroff", text=cfg.on_poweroff)
     root.add("on_reboot", text=cfg.on_reboot)
     root.add("on_crash", text=cfg.on_crash)
@@ -109,23 +110,52 @@ def domain_to_xml(
                 pm.add(tag, {"enabled": value})
 
     devices = root.add("devices")
-    if cfg.emulator is not None:
-        devices.add("emulator", text=cfg.emulator)
-    for disk in cfg.disks:
-        chain = None if backing_chains is None else backing_chains.get(disk.target)
-        _disk(t.DISK.write(devices, "disk", disk), chain, (mirrors or {}).get(disk.target))
-    for tag, (kind, attr) in t.DEVICE_KINDS.items():
-        if tag in ("disk", "console", "channel"):
-            continue  # disks above; chardevs all at once, in list order, under the "serial" entry
-        items = getattr(cfg, attr)
-        for item in items if isinstance(items, list) else [] if items is None else [items]:
-            if tag == "graphics" and item.type == "none":
-                continue
-            kind.write(devices, item.kind if isinstance(item, CharDevice) else tag, item)
+    devices.raw = _devices(cfg, backing_chains, mirrors)
 
     if metadata is not None:
         metadata.raw = _metadata(tuple(cfg.metadata))
     return render(root)
+
+
+#: Where the lines of <domain>'s children start, and those of <devices>'s (and <os>'s, <clock>'s) children.
+_TOP, _DEVICE = "\n  ", "\n    "
+
+
+def _devices(cfg: DomainConfig, backing_chains: dict[str, list[tuple[str, str]]] | None,
+             mirrors: dict[str, Mirror] | None) -> str:
+    """<devices> and all it holds, as text: each device is written straight from its table
+    (:meth:`Kind.text <avirt.config.schema.Kind.text>`), but for a disk with live-only parts to add."""
+    out = ["<devices>"]
+    if cfg.emulator is not None:
+        out.append(_DEVICE)
+        render_into(Node("emulator", text=cfg.emulator), _DEVICE, out)
+    for disk in cfg.disks:
+        chain = None if backing_chains is None else backing_chains.get(disk.target)
+        mirror = None if mirrors is None else mirrors.get(disk.target)
+        out.append(_DEVICE)
+        if chain is None and mirror is None:
+            t.DISK.writer_of().emit("disk", disk, _DEVICE, out)
+        else:
+            node = Node("disk")
+            t.DISK.fill(node, disk)
+            _disk(node, chain, mirror)
+            render_into(node, _DEVICE, out)
+    for tag, (kind, attr) in t.DEVICE_KINDS.items():
+        if tag in ("disk", "console", "channel"):
+            continue  # disks above; chardevs all at once, in list order, under the "serial" entry
+        items = getattr(cfg, attr)
+        if not items:
+            continue
+        writer = kind.writer_of()
+        for item in items if isinstance(items, list) else [items]:
+            if tag == "graphics" and item.type == "none":
+                continue
+            out.append(_DEVICE)
+            writer.emit(item.kind if isinstance(item, CharDevice) else tag, item, _DEVICE, out)
+    if len(out) == 1:
+        return "<devices/>"
+    out.append(f"{_TOP}</devices>")
+    return "".join(out)
 
 
 @functools.lru_cache(maxsize=64)
@@ -151,11 +181,11 @@ def _os(root: Node, cfg: DomainConfig) -> None:
     if cfg.os.firmware_features:
         firmware = os_el.add("firmware")
         for feature in cfg.os.firmware_features:
-            t.FIRMWARE_FEATURE.write(firmware, "feature", feature)
+            firmware.add_raw("feature", t.FIRMWARE_FEATURE.text("feature", feature, _DEVICE + "  "))
     if cfg.os.loader is not None:
-        t.LOADER.write(os_el, "loader", cfg.os.loader)
+        os_el.add_raw("loader", t.LOADER.text("loader", cfg.os.loader, _DEVICE))
     if cfg.os.nvram is not None:
-        t.NVRAM.write(os_el, "nvram", cfg.os.nvram)
+        os_el.add_raw("nvram", t.NVRAM.text("nvram", cfg.os.nvram, _DEVICE))
     for tag, value in (("kernel", cfg.os.kernel), ("initrd", cfg.os.initrd), ("cmdline", cfg.os.cmdline)):
         if value is not None:
             os_el.add(tag, text=value)
