@@ -62,6 +62,7 @@ way), postcopy recovery after a broken connection.
 from __future__ import annotations
 
 import contextlib
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Generator
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ from avirt.config import domain_to_xml, parse_domain_xml
 from avirt.errors import AvirtError, InvalidArgumentError, MigrationError, OperationInvalidError
 from avirt.hosts.forwarding import Forwarder
 from avirt.models import MigrationProgress
+from avirt.tasks import alongside
 
 if TYPE_CHECKING:
     from avirt.connection import Connection
@@ -80,9 +82,12 @@ if TYPE_CHECKING:
     from avirt.drivers.base import Driver
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: How often progress() asks the source's QEMU (only while someone iterates).
 PROGRESS_INTERVAL = 0.2
+#: How long the source's QEMU may take to fill in its totals once it says completed.
+TOTALS_TIMEOUT = 2.0
 PHASES = ("begin", "prepare", "perform", "finish", "confirm", "done")
 
 
@@ -158,6 +163,24 @@ class MigrationJob:
         await self._source.migrate_postcopy(self.name)
         self._switched = True
 
+    async def _totals(self) -> MigrationProgress:
+        """QEMU's figures at the source once it has sent the guest. Never an error: the outcome is known
+        already (a QEMU that cannot be asked gives zeros)."""
+        try:
+            stats = await self._source.migrate_progress(self.name)
+            # QEMU says "completed" a moment before it has worked out its totals (the state is set in its
+            # migration thread's completion, the times only once that thread winds up), and no event
+            # follows: ask again, briefly.
+            with anyio.move_on_after(TOTALS_TIMEOUT):
+                while stats.status == "completed" and stats.total_ms == 0:
+                    await anyio.sleep(0.001)  # its migration thread is winding up: a moment
+                    stats = await self._source.migrate_progress(self.name)
+        except AvirtError as e:
+            log.warning("the figures of the migration of '%s' cannot be read: %s", self.name, e)
+            return MigrationProgress(status="completed", ram_total=0, ram_transferred=0, ram_remaining=0,
+                                     dirty_rate=0, passes=0, expected_downtime_ms=0)
+        return stats
+
     # -- the phases ------------------------------------------------------------------------------------
 
     async def run(self, plan: _Plan, ends: _Ends, *, bandwidth: int | None, max_downtime: int | None,
@@ -183,11 +206,13 @@ class MigrationJob:
                     raise MigrationError("the migration was cancelled")
                 uri = "unix:" + await ends.join(streams, uri.removeprefix("unix:"))
                 nbd = nbd and await ends.join(streams, nbd)
-                self.stats = await self._source.migrate_perform(
+                await self._source.migrate_perform(
                     self.name, uri, nbd=nbd, copies={c["target"]: c["sync"] for c in plan.copies} or None)
                 self.phase = "finish"
-                await dest.migrate_finish(self.name, ok=True, resume=plan.running,
-                                          persistent_xml=plan.kept_xml)
+                # The source's QEMU is asked for its figures while the destination finishes (it ends
+                # only at confirm).
+                self.stats = await alongside(self._totals(), dest.migrate_finish(
+                    self.name, ok=True, resume=plan.running, persistent_xml=plan.kept_xml))
                 with anyio.CancelScope(shield=True):
                     await streams.aclose()
             except BaseException:

@@ -384,9 +384,9 @@ class Driver(ABC):
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
     async def migrate_perform(self, name: str, uri: str, *, nbd: str | None = None,
-                              copies: dict[str, str] | None = None) -> MigrationProgress:
+                              copies: dict[str, str] | None = None) -> str:
         """Source, made ready: send the guest to ``uri`` (storage ``copies`` first, into ``nbd``),
-        commit, and return QEMU's figures."""
+        commit, and return QEMU's status then (its figures: :meth:`migrate_progress`)."""
         raise OperationInvalidError(f"domain '{name}': migration is not supported by this connection")
 
     async def migrate_postcopy(self, name: str) -> None:

@@ -373,10 +373,8 @@ class ClientDriver(Driver):
                          max_downtime=max_downtime, mirrors=mirrors, **extra)
 
     async def migrate_perform(self, name: str, uri: str, *, nbd: str | None = None,
-                              copies: dict[str, str] | None = None) -> MigrationProgress:
-        result: MigrationProgress = wire.info_from(MigrationProgress, await self._call(
-            "migrate_perform", name=name, uri=uri, nbd=nbd, copies=copies))
-        return result
+                              copies: dict[str, str] | None = None) -> str:
+        return str(await self._call("migrate_perform", name=name, uri=uri, nbd=nbd, copies=copies))
 
     async def migrate_postcopy(self, name: str) -> None:
         await self._call("migrate_postcopy", name=name)

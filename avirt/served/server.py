@@ -78,7 +78,7 @@ _RESULTS: dict[str, Callable[[Any], Any]] = {
     "xml": str, "metadata": lambda text: text,
     "all_domain_stats": lambda found: [[wire.ref_to(ref), params] for ref, params in found],
     "migrate_begin": list, "migrate_prepare": list, "migrate_ready": lambda _: None,
-    "migrate_perform": wire.info_to,
+    "migrate_perform": str,
     "migrate_postcopy": lambda _: None,
     "migrate_progress": wire.info_to, "migrate_cancel": lambda _: None, "migrate_finish": lambda _: None,
     "migrate_confirm": lambda _: None,

@@ -326,7 +326,7 @@ class SharedDriver(Driver):
                                                    max_downtime=max_downtime, mirrors=mirrors, tuning=tuning)
 
     async def migrate_perform(self, name: str, uri: str, *, nbd: str | None = None,
-                              copies: dict[str, str] | None = None) -> MigrationProgress:
+                              copies: dict[str, str] | None = None) -> str:
         return await (await self._driver()).migrate_perform(name, uri, nbd=nbd, copies=copies)
 
     async def migrate_postcopy(self, name: str) -> None:

@@ -245,10 +245,11 @@ class MigrationCalls:
             await alongside(self.files.write_migration(name, record), configure())
 
     async def migrate_perform(self, name: str, uri: str, *, nbd: str | None = None,
-                              copies: dict[str, str] | None = None) -> MigrationProgress:
+                              copies: dict[str, str] | None = None) -> str:
         """Source, made ready (:meth:`migrate_ready`): send the guest; once QEMU has sent it all (the
-        source is then paused), commit and return QEMU's figures. ``copies`` (disk target -> "full" or
-        "top"): the disks mirrored first into the destination's exports at ``nbd``."""
+        source is then paused), commit and return QEMU's status (completed, or postcopy-active after a
+        switch; its figures: :meth:`migrate_progress`, until confirm ends this QEMU). ``copies`` (disk
+        target -> "full" or "top"): the disks mirrored first into the destination's exports at ``nbd``."""
         guest = self._find(name)
         watch = self.migrations.get(name)
         if watch is None or watch.record is None:
@@ -275,12 +276,9 @@ class MigrationCalls:
                     guest.pause_cause = None
             # The completed mirrors' NBD nodes stay: this QEMU ends at confirm (or, if the guest comes
             # back to it, confirm removes them).
-            if watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
-                return await migration.totals(monitor, status)
-            # The commit point; QEMU's figures are asked for meanwhile (asking changes nothing, and
-            # cannot fail: nothing after the commit may undo it).
-            return await alongside(migration.totals(monitor, status),
-                                   self.files.write_migration(name, {**watch.record, "phase": "committed"}))
+            if not watch.postcopy:  # (a postcopy switch committed it already: migrate_postcopy)
+                await self.files.write_migration(name, {**watch.record, "phase": "committed"})  # the commit
+            return status
 
     async def _existing(self, copies: list[dict[str, Any]]) -> set[str]:
         """The paths among the copies' new images that exist already (all looked at at once)."""

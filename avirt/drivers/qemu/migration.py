@@ -32,7 +32,7 @@ from typing import Any
 
 import anyio
 
-from avirt.errors import AvirtError, MigrationError, QMPError
+from avirt.errors import MigrationError, QMPError
 from avirt.models import MigrationProgress
 from avirt.qmp.monitor import Monitor
 
@@ -45,8 +45,6 @@ DONE = frozenset({"completed", "failed", "cancelled"})
 UNLIMITED = 1 << 53
 #: How long the destination may take to load the last of the state once the source says completed.
 FINISH_TIMEOUT = 60.0
-#: How long the source's QEMU may take to fill in its totals once it says completed.
-TOTALS_TIMEOUT = 2.0
 
 
 class Watch:
@@ -247,7 +245,7 @@ async def configure_send(monitor: Monitor, *, bandwidth: int | None, max_downtim
 
 async def send(monitor: Monitor, watch: Watch, uri: str) -> str:
     """Source, configured (:func:`configure_send`): migrate to ``uri``; once QEMU has sent the state,
-    its status ("completed", or postcopy-active after a switch; :func:`totals` has its figures);
+    its status ("completed", or postcopy-active after a switch; :func:`progress` has its figures);
     MigrationError if it failed or was cancelled (the source then runs on as before: QEMU resumes it by
     itself).
 
@@ -268,26 +266,6 @@ async def send(monitor: Monitor, watch: Watch, uri: str) -> str:
         reason = await _error_of(monitor)
         raise MigrationError(f"the migration {status}" + (f": {reason}" if reason else ""))
     return status
-
-
-async def totals(monitor: Monitor, status: str) -> MigrationProgress:
-    """Source, once :func:`send` returned ``status``: QEMU's figures for the migration. Never an error:
-    the outcome is known already (a QEMU that cannot be asked any more gives zeros), so the caller may
-    ask while it commits."""
-    try:
-        stats = await progress(monitor)
-        # QEMU says "completed" a moment before it has worked out its totals (the state is set in its
-        # migration thread's completion, the times only once that thread winds up), and no event
-        # follows: ask again, briefly, for the figures the caller reads.
-        with anyio.move_on_after(TOTALS_TIMEOUT):
-            while stats.status == "completed" and stats.total_ms == 0:
-                await anyio.sleep(0.001)  # its migration thread is winding up: a moment
-                stats = await progress(monitor)
-    except AvirtError as e:
-        log.warning("the figures of a migration that %s cannot be read: %s", status, e)
-        return MigrationProgress(status=status, ram_total=0, ram_transferred=0, ram_remaining=0,
-                                 dirty_rate=0, passes=0, expected_downtime_ms=0)
-    return stats
 
 
 async def start_postcopy(monitor: Monitor, watch: Watch) -> None:
