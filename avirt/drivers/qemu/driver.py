@@ -1029,6 +1029,10 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
         """Persist the guest's state in the background; a write already queued takes this change too."""
         if guest.process is None or guest.saving or self._closing:
             return
+        if guest.reason == "migration" and (guest.saved is None or guest.saved.state != guest.state.value):
+            # QEMU's runstate (inmigrate, finish-migrate, postmigrate) tells a controller that re-attaches
+            # as much, and this write would fall in the migration's downtime.
+            return
         guest.saving = True
         self.tasks.start_soon(self._save, guest, name=f"save-{guest.name}")
 
