@@ -319,8 +319,11 @@ def compare(avirt_runs: tuple[list[float], list[int]], bare_runs: tuple[list[flo
     """One storage kind's report: each side's figures, the ratio, the targets."""
     (a_total, a_down), (b_total, b_down) = avirt_runs, bare_runs
     avirt_ms, bare_ms = summary([t * 1000 for t in a_total]), summary([t * 1000 for t in b_total])
-    ratio = round(avirt_ms["median"] / bare_ms["median"], 3)
+    # Each avirt migration against the bare one of its turn (they ran back to back): the machine's
+    # drift over the run cancels out of each pair, which a ratio of the two medians keeps.
+    ratio = round(statistics.median(a / b for a, b in zip(a_total, b_total, strict=True)), 3)
     down_a, down_b = statistics.median(a_down), statistics.median(b_down)
+    down_diff = statistics.median(a - b for a, b in zip(a_down, b_down, strict=True))
     apart: dict[str, Any] = {}
     if ssh_runs is not None:
         ssh_ms = summary([t * 1000 for t in ssh_runs[0]])
@@ -330,12 +333,13 @@ def compare(avirt_runs: tuple[list[float], list[int]], bare_runs: tuple[list[flo
         "avirt": {"total_ms": avirt_ms, "downtime_ms": down_a},
         "bare": {"total_ms": bare_ms, "downtime_ms": down_b},
         "ratio": ratio,
+        "ratio_of_medians": round(avirt_ms["median"] / bare_ms["median"], 3),
         **apart,
         "targets": [
-            {"name": "total: avirt / bare (median)", "value": ratio, "limit": TARGET_RATIO, "unit": "x",
-             "ok": ratio <= TARGET_RATIO},
-            {"name": "downtime: avirt - bare (median)", "value": down_a - down_b, "limit": 1, "unit": "ms",
-             "ok": down_a - down_b <= 1},
+            {"name": "total: avirt / bare (median over pairs)", "value": ratio, "limit": TARGET_RATIO,
+             "unit": "x", "ok": ratio <= TARGET_RATIO},
+            {"name": "downtime: avirt - bare (median over pairs)", "value": down_diff, "limit": 1,
+             "unit": "ms", "ok": down_diff <= 1},
         ],
     }
 

@@ -347,7 +347,8 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                 target: [replace(layer, node=node_name(target, i)) for i, layer in enumerate(layers, 1)]
                 for target, layers in chains.items()})
             self.images.running(name, lambda: guest.chains)
-            guest.set_state(DomainState.PAUSED, "user", announce=False)
+            # (An incoming guest waits for the migration: so its first state says, and nothing is written.)
+            guest.set_state(DomainState.PAUSED, "migration" if incoming else "user", announce=False)
             self.tasks.start_soon(self._supervise, guest, process, name=f"supervise-{name}")
         if cfg.cputune is not None:
             await self._pin(guest, process, cfg)
@@ -358,7 +359,6 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                 await self._terminate(guest, "failed")
                 raise DomainStartError(f"domain '{name}' could not be set up ({command}): {e}") from e
         if incoming:
-            guest.set_state(DomainState.PAUSED, "migration", announce=False)
             self._announce(guest, LifecycleType.STARTED, "migrated")
             return
         if paused:
