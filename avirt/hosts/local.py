@@ -304,7 +304,11 @@ def _fresh_dir(path: str, files: dict[str, bytes]) -> None:
     _remove_tree(path)
     os.makedirs(path, mode=0o700, exist_ok=True)
     for name, data in files.items():
-        _write_atomic(os.path.join(path, name), data, 0o600, False)
+        # Written in place: in a directory this new no reader can see a file before it is whole (a
+        # controller that dies meanwhile left no QEMU, and its run directory goes at the next start).
+        fd = os.open(os.path.join(path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
 
 
 def _remove_tree(path: str) -> None:

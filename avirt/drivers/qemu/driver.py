@@ -432,14 +432,15 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                  if path]
         disks = [disk for disk in cfg.disks  # (an empty drive is a device without media)
                  if disk.source is not None or disk.device == "disk"]
-        found: dict[int, bool | Exception] = {}
+        found: set[str] | Exception = set()
         layers: dict[int, list[Layer] | Exception] = {}
 
-        async def look(i: int, path: str) -> None:
-            try:
-                found[i] = await self.host.exists(path)
+        async def look() -> None:
+            nonlocal found
+            try:  # the kernel and the initrd in one trip
+                found = set(await self.host.stat_files([path for _, path in files]))
             except Exception as e:  # raised below, in order
-                found[i] = e
+                found = e
 
         async def probe(i: int, disk: Disk) -> None:
             try:
@@ -448,15 +449,14 @@ class QemuDriver(AgentCalls, MigrationCalls, NetworkCalls, Driver):
                 layers[i] = e
 
         async with anyio.create_task_group() as group:
-            for i, (_, path) in enumerate(files):
-                group.start_soon(look, i, path)
+            if files:
+                group.start_soon(look)
             for i, disk in enumerate(disks):
                 group.start_soon(probe, i, disk)
-        for i, (label, path) in enumerate(files):
-            there = found[i]
-            if isinstance(there, Exception):
-                raise there
-            if not there:
+        if isinstance(found, Exception):
+            raise found
+        for label, path in files:
+            if path not in found:
                 raise DomainStartError(f"cannot start domain '{cfg.name}': {label} {path} does not exist")
         chains = {}
         for i, disk in enumerate(disks):
