@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
 
+from avirt.drivers.qemu.process import QemuProcess
 from avirt.errors import QMPError
 from avirt.hosts.local import LocalHost
 from avirt.qmp import Monitor, MonitorClosedError
+from tests.fakeqmp import recorded_greeting
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +88,39 @@ async def test_end_of_session_is_seen_and_later_calls_fail_typed(
 async def test_connect_to_nothing_fails_typed(tmp_path: Path) -> None:
     with pytest.raises(MonitorClosedError, match="cannot connect"):
         await Monitor("none").connect(str(tmp_path / "missing.sock"))
+
+
+async def test_a_stale_reply_before_the_greeting_is_survived(tmp_path: Path) -> None:
+    """Fault injection (a peer with QEMU's exact bytes): a controller killed mid-command can leave a reply
+    in QEMU's output that the next client receives ahead of the greeting. Re-attaching connects again
+    instead of taking that QEMU for mute."""
+    greeting = recorded_greeting()
+    stale = b'{"return": {}, "id": "__qmp#00042"}\r\n'
+    connections = 0
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                if connections == 1:  # the client hangs up on a first message that is no greeting
+                    await stream.send(stale + greeting)
+                    await stream.receive()
+                    raise AssertionError("the client went on past a reply it never asked for")
+                await stream.send(greeting)
+                assert b"qmp_capabilities" in await stream.receive()
+                await stream.send(b'{"return": {}}\r\n')
+                await stream.receive()
+
+    sock = tmp_path / "qmp.sock"
+    (tmp_path / "qemu.pid").write_text(f"{os.getpid()}\n")  # a live pid: the "QEMU" is this process
+    listener = await anyio.create_unix_listener(sock)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        proc = await QemuProcess.attach(LocalHost(), "stale", qmp_socket=str(sock),
+                                        pidfile=str(tmp_path / "qemu.pid"), on_event=lambda _e: None)
+        assert proc is not None and proc.monitor.connected
+        assert proc.monitor.greeting["QMP"]["version"]["qemu"]["major"] == 7
+        assert connections == 2
+        await proc.monitor.aclose()
+        tg.cancel_scope.cancel()

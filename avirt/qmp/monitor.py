@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, Runstate, StateError
+from qemu.qmp.qmp_client import GreetingError
 
 from avirt.errors import QMPError
 
@@ -50,6 +51,16 @@ class MonitorClosedError(QMPError):
 
     def __init__(self, desc: str = "the QEMU monitor connection is closed") -> None:
         super().__init__("MonitorClosed", desc)
+
+
+class NotAGreetingError(MonitorClosedError):
+    """A new connection's first message was not QEMU's greeting.
+
+    QEMU keeps one monitor client at a time, and a reply still in its output buffer when the previous
+    client went away (a controller killed mid-command) goes to the next client, ahead of the greeting.
+    That message is lost to both; a second connection gets a clean greeting.
+    """
+
 
 
 class _DebugOnly(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -128,6 +139,8 @@ class Monitor:
             raise MonitorClosedError(f"no QMP greeting from {where} within {timeout:g} s") from None
         except ConnectError as e:
             cause = e.exc
+            if isinstance(cause, GreetingError):
+                raise NotAGreetingError(f"cannot connect to {where}: {cause}") from e
             why = "QEMU closed the connection" if isinstance(cause, EOFError) else str(cause) or repr(cause)
             raise MonitorClosedError(f"cannot connect to {where}: {why}") from e
         greeting = self._client.greeting

@@ -23,7 +23,7 @@ import anyio
 
 from avirt.errors import DomainStartError, HostError, QMPError
 from avirt.hosts.base import Host
-from avirt.qmp.monitor import EventSink, Monitor, MonitorClosedError
+from avirt.qmp.monitor import EventSink, Monitor, MonitorClosedError, NotAGreetingError
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,21 @@ class QemuProcess:
 
 
 async def _connect(host: Host, monitor: Monitor, path: str, *, timeout: float | None = None) -> None:
-    try:
-        sock = await host.connect_unix(path)
-    except OSError as e:
-        raise MonitorClosedError(f"cannot connect to {path}: {e.strerror or e}") from None
-    if timeout is None:
-        await monitor.connect(sock)
-    else:
-        await monitor.connect(sock, timeout=timeout)
+    for attempt in (1, 2):
+        try:
+            sock = await host.connect_unix(path)
+        except OSError as e:
+            raise MonitorClosedError(f"cannot connect to {path}: {e.strerror or e}") from None
+        try:
+            if timeout is None:
+                await monitor.connect(sock)
+            else:
+                await monitor.connect(sock, timeout=timeout)
+            return
+        except NotAGreetingError:
+            if attempt == 2:
+                raise
+            log.debug("monitor %s: a stale reply came before the greeting; connecting again", path)
 
 
 async def _read_pid(host: Host, pidfile: str) -> int | None:
