@@ -64,9 +64,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Generator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -81,7 +81,6 @@ if TYPE_CHECKING:
     from avirt.domain import Domain
     from avirt.drivers.base import Driver
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 #: How often progress() asks the source's QEMU (only while someone iterates).
@@ -197,7 +196,7 @@ class MigrationJob:
                 ready = self._source.migrate_ready(self.name, dest=ends.dest_as_seen(), bandwidth=bandwidth,
                                                    max_downtime=max_downtime, mirrors=bool(plan.copies),
                                                    tuning=tuning)
-                uri, nbd = await _both(dest.migrate_prepare(
+                uri, nbd = await alongside(dest.migrate_prepare(
                     plan.live_xml, source=ends.source_as_seen(), resume=plan.running,
                     persistent_xml=plan.kept_xml, copies=plan.copies or None, tuning=tuning), ready)
                 prepared = True
@@ -384,29 +383,6 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
 
     source.start_task(run, name=f"migrate-{domain.name}")
     return job
-
-
-async def _both(step: Awaitable[T], other: Awaitable[object]) -> T:
-    """``step``'s result once ``other`` is done too; either's error (``step``'s first) raised only
-    when both have ended: neither is cut short by the other's failure (a half-started QEMU, a
-    half-written record would be left for no one to unwind)."""
-    errors: list[BaseException] = []
-
-    async def run_other() -> None:
-        try:
-            await other
-        except AvirtError as e:
-            errors.append(e)
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(run_other)
-        try:
-            result = await step
-        except AvirtError as e:
-            errors.insert(0, e)
-    if errors:
-        raise errors[0]
-    return result
 
 
 async def _quietly(step: Any) -> None:

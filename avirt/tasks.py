@@ -5,7 +5,8 @@ anyio task group must be entered and left by one task. :class:`TaskOwner` theref
 a task of its own: ``start_soon`` may be called from anywhere, and ``aclose`` cancels every task it owns
 and waits for them all. Nothing is fire-and-forget.
 
-:func:`alongside` is the short-lived case: two awaits at once, inside one call, errors as themselves.
+:func:`alongside` is the short-lived case: two awaits at once, inside one call, each let finish, errors
+as themselves.
 """
 
 from __future__ import annotations
@@ -67,21 +68,33 @@ T = TypeVar("T")
 async def alongside(step: Awaitable[T], other: Awaitable[object]) -> T:
     """``step``'s result, ``other`` awaited at the same time; both are done on return.
 
-    For two waits that do not depend on each other (a file's write and a QMP command, two files'
-    writes: each a trip to a worker thread or to QEMU): the caller waits for the longer one, not for
-    both in turn. The first error of either is raised as itself, not as an exception group, so callers
-    catch what they caught when the two ran one after the other."""
+    For two waits that do not depend on each other (a file's write and a QMP command, two checks, a
+    migration's prepare at one end and its ready step at the other): the caller waits for the longer
+    one, not for both in turn. Neither is cut short by the other's failure, as either may be half-way
+    through something that only its own end unwinds (a QEMU being started, a record being written):
+    an error is raised once both have ended, ``step``'s first, and as itself, not as an exception
+    group, so callers catch what they caught when the two ran one after the other. A cancellation
+    from outside still cancels both."""
+    errors: list[Exception] = []
     result: list[T] = []
 
     async def run_other() -> None:
-        await other
+        try:
+            await other
+        except Exception as e:
+            errors.append(e)
 
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(run_other)
-            result.append(await step)
+            try:
+                result.append(await step)
+            except Exception as e:
+                errors.insert(0, e)
     except BaseExceptionGroup as e:
         raise _first_error(e) from None
+    if errors:
+        raise errors[0]
     return result[0]
 
 
