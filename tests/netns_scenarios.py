@@ -88,6 +88,10 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 30) -> No
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
+#: The kernel of the e1000e guest: Debian's cloud kernel has no e1000e driver.
+GENERIC_KERNEL = "linux-image-amd64"
+
+
 def guest_xml(name: str, images: GuestImages, serial: Path, nics: str, knobs: str) -> str:
     return f"""<domain type='qemu'>
   <name>{name}</name>
@@ -268,7 +272,7 @@ async def isolated_and_bridge(conn: Connection, work: Path, images: GuestImages)
     rules = sh("nft", "list", "table", "inet", f"avirt-{bridge}")
     assert f'iifname "{bridge}" reject' in rules and "masquerade" not in rules, rules
     serial = work / "iso.log"
-    generic = await anyio.to_thread.run_sync(lambda: build_guest(kernel_meta="linux-image-amd64"))
+    generic = await anyio.to_thread.run_sync(lambda: build_guest(kernel_meta=GENERIC_KERNEL))
     iso = await conn.define_xml(guest_xml("iso", generic, serial,
                                           nic("network", "isolated", "52:54:00:66:00:05", model="e1000e"),
                                           "avirt.net=dhcp avirt.ping=10.66.0.1"))
