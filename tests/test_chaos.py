@@ -49,7 +49,7 @@ from avirt.errors import BlockJobError, OperationInvalidError
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
 SEED = 20240512
-ROUNDS = 20
+ROUNDS = int(os.environ.get("AVIRT_CHAOS_ROUNDS", "12"))  # more for a longer hunt
 RUNNING, SHUT_OFF = 15, 5
 ONLINE_DISKS, OFFLINE_DISKS = ("vda", "vdb", "vdc"), ("vda", "vdb")
 JOBS = 50
