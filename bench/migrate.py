@@ -42,6 +42,7 @@ libvirt refuses to migrate a guest to the same host, so it cannot give a figure 
 
     .venv/bin/python bench/migrate.py              # table
     .venv/bin/python bench/migrate.py --json       # one JSON object: config, avirt, bare, ratio, targets
+    .venv/bin/python bench/migrate.py --calibrate  # A/A: two bare sides, what the bench reads for equals
 """
 
 from __future__ import annotations
@@ -219,11 +220,11 @@ class AvirtSide(Side):
 class BareSide(Side):
     """The same QMP steps, with bare qemu.qmp clients, on QEMU spawned as avirt spawns it."""
 
-    def __init__(self, tmp: Path, stored_xml: str) -> None:
-        self.tmp = tmp
+    def __init__(self, tmp: Path, stored_xml: str, tag: str = "b") -> None:
+        self.tmp, self.tag = tmp, tag
         self.cfg = parse_domain_xml(stored_xml)
         self.chains = {d.target: [Layer(d.source, d.format)] for d in self.cfg.disks if d.source}
-        self.raw = tmp / "raw"
+        self.raw = tmp / f"raw-{tag}"
         self.source: RawGuest | None = None
 
     def argv(self, run_dir: Path, incoming: bool, disk: str | None = None) -> Any:
@@ -235,7 +236,7 @@ class BareSide(Side):
     async def boot(self, serial: Path) -> None:
         self.raw.mkdir()
         first = self.raw / "s"
-        self.source = await rawqemu.spawn("src", first, self.argv(first, False), cont=True)
+        self.source = await rawqemu.spawn(f"{self.tag}src", first, self.argv(first, False), cont=True)
         await wait_serial(serial, READY)
 
     async def migrate(self) -> tuple[float, int]:
@@ -246,9 +247,9 @@ class BareSide(Side):
         run_dir = self.raw / f"d{i}"
         disk = None
         if self.copy:  # as avirt makes it: the source's format and size
-            disk = str(self.tmp / f"b{i}.qcow2")
+            disk = str(self.tmp / f"{self.tag}{i}.qcow2")
             await anyio.run_process(["qemu-img", "create", "-q", "-f", "qcow2", disk, "1G"])
-        dest = await rawqemu.spawn(f"d{i}", run_dir, self.argv(run_dir, True, disk), cont=False)
+        dest = await rawqemu.spawn(f"{self.tag}d{i}", run_dir, self.argv(run_dir, True, disk), cont=False)
         extra = [{"capability": "pause-before-switchover", "state": True}] if self.copy else []
         caps = {"capabilities": [{"capability": "events", "state": True}]}
         await dest.client.execute("migrate-set-capabilities", caps)
@@ -344,12 +345,14 @@ def compare(avirt_runs: tuple[list[float], list[int]], bare_runs: tuple[list[flo
     }
 
 
-async def measure(runs: int, storage: str, ssh: bool) -> dict[str, Any]:
+async def measure(runs: int, storage: str, ssh: bool, calibrate: bool = False) -> dict[str, Any]:
     """Each side's guest boots once and serves every storage kind asked for, shared first (a storage
-    copy moves the bare side's guest onto new images, which its shared-storage argv does not name)."""
+    copy moves the bare side's guest onto new images, which its shared-storage argv does not name).
+    ``calibrate``: a second bare side takes avirt's place (an A/A run: what the bench reads when the
+    two sides are the same)."""
     kinds = [kind for kind in ("shared", "copy") if storage in (kind, "both")]
     report: dict[str, Any] = {"config": {"runs": runs, "memory_mib": 256, "disk_gib": 1, "storage": storage,
-                                         "ssh": ssh}}
+                                         "ssh": ssh, "calibrate": calibrate}}
     tmp = Path(tempfile.mkdtemp(prefix="avirt-bench-migrate-"))
     results: dict[str, dict[str, tuple[list[float], list[int]]]] = {}
     try:
@@ -357,9 +360,19 @@ async def measure(runs: int, storage: str, ssh: bool) -> dict[str, Any]:
             probe = await a.define_xml(guest_xml(tmp, "bare"))  # the bare side's argv: a stored definition
             stored = await probe.xml(inactive=True)
             await probe.undefine()
-            avirt_side, bare_side = AvirtSide(tmp, a, b, "a"), BareSide(tmp, stored)
+            avirt_side: AvirtSide | BareSide
+            if calibrate:
+                probe = await a.define_xml(guest_xml(tmp, "avirt"))
+                avirt_side = BareSide(tmp, await probe.xml(inactive=True), "c")
+                await probe.undefine()
+            else:
+                avirt_side = AvirtSide(tmp, a, b, "a")
+            bare_side = BareSide(tmp, stored)
             try:
-                await avirt_side.boot(guest_xml(tmp, "avirt"), serial_log(tmp, "avirt"))
+                if isinstance(avirt_side, BareSide):
+                    await avirt_side.boot(serial_log(tmp, "avirt"))
+                else:
+                    await avirt_side.boot(guest_xml(tmp, "avirt"), serial_log(tmp, "avirt"))
                 await bare_side.boot(serial_log(tmp, "bare"))
                 for kind in kinds:
                     avirt_side.copy = bare_side.copy = kind == "copy"
@@ -400,15 +413,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="shared storage, copied storage, or both (default)")
     parser.add_argument("--ssh", action="store_true",
                         help="also avirt between this machine and an SSH host (the tests' sshd on 127.0.0.1)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="an A/A run: a second bare side in avirt's place (the bench's own resolution)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.calibrate and args.ssh:
+        parser.error("--calibrate compares two bare sides on this machine: no --ssh")
     if args.ssh and test_sshd.missing_reason():
         parser.error(f"--ssh: {test_sshd.missing_reason()}")
-    report = anyio.run(measure, args.runs, args.storage, args.ssh)
+    report = anyio.run(measure, args.runs, args.storage, args.ssh, args.calibrate)
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"migration: 256 MiB TCG guest writing to a 1 GiB disk, {args.runs} runs each way")
+    print(f"migration: 256 MiB TCG guest writing to a 1 GiB disk, {args.runs} runs each way"
+          + (" (A/A: a second bare side in avirt's row)" if args.calibrate else ""))
     for kind in ("shared", "copy"):
         if kind not in report:
             continue
