@@ -91,8 +91,8 @@ async def test_connect_to_nothing_fails_typed(tmp_path: Path) -> None:
 
 
 async def test_a_stale_reply_before_the_greeting_is_survived(tmp_path: Path) -> None:
-    """Fault injection (a peer with QEMU's exact bytes): a controller killed mid-command can leave a reply
-    in QEMU's output that the next client receives ahead of the greeting. Re-attaching connects again
+    """Fault injection (a peer with QEMU's exact bytes): a re-attach once met a reply ahead of the
+    greeting, after the previous controller was killed mid-command. Re-attaching connects again
     instead of taking that QEMU for mute."""
     greeting = recorded_greeting()
     stale = b'{"return": {}, "id": "__qmp#00042"}\r\n'

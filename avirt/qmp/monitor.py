@@ -56,11 +56,10 @@ class MonitorClosedError(QMPError):
 class NotAGreetingError(MonitorClosedError):
     """A new connection's first message was not QEMU's greeting.
 
-    QEMU keeps one monitor client at a time, and a reply still in its output buffer when the previous
-    client went away (a controller killed mid-command) goes to the next client, ahead of the greeting.
-    That message is lost to both; a second connection gets a clean greeting.
+    Seen once on re-attaching to a QEMU whose previous controller was killed mid-command, most likely
+    a message QEMU still held for that client. A second connection is worth one try before the QEMU
+    is called mute.
     """
-
 
 
 class _DebugOnly(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -23,7 +23,7 @@ import anyio
 
 from avirt.errors import DomainStartError, HostError, QMPError
 from avirt.hosts.base import Host
-from avirt.qmp.monitor import EventSink, Monitor, MonitorClosedError, NotAGreetingError
+from avirt.qmp.monitor import CONNECT_TIMEOUT, EventSink, Monitor, MonitorClosedError, NotAGreetingError
 
 log = logging.getLogger(__name__)
 
@@ -122,22 +122,19 @@ class QemuProcess:
         return False
 
 
-async def _connect(host: Host, monitor: Monitor, path: str, *, timeout: float | None = None) -> None:
+async def _connect(host: Host, monitor: Monitor, path: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
     for attempt in (1, 2):
         try:
             sock = await host.connect_unix(path)
         except OSError as e:
             raise MonitorClosedError(f"cannot connect to {path}: {e.strerror or e}") from None
         try:
-            if timeout is None:
-                await monitor.connect(sock)
-            else:
-                await monitor.connect(sock, timeout=timeout)
+            await monitor.connect(sock, timeout=timeout)
             return
         except NotAGreetingError:
             if attempt == 2:
                 raise
-            log.debug("monitor %s: a stale reply came before the greeting; connecting again", path)
+            log.debug("monitor %s: its first message was not a greeting; connecting again", path)
 
 
 async def _read_pid(host: Host, pidfile: str) -> int | None:
