@@ -15,8 +15,10 @@ The steps are libvirt's migration phases, each a call into one side's driver, al
 
 A failure or :meth:`MigrationJob.cancel` before finish unwinds it: the destination's QEMU ends and the
 source runs on as before (``confirm`` with ok=False); the job raises
-:class:`~avirt.errors.MigrationError`. The guest therefore runs in exactly one place whenever the job has
-ended. A controller killed in the middle, on either side, is resolved by the records both sides keep in
+:class:`~avirt.errors.MigrationError`. A failure in finish (or a cancellation of the job's task there:
+its connection closed) unwinds it the same way only once the destination has said that its QEMU has
+ended; if it cannot say, the guest stays paused at the source. The guest therefore never runs in two
+places. A controller killed in the middle, on either side, is resolved by the records both sides keep in
 their run directories, with one commit point (``drivers/qemu/migratecalls.py``). Events follow
 libvirt's: the source reports SUSPENDED/migrated then STOPPED/migrated, the destination STARTED/migrated
 then RESUMED/migrated.
@@ -186,6 +188,7 @@ class MigrationJob:
                   undefine_source: bool, tuning: dict[str, Any] | None) -> None:
         dest = self._dest._driver
         prepared = False  # the destination has a QEMU to unwind (a refusal there leaves nothing)
+        committed = False  # the source's record says the guest is the destination's
         # The streams' forwarding, if any, lasts until the destination holds the whole guest (a
         # postcopy one fetches pages until its finish returns).
         streams = contextlib.AsyncExitStack()
@@ -207,12 +210,17 @@ class MigrationJob:
                 nbd = nbd and await ends.join(streams, nbd)
                 await self._source.migrate_perform(
                     self.name, uri, nbd=nbd, copies={c["target"]: c["sync"] for c in plan.copies} or None)
+                committed = True
                 self.phase = "finish"
-                # The source's QEMU is asked for its figures while the destination finishes (it ends
-                # only at confirm).
-                self.stats = await alongside(self._totals(), dest.migrate_finish(
-                    self.name, ok=True, resume=plan.running, persistent_xml=plan.kept_xml))
-                with anyio.CancelScope(shield=True):
+                # From the commit to confirm nothing cuts the job short (a closing connection waits for
+                # a precopy's finish, which is bounded): cut after the destination's finish, the unwind
+                # would find the guest running there. A postcopy's finish waits for every page, however
+                # long that takes, and nothing could undo it anyway.
+                with anyio.CancelScope(shield=not self._switched):
+                    # The source's QEMU is asked for its figures while the destination finishes (it
+                    # ends only at confirm).
+                    self.stats = await alongside(self._totals(), dest.migrate_finish(
+                        self.name, ok=True, resume=plan.running, persistent_xml=plan.kept_xml))
                     await streams.aclose()
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -223,13 +231,19 @@ class MigrationJob:
                         "paused at the destination and at the source, neither holding all of it "
                         "(postcopy recovery is not supported yet)") from None
                 with anyio.CancelScope(shield=True):
-                    if prepared:
-                        await _quietly(dest.migrate_finish(self.name, ok=False, resume=False,
-                                                           persistent_xml=None))
+                    gone = not prepared or await _quietly(dest.migrate_finish(
+                        self.name, ok=False, resume=False, persistent_xml=None))
+                    if committed and not gone:
+                        # The destination may run the guest yet (it may even have, its answer lost): the
+                        # source must not. Both records stay as they are, for their controllers to settle.
+                        raise MigrationError(
+                            f"the migration of '{self.name}' failed in finish and its destination could not "
+                            "be told to give the guest up: the guest stays paused at the source, which "
+                            "committed it to the destination") from None
                     await _quietly(self._source.migrate_confirm(self.name, ok=False, undefine=False,
                                                                 resume=plan.running))
                 raise
-            self.phase = "confirm"
+            self.phase = "confirm"  # (no checkpoint since finish: nothing can have cut in)
             with anyio.CancelScope(shield=True):
                 await self._source.migrate_confirm(self.name, ok=True, undefine=undefine_source, resume=False)
             self._result = await self._dest.lookup(self.name)
@@ -385,8 +399,10 @@ async def start(domain: Domain, source: Driver, dest: Connection, *, live: bool,
     return job
 
 
-async def _quietly(step: Any) -> None:
+async def _quietly(step: Any) -> bool:
+    """Whether ``step`` went through; unwinding a failure, the first error is the one to report."""
     try:
         await step
     except AvirtError:
-        pass  # unwinding a failure: the first error is the one to report
+        return False
+    return True

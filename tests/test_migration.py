@@ -455,6 +455,38 @@ async def test_a_committed_migration_nobody_finished_is_settled_by_both_sides_re
     assert (await dest.lookup("orphan")) == moved  # kept there: the record said persistent
 
 
+async def test_a_finish_asked_again_does_nothing_and_the_arrived_guest_is_not_given_up(
+        pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
+    """A caller that lost the answer to finish (a dropped connection) may ask again, or unwind: neither
+    may end the guest that runs at the destination now."""
+    source, dest = pair
+    dom = await source.define_xml(xml("asked-twice"))
+    await dom.start()
+    src, dst = source._driver, dest._driver
+    live, _, running, _ = await src.migrate_begin("asked-twice")
+    uri, _ = await dst.migrate_prepare(live, source=src.location(), resume=running, persistent_xml=None)
+    await src.migrate_ready("asked-twice", dest=dst.location(), bandwidth=None, max_downtime=None)
+    await src.migrate_perform("asked-twice", uri)
+    await dst.migrate_finish("asked-twice", ok=True, resume=True, persistent_xml=None)
+    await dst.migrate_finish("asked-twice", ok=True, resume=True, persistent_xml=None)
+    with pytest.raises(OperationInvalidError, match="too late to give it up"):
+        await dst.migrate_finish("asked-twice", ok=False, resume=False, persistent_xml=None)
+    moved = await dest.lookup("asked-twice")
+    assert await moved.state() == (DomainState.RUNNING, "migrated")
+    await src.migrate_confirm("asked-twice", ok=True, undefine=False, resume=False)
+    assert (await dom.state())[0] is DomainState.SHUTOFF
+    assert len(qemu_pids(*two_dirs)) == 1
+    await moved.destroy()
+
+
+async def test_a_closed_connection_refuses_calls_that_still_come(two_dirs: tuple[Path, Path]) -> None:
+    """A migration's task holds both connections; the destination's may be closed under it."""
+    conn = await avirt.connect(state_dir=two_dirs[0])
+    await conn.close()
+    with pytest.raises(OperationInvalidError, match="is closed"):
+        await conn._driver.migrate_finish("gone", ok=False, resume=False, persistent_xml=None)
+
+
 # -- storage copy ----------------------------------------------------------------------------------------
 
 

@@ -39,7 +39,7 @@ import anyio
 
 from avirt.drivers.base import DomainRef, Driver
 from avirt.drivers.qemu.driver import QemuDriver
-from avirt.errors import ConnectionLockedError, ControllerGoneError, HostError
+from avirt.errors import ConnectionLockedError, ControllerGoneError, HostError, OperationInvalidError
 from avirt.events.bus import EventBus
 from avirt.events.model import BlockJobStatus
 from avirt.hosts.forwarding import Forwarder
@@ -177,6 +177,8 @@ class SharedDriver(Driver):
             await self._relink(link)
 
     async def _driver(self) -> Driver:
+        if self._closing:  # (a task of another connection, such as a migration's, may still call in)
+            raise OperationInvalidError(f"the connection to {self.state_dir} is closed")
         if self._inner is None:
             try:
                 with anyio.fail_after(HANDOVER_TIMEOUT):

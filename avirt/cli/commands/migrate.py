@@ -58,10 +58,16 @@ async def _migrate(ctx: Context, args: argparse.Namespace) -> None:
 
 
 async def _postcopy_after_first_pass(job: MigrationJob) -> None:
-    """virsh's --postcopy-after-precopy: switch once QEMU has been over the whole memory once."""
+    """virsh's --postcopy-after-precopy: switch once QEMU has been over the whole memory once (unless the
+    precopy ends first: then the migration is done, or failed, and the job says which)."""
+    import contextlib
+
+    from avirt.errors import OperationInvalidError
+
     async for p in job.progress():
         if p.passes > 1:
-            await job.postcopy()
+            with contextlib.suppress(OperationInvalidError):  # too late: QEMU has sent it all already
+                await job.postcopy()
             return
 
 

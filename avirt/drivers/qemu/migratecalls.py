@@ -39,6 +39,7 @@ from avirt.drivers.qemu.state import StateDir
 from avirt.errors import (
     AvirtError,
     DomainExistsError,
+    DomainNotFoundError,
     InsufficientSpaceError,
     MigrationError,
     OperationInvalidError,
@@ -343,11 +344,22 @@ class MigrationCalls:
 
     async def migrate_finish(self, name: str, *, ok: bool, resume: bool, persistent_xml: str | None) -> None:
         """Destination: with ``ok``, wait until the guest is loaded, run it (``resume``) and, with
-        ``persistent_xml``, define it; else end the QEMU that waited for it."""
-        guest = self._find(name)
+        ``persistent_xml``, define it; else end the QEMU that waited for it. A finish that ran already
+        (its caller lost the answer, or asks again) is done: asked again it does nothing, and it
+        refuses to give the guest up."""
+        try:
+            guest = self._find(name)
+        except DomainNotFoundError:
+            if ok:
+                raise
+            return  # a transient guest whose QEMU has ended: nothing left to give up
         watch = self.migrations.get(name)
         if watch is not None and watch.finished is not None:
             watch.finished.set()  # the orphan watcher stands down: this is the finish it waited for
+        if watch is None and guest.active and await self.files.read_migration(name) is None:
+            if ok:
+                return
+            raise OperationInvalidError(f"domain '{name}' has arrived here and runs: too late to give it up")
         if not ok:
             await self._give_up_destination(guest)
             return
@@ -368,6 +380,12 @@ class MigrationCalls:
         definition); else let the guest run on here (``resume``: its CPUs ran before)."""
         guest = self._find(name)
         watch = self.migrations.pop(name, None)
+        record = None if ok else await self.files.read_migration(name)
+        if record is not None and record.get("phase") == "committed":
+            # Committed, then finish failed, and the destination gave the guest back (the job asked it
+            # first): the record must say so before the guest runs here again.
+            record = {**record, "phase": "aborted"}
+            await self.files.write_migration(name, record)
         async with guest.lock:
             if ok:
                 if guest.active:
@@ -376,15 +394,13 @@ class MigrationCalls:
                 if watch is not None and watch.mirrors and guest.active:
                     await migration.drop_mirrors(self.monitor(guest), watch)
                 await self._resume_source(guest, resume)
-        if not ok:
-            record = await self.files.read_migration(name)
-            if record is not None and record.get("phase") == "perform":
-                # Made ready, nothing sent (a send that fails says "aborted" itself): no destination can
-                # hold the guest, so no record needs to tell one so.
-                await self.files.write_migration(name, None)
-            elif record is not None:
-                self.tasks.start_soon(self._forget_aborted, guest, record, name=f"migration-forget-{name}")
-        elif undefine and guest.definition is not None:
+        if record is not None and record.get("phase") == "perform":
+            # Made ready, nothing sent (a send that fails says "aborted" itself): no destination can
+            # hold the guest, so no record needs to tell one so.
+            await self.files.write_migration(name, None)
+        elif record is not None:
+            self.tasks.start_soon(self._forget_aborted, guest, record, name=f"migration-forget-{name}")
+        elif ok and undefine and guest.definition is not None:
             await self.undefine(name)
 
     # -- the two sides' last steps, shared by the phases and the recovery -----------------------------------
@@ -413,23 +429,31 @@ class MigrationCalls:
                         if resume:
                             await self._cont(guest, "postcopy")
                         await migration.received(self.monitor(guest), watch, postcopy=False, timeout=None)
-                    if watch is None or watch.exports:  # (a settling controller cannot know: it asks)
-                        try:
-                            await migration.stop_exports(self.monitor(guest))
-                        except QMPError:
-                            pass  # no storage was copied: no NBD server runs
-                    if resume and guest.state is not DomainState.RUNNING:
-                        await self._cont(guest, "migrated")
-                    elif not resume:
-                        guest.set_state(DomainState.PAUSED, "user", announce=False)
+                    # The guest is this side's now. A caller that gives up from here (its connection
+                    # closed) must not leave it running with a record that says it is still on its way.
+                    with anyio.CancelScope(shield=True):
+                        await self._take_arrived(guest, watch, resume=resume)
                 finally:
                     self.migrations.pop(name, None)
             except (MigrationError, QMPError):
                 await self._terminate(guest, "failed")
                 raise
-            await self.files.write_migration(name, None)
+            with anyio.CancelScope(shield=True):
+                await self.files.write_migration(name, None)
         if persistent_xml is not None:
-            await self.define_xml(persistent_xml)
+            with anyio.CancelScope(shield=True):
+                await self.define_xml(persistent_xml)
+
+    async def _take_arrived(self, guest: Guest, watch: migration.Watch | None, *, resume: bool) -> None:
+        if watch is None or watch.exports:  # (a settling controller cannot know: it asks)
+            try:
+                await migration.stop_exports(self.monitor(guest))
+            except QMPError:
+                pass  # no storage was copied: no NBD server runs
+        if resume and guest.state is not DomainState.RUNNING:
+            await self._cont(guest, "migrated")
+        elif not resume:
+            guest.set_state(DomainState.PAUSED, "user", announce=False)
 
     async def _cont(self, guest: Guest, reason: str) -> None:
         guest.resume_reason = reason
