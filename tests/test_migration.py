@@ -429,18 +429,26 @@ async def test_a_source_controller_killed_while_sending_keeps_the_guest_at_the_s
             await dom.destroy()
 
 
+async def committed(pair: tuple[Connection, Connection], definition: str, *, persist: bool) -> avirt.Domain:
+    """A guest started at the source and taken, phase by phase, as far as the source's commit."""
+    source, dest = pair
+    dom = await source.define_xml(definition)
+    await dom.start()
+    src, dst = source._driver, dest._driver
+    live, _, running, _ = await src.migrate_begin(dom.name)
+    uri, _ = await dst.migrate_prepare(live, source=src.location(), resume=running,
+                                       persistent_xml=live if persist else None)
+    await src.migrate_ready(dom.name, dest=dst.location(), bandwidth=None, max_downtime=None)
+    await src.migrate_perform(dom.name, uri)
+    return dom
+
+
 async def test_a_committed_migration_nobody_finished_is_settled_by_both_sides_records(
         pair: tuple[Connection, Connection], xml: XMLFactory, two_dirs: tuple[Path, Path]) -> None:
     """The source commits, then its controller goes away before finish: the destination, after its grace
     period, reads the source's record and runs the guest; a new source controller ends its QEMU."""
     source, dest = pair
-    dom = await source.define_xml(xml("orphan"))
-    await dom.start()
-    src, dst = source._driver, dest._driver
-    live, _, running, _ = await src.migrate_begin("orphan")
-    uri, _ = await dst.migrate_prepare(live, source=src.location(), resume=running, persistent_xml=live)
-    await src.migrate_ready("orphan", dest=dst.location(), bandwidth=None, max_downtime=None)
-    await src.migrate_perform("orphan", uri)
+    await committed(pair, xml("orphan"), persist=True)
     at_dest = Lifecycle(dest)
     await source.close()  # the source's controller is gone before finish and confirm
     moved = await dest.lookup("orphan")
@@ -460,13 +468,8 @@ async def test_a_finish_asked_again_does_nothing_and_the_arrived_guest_is_not_gi
     """A caller that lost the answer to finish (a dropped connection) may ask again, or unwind: neither
     may end the guest that runs at the destination now."""
     source, dest = pair
-    dom = await source.define_xml(xml("asked-twice"))
-    await dom.start()
+    dom = await committed(pair, xml("asked-twice"), persist=False)
     src, dst = source._driver, dest._driver
-    live, _, running, _ = await src.migrate_begin("asked-twice")
-    uri, _ = await dst.migrate_prepare(live, source=src.location(), resume=running, persistent_xml=None)
-    await src.migrate_ready("asked-twice", dest=dst.location(), bandwidth=None, max_downtime=None)
-    await src.migrate_perform("asked-twice", uri)
     await dst.migrate_finish("asked-twice", ok=True, resume=True, persistent_xml=None)
     await dst.migrate_finish("asked-twice", ok=True, resume=True, persistent_xml=None)
     with pytest.raises(OperationInvalidError, match="too late to give it up"):
