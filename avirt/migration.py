@@ -188,7 +188,6 @@ class MigrationJob:
                   undefine_source: bool, tuning: dict[str, Any] | None) -> None:
         dest = self._dest._driver
         prepared = False  # the destination has a QEMU to unwind (a refusal there leaves nothing)
-        committed = False  # the source's record says the guest is the destination's
         # The streams' forwarding, if any, lasts until the destination holds the whole guest (a
         # postcopy one fetches pages until its finish returns).
         streams = contextlib.AsyncExitStack()
@@ -210,8 +209,7 @@ class MigrationJob:
                 nbd = nbd and await ends.join(streams, nbd)
                 await self._source.migrate_perform(
                     self.name, uri, nbd=nbd, copies={c["target"]: c["sync"] for c in plan.copies} or None)
-                committed = True
-                self.phase = "finish"
+                self.phase = "finish"  # (the source's record says committed: the guest is the destination's)
                 # From the commit to confirm nothing cuts the job short (a closing connection waits for
                 # a precopy's finish, which is bounded): cut after the destination's finish, the unwind
                 # would find the guest running there. A postcopy's finish waits for every page, however
@@ -233,7 +231,7 @@ class MigrationJob:
                 with anyio.CancelScope(shield=True):
                     gone = not prepared or await _quietly(dest.migrate_finish(
                         self.name, ok=False, resume=False, persistent_xml=None))
-                    if committed and not gone:
+                    if self.phase == "finish" and not gone:
                         # The destination may run the guest yet (it may even have, its answer lost): the
                         # source must not. Both records stay as they are, for their controllers to settle.
                         raise MigrationError(

@@ -8,6 +8,7 @@ unless ``--persistent``, and the source keeps its definition unless ``--undefine
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import TYPE_CHECKING
 
 from avirt.cli.command import DOMAIN_MANAGEMENT, Command, CommandError, Context, add_domain_argument
@@ -60,8 +61,6 @@ async def _migrate(ctx: Context, args: argparse.Namespace) -> None:
 async def _postcopy_after_first_pass(job: MigrationJob) -> None:
     """virsh's --postcopy-after-precopy: switch once QEMU has been over the whole memory once (unless the
     precopy ends first: then the migration is done, or failed, and the job says which)."""
-    import contextlib
-
     from avirt.errors import OperationInvalidError
 
     async for p in job.progress():
